@@ -1,0 +1,296 @@
+//! The configuration tree: one serde struct per section, defaults that match
+//! `config/ringpush.toml`, unknown keys rejected, validated once at load.
+//! Nothing else in the daemon reads files or environment for settings.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: Listen,
+    /// Shard threads; 0 means one per available core.
+    pub shards: usize,
+    /// `uring` (default; falls back to `epoll` with a warning when the kernel
+    /// refuses io_uring) or `epoll`.
+    pub io: IoBackend,
+    /// Pin each shard thread to a core.
+    pub pin_shards: bool,
+    pub limits: Limits,
+    pub delivery: Delivery,
+    pub apps: Vec<App>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Plain TCP device listener.
+    pub device: SocketAddr,
+    /// HTTP push API.
+    pub api: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
+    /// listen(2) backlog of the device listener.
+    pub backlog: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    Uring,
+    Epoll,
+}
+
+impl IoBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uring => "uring",
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame a device may send, header included.
+    pub max_frame_bytes: usize,
+    /// Device connections per shard; past it new connections get
+    /// GoAway(overloaded).
+    pub max_connections_per_shard: usize,
+    /// Bytes queued for one connection that the socket has not taken yet;
+    /// past it the connection is closed (a slow reader).
+    pub max_outbound_bytes: usize,
+    /// Provided receive buffers per shard (io_uring backend), power of two.
+    pub recv_buffers: u16,
+    /// Size of each provided receive buffer.
+    pub recv_buffer_bytes: u32,
+    /// Commands queued from the API to one shard before the API answers 503.
+    pub shard_queue: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Seconds a new connection has to send Hello.
+    pub handshake_timeout_secs: u64,
+    /// Heartbeat interval told to devices; a connection silent for three of
+    /// them is closed.
+    pub heartbeat_secs: u32,
+    /// Seconds a sent message may stay unacknowledged before the connection is
+    /// considered dead and closed (the message is redelivered on reconnect).
+    pub ack_timeout_secs: u64,
+    /// Messages sent to a device and not yet acknowledged.
+    pub inflight_window: usize,
+    /// Messages kept for one device; past it the oldest unsent one is dropped
+    /// and the device is told how many it missed.
+    pub max_pending_per_device: usize,
+    pub min_ttl_secs: u64,
+    pub max_ttl_secs: u64,
+    /// How long a message's status stays queryable after it is acked or
+    /// expired.
+    pub status_retention_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    #[serde(rename = "appId")]
+    pub app_id: String,
+    #[serde(rename = "workspaceId")]
+    pub workspace_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Listen::default(),
+            shards: 0,
+            io: IoBackend::Uring,
+            pin_shards: true,
+            limits: Limits::default(),
+            delivery: Delivery::default(),
+            apps: vec![App {
+                app_id: "demo".into(),
+                workspace_id: "default".into(),
+            }],
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            device: "0.0.0.0:7070".parse().expect("literal address"),
+            api: "127.0.0.1:8080".parse().expect("literal address"),
+            admin: "127.0.0.1:9464".parse().expect("literal address"),
+            backlog: 4096,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME,
+            max_connections_per_shard: 500_000,
+            max_outbound_bytes: 256 * 1024,
+            recv_buffers: 1024,
+            recv_buffer_bytes: 4096,
+            shard_queue: 65_536,
+        }
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_secs: 10,
+            heartbeat_secs: 60,
+            ack_timeout_secs: 30,
+            inflight_window: 32,
+            max_pending_per_device: 1000,
+            min_ttl_secs: 1,
+            max_ttl_secs: 72 * 3600,
+            status_retention_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Delivery {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(3 * u64::from(self.heartbeat_secs))
+    }
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_secs(self.ack_timeout_secs)
+    }
+    pub fn status_retention(&self) -> Duration {
+        Duration::from_secs(self.status_retention_secs)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: "<config>".into(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Shard threads to start.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.shards
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let l = &self.limits;
+        let d = &self.delivery;
+        if l.max_frame_bytes < 64 || l.max_frame_bytes > 16 << 20 {
+            return invalid(format!(
+                "limits.max_frame_bytes = {} (allowed 64 ..= 16777216)",
+                l.max_frame_bytes
+            ));
+        }
+        if !l.recv_buffers.is_power_of_two() {
+            return invalid(format!("limits.recv_buffers = {} must be a power of two", l.recv_buffers));
+        }
+        if (l.recv_buffer_bytes as usize) < 512 {
+            return invalid("limits.recv_buffer_bytes must be at least 512".into());
+        }
+        if l.max_outbound_bytes < l.max_frame_bytes * 2 {
+            return invalid("limits.max_outbound_bytes must be at least twice max_frame_bytes".into());
+        }
+        if l.shard_queue == 0 || l.max_connections_per_shard == 0 {
+            return invalid("limits.shard_queue and limits.max_connections_per_shard must be > 0".into());
+        }
+        if d.min_ttl_secs == 0 || d.min_ttl_secs > d.max_ttl_secs {
+            return invalid(format!(
+                "delivery.min_ttl_secs = {} and max_ttl_secs = {}: need 1 <= min <= max",
+                d.min_ttl_secs, d.max_ttl_secs
+            ));
+        }
+        if d.inflight_window == 0 || d.max_pending_per_device == 0 {
+            return invalid("delivery.inflight_window and max_pending_per_device must be > 0".into());
+        }
+        if d.heartbeat_secs == 0 || d.handshake_timeout_secs == 0 || d.ack_timeout_secs == 0 {
+            return invalid("delivery timeouts and heartbeat_secs must be > 0".into());
+        }
+        if self.apps.is_empty() {
+            return invalid("at least one [[apps]] entry is needed".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for app in &self.apps {
+            if app.app_id.is_empty() || app.app_id.len() > 64 {
+                return invalid(format!("apps: appId {:?} must be 1..=64 bytes", app.app_id));
+            }
+            if !seen.insert(&app.app_id) {
+                return invalid(format!("apps: appId {:?} appears twice", app.app_id));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_matches_the_defaults() {
+        let text = include_str!("../config/ringpush.toml");
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[delivery]\nheartbeat = 5\n").unwrap_err().to_string();
+        assert!(err.contains("heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::from_toml("[delivery]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n").is_err());
+        assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
+        assert!(Config::from_toml("io = \"poll\"\n").is_err());
+    }
+}

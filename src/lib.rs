@@ -1,0 +1,13 @@
+//! ringpush: a push gateway daemon. Devices hold long-lived connections to
+//! per-core shards (io_uring, or epoll as a fallback); app backends push
+//! through a thin HTTP API; messages wait for offline devices within their TTL
+//! and stay pending until the device acknowledges them.
+//!
+//! Layers, from the wire inwards: `io` moves bytes, `shard` runs one loop per
+//! core, `delivery` and `session` are the sans-IO core, `protocol` is the
+//! codec; `api` and `admin` are the HTTP faces.
+
+pub mod config;
+pub mod delivery;
+pub mod message;
+pub mod protocol;
