@@ -178,10 +178,7 @@ impl Delivery {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {source}")]
     Parse { path: String, source: toml::de::Error },
     #[error("invalid configuration: {0}")]
@@ -232,7 +229,10 @@ impl Config {
             ));
         }
         if !l.recv_buffers.is_power_of_two() {
-            return invalid(format!("limits.recv_buffers = {} must be a power of two", l.recv_buffers));
+            return invalid(format!(
+                "limits.recv_buffers = {} must be a power of two",
+                l.recv_buffers
+            ));
         }
         if (l.recv_buffer_bytes as usize) < 512 {
             return invalid("limits.recv_buffer_bytes must be at least 512".into());
@@ -283,7 +283,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Config::from_toml("[delivery]\nheartbeat = 5\n").unwrap_err().to_string();
+        let err = Config::from_toml("[delivery]\nheartbeat = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("heartbeat"), "{err}");
     }
 

@@ -481,10 +481,7 @@ pub enum DecodeError {
     #[error("reserved flags 0x{0:02x} set")]
     BadFlags(u8),
     #[error("malformed {frame_type:?} body: {reason}")]
-    Malformed {
-        frame_type: FrameType,
-        reason: String,
-    },
+    Malformed { frame_type: FrameType, reason: String },
 }
 
 impl DecodeError {
@@ -581,7 +578,13 @@ mod tests {
 
     fn arb_push() -> impl Strategy<Value = body::Push> {
         (
-            (any::<u64>(), arb_string(), arb_string(), arb_string(), any::<bool>()),
+            (
+                any::<u64>(),
+                arb_string(),
+                arb_string(),
+                arb_string(),
+                any::<bool>(),
+            ),
             (0u32..2, arb_string(), 0u32..3, arb_string(), arb_string()),
             prop::collection::hash_map(arb_string(), arb_string(), 0..5),
             (arb_string(), any::<u64>(), arb_string(), any::<u64>()),
@@ -613,10 +616,12 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
-        let binding = (any::<u64>(), arb_string())
-            .prop_map(|(request_id, user_id)| body::UserBinding { request_id, user_id });
+        let binding = || {
+            (any::<u64>(), arb_string())
+                .prop_map(|(request_id, user_id)| body::UserBinding { request_id, user_id })
+        };
         let group =
-            (any::<u64>(), arb_string()).prop_map(|(request_id, group)| body::Group { request_id, group });
+            || (any::<u64>(), arb_string()).prop_map(|(request_id, group)| body::Group { request_id, group });
         prop_oneof![
             (any::<u32>(), arb_string(), any::<u32>(), arb_string()).prop_map(
                 |(protocol_version, app_id, platform, token)| Frame::Hello(body::Hello {
@@ -629,11 +634,11 @@ mod tests {
             arb_ids().prop_map(Frame::Ack),
             any::<u64>().prop_map(|time_ms| Frame::Ping(body::Heartbeat { time_ms })),
             Just(Frame::DeleteToken),
-            binding.clone().prop_map(Frame::Bind),
-            binding.prop_map(Frame::Unbind),
-            group.clone().prop_map(Frame::JoinGroup),
-            group.clone().prop_map(Frame::LeaveGroup),
-            group.prop_map(Frame::LeaveAllGroups),
+            binding().prop_map(Frame::Bind),
+            binding().prop_map(Frame::Unbind),
+            group().prop_map(Frame::JoinGroup),
+            group().prop_map(Frame::LeaveGroup),
+            group().prop_map(Frame::LeaveAllGroups),
             (any::<u64>(), any::<u32>(), arb_string()).prop_map(
                 |(request_id, third_channel, vendor_token)| Frame::ReportVendorToken(body::VendorToken {
                     request_id,
@@ -643,18 +648,26 @@ mod tests {
             ),
             arb_ids().prop_map(Frame::Opened),
             arb_ids().prop_map(Frame::Ignored),
-            (arb_string(), any::<u32>(), any::<u64>(), any::<bool>(), any::<u32>(), any::<u32>()).prop_map(
-                |(token, heartbeat_secs, server_time_ms, new_token, missed, protocol_version)| {
-                    Frame::Welcome(body::Welcome {
-                        token,
-                        heartbeat_secs,
-                        server_time_ms,
-                        new_token,
-                        missed,
-                        protocol_version,
-                    })
-                }
-            ),
+            (
+                arb_string(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(token, heartbeat_secs, server_time_ms, new_token, missed, protocol_version)| {
+                        Frame::Welcome(body::Welcome {
+                            token,
+                            heartbeat_secs,
+                            server_time_ms,
+                            new_token,
+                            missed,
+                            protocol_version,
+                        })
+                    }
+                ),
             arb_push().prop_map(Frame::Push),
             any::<u64>().prop_map(|time_ms| Frame::Pong(body::Heartbeat { time_ms })),
             (any::<u32>(), any::<u32>(), arb_string()).prop_map(|(reason, retry_after_ms, message)| {
@@ -664,8 +677,12 @@ mod tests {
                     message,
                 })
             }),
-            (any::<u32>(), arb_string()).prop_map(|(code, reason)| Frame::Error(body::Error { code, reason })),
-            (prop::collection::vec(any::<u64>(), 0..8), prop::collection::vec(arb_string(), 0..4))
+            (any::<u32>(), arb_string())
+                .prop_map(|(code, reason)| Frame::Error(body::Error { code, reason })),
+            (
+                prop::collection::vec(any::<u64>(), 0..8),
+                prop::collection::vec(arb_string(), 0..4)
+            )
                 .prop_map(|(ids, msg_keys)| Frame::Revoke(body::Revoke { ids, msg_keys })),
             arb_string().prop_map(|token| Frame::TokenUpdate(body::TokenUpdate { token })),
             (any::<u64>(), any::<i32>(), arb_string()).prop_map(|(request_id, code, message)| {
@@ -709,7 +726,8 @@ mod tests {
                 f.encode(&mut buf);
             }
             for f in &frames {
-                prop_assert_eq!(decode_frame(&mut buf, 1 << 20).unwrap().as_ref(), Some(f));
+                let decoded = decode_frame(&mut buf, 1 << 20).unwrap();
+                prop_assert_eq!(decoded.as_ref(), Some(f));
             }
             prop_assert!(buf.is_empty());
         }
@@ -753,7 +771,10 @@ mod tests {
     #[test]
     fn unknown_type_and_flags_are_rejected() {
         let mut unknown = BytesMut::from(&[0, 0, 0, 0, 0x3F, 0][..]);
-        assert_eq!(decode_frame(&mut unknown, 64), Err(DecodeError::UnknownType(0x3F)));
+        assert_eq!(
+            decode_frame(&mut unknown, 64),
+            Err(DecodeError::UnknownType(0x3F))
+        );
         let mut flagged = BytesMut::from(&[0, 0, 0, 0, FrameType::Ping as u8, 1][..]);
         assert_eq!(decode_frame(&mut flagged, 64), Err(DecodeError::BadFlags(1)));
     }
