@@ -350,7 +350,7 @@ pub enum Frame {
     Opened(body::Ids),
     Ignored(body::Ids),
     Welcome(body::Welcome),
-    Push(body::Push),
+    Push(Box<body::Push>),
     Pong(body::Heartbeat),
     GoAway(body::GoAway),
     Error(body::Error),
@@ -459,7 +459,7 @@ impl Frame {
             FrameType::Opened => Self::Opened(Message::decode(body)?),
             FrameType::Ignored => Self::Ignored(Message::decode(body)?),
             FrameType::Welcome => Self::Welcome(Message::decode(body)?),
-            FrameType::Push => Self::Push(Message::decode(body)?),
+            FrameType::Push => Self::Push(Box::new(Message::decode(body)?)),
             FrameType::Pong => Self::Pong(Message::decode(body)?),
             FrameType::GoAway => Self::GoAway(Message::decode(body)?),
             FrameType::Error => Self::Error(Message::decode(body)?),
@@ -668,7 +668,7 @@ mod tests {
                         })
                     }
                 ),
-            arb_push().prop_map(Frame::Push),
+            arb_push().prop_map(|p| Frame::Push(Box::new(p))),
             any::<u64>().prop_map(|time_ms| Frame::Pong(body::Heartbeat { time_ms })),
             (any::<u32>(), any::<u32>(), arb_string()).prop_map(|(reason, retry_after_ms, message)| {
                 Frame::GoAway(body::GoAway {
