@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Largest Push frame the API accepts: a 2 KiB body (push-semantics.md §2)
+/// plus the header and field overhead.
+pub const MAX_PUSH_FRAME_BYTES: usize = 2048 + 64;
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -237,8 +241,14 @@ impl Config {
         if (l.recv_buffer_bytes as usize) < 512 {
             return invalid("limits.recv_buffer_bytes must be at least 512".into());
         }
-        if l.max_outbound_bytes < l.max_frame_bytes * 2 {
-            return invalid("limits.max_outbound_bytes must be at least twice max_frame_bytes".into());
+        // A full in-flight window of the largest pushes (2 KiB bodies) must
+        // fit, or a healthy device would be closed as a slow reader.
+        let window_bytes = d.inflight_window.saturating_mul(MAX_PUSH_FRAME_BYTES) + l.max_frame_bytes;
+        if l.max_outbound_bytes < window_bytes {
+            return invalid(format!(
+                "limits.max_outbound_bytes = {} is below inflight_window x {MAX_PUSH_FRAME_BYTES} + max_frame_bytes = {window_bytes}",
+                l.max_outbound_bytes
+            ));
         }
         if l.shard_queue == 0 || l.max_connections_per_shard == 0 {
             return invalid("limits.shard_queue and limits.max_connections_per_shard must be > 0".into());
@@ -249,8 +259,8 @@ impl Config {
                 d.min_ttl_secs, d.max_ttl_secs
             ));
         }
-        if d.inflight_window == 0 || d.max_pending_per_device == 0 {
-            return invalid("delivery.inflight_window and max_pending_per_device must be > 0".into());
+        if d.inflight_window == 0 || d.max_pending_per_device < d.inflight_window {
+            return invalid("delivery.inflight_window must be > 0 and <= max_pending_per_device".into());
         }
         if d.heartbeat_secs == 0 || d.handshake_timeout_secs == 0 || d.ack_timeout_secs == 0 {
             return invalid("delivery timeouts and heartbeat_secs must be > 0".into());

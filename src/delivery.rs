@@ -1,16 +1,38 @@
-//! The sans-IO delivery core of one shard (interface; the implementation
-//! lands next).
+//! The sans-IO delivery core of one shard: the devices whose tokens this shard
+//! owns, their pending queues and in-flight windows, message statuses, the
+//! connections' sessions and every deadline. Bytes, commands and time go in;
+//! `IoAction`s and outbound bytes come out. The I/O backends (`io::uring`,
+//! `io::epoll`) drive it and never decide anything about delivery.
+//!
+//! Ownership: a device token hashes to one shard (`message::owner_shard`).
+//! That shard alone holds the device, so neither the API nor a connection ever
+//! takes a lock to reach it. A connection accepted by another shard is handed
+//! over after its Hello names the token.
+//!
+//! The in-memory queues are the index of what is pending; the durable log that
+//! backs them arrives with the durability work and replays into this same
+//! structure.
 
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use metrics::{Counter, Gauge, Histogram};
+use slab::Slab;
 
 use crate::config::Config;
-use crate::message::Command;
+use crate::message::{owner_shard, Accepted, Command, Message, Status, StatusReport};
+use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
+use crate::session::{decode_next, Decoded, Input, Session, SessionState};
+use crate::timer::TimerWheel;
 
 /// Index of a connection in the shard's session slab. Reused after
 /// `on_closed`.
 pub type ConnId = usize;
+/// Index of a device in the shard's device slab.
+pub type DeviceId = usize;
 
 /// What the I/O layer must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,34 +47,1157 @@ pub enum IoAction {
     HandOff { conn: ConnId, to: usize, initial: Bytes },
 }
 
+/// Result codes in RequestResult frames (push-semantics.md §6).
+const RESULT_SUCCESS: i32 = 100;
+const RESULT_NEED_DELIVERYTOKEN: i32 = 3001;
+const RESULT_NEED_USERID: i32 = 3012;
+const RESULT_INVALID_PARAM: i32 = 3028;
+
+/// Longest token we look up; anything longer is unknown by construction.
+const MAX_TOKEN_LEN: usize = 128;
+const MAX_USER_ID_LEN: usize = 60;
+const MAX_GROUP_LEN: usize = 64;
+const MAX_GROUPS_PER_DEVICE: usize = 100;
+const MAX_VENDOR_TOKEN_LEN: usize = 512;
+/// thirdChannel values the reference defines.
+const VENDOR_CHANNELS: [u32; 6] = [2, 4, 5, 6, 7, 8];
+
+enum Timer {
+    Handshake { conn: ConnId, generation: u32 },
+    Idle { conn: ConnId, generation: u32 },
+    AckTimeout { conn: ConnId, generation: u32 },
+    Expiry { device: DeviceId, message_id: u64 },
+}
+
+struct Pending {
+    message: Message,
+    status_key: StatusKey,
+    /// When it was last written to a connection; `None` while unsent.
+    sent_at: Option<Instant>,
+    /// It was written to some connection before (a later send is a
+    /// redelivery).
+    sent_before: bool,
+}
+
+struct Device {
+    app: Arc<str>,
+    token: Box<str>,
+    platform: u8,
+    conn: Option<ConnId>,
+    /// Oldest first. `queue[..in_flight]` has been written to `conn` and
+    /// awaits an Ack; the rest waits for window space or a connection.
+    queue: VecDeque<Pending>,
+    in_flight: usize,
+    /// Messages dropped by the pending cap since the last Welcome.
+    missed: u32,
+    user_id: Option<Box<str>>,
+    groups: Vec<Box<str>>,
+    vendor_token: Option<(u32, Box<str>)>,
+}
+
+/// A 128-bit digest of (app, msgKey, token). 128 bits make an accidental
+/// collision (which would wrongly report a duplicate) negligible at any
+/// realistic message count, and keep the status table free of strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StatusKey(u128);
+
+impl StatusKey {
+    fn new(app: &str, msg_key: &str, token: &str) -> Self {
+        let half = |salt: u8| {
+            let mut h = std::hash::DefaultHasher::new();
+            salt.hash(&mut h);
+            app.hash(&mut h);
+            msg_key.hash(&mut h);
+            token.hash(&mut h);
+            h.finish()
+        };
+        Self((u128::from(half(1)) << 64) | u128::from(half(2)))
+    }
+}
+
+struct StatusRecord {
+    status: Status,
+    message_id: u64,
+    accepted_at_ms: u64,
+    expires_at_ms: u64,
+    acked_at_ms: Option<u64>,
+}
+
+/// Limits copied out of the config once, in the units the core uses.
+struct Limits {
+    max_frame: usize,
+    max_connections: usize,
+    max_outbound: usize,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    ack_timeout: Duration,
+    heartbeat_secs: u32,
+    window: usize,
+    max_pending: usize,
+    status_retention: Duration,
+}
+
+/// Maps the monotonic clock to wall time, fixed at construction, so TTLs
+/// given in Unix milliseconds become timer deadlines and tests can run on a
+/// fake clock.
+struct Clock {
+    start: Instant,
+    start_unix_ms: u64,
+}
+
+impl Clock {
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.start_unix_ms + now.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    fn unix_micros(&self, now: Instant) -> u64 {
+        self.start_unix_ms * 1000 + now.saturating_duration_since(self.start).as_micros() as u64
+    }
+
+    fn instant_of(&self, unix_ms: u64) -> Instant {
+        self.start + Duration::from_millis(unix_ms.saturating_sub(self.start_unix_ms))
+    }
+}
+
+struct CoreMetrics {
+    shard: String,
+    frames_in: Vec<Counter>,
+    frames_out_push: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    queued: Counter,
+    delivered: Counter,
+    redelivered: Counter,
+    acked: Counter,
+    acks_unknown: Counter,
+    expired: Counter,
+    dropped_overflow: Counter,
+    dropped_deleted: Counter,
+    duplicates: Counter,
+    unknown_token: Counter,
+    pending: Gauge,
+    devices: Gauge,
+    sessions: Gauge,
+    ack_latency: Histogram,
+    api_to_device: Histogram,
+}
+
+impl CoreMetrics {
+    fn new(shard_id: usize) -> Self {
+        let shard = shard_id.to_string();
+        let counter = |name: &'static str| metrics::counter!(name, "shard" => shard.clone());
+        Self {
+            frames_in: crate::protocol::FrameType::ALL
+                .iter()
+                .map(|t| metrics::counter!("ringpush_frames_in_total", "shard" => shard.clone(), "type" => t.as_str()))
+                .collect(),
+            frames_out_push: metrics::counter!("ringpush_frames_out_total", "shard" => shard.clone(), "type" => "push"),
+            bytes_in: counter("ringpush_bytes_in_total"),
+            bytes_out: counter("ringpush_bytes_out_total"),
+            queued: counter("ringpush_messages_queued_total"),
+            delivered: counter("ringpush_messages_delivered_total"),
+            redelivered: counter("ringpush_messages_redelivered_total"),
+            acked: counter("ringpush_messages_acked_total"),
+            acks_unknown: counter("ringpush_acks_unknown_total"),
+            expired: counter("ringpush_messages_expired_total"),
+            dropped_overflow: metrics::counter!("ringpush_messages_dropped_total", "shard" => shard.clone(), "reason" => "overflow"),
+            dropped_deleted: metrics::counter!("ringpush_messages_dropped_total", "shard" => shard.clone(), "reason" => "token_deleted"),
+            duplicates: counter("ringpush_messages_duplicate_total"),
+            unknown_token: counter("ringpush_messages_unknown_token_total"),
+            pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
+            devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
+            sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
+            ack_latency: metrics::histogram!("ringpush_ack_latency_seconds", "shard" => shard.clone()),
+            api_to_device: metrics::histogram!("ringpush_api_to_device_seconds", "shard" => shard.clone()),
+            shard,
+        }
+    }
+
+    fn frame_in(&self, frame: &Frame) {
+        let t = frame.frame_type();
+        if let Some(i) = crate::protocol::FrameType::ALL.iter().position(|x| *x == t) {
+            self.frames_in[i].increment(1);
+        }
+    }
+
+    fn closed(&self, reason: &'static str) {
+        metrics::counter!("ringpush_connections_closed_total", "shard" => self.shard.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    fn handshake(&self, result: &'static str) {
+        metrics::counter!("ringpush_handshakes_total", "shard" => self.shard.clone(), "result" => result)
+            .increment(1);
+    }
+}
+
+/// Describes the core's metrics for `/metrics` help text.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "ringpush_frames_in_total",
+        "Frames received from devices, by type"
+    );
+    describe_counter!("ringpush_frames_out_total", "Push frames written to devices");
+    describe_counter!(
+        "ringpush_bytes_in_total",
+        Unit::Bytes,
+        "Bytes received from devices"
+    );
+    describe_counter!(
+        "ringpush_bytes_out_total",
+        Unit::Bytes,
+        "Bytes handed to device sockets"
+    );
+    describe_counter!(
+        "ringpush_messages_queued_total",
+        "Messages a shard accepted into a device queue"
+    );
+    describe_counter!(
+        "ringpush_messages_delivered_total",
+        "Messages written to a device connection, redeliveries included"
+    );
+    describe_counter!(
+        "ringpush_messages_redelivered_total",
+        "Messages written again after a reconnect"
+    );
+    describe_counter!(
+        "ringpush_messages_acked_total",
+        "Messages acknowledged by their device"
+    );
+    describe_counter!(
+        "ringpush_acks_unknown_total",
+        "Acked ids that matched no pending message (already acked, expired or dropped)"
+    );
+    describe_counter!(
+        "ringpush_messages_expired_total",
+        "Messages whose TTL ran out before an ack"
+    );
+    describe_counter!(
+        "ringpush_messages_dropped_total",
+        "Messages dropped: per-device pending cap (overflow) or DeleteToken"
+    );
+    describe_counter!(
+        "ringpush_messages_duplicate_total",
+        "Pushes of an app+msgKey+token already accepted (not queued again)"
+    );
+    describe_counter!(
+        "ringpush_messages_unknown_token_total",
+        "Pushes to a token no device holds"
+    );
+    describe_gauge!(
+        "ringpush_messages_pending",
+        "Messages queued for devices and not yet acked, expired or dropped"
+    );
+    describe_gauge!("ringpush_devices", "Device tokens a shard owns");
+    describe_gauge!(
+        "ringpush_sessions",
+        "Device connections a shard holds, in any state"
+    );
+    describe_counter!(
+        "ringpush_connections_closed_total",
+        "Device connections closed, by reason"
+    );
+    describe_counter!(
+        "ringpush_handshakes_total",
+        "Hello handshakes by result (ok, handed_off, failed)"
+    );
+    describe_histogram!(
+        "ringpush_ack_latency_seconds",
+        Unit::Seconds,
+        "From writing a Push to its Ack"
+    );
+    describe_histogram!(
+        "ringpush_api_to_device_seconds",
+        Unit::Seconds,
+        "From API acceptance to writing the Push to the device socket"
+    );
+}
+
+/// Outcome of one frame for the input loop.
+enum Flow {
+    Continue,
+    /// The session is closing: ignore the rest of the input.
+    Stop,
+    /// The token belongs to shard N: hand the connection over from this frame.
+    HandOff(usize),
+}
+
 pub struct DeliveryCore {
-    _private: (),
+    shard_id: usize,
+    shard_count: usize,
+    limits: Limits,
+    apps: HashMap<Box<str>, Arc<str>>,
+    sessions: Slab<Session>,
+    next_generation: u32,
+    devices: Slab<Device>,
+    by_token: HashMap<Box<str>, DeviceId>,
+    statuses: HashMap<StatusKey, StatusRecord>,
+    /// Final statuses in the order they become collectable; retention is one
+    /// constant, so this is sorted by construction.
+    status_gc: VecDeque<(Instant, StatusKey)>,
+    timers: TimerWheel<Timer>,
+    fired: Vec<Timer>,
+    actions: VecDeque<IoAction>,
+    clock: Clock,
+    pending_total: usize,
+    jitter: u64,
+    metrics: CoreMetrics,
 }
 
 impl DeliveryCore {
-    pub fn new(_shard_id: usize, _shard_count: usize, _config: &Config, _now: Instant) -> Self {
-        Self { _private: () }
+    pub fn new(shard_id: usize, shard_count: usize, config: &Config, now: Instant) -> Self {
+        Self::with_wall_clock(shard_id, shard_count, config, now, crate::message::unix_ms())
     }
-    pub fn open_connection(&mut self, _now: Instant) -> Option<ConnId> {
-        None
+
+    /// For tests: `now` corresponds to `unix_ms` on the wall clock.
+    pub fn with_wall_clock(
+        shard_id: usize,
+        shard_count: usize,
+        config: &Config,
+        now: Instant,
+        unix_ms: u64,
+    ) -> Self {
+        let d = &config.delivery;
+        let mut seed = [0u8; 8];
+        // Jitter needs no secrecy; a fixed seed only makes it less spread.
+        let _ = getrandom::fill(&mut seed);
+        Self {
+            shard_id,
+            shard_count,
+            limits: Limits {
+                max_frame: config.limits.max_frame_bytes,
+                max_connections: config.limits.max_connections_per_shard,
+                max_outbound: config.limits.max_outbound_bytes,
+                handshake_timeout: d.handshake_timeout(),
+                idle_timeout: d.idle_timeout(),
+                ack_timeout: d.ack_timeout(),
+                heartbeat_secs: d.heartbeat_secs,
+                window: d.inflight_window,
+                max_pending: d.max_pending_per_device,
+                status_retention: d.status_retention(),
+            },
+            apps: config
+                .apps
+                .iter()
+                .map(|a| (a.app_id.clone().into_boxed_str(), Arc::from(a.app_id.as_str())))
+                .collect(),
+            sessions: Slab::new(),
+            next_generation: 0,
+            devices: Slab::new(),
+            by_token: HashMap::new(),
+            statuses: HashMap::new(),
+            status_gc: VecDeque::new(),
+            timers: TimerWheel::new(now, Duration::from_millis(10), 4096),
+            fired: Vec::new(),
+            actions: VecDeque::new(),
+            clock: Clock {
+                start: now,
+                start_unix_ms: unix_ms,
+            },
+            pending_total: 0,
+            jitter: u64::from_le_bytes(seed) | 1,
+            metrics: CoreMetrics::new(shard_id),
+        }
     }
-    pub fn overload_frame(&self) -> Bytes {
-        Bytes::new()
+
+    pub fn shard_id(&self) -> usize {
+        self.shard_id
     }
-    pub fn on_bytes(&mut self, _conn: ConnId, _bytes: &[u8], _now: Instant) {}
-    pub fn on_closed(&mut self, _conn: ConnId, _now: Instant) {}
-    pub fn on_command(&mut self, _cmd: Command, _now: Instant) {}
-    pub fn on_timers(&mut self, _now: Instant) {}
-    pub fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-    pub fn poll_action(&mut self) -> Option<IoAction> {
-        None
-    }
-    pub fn take_outbound(&mut self, _conn: ConnId) -> Option<BytesMut> {
-        None
-    }
+
     pub fn connection_count(&self) -> usize {
-        0
+        self.sessions.len()
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending_total
+    }
+
+    /// Registers a new socket. `None` when the shard is at
+    /// `limits.max_connections_per_shard`: write `overload_frame` and close.
+    pub fn open_connection(&mut self, now: Instant) -> Option<ConnId> {
+        if self.sessions.len() >= self.limits.max_connections {
+            self.metrics.closed("overloaded");
+            return None;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let conn = self.sessions.insert(Session::new(generation, now));
+        self.timers.insert(
+            now + self.limits.handshake_timeout,
+            Timer::Handshake { conn, generation },
+        );
+        self.metrics.sessions.set(self.sessions.len() as f64);
+        Some(conn)
+    }
+
+    /// GoAway(overloaded) with a jittered retry-after of 1–5 s, so refused
+    /// devices do not come back in one wave.
+    pub fn overload_frame(&mut self) -> Bytes {
+        Bytes::from(
+            Frame::GoAway(body::GoAway {
+                reason: GoAwayReason::Overloaded as u32,
+                retry_after_ms: self.jittered_ms(1000, 5000),
+                message: "shard at its connection limit".into(),
+            })
+            .to_bytes(),
+        )
+    }
+
+    fn jittered_ms(&mut self, low: u32, high: u32) -> u32 {
+        // xorshift64: cheap and good enough to spread reconnects.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        low + (self.jitter % u64::from(high - low + 1)) as u32
+    }
+
+    pub fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
+        let Some(session) = self.sessions.get_mut(conn) else {
+            return;
+        };
+        if session.state == SessionState::Closing {
+            return;
+        }
+        session.last_activity = now;
+        self.metrics.bytes_in.increment(bytes.len() as u64);
+        match session.take_input(bytes) {
+            Input::Borrowed => self.process_input(conn, bytes, now),
+            Input::Joined(joined) => self.process_input(conn, &joined, now),
+        }
+    }
+
+    fn process_input(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
+        let mut offset = 0;
+        loop {
+            let (decoded, used) = decode_next(&bytes[offset..], self.limits.max_frame);
+            match decoded {
+                Decoded::NeedMore => {
+                    if let Some(session) = self.sessions.get_mut(conn) {
+                        if session.state != SessionState::Closing {
+                            session.keep_unconsumed(&bytes[offset..]);
+                        }
+                    }
+                    return;
+                }
+                Decoded::Invalid(err) => {
+                    self.fail(conn, err.code(), &err.to_string());
+                    return;
+                }
+                Decoded::Frame { frame, .. } => {
+                    self.metrics.frame_in(&frame);
+                    match self.handle_frame(conn, frame, now) {
+                        Flow::Continue => offset += used,
+                        Flow::Stop => return,
+                        Flow::HandOff(to) => {
+                            self.metrics.handshake("handed_off");
+                            if let Some(session) = self.sessions.get_mut(conn) {
+                                session.state = SessionState::Closing;
+                            }
+                            let initial = Bytes::copy_from_slice(&bytes[offset..]);
+                            self.actions.push_back(IoAction::HandOff { conn, to, initial });
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) -> Flow {
+        let state = self.sessions[conn].state;
+        let device = match state {
+            SessionState::Closing => return Flow::Stop,
+            SessionState::AwaitingHello => {
+                return match frame {
+                    Frame::Hello(hello) => self.on_hello(conn, hello, now),
+                    other => self.fail(
+                        conn,
+                        ErrorCode::UnexpectedFrame,
+                        &format!("{:?} before Hello", other.frame_type()),
+                    ),
+                };
+            }
+            SessionState::Active(device) => device,
+        };
+        match frame {
+            Frame::Ack(ids) => self.on_ack(device, &ids.ids, now),
+            Frame::Ping(ping) => {
+                self.write_frame(conn, &Frame::Pong(ping));
+            }
+            Frame::DeleteToken => {
+                self.delete_device(device, now);
+                return self.go_away(conn, GoAwayReason::TokenDeleted, 0, "token deleted");
+            }
+            Frame::Bind(b) => {
+                let code = self.bind_user(device, &b.user_id);
+                self.reply(conn, b.request_id, code);
+            }
+            Frame::Unbind(b) => {
+                let code = if b.user_id.is_empty() {
+                    RESULT_NEED_USERID
+                } else {
+                    let d = &mut self.devices[device];
+                    if d.user_id.as_deref() == Some(b.user_id.as_str()) {
+                        d.user_id = None;
+                    }
+                    RESULT_SUCCESS
+                };
+                self.reply(conn, b.request_id, code);
+            }
+            Frame::JoinGroup(g) => {
+                let code = self.join_group(device, &g.group);
+                self.reply(conn, g.request_id, code);
+            }
+            Frame::LeaveGroup(g) => {
+                self.devices[device].groups.retain(|x| **x != *g.group);
+                self.reply(conn, g.request_id, RESULT_SUCCESS);
+            }
+            Frame::LeaveAllGroups(g) => {
+                self.devices[device].groups = Vec::new();
+                self.reply(conn, g.request_id, RESULT_SUCCESS);
+            }
+            Frame::ReportVendorToken(v) => {
+                let code = if v.vendor_token.is_empty() {
+                    RESULT_NEED_DELIVERYTOKEN
+                } else if !VENDOR_CHANNELS.contains(&v.third_channel)
+                    || v.vendor_token.len() > MAX_VENDOR_TOKEN_LEN
+                {
+                    RESULT_INVALID_PARAM
+                } else {
+                    self.devices[device].vendor_token = Some((v.third_channel, v.vendor_token.into()));
+                    RESULT_SUCCESS
+                };
+                self.reply(conn, v.request_id, code);
+            }
+            Frame::Opened(ids) => {
+                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "opened")
+                    .increment(ids.ids.len() as u64);
+            }
+            Frame::Ignored(ids) => {
+                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "ignored")
+                    .increment(ids.ids.len() as u64);
+            }
+            Frame::Hello(_) => return self.fail(conn, ErrorCode::UnexpectedFrame, "Hello after Welcome"),
+            server_only => {
+                let reason = format!("{:?} is a server frame", server_only.frame_type());
+                return self.fail(conn, ErrorCode::UnexpectedFrame, &reason);
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_hello(&mut self, conn: ConnId, hello: body::Hello, now: Instant) -> Flow {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {} (server speaks {PROTOCOL_VERSION})",
+                hello.protocol_version
+            );
+            return self.fail(conn, ErrorCode::UnsupportedVersion, &reason);
+        }
+        let Some(app) = self.apps.get(hello.app_id.as_str()).cloned() else {
+            return self.fail(conn, ErrorCode::UnknownApp, "unknown app id");
+        };
+        let Ok(platform) = u8::try_from(hello.platform) else {
+            return self.fail(conn, ErrorCode::BadPlatform, "platform must be 1, 2 or 7");
+        };
+        if !matches!(platform, 1 | 2 | 7) {
+            return self.fail(conn, ErrorCode::BadPlatform, "platform must be 1, 2 or 7");
+        }
+        let presented = hello.token.as_str();
+        let plausible = !presented.is_empty() && presented.len() <= MAX_TOKEN_LEN;
+        if plausible {
+            let owner = owner_shard(presented.as_bytes(), self.shard_count);
+            if owner != self.shard_id {
+                return Flow::HandOff(owner);
+            }
+        }
+        // A token of another app is treated as unknown: the device gets a new
+        // token of its own app and never sees the other app's state.
+        let known = plausible
+            .then(|| self.by_token.get(presented).copied())
+            .flatten()
+            .filter(|&d| *self.devices[d].app == *app);
+        let (device, new_token) = match known {
+            Some(d) => (d, false),
+            None => (self.register_device(app, platform), true),
+        };
+        if let Some(old) = self.devices[device].conn {
+            if old != conn {
+                self.go_away(
+                    old,
+                    GoAwayReason::Replaced,
+                    0,
+                    "another connection presented this token",
+                );
+            }
+        }
+        let generation = {
+            let session = &mut self.sessions[conn];
+            session.state = SessionState::Active(device);
+            session.generation
+        };
+        let d = &mut self.devices[device];
+        d.conn = Some(conn);
+        d.platform = platform;
+        let welcome = Frame::Welcome(body::Welcome {
+            token: d.token.to_string(),
+            heartbeat_secs: self.limits.heartbeat_secs,
+            server_time_ms: self.clock.unix_ms(now),
+            new_token,
+            missed: std::mem::take(&mut d.missed),
+            protocol_version: PROTOCOL_VERSION,
+        });
+        self.write_frame(conn, &welcome);
+        self.metrics.handshake("ok");
+        self.timers
+            .insert(now + self.limits.idle_timeout, Timer::Idle { conn, generation });
+        self.fill_window(device, now);
+        Flow::Continue
+    }
+
+    fn register_device(&mut self, app: Arc<str>, platform: u8) -> DeviceId {
+        let token = loop {
+            let candidate = new_token();
+            if owner_shard(candidate.as_bytes(), self.shard_count) == self.shard_id
+                && !self.by_token.contains_key(candidate.as_str())
+            {
+                break candidate.into_boxed_str();
+            }
+        };
+        let device = self.devices.insert(Device {
+            app,
+            token: token.clone(),
+            platform,
+            conn: None,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            missed: 0,
+            user_id: None,
+            groups: Vec::new(),
+            vendor_token: None,
+        });
+        self.by_token.insert(token, device);
+        self.metrics.devices.set(self.devices.len() as f64);
+        device
+    }
+
+    fn bind_user(&mut self, device: DeviceId, user_id: &str) -> i32 {
+        if user_id.is_empty() {
+            return RESULT_NEED_USERID;
+        }
+        if user_id.len() > MAX_USER_ID_LEN {
+            return RESULT_INVALID_PARAM;
+        }
+        self.devices[device].user_id = Some(user_id.into());
+        RESULT_SUCCESS
+    }
+
+    fn join_group(&mut self, device: DeviceId, group: &str) -> i32 {
+        if group.is_empty() || group.len() > MAX_GROUP_LEN {
+            return RESULT_INVALID_PARAM;
+        }
+        // Every device is in `all` implicitly.
+        if group == "all" {
+            return RESULT_SUCCESS;
+        }
+        let groups = &mut self.devices[device].groups;
+        if !groups.iter().any(|g| **g == *group) {
+            if groups.len() >= MAX_GROUPS_PER_DEVICE {
+                return RESULT_INVALID_PARAM;
+            }
+            groups.push(group.into());
+        }
+        RESULT_SUCCESS
+    }
+
+    fn reply(&mut self, conn: ConnId, request_id: u64, code: i32) {
+        let message = if code == RESULT_SUCCESS { "" } else { "rejected" };
+        self.write_frame(
+            conn,
+            &Frame::RequestResult(body::RequestResult {
+                request_id,
+                code,
+                message: message.into(),
+            }),
+        );
+    }
+
+    fn on_ack(&mut self, device: DeviceId, ids: &[u64], now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let d = &mut self.devices[device];
+        for &id in ids {
+            let Some(pos) = d.queue.iter().position(|p| p.message.id == id) else {
+                self.metrics.acks_unknown.increment(1);
+                continue;
+            };
+            let pending = d.queue.remove(pos).expect("position is in range");
+            if pos < d.in_flight {
+                d.in_flight -= 1;
+            }
+            self.pending_total -= 1;
+            if let Some(sent_at) = pending.sent_at {
+                self.metrics
+                    .ack_latency
+                    .record(now.saturating_duration_since(sent_at).as_secs_f64());
+            }
+            if let Some(record) = self.statuses.get_mut(&pending.status_key) {
+                record.status = Status::Acked;
+                record.acked_at_ms = Some(now_ms);
+            }
+            self.status_gc
+                .push_back((now + self.limits.status_retention, pending.status_key));
+            self.metrics.acked.increment(1);
+        }
+        if d.queue.is_empty() && d.queue.capacity() > 0 {
+            // An idle device must not keep a queue allocation per connection.
+            d.queue = VecDeque::new();
+        }
+        self.metrics.pending.set(self.pending_total as f64);
+        self.fill_window(device, now);
+    }
+
+    /// Writes queued messages to the device's connection until the in-flight
+    /// window is full. Messages past their TTL are expired here rather than
+    /// written, so nothing is delivered late even between timer ticks.
+    fn fill_window(&mut self, device: DeviceId, now: Instant) {
+        let d = &mut self.devices[device];
+        let Some(conn) = d.conn else { return };
+        let session = &mut self.sessions[conn];
+        let now_ms = self.clock.unix_ms(now);
+        let now_us = self.clock.unix_micros(now);
+        let mut wrote = false;
+        while d.in_flight < self.limits.window && d.in_flight < d.queue.len() {
+            let i = d.in_flight;
+            if d.queue[i].message.expires_at_ms <= now_ms {
+                let gone = d.queue.remove(i).expect("index is in range");
+                expire(
+                    &mut self.statuses,
+                    &mut self.status_gc,
+                    gone.status_key,
+                    now + self.limits.status_retention,
+                );
+                self.pending_total -= 1;
+                self.metrics.expired.increment(1);
+                continue;
+            }
+            let p = &mut d.queue[i];
+            session.outbound.extend_from_slice(&p.message.frame);
+            p.sent_at = Some(now);
+            if p.sent_before {
+                self.metrics.redelivered.increment(1);
+            } else {
+                p.sent_before = true;
+                let waited_us = now_us.saturating_sub(p.message.accepted_at_ms * 1000);
+                self.metrics.api_to_device.record(waited_us as f64 / 1e6);
+            }
+            d.in_flight += 1;
+            wrote = true;
+            self.metrics.delivered.increment(1);
+            self.metrics.frames_out_push.increment(1);
+        }
+        if !wrote {
+            return;
+        }
+        if !session.ack_timer_armed {
+            session.ack_timer_armed = true;
+            let generation = session.generation;
+            self.timers.insert(
+                now + self.limits.ack_timeout,
+                Timer::AckTimeout { conn, generation },
+            );
+        }
+        self.request_send(conn);
+    }
+
+    fn write_frame(&mut self, conn: ConnId, frame: &Frame) {
+        if let Some(session) = self.sessions.get_mut(conn) {
+            frame.encode(&mut session.outbound);
+            self.request_send(conn);
+        }
+    }
+
+    fn request_send(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.get_mut(conn) else {
+            return;
+        };
+        if session.outbound.len() > self.limits.max_outbound && session.state != SessionState::Closing {
+            // A slow reader: its unacked messages go back to pending, and
+            // the memory goes back to the shard.
+            session.outbound = BytesMut::new();
+            self.close(conn, "slow_reader");
+            return;
+        }
+        if !session.send_requested {
+            session.send_requested = true;
+            self.actions.push_back(IoAction::Send(conn));
+        }
+    }
+
+    /// Bytes to write for `conn`; the session keeps no buffer afterwards.
+    pub fn take_outbound(&mut self, conn: ConnId) -> Option<BytesMut> {
+        let session = self.sessions.get_mut(conn)?;
+        session.send_requested = false;
+        if session.outbound.is_empty() {
+            return None;
+        }
+        let out = std::mem::take(&mut session.outbound);
+        self.metrics.bytes_out.increment(out.len() as u64);
+        Some(out)
+    }
+
+    pub fn poll_action(&mut self) -> Option<IoAction> {
+        self.actions.pop_front()
+    }
+
+    /// Sends Error(code) and closes. Only this connection is affected.
+    fn fail(&mut self, conn: ConnId, code: ErrorCode, reason: &str) -> Flow {
+        if matches!(
+            self.sessions.get(conn).map(|s| s.state),
+            Some(SessionState::AwaitingHello)
+        ) {
+            self.metrics.handshake("failed");
+        }
+        self.write_frame(
+            conn,
+            &Frame::Error(body::Error {
+                code: code as u32,
+                reason: reason.into(),
+            }),
+        );
+        self.close(conn, code.as_str());
+        Flow::Stop
+    }
+
+    fn go_away(&mut self, conn: ConnId, reason: GoAwayReason, retry_after_ms: u32, message: &str) -> Flow {
+        self.write_frame(
+            conn,
+            &Frame::GoAway(body::GoAway {
+                reason: reason as u32,
+                retry_after_ms,
+                message: message.into(),
+            }),
+        );
+        self.close(conn, reason.as_str());
+        Flow::Stop
+    }
+
+    /// Decides to close: detaches the device at once (new messages queue for
+    /// the next connection), then lets the I/O layer flush and close.
+    fn close(&mut self, conn: ConnId, reason: &'static str) {
+        let Some(session) = self.sessions.get_mut(conn) else {
+            return;
+        };
+        if session.state == SessionState::Closing {
+            return;
+        }
+        let device = session.device();
+        session.state = SessionState::Closing;
+        if let Some(device) = device {
+            self.detach(device, conn);
+        }
+        self.metrics.closed(reason);
+        self.actions.push_back(IoAction::Close(conn));
+    }
+
+    /// The connection is gone; unacked messages will be sent again.
+    fn detach(&mut self, device: DeviceId, conn: ConnId) {
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        if d.conn != Some(conn) {
+            return;
+        }
+        d.conn = None;
+        for p in d.queue.iter_mut().take(d.in_flight) {
+            p.sent_at = None;
+        }
+        d.in_flight = 0;
+    }
+
+    /// The socket is closed (by the peer, by an error, or after `Close` or
+    /// `HandOff`). Frees `conn` for reuse.
+    pub fn on_closed(&mut self, conn: ConnId, _now: Instant) {
+        let Some(session) = self.sessions.try_remove(conn) else {
+            return;
+        };
+        match session.state {
+            SessionState::Closing => {}
+            SessionState::AwaitingHello => self.metrics.closed("peer_closed"),
+            SessionState::Active(device) => {
+                self.metrics.closed("peer_closed");
+                self.detach(device, conn);
+            }
+        }
+        self.metrics.sessions.set(self.sessions.len() as f64);
+    }
+
+    fn delete_device(&mut self, device: DeviceId, now: Instant) {
+        let d = self.devices.remove(device);
+        self.by_token.remove(&d.token);
+        for p in d.queue {
+            if let Some(record) = self.statuses.get_mut(&p.status_key) {
+                record.status = Status::Dropped;
+            }
+            self.status_gc
+                .push_back((now + self.limits.status_retention, p.status_key));
+            self.pending_total -= 1;
+            self.metrics.dropped_deleted.increment(1);
+        }
+        self.metrics.pending.set(self.pending_total as f64);
+        self.metrics.devices.set(self.devices.len() as f64);
+    }
+
+    pub fn on_command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Push { messages, reply } => {
+                let outcomes = messages.into_iter().map(|m| self.accept(m, now)).collect();
+                self.metrics.pending.set(self.pending_total as f64);
+                // The API may have timed out and gone; the messages stay queued.
+                let _ = reply.send(outcomes);
+            }
+            Command::QueryStatus {
+                app_id,
+                msg_key,
+                token,
+                reply,
+            } => {
+                let report = self
+                    .statuses
+                    .get(&StatusKey::new(&app_id, &msg_key, &token))
+                    .map(|r| StatusReport {
+                        status: r.status,
+                        message_id: r.message_id,
+                        accepted_at_ms: r.accepted_at_ms,
+                        expires_at_ms: r.expires_at_ms,
+                        acked_at_ms: r.acked_at_ms,
+                    });
+                let _ = reply.send(report);
+            }
+        }
+    }
+
+    fn accept(&mut self, message: Message, now: Instant) -> Accepted {
+        let status_key = StatusKey::new(&message.app_id, &message.msg_key, &message.token);
+        if self.statuses.contains_key(&status_key) {
+            self.metrics.duplicates.increment(1);
+            return Accepted::Duplicate;
+        }
+        let device = match self.by_token.get(&*message.token) {
+            Some(&d) if *self.devices[d].app == *message.app_id => d,
+            _ => {
+                self.metrics.unknown_token.increment(1);
+                return Accepted::UnknownToken;
+            }
+        };
+        self.statuses.insert(
+            status_key,
+            StatusRecord {
+                status: Status::Pending,
+                message_id: message.id,
+                accepted_at_ms: message.accepted_at_ms,
+                expires_at_ms: message.expires_at_ms,
+                acked_at_ms: None,
+            },
+        );
+        self.timers.insert(
+            self.clock.instant_of(message.expires_at_ms),
+            Timer::Expiry {
+                device,
+                message_id: message.id,
+            },
+        );
+        let d = &mut self.devices[device];
+        if d.queue.len() >= self.limits.max_pending {
+            // Drop the oldest message not yet written; if the whole queue is
+            // in flight, the oldest of those.
+            let victim = if d.queue.len() > d.in_flight {
+                d.in_flight
+            } else {
+                0
+            };
+            let gone = d.queue.remove(victim).expect("queue is full, so not empty");
+            if victim < d.in_flight {
+                d.in_flight -= 1;
+            }
+            if let Some(record) = self.statuses.get_mut(&gone.status_key) {
+                record.status = Status::Dropped;
+            }
+            self.status_gc
+                .push_back((now + self.limits.status_retention, gone.status_key));
+            d.missed = d.missed.saturating_add(1);
+            self.pending_total -= 1;
+            self.metrics.dropped_overflow.increment(1);
+        }
+        d.queue.push_back(Pending {
+            message,
+            status_key,
+            sent_at: None,
+            sent_before: false,
+        });
+        self.pending_total += 1;
+        self.metrics.queued.increment(1);
+        let online = d.conn.is_some();
+        if online {
+            self.fill_window(device, now);
+        }
+        Accepted::Queued { online }
+    }
+
+    /// Runs every timer due at `now` and collects statuses past retention.
+    pub fn on_timers(&mut self, now: Instant) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(now, &mut fired);
+        for timer in fired.drain(..) {
+            self.fire(timer, now);
+        }
+        self.fired = fired;
+        while let Some(&(at, key)) = self.status_gc.front() {
+            if at > now {
+                break;
+            }
+            self.status_gc.pop_front();
+            if self
+                .statuses
+                .get(&key)
+                .is_some_and(|r| r.status != Status::Pending)
+            {
+                self.statuses.remove(&key);
+            }
+        }
+    }
+
+    fn live_session(&self, conn: ConnId, generation: u32) -> Option<&Session> {
+        self.sessions
+            .get(conn)
+            .filter(|s| s.generation == generation && s.state != SessionState::Closing)
+    }
+
+    fn fire(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Handshake { conn, generation } => {
+                if self.live_session(conn, generation).map(|s| s.state) == Some(SessionState::AwaitingHello) {
+                    self.fail(
+                        conn,
+                        ErrorCode::HandshakeTimeout,
+                        "no Hello before the handshake deadline",
+                    );
+                }
+            }
+            Timer::Idle { conn, generation } => {
+                let Some(session) = self.live_session(conn, generation) else {
+                    return;
+                };
+                let deadline = session.last_activity + self.limits.idle_timeout;
+                if deadline <= now {
+                    self.fail(
+                        conn,
+                        ErrorCode::IdleTimeout,
+                        "no frame for three heartbeat intervals",
+                    );
+                } else {
+                    self.timers.insert(deadline, Timer::Idle { conn, generation });
+                }
+            }
+            Timer::AckTimeout { conn, generation } => {
+                let Some(device) = self.live_session(conn, generation).and_then(Session::device) else {
+                    return;
+                };
+                let d = &self.devices[device];
+                let oldest = d.queue.iter().take(d.in_flight).filter_map(|p| p.sent_at).min();
+                match oldest {
+                    Some(sent) if sent + self.limits.ack_timeout <= now => self.close(conn, "ack_timeout"),
+                    Some(sent) => self.timers.insert(
+                        sent + self.limits.ack_timeout,
+                        Timer::AckTimeout { conn, generation },
+                    ),
+                    None => self.sessions[conn].ack_timer_armed = false,
+                }
+            }
+            Timer::Expiry { device, message_id } => {
+                let Some(d) = self.devices.get_mut(device) else {
+                    return;
+                };
+                let Some(pos) = d.queue.iter().position(|p| p.message.id == message_id) else {
+                    return;
+                };
+                let gone = d.queue.remove(pos).expect("position is in range");
+                if pos < d.in_flight {
+                    d.in_flight -= 1;
+                }
+                self.pending_total -= 1;
+                self.metrics.expired.increment(1);
+                self.metrics.pending.set(self.pending_total as f64);
+                expire(
+                    &mut self.statuses,
+                    &mut self.status_gc,
+                    gone.status_key,
+                    now + self.limits.status_retention,
+                );
+                self.fill_window(device, now);
+            }
+        }
+    }
+
+    /// The earliest time `on_timers` has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timer = self.timers.next_deadline();
+        let gc = self.status_gc.front().map(|(at, _)| *at);
+        match (timer, gc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Tells every connected device to come back after a jittered delay and
+    /// closes it; used on shutdown.
+    pub fn shutdown(&mut self) {
+        let conns: Vec<ConnId> = self.sessions.iter().map(|(conn, _)| conn).collect();
+        for conn in conns {
+            let retry = self.jittered_ms(1000, 10_000);
+            self.go_away(conn, GoAwayReason::Shutdown, retry, "server shutting down");
+        }
     }
 }
+
+fn expire(
+    statuses: &mut HashMap<StatusKey, StatusRecord>,
+    gc: &mut VecDeque<(Instant, StatusKey)>,
+    key: StatusKey,
+    collect_at: Instant,
+) {
+    if let Some(record) = statuses.get_mut(&key) {
+        record.status = Status::Expired;
+    }
+    gc.push_back((collect_at, key));
+}
+
+/// 128 random bits, base64url without padding: unguessable, and free of
+/// anything that could tie two apps' tokens to one person.
+fn new_token() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).expect("the kernel's random source is available");
+    let mut bits: u32 = 0;
+    let mut nbits = 0;
+    let mut out = String::with_capacity(22);
+    for byte in raw {
+        bits = (bits << 8) | u32::from(byte);
+        nbits += 8;
+        while nbits >= 6 {
+            nbits -= 6;
+            out.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
+        }
+    }
+    if nbits > 0 {
+        out.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -11,3 +11,5 @@ pub mod config;
 pub mod delivery;
 pub mod message;
 pub mod protocol;
+pub mod session;
+pub mod timer;

@@ -1,0 +1,650 @@
+//! State-machine tests of the delivery core on a fake clock: no sockets, no
+//! sleeping. Each test plays devices and the API against one core and reads
+//! back the frames and I/O actions it produces.
+
+use super::*;
+use crate::config::App;
+use crate::protocol::{decode_slice, FrameType};
+
+const T0_UNIX_MS: u64 = 1_700_000_000_000;
+
+struct Harness {
+    core: DeliveryCore,
+    t0: Instant,
+    now: Instant,
+    next_id: u64,
+    /// Frames read with a Welcome and not yet returned by `output`.
+    leftover: HashMap<ConnId, Vec<Frame>>,
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.apps.push(App {
+        app_id: "other".into(),
+        workspace_id: "default".into(),
+    });
+    c
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(config(), 0, 1)
+    }
+
+    fn with(config: Config, shard: usize, shards: usize) -> Self {
+        let t0 = Instant::now();
+        Self {
+            core: DeliveryCore::with_wall_clock(shard, shards, &config, t0, T0_UNIX_MS),
+            t0,
+            now: t0,
+            next_id: 1,
+            leftover: HashMap::new(),
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.core.on_timers(self.now);
+    }
+
+    fn unix_ms(&self) -> u64 {
+        T0_UNIX_MS + (self.now - self.t0).as_millis() as u64
+    }
+
+    fn connect(&mut self) -> ConnId {
+        self.core
+            .open_connection(self.now)
+            .expect("below the connection cap")
+    }
+
+    fn send(&mut self, conn: ConnId, frame: &Frame) {
+        self.core.on_bytes(conn, &frame.to_bytes(), self.now);
+    }
+
+    fn hello(&mut self, conn: ConnId, app: &str, token: &str) {
+        self.send(
+            conn,
+            &Frame::Hello(body::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                app_id: app.into(),
+                platform: 1,
+                token: token.into(),
+            }),
+        );
+    }
+
+    /// Connects, says Hello, returns the connection and its Welcome.
+    fn device(&mut self, token: &str) -> (ConnId, body::Welcome) {
+        let conn = self.connect();
+        self.hello(conn, "demo", token);
+        let mut frames = self.output(conn);
+        match frames.first() {
+            Some(Frame::Welcome(w)) => {
+                let w = w.clone();
+                self.leftover.insert(conn, frames.split_off(1));
+                (conn, w)
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// Drains actions; returns the frames written to `conn`. Other
+    /// connections' output stays queued in the core.
+    fn output(&mut self, conn: ConnId) -> Vec<Frame> {
+        let mut frames = self.leftover.remove(&conn).unwrap_or_default();
+        let actions: Vec<IoAction> = std::iter::from_fn(|| self.core.poll_action()).collect();
+        for action in &actions {
+            if let IoAction::Send(c) | IoAction::Close(c) = action {
+                if *c != conn {
+                    continue;
+                }
+                if let Some(bytes) = self.core.take_outbound(*c) {
+                    let mut at = 0;
+                    while let Some((frame, used)) = decode_slice(&bytes[at..], 1 << 20).unwrap() {
+                        frames.push(frame);
+                        at += used;
+                    }
+                }
+            }
+        }
+        // Keep the other connections' actions for the caller to inspect.
+        for action in actions {
+            let other = match &action {
+                IoAction::Send(c) | IoAction::Close(c) => *c != conn,
+                IoAction::HandOff { conn: c, .. } => *c != conn,
+            };
+            if other || matches!(action, IoAction::Close(_) | IoAction::HandOff { .. }) {
+                self.core.actions.push_back(action);
+            }
+        }
+        frames
+    }
+
+    /// Drains and returns every action.
+    fn actions(&mut self) -> Vec<IoAction> {
+        std::iter::from_fn(|| self.core.poll_action()).collect()
+    }
+
+    fn push(&mut self, token: &str, msg_key: &str, ttl_secs: u64) -> (u64, Accepted) {
+        self.push_app("demo", token, msg_key, ttl_secs)
+    }
+
+    fn push_app(&mut self, app: &str, token: &str, msg_key: &str, ttl_secs: u64) -> (u64, Accepted) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let accepted_at_ms = self.unix_ms();
+        let frame = Frame::Push(Box::new(body::Push {
+            id,
+            msg_key: msg_key.into(),
+            title: "t".into(),
+            content: "c".into(),
+            accepted_at_ms,
+            expires_at_ms: accepted_at_ms + ttl_secs * 1000,
+            ..Default::default()
+        }));
+        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        self.core.on_command(
+            Command::Push {
+                messages: vec![Message {
+                    id,
+                    app_id: app.into(),
+                    token: token.into(),
+                    msg_key: msg_key.into(),
+                    accepted_at_ms,
+                    expires_at_ms: accepted_at_ms + ttl_secs * 1000,
+                    frame: Bytes::from(frame.to_bytes()),
+                }],
+                reply,
+            },
+            self.now,
+        );
+        let outcomes = rx.try_recv().expect("the core answers synchronously");
+        (id, outcomes[0])
+    }
+
+    fn status(&mut self, token: &str, msg_key: &str) -> Option<Status> {
+        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        self.core.on_command(
+            Command::QueryStatus {
+                app_id: "demo".into(),
+                msg_key: msg_key.into(),
+                token: token.into(),
+                reply,
+            },
+            self.now,
+        );
+        rx.try_recv().unwrap().map(|r| r.status)
+    }
+
+    fn ack(&mut self, conn: ConnId, ids: &[u64]) {
+        self.send(conn, &Frame::Ack(body::Ids { ids: ids.to_vec() }));
+    }
+}
+
+fn push_ids(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Push(p) => Some(p.id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_code(frames: &[Frame]) -> Option<u32> {
+    frames.iter().find_map(|f| match f {
+        Frame::Error(e) => Some(e.code),
+        _ => None,
+    })
+}
+
+fn go_away_reason(frames: &[Frame]) -> Option<u32> {
+    frames.iter().find_map(|f| match f {
+        Frame::GoAway(g) => Some(g.reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn hello_gets_a_fresh_unguessable_token() {
+    let mut h = Harness::new();
+    let (_, a) = h.device("");
+    let (_, b) = h.device("");
+    assert!(a.new_token && b.new_token);
+    assert_ne!(a.token, b.token);
+    assert!(a.token.len() >= 22, "128 bits of randomness: {}", a.token);
+    assert_eq!(a.heartbeat_secs, 60);
+    assert_eq!(a.server_time_ms, T0_UNIX_MS);
+}
+
+#[test]
+fn online_device_gets_the_push_and_its_ack_is_recorded() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    let (id, accepted) = h.push(&w.token, "k1", 60);
+    assert_eq!(accepted, Accepted::Queued { online: true });
+    let frames = h.output(conn);
+    assert_eq!(push_ids(&frames), [id]);
+    assert_eq!(h.status(&w.token, "k1"), Some(Status::Pending));
+    h.ack(conn, &[id]);
+    assert_eq!(h.status(&w.token, "k1"), Some(Status::Acked));
+    assert_eq!(h.core.pending_count(), 0);
+}
+
+#[test]
+fn offline_device_gets_pending_messages_on_reconnect_in_order() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    h.core.on_closed(conn, h.now);
+    let ids: Vec<u64> = (0..3).map(|i| h.push(&w.token, &format!("k{i}"), 60).0).collect();
+    h.advance(Duration::from_secs(30));
+    let (conn2, w2) = h.device(&w.token);
+    assert_eq!(w2.token, w.token);
+    assert!(!w2.new_token);
+    // The Welcome came first; the pushes follow in acceptance order.
+    let frames = h.output(conn2);
+    assert_eq!(push_ids(&frames), ids);
+}
+
+#[test]
+fn expired_messages_are_never_delivered_and_are_freed_by_the_timer() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    h.core.on_closed(conn, h.now);
+    h.push(&w.token, "short", 5);
+    let (long_id, _) = h.push(&w.token, "long", 60);
+    assert_eq!(h.core.pending_count(), 2);
+    h.advance(Duration::from_millis(5_010));
+    // Freed by the timer wheel without the device coming back.
+    assert_eq!(h.core.pending_count(), 1);
+    assert_eq!(h.status(&w.token, "short"), Some(Status::Expired));
+    let (conn2, _) = h.device(&w.token);
+    assert_eq!(push_ids(&h.output(conn2)), [long_id]);
+}
+
+#[test]
+fn a_message_is_not_written_after_its_expiry_even_between_ticks() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    h.core.on_closed(conn, h.now);
+    h.push(&w.token, "k", 1);
+    // Move the clock without running timers: fill_window must still refuse.
+    h.now += Duration::from_millis(1_500);
+    let (conn2, _) = h.device(&w.token);
+    assert!(push_ids(&h.output(conn2)).is_empty());
+    assert_eq!(h.status(&w.token, "k"), Some(Status::Expired));
+}
+
+#[test]
+fn handshake_deadline_closes_a_silent_connection() {
+    let mut h = Harness::new();
+    let conn = h.connect();
+    h.advance(Duration::from_secs(9));
+    assert!(h.actions().is_empty());
+    h.advance(Duration::from_millis(1_010));
+    let frames = h.output(conn);
+    assert_eq!(error_code(&frames), Some(ErrorCode::HandshakeTimeout as u32));
+    assert!(h.actions().contains(&IoAction::Close(conn)));
+}
+
+#[test]
+fn pings_keep_a_connection_alive_and_silence_closes_it() {
+    let mut h = Harness::new();
+    let (conn, _) = h.device("");
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(100));
+        h.send(conn, &Frame::Ping(body::Heartbeat { time_ms: 7 }));
+        let frames = h.output(conn);
+        assert_eq!(frames, [Frame::Pong(body::Heartbeat { time_ms: 7 })]);
+    }
+    h.advance(Duration::from_secs(179));
+    assert!(h.actions().is_empty());
+    h.advance(Duration::from_millis(1_100));
+    assert_eq!(error_code(&h.output(conn)), Some(ErrorCode::IdleTimeout as u32));
+}
+
+#[test]
+fn unacked_messages_close_the_connection_and_are_redelivered_with_the_same_id() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    let (id, _) = h.push(&w.token, "k", 3600);
+    assert_eq!(push_ids(&h.output(conn)), [id]);
+    h.send(conn, &Frame::Ping(body::Heartbeat { time_ms: 1 }));
+    h.output(conn);
+    h.advance(Duration::from_millis(30_010));
+    assert!(h.actions().contains(&IoAction::Close(conn)));
+    h.core.on_closed(conn, h.now);
+    let (conn2, _) = h.device(&w.token);
+    assert_eq!(push_ids(&h.output(conn2)), [id]);
+    h.ack(conn2, &[id]);
+    assert_eq!(h.status(&w.token, "k"), Some(Status::Acked));
+}
+
+#[test]
+fn the_in_flight_window_bounds_unacked_messages() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    let ids: Vec<u64> = (0..40)
+        .map(|i| h.push(&w.token, &format!("k{i}"), 60).0)
+        .collect();
+    let first = push_ids(&h.output(conn));
+    assert_eq!(first, ids[..32]);
+    h.ack(conn, &ids[..10]);
+    assert_eq!(push_ids(&h.output(conn)), ids[32..40]);
+}
+
+#[test]
+fn overflow_drops_the_oldest_unsent_and_tells_the_device() {
+    let mut cfg = config();
+    cfg.delivery.max_pending_per_device = 5;
+    cfg.delivery.inflight_window = 2;
+    let mut h = Harness::with(cfg, 0, 1);
+    let (conn, w) = h.device("");
+    h.core.on_closed(conn, h.now);
+    for i in 0..7 {
+        h.push(&w.token, &format!("k{i}"), 60);
+    }
+    assert_eq!(h.status(&w.token, "k0"), Some(Status::Dropped));
+    assert_eq!(h.status(&w.token, "k1"), Some(Status::Dropped));
+    assert_eq!(h.status(&w.token, "k2"), Some(Status::Pending));
+    let (conn2, w2) = h.device(&w.token);
+    assert_eq!(w2.missed, 2);
+    assert_eq!(push_ids(&h.output(conn2)).len(), 2, "window of 2");
+}
+
+#[test]
+fn a_second_connection_replaces_the_first_and_nothing_is_lost() {
+    let mut h = Harness::new();
+    let (old, w) = h.device("");
+    let (id, _) = h.push(&w.token, "k", 60);
+    assert_eq!(push_ids(&h.output(old)), [id]);
+    let new = h.connect();
+    h.hello(new, "demo", &w.token);
+    let old_frames = h.output(old);
+    assert_eq!(go_away_reason(&old_frames), Some(GoAwayReason::Replaced as u32));
+    let new_frames = h.output(new);
+    assert!(matches!(&new_frames[0], Frame::Welcome(x) if x.token == w.token));
+    assert_eq!(
+        push_ids(&new_frames),
+        [id],
+        "the unacked message moves to the new connection"
+    );
+    // The old socket's close arrives late; the new connection stays attached.
+    h.core.on_closed(old, h.now);
+    let (id2, accepted) = h.push(&w.token, "k2", 60);
+    assert_eq!(accepted, Accepted::Queued { online: true });
+    assert_eq!(push_ids(&h.output(new)), [id2]);
+}
+
+#[test]
+fn delete_token_wipes_the_device_and_the_next_hello_gets_a_new_token() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    h.core.on_closed(conn, h.now);
+    h.push(&w.token, "k", 60);
+    let (conn2, _) = h.device(&w.token);
+    h.output(conn2);
+    h.send(conn2, &Frame::DeleteToken);
+    assert_eq!(
+        go_away_reason(&h.output(conn2)),
+        Some(GoAwayReason::TokenDeleted as u32)
+    );
+    h.core.on_closed(conn2, h.now);
+    assert_eq!(h.core.pending_count(), 0);
+    assert_eq!(h.status(&w.token, "k"), Some(Status::Dropped));
+    assert_eq!(h.push(&w.token, "k9", 60).1, Accepted::UnknownToken);
+    let (_, w3) = h.device(&w.token);
+    assert!(w3.new_token);
+    assert_ne!(w3.token, w.token);
+}
+
+#[test]
+fn a_token_owned_by_another_shard_is_handed_off_with_its_bytes() {
+    let mut h = Harness::with(config(), 0, 2);
+    let token = (0..)
+        .map(|i| format!("tok{i}"))
+        .find(|t| owner_shard(t.as_bytes(), 2) == 1)
+        .unwrap();
+    let conn = h.connect();
+    let hello = Frame::Hello(body::Hello {
+        protocol_version: 1,
+        app_id: "demo".into(),
+        platform: 1,
+        token: token.clone(),
+    });
+    let mut bytes = hello.to_bytes();
+    let ping = Frame::Ping(body::Heartbeat { time_ms: 3 }).to_bytes();
+    bytes.extend_from_slice(&ping[..4]);
+    h.core.on_bytes(conn, &bytes, h.now);
+    assert_eq!(
+        h.actions(),
+        [IoAction::HandOff {
+            conn,
+            to: 1,
+            initial: Bytes::from(bytes)
+        }]
+    );
+    h.core.on_closed(conn, h.now);
+    assert_eq!(h.core.connection_count(), 0);
+}
+
+#[test]
+fn new_devices_get_tokens_this_shard_owns() {
+    let mut h = Harness::with(config(), 1, 3);
+    for _ in 0..20 {
+        let (_, w) = h.device("");
+        assert_eq!(owner_shard(w.token.as_bytes(), 3), 1);
+    }
+}
+
+#[test]
+fn a_malformed_frame_closes_only_its_connection() {
+    let mut h = Harness::new();
+    let (good, w) = h.device("");
+    let (bad, _) = h.device("");
+    h.core
+        .on_bytes(bad, &[0, 0, 0, 1, FrameType::Ack as u8, 0, 0xFF], h.now);
+    assert_eq!(error_code(&h.output(bad)), Some(ErrorCode::MalformedFrame as u32));
+    assert!(h.actions().contains(&IoAction::Close(bad)));
+    let (id, _) = h.push(&w.token, "k", 60);
+    assert_eq!(push_ids(&h.output(good)), [id]);
+}
+
+#[test]
+fn an_oversized_header_is_refused_before_its_body_arrives() {
+    let mut h = Harness::new();
+    let (conn, _) = h.device("");
+    h.core
+        .on_bytes(conn, &[0xFF, 0xFF, 0xFF, 0xFF, FrameType::Ack as u8, 0], h.now);
+    assert_eq!(error_code(&h.output(conn)), Some(ErrorCode::FrameTooLarge as u32));
+}
+
+#[test]
+fn frames_split_at_every_byte_are_reassembled() {
+    let mut h = Harness::new();
+    let conn = h.connect();
+    let mut bytes = Frame::Hello(body::Hello {
+        protocol_version: 1,
+        app_id: "demo".into(),
+        platform: 2,
+        token: String::new(),
+    })
+    .to_bytes();
+    Frame::Ping(body::Heartbeat { time_ms: 9 }).encode(&mut bytes);
+    for b in &bytes {
+        h.core.on_bytes(conn, std::slice::from_ref(b), h.now);
+    }
+    let frames = h.output(conn);
+    assert!(matches!(frames[0], Frame::Welcome(_)));
+    assert_eq!(frames[1], Frame::Pong(body::Heartbeat { time_ms: 9 }));
+}
+
+#[test]
+fn frames_before_hello_and_server_frames_are_refused() {
+    let mut h = Harness::new();
+    let conn = h.connect();
+    h.send(conn, &Frame::Ack(body::Ids { ids: vec![1] }));
+    assert_eq!(
+        error_code(&h.output(conn)),
+        Some(ErrorCode::UnexpectedFrame as u32)
+    );
+    let (conn2, _) = h.device("");
+    h.send(conn2, &Frame::Pong(body::Heartbeat { time_ms: 1 }));
+    assert_eq!(
+        error_code(&h.output(conn2)),
+        Some(ErrorCode::UnexpectedFrame as u32)
+    );
+}
+
+#[test]
+fn hello_is_validated() {
+    let mut h = Harness::new();
+    let conn = h.connect();
+    h.hello(conn, "nope", "");
+    assert_eq!(error_code(&h.output(conn)), Some(ErrorCode::UnknownApp as u32));
+    let conn = h.connect();
+    h.send(
+        conn,
+        &Frame::Hello(body::Hello {
+            protocol_version: 2,
+            app_id: "demo".into(),
+            platform: 1,
+            token: String::new(),
+        }),
+    );
+    assert_eq!(
+        error_code(&h.output(conn)),
+        Some(ErrorCode::UnsupportedVersion as u32)
+    );
+    let conn = h.connect();
+    h.send(
+        conn,
+        &Frame::Hello(body::Hello {
+            protocol_version: 1,
+            app_id: "demo".into(),
+            platform: 3,
+            token: String::new(),
+        }),
+    );
+    assert_eq!(error_code(&h.output(conn)), Some(ErrorCode::BadPlatform as u32));
+}
+
+#[test]
+fn a_token_of_another_app_is_useless_there() {
+    let mut h = Harness::new();
+    let (_, w) = h.device("");
+    assert_eq!(h.push_app("other", &w.token, "k", 60).1, Accepted::UnknownToken);
+    let conn = h.connect();
+    h.hello(conn, "other", &w.token);
+    let frames = h.output(conn);
+    assert!(matches!(&frames[0], Frame::Welcome(x) if x.new_token && x.token != w.token));
+}
+
+#[test]
+fn a_retried_push_is_accepted_once() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    assert_eq!(h.push(&w.token, "k", 60).1, Accepted::Queued { online: true });
+    assert_eq!(h.push(&w.token, "k", 60).1, Accepted::Duplicate);
+    assert_eq!(push_ids(&h.output(conn)).len(), 1);
+}
+
+#[test]
+fn statuses_are_collected_after_retention() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    let (id, _) = h.push(&w.token, "k", 60);
+    h.output(conn);
+    h.ack(conn, &[id]);
+    h.advance(Duration::from_secs(86_399));
+    assert_eq!(h.status(&w.token, "k"), Some(Status::Acked));
+    h.core.on_timers(h.now + Duration::from_secs(2));
+    assert_eq!(h.status(&w.token, "k"), None);
+}
+
+#[test]
+fn a_device_that_writes_but_never_reads_is_closed_at_the_outbound_cap() {
+    let mut cfg = config();
+    cfg.limits.max_outbound_bytes = 80_000;
+    let mut h = Harness::with(cfg, 0, 1);
+    let (conn, w) = h.device("");
+    let (id, _) = h.push(&w.token, "k", 60);
+    // Pings whose Pongs the socket never takes (nobody calls take_outbound).
+    let ping = Frame::Ping(body::Heartbeat { time_ms: 1 }).to_bytes();
+    let mut sent = 0;
+    while !h.core.actions.contains(&IoAction::Close(conn)) {
+        h.core.on_bytes(conn, &ping, h.now);
+        sent += ping.len();
+        assert!(sent < 200_000, "the cap must trip");
+    }
+    assert!(h.core.take_outbound(conn).is_none(), "the memory is released");
+    h.core.on_closed(conn, h.now);
+    let (conn2, _) = h.device(&w.token);
+    assert_eq!(
+        push_ids(&h.output(conn2)),
+        [id],
+        "its messages wait for the next connection"
+    );
+}
+
+#[test]
+fn device_requests_get_result_codes() {
+    let mut h = Harness::new();
+    let (conn, _) = h.device("");
+    let result = |frames: Vec<Frame>| match frames.as_slice() {
+        [Frame::RequestResult(r)] => (r.request_id, r.code),
+        other => panic!("{other:?}"),
+    };
+    h.send(
+        conn,
+        &Frame::Bind(body::UserBinding {
+            request_id: 1,
+            user_id: String::new(),
+        }),
+    );
+    assert_eq!(result(h.output(conn)), (1, 3012));
+    h.send(
+        conn,
+        &Frame::Bind(body::UserBinding {
+            request_id: 2,
+            user_id: "alice".into(),
+        }),
+    );
+    assert_eq!(result(h.output(conn)), (2, 100));
+    h.send(
+        conn,
+        &Frame::JoinGroup(body::Group {
+            request_id: 3,
+            group: "news".into(),
+        }),
+    );
+    assert_eq!(result(h.output(conn)), (3, 100));
+    h.send(
+        conn,
+        &Frame::ReportVendorToken(body::VendorToken {
+            request_id: 4,
+            third_channel: 3,
+            vendor_token: "x".into(),
+        }),
+    );
+    assert_eq!(result(h.output(conn)), (4, 3028));
+}
+
+#[test]
+fn the_connection_cap_refuses_with_go_away() {
+    let mut cfg = config();
+    cfg.limits.max_connections_per_shard = 2;
+    let mut h = Harness::with(cfg, 0, 1);
+    assert!(h.core.open_connection(h.now).is_some());
+    assert!(h.core.open_connection(h.now).is_some());
+    assert!(h.core.open_connection(h.now).is_none());
+    let frame = h.core.overload_frame();
+    let (frame, _) = decode_slice(&frame, 4096).unwrap().unwrap();
+    match frame {
+        Frame::GoAway(g) => {
+            assert_eq!(g.reason, GoAwayReason::Overloaded as u32);
+            assert!((1000..=5000).contains(&g.retry_after_ms));
+        }
+        other => panic!("{other:?}"),
+    }
+}

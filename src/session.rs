@@ -1,0 +1,115 @@
+//! One device connection as the core sees it: where it is in the handshake,
+//! the bytes of a frame that arrived only in part, the bytes waiting for the
+//! socket, and the activity clock for the idle deadline. No sockets here.
+//!
+//! Buffers are empty `BytesMut`s (no heap) unless a frame is split across
+//! reads or output is waiting, so an idle session costs its struct only.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use crate::delivery::DeviceId;
+use crate::protocol::{self, DecodeError, Frame};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Connected; only Hello is acceptable, before the handshake deadline.
+    AwaitingHello,
+    /// Welcome sent; the session serves this device.
+    Active(DeviceId),
+    /// A close was decided: input is ignored, output is being flushed.
+    Closing,
+}
+
+pub struct Session {
+    pub state: SessionState,
+    /// Distinguishes this connection from earlier ones that had the same
+    /// `ConnId`, for timers that outlive a connection.
+    pub generation: u32,
+    pub last_activity: Instant,
+    /// A `Send` action is outstanding for this session.
+    pub send_requested: bool,
+    /// The ack-timeout timer is armed.
+    pub ack_timer_armed: bool,
+    partial: BytesMut,
+    pub outbound: BytesMut,
+}
+
+/// What `Session::read` found in the input.
+pub enum Decoded<'a> {
+    Frame {
+        frame: Frame,
+        /// The frame's own bytes, for a hand-off to another shard.
+        raw: &'a [u8],
+    },
+    NeedMore,
+    Invalid(DecodeError),
+}
+
+impl Session {
+    pub fn new(generation: u32, now: Instant) -> Self {
+        Self {
+            state: SessionState::AwaitingHello,
+            generation,
+            last_activity: now,
+            send_requested: false,
+            ack_timer_armed: false,
+            partial: BytesMut::new(),
+            outbound: BytesMut::new(),
+        }
+    }
+
+    pub fn device(&self) -> Option<DeviceId> {
+        match self.state {
+            SessionState::Active(device) => Some(device),
+            _ => None,
+        }
+    }
+
+    /// Joins new input with any partial frame from earlier reads. Returns the
+    /// bytes to decode; the caller hands back how many it consumed through
+    /// `keep_unconsumed`.
+    pub fn take_input(&mut self, input: &[u8]) -> Input {
+        if self.partial.is_empty() {
+            Input::Borrowed
+        } else {
+            let mut joined = std::mem::take(&mut self.partial);
+            joined.extend_from_slice(input);
+            Input::Joined(joined)
+        }
+    }
+
+    /// Keeps `rest` (the start of an incomplete frame) for the next read.
+    pub fn keep_unconsumed(&mut self, rest: &[u8]) {
+        if rest.is_empty() {
+            // Drop the allocation: an idle session must not pin a buffer.
+            self.partial = BytesMut::new();
+        } else {
+            self.partial = BytesMut::from(rest);
+        }
+    }
+}
+
+/// Where the bytes to decode live for one `on_bytes` call.
+pub enum Input {
+    /// Decode straight from the caller's receive buffer.
+    Borrowed,
+    /// A partial frame from before, with the new bytes appended.
+    Joined(BytesMut),
+}
+
+/// Decodes the frame at the front of `bytes`.
+pub fn decode_next(bytes: &[u8], max_frame: usize) -> (Decoded<'_>, usize) {
+    match protocol::decode_slice(bytes, max_frame) {
+        Ok(Some((frame, used))) => (
+            Decoded::Frame {
+                frame,
+                raw: &bytes[..used],
+            },
+            used,
+        ),
+        Ok(None) => (Decoded::NeedMore, 0),
+        Err(e) => (Decoded::Invalid(e), 0),
+    }
+}

@@ -1,0 +1,192 @@
+//! A hashed timer wheel for a shard's deadlines: handshake, idle, ack timeout
+//! and message expiry. Insert is O(1); firing visits only the slots the clock
+//! passed. Cancellation is lazy: the owner checks on expiry whether the timer
+//! still matters (a generation or a lookup), which is cheaper than tracking
+//! handles for millions of entries.
+//!
+//! Entries further away than one rotation stay in their slot and are skipped
+//! until their tick comes round, so the wheel needs no second level for TTLs
+//! of hours.
+
+use std::time::{Duration, Instant};
+
+pub struct TimerWheel<T> {
+    start: Instant,
+    tick: Duration,
+    slots: Vec<Vec<(u64, T)>>,
+    /// The first tick not yet fired.
+    current: u64,
+    /// Entries inserted with a deadline already passed: due on the next
+    /// `expire`, whatever its time.
+    overdue: Vec<T>,
+    len: usize,
+}
+
+impl<T> TimerWheel<T> {
+    pub fn new(start: Instant, tick: Duration, slot_count: usize) -> Self {
+        assert!(slot_count.is_power_of_two() && !tick.is_zero());
+        Self {
+            start,
+            tick,
+            slots: (0..slot_count).map(|_| Vec::new()).collect(),
+            current: 0,
+            overdue: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Ticks are rounded up so a timer never fires before its deadline.
+    fn tick_of(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.start).as_nanos();
+        let tick = self.tick.as_nanos();
+        nanos.div_ceil(tick) as u64
+    }
+
+    fn instant_of(&self, tick: u64) -> Instant {
+        self.start + self.tick * u32::try_from(tick).unwrap_or(u32::MAX)
+    }
+
+    pub fn insert(&mut self, deadline: Instant, item: T) {
+        let tick = self.tick_of(deadline);
+        if tick < self.current {
+            self.overdue.push(item);
+            self.len += 1;
+            return;
+        }
+        let mask = self.slots.len() as u64 - 1;
+        self.slots[(tick & mask) as usize].push((tick, item));
+        self.len += 1;
+    }
+
+    /// Moves every entry due at or before `now` into `out`.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<T>) {
+        self.len -= self.overdue.len();
+        out.append(&mut self.overdue);
+        let now_tick = self.tick_of(now);
+        // A deadline of exactly `now` rounds to `now_tick`, so fire it too.
+        let due_tick = if self.instant_of(now_tick) <= now {
+            now_tick
+        } else {
+            now_tick.saturating_sub(1)
+        };
+        let mask = self.slots.len() as u64 - 1;
+        let rotation = self.slots.len() as u64;
+        while self.current <= due_tick {
+            // After a long sleep only one rotation of slots needs visiting.
+            if due_tick - self.current >= rotation {
+                self.current = due_tick + 1 - rotation;
+            }
+            let slot = &mut self.slots[(self.current & mask) as usize];
+            let mut i = 0;
+            while i < slot.len() {
+                if slot[i].0 <= due_tick {
+                    out.push(slot.swap_remove(i).1);
+                    self.len -= 1;
+                } else {
+                    i += 1;
+                }
+            }
+            if slot.is_empty() && slot.capacity() > 64 {
+                slot.shrink_to(8);
+            }
+            self.current += 1;
+        }
+    }
+
+    /// When the earliest timer is due, rounded up to its tick. Slots are
+    /// visited in time order; an entry parked for a later rotation is skipped.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.len == 0 {
+            return None;
+        }
+        if !self.overdue.is_empty() {
+            return Some(self.start);
+        }
+        let mask = self.slots.len() as u64 - 1;
+        let in_this_rotation = (0..self.slots.len() as u64)
+            .map(|i| self.current + i)
+            .find(|&t| self.slots[(t & mask) as usize].iter().any(|(tick, _)| *tick <= t));
+        let tick = in_this_rotation.or_else(|| self.slots.iter().flatten().map(|(tick, _)| *tick).min())?;
+        Some(self.instant_of(tick))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wheel() -> (Instant, TimerWheel<u32>) {
+        let start = Instant::now();
+        (start, TimerWheel::new(start, Duration::from_millis(10), 16))
+    }
+
+    #[test]
+    fn fires_at_or_after_the_deadline_never_before() {
+        let (start, mut w) = wheel();
+        w.insert(start + Duration::from_millis(25), 1);
+        let mut out = Vec::new();
+        w.expire(start + Duration::from_millis(24), &mut out);
+        assert!(out.is_empty());
+        w.expire(start + Duration::from_millis(30), &mut out);
+        assert_eq!(out, [1]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn entries_beyond_one_rotation_wait_their_turn() {
+        let (start, mut w) = wheel();
+        // 16 slots x 10 ms = 160 ms per rotation.
+        w.insert(start + Duration::from_millis(500), 7);
+        w.insert(start + Duration::from_millis(20), 8);
+        let mut out = Vec::new();
+        for ms in (0..=490).step_by(10) {
+            w.expire(start + Duration::from_millis(ms), &mut out);
+        }
+        assert_eq!(out, [8]);
+        w.expire(start + Duration::from_millis(500), &mut out);
+        assert_eq!(out, [8, 7]);
+    }
+
+    #[test]
+    fn a_long_sleep_fires_everything_due() {
+        let (start, mut w) = wheel();
+        for i in 0..100 {
+            w.insert(start + Duration::from_millis(i * 37), i as u32);
+        }
+        let mut out = Vec::new();
+        w.expire(start + Duration::from_secs(10), &mut out);
+        out.sort_unstable();
+        assert_eq!(out, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn next_deadline_is_never_late() {
+        let (start, mut w) = wheel();
+        assert_eq!(w.next_deadline(), None);
+        let at = start + Duration::from_millis(1234);
+        w.insert(at, 1);
+        let next = w.next_deadline().unwrap();
+        assert!(next <= at + Duration::from_millis(10), "{next:?} vs {at:?}");
+        let mut out = Vec::new();
+        w.expire(next, &mut out);
+        assert_eq!(out, [1]);
+    }
+
+    #[test]
+    fn past_deadlines_fire_on_the_next_expire() {
+        let (start, mut w) = wheel();
+        let mut out = Vec::new();
+        w.expire(start + Duration::from_millis(100), &mut out);
+        w.insert(start, 3);
+        w.expire(start + Duration::from_millis(100), &mut out);
+        assert_eq!(out, [3]);
+    }
+}
