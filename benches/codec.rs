@@ -1,1 +1,111 @@
-fn main() {}
+//! Micro-benchmarks of the per-message path: frame encode/decode and one
+//! delivery-core step (accept a push for an online device, write it, take
+//! the ack). Run: `cargo bench --bench codec`.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ringpush::config::Config;
+use ringpush::delivery::{DeliveryCore, IoAction};
+use ringpush::message::{Command, Message};
+use ringpush::protocol::{body, decode_frame, decode_slice, Frame, PROTOCOL_VERSION};
+
+fn sample_push(id: u64) -> Frame {
+    Frame::Push(Box::new(body::Push {
+        id,
+        msg_key: "order-1234567".into(),
+        title: "Your order shipped".into(),
+        content: "Parcel 1Z999 left the warehouse and arrives tomorrow before noon.".into(),
+        uri: "app://orders/1234567".into(),
+        accepted_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_300_000,
+        ..Default::default()
+    }))
+}
+
+fn codec(c: &mut Criterion) {
+    let push = sample_push(42);
+    let bytes = push.to_bytes();
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("encode_push", |b| {
+        let mut out = BytesMut::with_capacity(4096);
+        b.iter(|| {
+            out.clear();
+            push.encode(&mut out);
+        })
+    });
+    group.bench_function("decode_push_slice", |b| {
+        b.iter(|| decode_slice(std::hint::black_box(&bytes), 4096).unwrap())
+    });
+    let ack = Frame::Ack(body::Ids {
+        ids: (1000..1032).collect(),
+    })
+    .to_bytes();
+    group.bench_function("decode_ack32_bytesmut", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(&ack[..]);
+            decode_frame(&mut buf, 4096).unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn core_step(c: &mut Criterion) {
+    let config = Config::default();
+    let start = Instant::now();
+    let mut core = DeliveryCore::new(0, 1, &config, start);
+    let conn = core.open_connection(start).unwrap();
+    let hello = Frame::Hello(body::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        app_id: "demo".into(),
+        platform: 1,
+        token: String::new(),
+    });
+    core.on_bytes(conn, &hello.to_bytes(), start);
+    let out = core.take_outbound(conn).unwrap();
+    let token = match decode_slice(&out, 4096).unwrap().unwrap().0 {
+        Frame::Welcome(w) => w.token,
+        other => panic!("{other:?}"),
+    };
+    while core.poll_action().is_some() {}
+    let app: std::sync::Arc<str> = "demo".into();
+    let now_ms = ringpush::message::unix_ms();
+    let mut id = 0u64;
+    let mut group = c.benchmark_group("core");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("push_write_ack", |b| {
+        b.iter(|| {
+            id += 1;
+            let now = start + Duration::from_micros(id);
+            let (reply, _rx) = tokio::sync::oneshot::channel();
+            core.on_command(
+                Command::Push {
+                    messages: vec![Message {
+                        id,
+                        app_id: app.clone(),
+                        token: token.as_str().into(),
+                        msg_key: id.to_string().into(),
+                        accepted_at_ms: now_ms,
+                        expires_at_ms: now_ms + 300_000,
+                        frame: Bytes::from(sample_push(id).to_bytes()),
+                    }],
+                    reply,
+                },
+                now,
+            );
+            while let Some(action) = core.poll_action() {
+                if let IoAction::Send(c) = action {
+                    core.take_outbound(c);
+                }
+            }
+            let ack = Frame::Ack(body::Ids { ids: vec![id] }).to_bytes();
+            core.on_bytes(conn, &ack, now);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, core_step);
+criterion_main!(benches);
