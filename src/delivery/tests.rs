@@ -648,3 +648,13 @@ fn the_connection_cap_refuses_with_go_away() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn per_connection_state_stays_small() {
+    // The idle-connection memory bar is 1 KiB per device in total; these are
+    // the core's shares of it (without heap bytes such as the token).
+    let session = std::mem::size_of::<Session>();
+    let device = std::mem::size_of::<Device>();
+    assert!(session <= 120, "Session is {session} bytes");
+    assert!(device <= 192, "Device is {device} bytes");
+}
