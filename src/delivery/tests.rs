@@ -658,3 +658,110 @@ fn per_connection_state_stays_small() {
     assert!(session <= 120, "Session is {session} bytes");
     assert!(device <= 192, "Device is {device} bytes");
 }
+
+mod properties {
+    //! Random interleavings of pushes, acks, disconnects, reconnects and
+    //! time, checked against the delivery rules.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push { ttl_secs: u64 },
+        AckAll,
+        AckFirst,
+        Disconnect,
+        Reconnect,
+        Advance { millis: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u64..20).prop_map(|ttl_secs| Op::Push { ttl_secs }),
+            2 => Just(Op::AckAll),
+            2 => Just(Op::AckFirst),
+            1 => Just(Op::Disconnect),
+            1 => Just(Op::Reconnect),
+            2 => (1u64..5000).prop_map(|millis| Op::Advance { millis }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn delivery_rules_hold(ops in prop::collection::vec(op(), 1..80)) {
+            let mut cfg = config();
+            cfg.delivery.inflight_window = 4;
+            cfg.delivery.max_pending_per_device = 8;
+            cfg.delivery.heartbeat_secs = 3600;
+            cfg.delivery.ack_timeout_secs = 3600;
+            let mut h = Harness::with(cfg, 0, 1);
+            let (first, w) = h.device("");
+            let token = w.token.clone();
+            let mut conn = Some(first);
+            let mut expires: HashMap<u64, u64> = HashMap::new();
+            let mut acked: std::collections::HashSet<u64> = Default::default();
+            let mut unacked_seen: Vec<u64> = Vec::new();
+            let mut last_written: Option<u64> = None;
+            for op in ops {
+                match op {
+                    Op::Push { ttl_secs } => {
+                        let key = format!("k{}", h.next_id);
+                        let (id, accepted) = h.push(&token, &key, ttl_secs);
+                        let queued = matches!(accepted, Accepted::Queued { .. });
+                        prop_assert!(queued, "push refused: {:?}", accepted);
+                        expires.insert(id, h.unix_ms() + ttl_secs * 1000);
+                    }
+                    Op::AckAll | Op::AckFirst => {
+                        if let Some(c) = conn {
+                            let ids: Vec<u64> = if matches!(op, Op::AckAll) {
+                                std::mem::take(&mut unacked_seen)
+                            } else if unacked_seen.is_empty() {
+                                vec![]
+                            } else {
+                                vec![unacked_seen.remove(0)]
+                            };
+                            acked.extend(&ids);
+                            h.ack(c, &ids);
+                        }
+                    }
+                    Op::Disconnect => {
+                        if let Some(c) = conn.take() {
+                            h.core.on_closed(c, h.now);
+                            unacked_seen.clear();
+                            last_written = None;
+                        }
+                    }
+                    Op::Reconnect => {
+                        if conn.is_none() {
+                            let (c, w) = h.device(&token);
+                            prop_assert_eq!(&w.token, &token);
+                            conn = Some(c);
+                        }
+                    }
+                    Op::Advance { millis } => h.advance(Duration::from_millis(millis)),
+                }
+                if let Some(c) = conn {
+                    for frame in h.output(c) {
+                        if let Frame::Push(p) = frame {
+                            prop_assert!(!acked.contains(&p.id), "acked {} was written again", p.id);
+                            prop_assert!(expires[&p.id] > h.unix_ms(), "{} written after expiry", p.id);
+                            if let Some(prev) = last_written {
+                                prop_assert!(p.id > prev, "order: {} after {}", p.id, prev);
+                            }
+                            last_written = Some(p.id);
+                            unacked_seen.push(p.id);
+                        }
+                    }
+                    // Expired messages leave the window even while in flight.
+                    let now_ms = h.unix_ms();
+                    unacked_seen.retain(|id| expires[id] > now_ms);
+                    prop_assert!(unacked_seen.len() <= 4, "window exceeded: {:?}", unacked_seen);
+                }
+                let queued: usize = h.core.devices.iter().map(|(_, d)| d.queue.len()).sum();
+                prop_assert_eq!(queued, h.core.pending_count());
+                prop_assert!(queued <= 8);
+            }
+        }
+    }
+}
