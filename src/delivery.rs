@@ -456,6 +456,14 @@ impl DeliveryCore {
         low + (self.jitter % u64::from(high - low + 1)) as u32
     }
 
+    /// False once a close or hand-off is decided: the backend stops reading,
+    /// so bytes for an adopting shard stay in the kernel.
+    pub fn wants_input(&self, conn: ConnId) -> bool {
+        self.sessions
+            .get(conn)
+            .is_some_and(|s| s.state != SessionState::Closing)
+    }
+
     pub fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
         let Some(session) = self.sessions.get_mut(conn) else {
             return;

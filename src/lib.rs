@@ -7,9 +7,14 @@
 //! core, `delivery` and `session` are the sans-IO core, `protocol` is the
 //! codec; `api` and `admin` are the HTTP faces.
 
+pub mod admin;
+pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod delivery;
+pub mod io;
 pub mod message;
 pub mod protocol;
 pub mod session;
+pub mod shard;
 pub mod timer;

@@ -1,1 +1,49 @@
-fn main() {}
+//! The `ringpush` binary: parses the command line and hands over to the
+//! library. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ringpush::config::Config;
+
+#[derive(Parser)]
+#[command(name = "ringpush", version, about = "Push gateway daemon")]
+struct Cli {
+    /// Configuration file; without it the embedded defaults are used.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ringpush::daemon::init_logging();
+    let result = match cli.command {
+        Some(Command::CheckConfig { file }) => {
+            Config::load(&file).map_err(anyhow::Error::from).and_then(|c| {
+                print!("{}", toml::to_string_pretty(&c)?);
+                Ok(())
+            })
+        }
+        None => cli
+            .config
+            .map_or_else(|| Ok(Config::default()), |path| Config::load(&path))
+            .map_err(anyhow::Error::from)
+            .and_then(ringpush::daemon::run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringpush: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Admin endpoints for operators and orchestrators: `/metrics` (Prometheus
+//! text), `/healthz` (the process answers) and `/readyz` (listeners bound,
+//! accepting work). Also installs the global metrics recorder.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Buckets for every `_seconds` histogram: 50 µs to 10 s, dense where push
+/// latencies live (sub-millisecond to tens of milliseconds).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+/// Installs the process-wide recorder. Histograms are exported as
+/// Prometheus histograms (not summaries) so they aggregate across shards
+/// and instances.
+pub fn install_metrics() -> PrometheusHandle {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .expect("the bucket list is not empty")
+        .install_recorder()
+        .expect("the metrics recorder is installed once, at start");
+    let upkeep = handle.clone();
+    // The exporter needs periodic upkeep to drain histogram buffers.
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })
+        .expect("spawn the metrics upkeep thread");
+    handle
+}
+
+pub fn router(ready: Arc<AtomicBool>, prometheus: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", get(move || std::future::ready(prometheus.render())))
+        .route("/healthz", get(|| std::future::ready("ok\n")))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::SeqCst);
+                std::future::ready(if ready {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                })
+            }),
+        )
+}

@@ -1,0 +1,383 @@
+//! The HTTP push API and the admin endpoints, on their own tokio runtime so
+//! that shard threads never run HTTP work. Handlers validate (`push`),
+//! route each message to the shard that owns its token, wait for the
+//! shard's answer, and reply in the reference's envelope: `RequestId`,
+//! `ResultCode`, `ResultMessage`, `PushResult`.
+
+pub mod push;
+pub mod result_code;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::message::{owner_shard, unix_ms, Accepted, Command, Message, StatusReport};
+use crate::shard::ShardHandle;
+use result_code::{ApiError, ResultCode};
+
+/// Largest request body read; larger ones get 413 and 3050.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long a handler waits for shards before answering 503.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The reference's "unknown" status code.
+const STATUS_UNKNOWN: i64 = 99_999_999;
+
+struct ApiState {
+    config: Config,
+    apps: HashMap<String, Arc<str>>,
+    shards: Arc<[ShardHandle]>,
+    next_message_id: AtomicU64,
+}
+
+impl ApiState {
+    fn next_id(&self) -> u64 {
+        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The running HTTP servers.
+pub struct HttpServers {
+    api_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServers {
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and joins.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds the API and admin listeners and serves them on a dedicated thread.
+pub fn serve(
+    config: &Config,
+    shards: Arc<[ShardHandle]>,
+    ready: Arc<AtomicBool>,
+    prometheus: PrometheusHandle,
+) -> anyhow::Result<HttpServers> {
+    describe_metrics();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("api")
+        .enable_all()
+        .build()?;
+    let api_listener = runtime.block_on(tokio::net::TcpListener::bind(config.listen.api))?;
+    let admin_listener = runtime.block_on(tokio::net::TcpListener::bind(config.listen.admin))?;
+    let api_addr = api_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let state = Arc::new(ApiState {
+        apps: config
+            .apps
+            .iter()
+            .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
+            .collect(),
+        config: config.clone(),
+        shards,
+        // Unique across restarts: a restart starts past every id the last
+        // run could have issued unless it averaged 65,536 ids per ms.
+        next_message_id: AtomicU64::new(unix_ms() << 16),
+    });
+    let api = Router::new()
+        .route("/v1/push/simple", post(simple_push))
+        .route("/v1/messages/{msg_key}", get(message_status))
+        .with_state(state);
+    let admin = crate::admin::router(ready, prometheus);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
+        runtime.block_on(async move {
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            let api = axum::serve(api_listener, api).with_graceful_shutdown(stopped(stop_rx.clone()));
+            let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx));
+            let (a, b) = tokio::join!(api, admin);
+            if let Err(e) = a.and(b) {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    })?;
+    Ok(HttpServers {
+        api_addr,
+        admin_addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "ringpush_api_requests_total",
+        "API requests by operation and result code"
+    );
+    describe_histogram!(
+        "ringpush_api_request_duration_seconds",
+        Unit::Seconds,
+        "API request handling time"
+    );
+    describe_counter!(
+        "ringpush_messages_accepted_total",
+        "Messages the API accepted and a shard queued"
+    );
+}
+
+fn request_id() -> String {
+    let mut raw = [0u8; 16];
+    let _ = getrandom::fill(&mut raw);
+    let hex: String = raw.iter().map(|b| format!("{b:02X}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn envelope(status: u16, code: &str, message: &str, push_result: Value) -> Response {
+    let body = json!({
+        "RequestId": request_id(),
+        "ResultCode": code,
+        "ResultMessage": message,
+        "PushResult": push_result,
+    });
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(body)).into_response()
+}
+
+fn error_response(op: &'static str, started: Instant, error: ApiError) -> Response {
+    let code = error.code.code().to_string();
+    let message = format!("{}: {}", error.code.name(), error.reason);
+    record(op, &code, started);
+    envelope(
+        error.code.http_status(),
+        &code,
+        &message,
+        json!({"Success": false, "ResultMsg": message}),
+    )
+}
+
+fn record(op: &'static str, code: &str, started: Instant) {
+    metrics::counter!("ringpush_api_requests_total", "op" => op, "result_code" => code.to_string())
+        .increment(1);
+    metrics::histogram!("ringpush_api_request_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+}
+
+async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+    const OP: &str = "push_simple";
+    let started = Instant::now();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let err = ApiError::new(
+                ResultCode::MsgPayloadTooLong,
+                format!("the request body is over {MAX_BODY_BYTES} bytes"),
+            );
+            let mut response = error_response(OP, started, err);
+            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return response;
+        }
+    };
+    let request = match push::parse(&bytes, &state.config, &state.apps) {
+        Ok(r) => r,
+        Err(e) => return error_response(OP, started, e),
+    };
+    let messages = match request.messages(unix_ms(), || state.next_id()) {
+        Ok(m) => m,
+        Err(e) => return error_response(OP, started, e),
+    };
+    let described: Vec<(String, String, u64)> = messages
+        .iter()
+        .map(|m| (m.token.to_string(), m.msg_key.to_string(), m.id))
+        .collect();
+    let outcomes = match route(&state.shards, messages).await {
+        Ok(o) => o,
+        Err(e) => return error_response(OP, started, e),
+    };
+    let accepted = outcomes
+        .iter()
+        .filter(|o| matches!(o, Accepted::Queued { .. }))
+        .count();
+    metrics::counter!("ringpush_messages_accepted_total").increment(accepted as u64);
+    let targets: Vec<Value> = described
+        .iter()
+        .zip(&outcomes)
+        .map(|((token, msg_key, id), outcome)| {
+            let result = match outcome {
+                Accepted::Queued { online: true } => "delivering".to_string(),
+                Accepted::Queued { online: false } => "queued".to_string(),
+                Accepted::Duplicate => "duplicate".to_string(),
+                Accepted::UnknownToken => ResultCode::DeliveryTokenInvalid.code().to_string(),
+            };
+            json!({"target": token, "msgKey": msg_key, "messageId": id.to_string(), "result": result})
+        })
+        .collect();
+    if outcomes.iter().all(|o| *o == Accepted::UnknownToken) {
+        let code = ResultCode::DeliveryTokenInvalid;
+        let message = format!("{}: no device holds these tokens", code.name());
+        record(OP, &code.code().to_string(), started);
+        return envelope(
+            code.http_status(),
+            &code.code().to_string(),
+            &message,
+            json!({"Success": false, "ResultMsg": message, "Targets": targets}),
+        );
+    }
+    record(OP, "OK", started);
+    envelope(
+        200,
+        "OK",
+        "",
+        json!({"Success": true, "ResultMsg": "", "Data": "", "Targets": targets}),
+    )
+}
+
+/// Sends each message to the shard owning its token (one command per shard,
+/// request order kept within a shard) and gathers the outcomes in the
+/// messages' order.
+async fn route(shards: &Arc<[ShardHandle]>, messages: Vec<Message>) -> Result<Vec<Accepted>, ApiError> {
+    let count = messages.len();
+    let mut per_shard: Vec<(Vec<Message>, Vec<usize>)> =
+        (0..shards.len()).map(|_| Default::default()).collect();
+    for (i, message) in messages.into_iter().enumerate() {
+        let shard = owner_shard(message.token.as_bytes(), shards.len());
+        per_shard[shard].0.push(message);
+        per_shard[shard].1.push(i);
+    }
+    let mut waiting = Vec::new();
+    for (shard, (messages, positions)) in per_shard.into_iter().enumerate() {
+        if messages.is_empty() {
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        if shards[shard].send(Command::Push { messages, reply }).is_err() {
+            metrics::counter!("ringpush_api_shard_queue_full_total", "shard" => shard.to_string())
+                .increment(1);
+            return Err(overloaded());
+        }
+        waiting.push((answer, positions));
+    }
+    let mut outcomes = vec![Accepted::UnknownToken; count];
+    for (answer, positions) in waiting {
+        let answers = tokio::time::timeout(SHARD_TIMEOUT, answer)
+            .await
+            .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard did not answer in time"))?
+            .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard stopped"))?;
+        for (position, outcome) in positions.into_iter().zip(answers) {
+            outcomes[position] = outcome;
+        }
+    }
+    Ok(outcomes)
+}
+
+fn overloaded() -> ApiError {
+    ApiError::new(
+        ResultCode::SystemError,
+        "overloaded: a shard's queue is full; retry shortly",
+    )
+}
+
+async fn message_status(
+    State(state): State<Arc<ApiState>>,
+    Path(msg_key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    const OP: &str = "message_status";
+    let started = Instant::now();
+    let Some(token) = query.get("target").filter(|t| !t.is_empty()) else {
+        return error_response(
+            OP,
+            started,
+            ApiError::new(ResultCode::TokenOrUserIdNull, "target is required"),
+        );
+    };
+    let app = match query.get("appId") {
+        Some(app) => state.apps.get(app).cloned(),
+        // One configured app needs no naming.
+        None if state.apps.len() == 1 => state.apps.values().next().cloned(),
+        None => {
+            return error_response(
+                OP,
+                started,
+                ApiError::new(ResultCode::NeedAppIdWorkspaceId, "appId is required"),
+            )
+        }
+    };
+    let Some(app_id) = app else {
+        return error_response(
+            OP,
+            started,
+            ApiError::new(ResultCode::AppIdWrong, "no such appId"),
+        );
+    };
+    let shard = owner_shard(token.as_bytes(), state.shards.len());
+    let (reply, answer) = oneshot::channel();
+    let command = Command::QueryStatus {
+        app_id,
+        msg_key: msg_key.as_str().into(),
+        token: token.as_str().into(),
+        reply,
+    };
+    if state.shards[shard].send(command).is_err() {
+        return error_response(OP, started, overloaded());
+    }
+    let report: Option<StatusReport> = match tokio::time::timeout(SHARD_TIMEOUT, answer).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            return error_response(
+                OP,
+                started,
+                ApiError::new(ResultCode::SystemError, "the shard did not answer"),
+            )
+        }
+    };
+    let data = match report {
+        Some(r) => json!({
+            "msgKey": msg_key, "target": token,
+            "status": r.status.code(), "statusName": r.status.name(),
+            "messageId": r.message_id.to_string(),
+            "acceptedAt": r.accepted_at_ms, "expiresAt": r.expires_at_ms, "ackedAt": r.acked_at_ms,
+        }),
+        None => json!({
+            "msgKey": msg_key, "target": token,
+            "status": STATUS_UNKNOWN, "statusName": "Unknown",
+        }),
+    };
+    record(OP, "OK", started);
+    envelope(
+        200,
+        "OK",
+        "",
+        json!({"Success": true, "ResultMsg": "", "Data": data}),
+    )
+}

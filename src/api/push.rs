@@ -1,0 +1,554 @@
+//! Simple push (`POST /v1/push/simple`): decoding and validating the request
+//! with the reference's field names and result codes, and turning it into
+//! one encoded `Message` per target. Pure functions of the request bytes, the
+//! config and the clock; the HTTP plumbing is in `api::mod`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::result_code::{ApiError, ResultCode};
+use crate::config::Config;
+use crate::message::Message;
+use crate::protocol::{body, Frame};
+
+/// Targets per simple push (push-semantics.md §2).
+pub const MAX_TARGETS: usize = 10;
+pub const MAX_MSG_KEY_CHARS: usize = 64;
+pub const MAX_EXTENDED_PARAMS: usize = 20;
+/// The whole message body delivered to a device (push-semantics.md §2).
+pub const MAX_PUSH_BODY_BYTES: usize = 2048;
+/// Tokens we issue are 22 characters; this leaves room without letting an
+/// arbitrary string through.
+pub const MAX_TOKEN_CHARS: usize = 128;
+
+/// A validated simple push.
+#[derive(Debug, PartialEq)]
+pub struct SimplePush {
+    pub app_id: Arc<str>,
+    pub task_name: String,
+    /// (token, msgKey), ordered by token.
+    pub targets: Vec<(String, String)>,
+    pub ttl_secs: u64,
+    pub template: body::Push,
+}
+
+pub fn parse(
+    bytes: &[u8],
+    config: &Config,
+    apps: &HashMap<String, Arc<str>>,
+) -> Result<SimplePush, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::new(ResultCode::RequestShouldBeUtf8, "the request body must be UTF-8"))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::new(ResultCode::InvalidParam, format!("the body is not JSON: {e}")))?;
+    let Value::Object(req) = value else {
+        return Err(ApiError::new(
+            ResultCode::InvalidParam,
+            "the body must be a JSON object",
+        ));
+    };
+
+    let app_id = string_field(&req, "appId")?.unwrap_or_default();
+    let workspace_id = string_field(&req, "workspaceId")?.unwrap_or_default();
+    if app_id.is_empty() || workspace_id.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::NeedAppIdWorkspaceId,
+            "appId and workspaceId are required",
+        ));
+    }
+    let app = config
+        .apps
+        .iter()
+        .find(|a| a.app_id == app_id && a.workspace_id == workspace_id)
+        .and_then(|a| apps.get(&a.app_id))
+        .ok_or_else(|| ApiError::new(ResultCode::AppIdWrong, "no such appId in that workspaceId"))?;
+
+    let task_name = string_field(&req, "taskName")?.unwrap_or_default();
+    if task_name.trim().is_empty() {
+        return Err(ApiError::new(ResultCode::TaskNameNull, "taskName is required"));
+    }
+    if let Some(strategy) = int_field(&req, "strategyType")? {
+        if strategy != 0 {
+            return Err(ApiError::new(
+                ResultCode::InvalidParam,
+                "strategyType: only 0 (push now) is accepted by this endpoint",
+            ));
+        }
+    }
+    let title = string_field(&req, "title")?.unwrap_or_default();
+    let content = string_field(&req, "content")?.unwrap_or_default();
+    if title.is_empty() || content.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::PayloadNotEnough,
+            "title and content are required",
+        ));
+    }
+
+    match int_field(&req, "deliveryType")? {
+        Some(1 | 2 | 7) => {}
+        Some(3) => {
+            return Err(ApiError::new(
+                ResultCode::DeliveryTypeNotSupported,
+                "deliveryType 3 (by user) needs user bindings, which this server does not hold yet; use 1, 2 or 7",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                ResultCode::DeliveryTypeNotSupported,
+                format!("deliveryType {other}: use 1 (Android), 2 (iOS) or 7 (HarmonyOS)"),
+            ))
+        }
+        None => return Err(ApiError::new(ResultCode::DeliveryTypeNotSupported, "deliveryType is required")),
+    }
+
+    let ttl_secs = match int_field(&req, "expiredSeconds") {
+        Ok(Some(s)) if s >= config.delivery.min_ttl_secs as i64 => s as u64,
+        Ok(Some(_)) | Ok(None) | Err(_) => {
+            return Err(ApiError::new(
+                ResultCode::ExpiredSecondsWrong,
+                format!(
+                    "expiredSeconds must be an integer of at least {}",
+                    config.delivery.min_ttl_secs
+                ),
+            ))
+        }
+    };
+    if ttl_secs > config.delivery.max_ttl_secs {
+        return Err(ApiError::new(
+            ResultCode::ExpireTimeTooLong,
+            format!("expiredSeconds must be at most {}", config.delivery.max_ttl_secs),
+        ));
+    }
+
+    let targets = targets(&req)?;
+    let extended_params = extended_params(&req)?;
+    let push_style = small_enum(&req, "pushStyle", &[0, 1, 2])?;
+    let action = small_enum(&req, "pushAction", &[0, 1])?;
+    let silent = match req.get("silent") {
+        Some(Value::Bool(b)) => *b,
+        _ => small_enum(&req, "silent", &[0, 1])? == 1,
+    };
+    let notify_type = string_field(&req, "notifyType")?.unwrap_or_default();
+    if !matches!(notify_type.as_str(), "" | "transparent" | "notify") {
+        return Err(ApiError::new(
+            ResultCode::InvalidParam,
+            "notifyType must be transparent or notify",
+        ));
+    }
+    let template = body::Push {
+        title,
+        content,
+        silent,
+        action,
+        uri: string_field(&req, "uri")?.unwrap_or_default(),
+        push_style,
+        icon_urls: json_text_field(&req, "iconUrls")?,
+        image_urls: json_text_field(&req, "imageUrls")?,
+        extended_params,
+        notify_type,
+        ..Default::default()
+    };
+    Ok(SimplePush {
+        app_id: app.clone(),
+        task_name,
+        targets,
+        ttl_secs,
+        template,
+    })
+}
+
+impl SimplePush {
+    /// One message per target, its Push frame encoded once here. `next_id`
+    /// hands out service message ids.
+    pub fn messages(&self, now_ms: u64, mut next_id: impl FnMut() -> u64) -> Result<Vec<Message>, ApiError> {
+        let expires_at_ms = now_ms + self.ttl_secs * 1000;
+        let mut push = self.template.clone();
+        push.accepted_at_ms = now_ms;
+        push.expires_at_ms = expires_at_ms;
+        self.targets
+            .iter()
+            .map(|(token, msg_key)| {
+                push.id = next_id();
+                push.msg_key.clone_from(msg_key);
+                let frame = Frame::Push(Box::new(push.clone()));
+                let body_len = frame.encoded_len() - crate::protocol::HEADER_LEN;
+                if body_len > MAX_PUSH_BODY_BYTES {
+                    return Err(ApiError::new(
+                        ResultCode::MsgPayloadTooLong,
+                        format!("the message is {body_len} bytes; at most {MAX_PUSH_BODY_BYTES}"),
+                    ));
+                }
+                Ok(Message {
+                    id: push.id,
+                    app_id: self.app_id.clone(),
+                    token: token.as_str().into(),
+                    msg_key: msg_key.as_str().into(),
+                    accepted_at_ms: now_ms,
+                    expires_at_ms,
+                    frame: Bytes::from(frame.to_bytes()),
+                })
+            })
+            .collect()
+    }
+}
+
+fn targets(req: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    let map = match object_or_json_string(req, "targetMsgkey") {
+        Ok(Some(map)) => map,
+        Ok(None) => {
+            return Err(ApiError::new(
+                ResultCode::TokenOrUserIdNull,
+                "targetMsgkey is required",
+            ))
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                ResultCode::InvalidParam,
+                "targetMsgkey must be an object {token: msgKey}",
+            ))
+        }
+    };
+    if map.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::TokenOrUserIdNull,
+            "targetMsgkey has no target",
+        ));
+    }
+    if map.len() > MAX_TARGETS {
+        return Err(ApiError::new(
+            ResultCode::SinglePushTargetTooMuch,
+            format!("targetMsgkey has {} targets; at most {MAX_TARGETS}", map.len()),
+        ));
+    }
+    map.into_iter()
+        .map(|(token, msg_key)| {
+            if token.is_empty() {
+                return Err(ApiError::new(
+                    ResultCode::NeedDeliveryToken,
+                    "a target token is empty",
+                ));
+            }
+            if token.chars().count() > MAX_TOKEN_CHARS {
+                return Err(ApiError::new(
+                    ResultCode::DeliveryTokenInvalid,
+                    "a target token is too long",
+                ));
+            }
+            let msg_key = match msg_key {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                _ => {
+                    return Err(ApiError::new(
+                        ResultCode::InvalidParam,
+                        "a msgKey must be a string",
+                    ))
+                }
+            };
+            if msg_key.is_empty() || msg_key.chars().count() > MAX_MSG_KEY_CHARS {
+                return Err(ApiError::new(
+                    ResultCode::InvalidParam,
+                    format!("msgKey must be 1 to {MAX_MSG_KEY_CHARS} characters"),
+                ));
+            }
+            Ok((token, msg_key))
+        })
+        .collect()
+}
+
+fn extended_params(req: &Map<String, Value>) -> Result<HashMap<String, String>, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            ResultCode::InvalidExtendParam,
+            "extendedParams must map strings to strings",
+        )
+    };
+    let Some(map) = object_or_json_string(req, "extendedParams").map_err(|_| invalid())? else {
+        return Ok(HashMap::new());
+    };
+    if map.len() > MAX_EXTENDED_PARAMS {
+        return Err(ApiError::new(
+            ResultCode::ExtendParamTooMuch,
+            format!(
+                "extendedParams has {} keys; at most {MAX_EXTENDED_PARAMS}",
+                map.len()
+            ),
+        ));
+    }
+    map.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            Value::Number(n) => Ok((k, n.to_string())),
+            Value::Bool(b) => Ok((k, b.to_string())),
+            _ => Err(invalid()),
+        })
+        .collect()
+}
+
+/// The reference's SDKs send maps either as JSON objects or as strings that
+/// hold one; both are accepted. `Err(())` when present but neither.
+fn object_or_json_string(req: &Map<String, Value>, name: &str) -> Result<Option<Map<String, Value>>, ()> {
+    match req.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m.clone())),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => match serde_json::from_str(s) {
+            Ok(Value::Object(m)) => Ok(Some(m)),
+            _ => Err(()),
+        },
+        Some(_) => Err(()),
+    }
+}
+
+fn string_field(req: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match req.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            format!("{name} must be a string"),
+        )),
+    }
+}
+
+/// Integers arrive as JSON numbers or numeric strings (the reference's Long
+/// fields).
+fn int_field(req: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+    let invalid = || ApiError::new(ResultCode::InvalidParam, format!("{name} must be an integer"));
+    match req.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(invalid),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| invalid()),
+        Some(_) => Err(invalid()),
+    }
+}
+
+fn small_enum(req: &Map<String, Value>, name: &str, allowed: &[u32]) -> Result<u32, ApiError> {
+    let value = int_field(req, name)?.unwrap_or(0);
+    u32::try_from(value)
+        .ok()
+        .filter(|v| allowed.contains(v))
+        .ok_or_else(|| {
+            ApiError::new(
+                ResultCode::InvalidParam,
+                format!("{name} must be one of {allowed:?}"),
+            )
+        })
+}
+
+/// `imageUrls`/`iconUrls`: a JSON string (as the reference sends) or an
+/// object, passed to the device as JSON text.
+fn json_text_field(req: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    match req.get(name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v @ Value::Object(_)) => Ok(v.to_string()),
+        Some(_) => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            format!("{name} must be a JSON object"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn apps(config: &Config) -> HashMap<String, Arc<str>> {
+        config
+            .apps
+            .iter()
+            .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
+            .collect()
+    }
+
+    fn base() -> Value {
+        json!({
+            "appId": "demo", "workspaceId": "default", "taskName": "t",
+            "title": "title", "content": "content", "deliveryType": 1,
+            "targetMsgkey": {"tok": "k"}, "expiredSeconds": 300,
+        })
+    }
+
+    fn check(change: impl FnOnce(&mut Map<String, Value>)) -> Result<SimplePush, i32> {
+        let config = Config::default();
+        let mut req = base();
+        change(req.as_object_mut().unwrap());
+        parse(req.to_string().as_bytes(), &config, &apps(&config)).map_err(|e| e.code.code())
+    }
+
+    #[test]
+    fn a_complete_request_is_accepted() {
+        let push = check(|r| {
+            r.insert("extendedParams".into(), json!("{\"a\":\"1\",\"n\":2}"));
+            r.insert("silent".into(), json!("1"));
+            r.insert("pushStyle".into(), json!(2));
+            r.insert("notifyType".into(), json!("transparent"));
+            r.insert("classification".into(), json!("1"));
+        })
+        .unwrap();
+        assert_eq!(push.targets, [("tok".to_string(), "k".to_string())]);
+        assert_eq!(push.ttl_secs, 300);
+        assert!(push.template.silent);
+        assert_eq!(push.template.push_style, 2);
+        assert_eq!(push.template.extended_params["n"], "2");
+    }
+
+    #[test]
+    fn every_user_error_has_its_result_code() {
+        let many: Map<String, Value> = (0..11).map(|i| (format!("t{i}"), json!("k"))).collect();
+        let params: Map<String, Value> = (0..21).map(|i| (format!("p{i}"), json!("v"))).collect();
+        type Change = Box<dyn FnOnce(&mut Map<String, Value>)>;
+        let cases: Vec<(Change, i32)> = vec![
+            (Box::new(|r| drop(r.remove("appId"))), 3003),
+            (
+                Box::new(|r| drop(r.insert("workspaceId".into(), json!("")))),
+                3003,
+            ),
+            (Box::new(|r| drop(r.insert("appId".into(), json!("nope")))), 3007),
+            (
+                Box::new(|r| drop(r.insert("workspaceId".into(), json!("other")))),
+                3007,
+            ),
+            (Box::new(|r| drop(r.insert("taskName".into(), json!("  ")))), 3019),
+            (Box::new(|r| drop(r.remove("title"))), 3024),
+            (Box::new(|r| drop(r.insert("content".into(), json!("")))), 3024),
+            (
+                Box::new(|r| drop(r.insert("deliveryType".into(), json!(3)))),
+                3009,
+            ),
+            (
+                Box::new(|r| drop(r.insert("deliveryType".into(), json!("5")))),
+                3009,
+            ),
+            (Box::new(|r| drop(r.remove("deliveryType"))), 3009),
+            (Box::new(|r| drop(r.remove("expiredSeconds"))), 3020),
+            (
+                Box::new(|r| drop(r.insert("expiredSeconds".into(), json!(0)))),
+                3020,
+            ),
+            (
+                Box::new(|r| drop(r.insert("expiredSeconds".into(), json!("soon")))),
+                3020,
+            ),
+            (
+                Box::new(|r| drop(r.insert("expiredSeconds".into(), json!(1.5)))),
+                3020,
+            ),
+            (
+                Box::new(|r| drop(r.insert("expiredSeconds".into(), json!(259_201)))),
+                3026,
+            ),
+            (Box::new(|r| drop(r.remove("targetMsgkey"))), 3021),
+            (
+                Box::new(|r| drop(r.insert("targetMsgkey".into(), json!({})))),
+                3021,
+            ),
+            (
+                Box::new(move |r| drop(r.insert("targetMsgkey".into(), Value::Object(many)))),
+                3029,
+            ),
+            (
+                Box::new(|r| drop(r.insert("targetMsgkey".into(), json!([1])))),
+                3028,
+            ),
+            (
+                Box::new(|r| drop(r.insert("targetMsgkey".into(), json!({"": "k"})))),
+                3001,
+            ),
+            (
+                Box::new(|r| drop(r.insert("targetMsgkey".into(), json!({"t": ""})))),
+                3028,
+            ),
+            (
+                Box::new(|r| drop(r.insert("targetMsgkey".into(), json!({"t": "k".repeat(65)})))),
+                3028,
+            ),
+            (
+                Box::new(|r| drop(r.insert("targetMsgkey".into(), json!({"t".repeat(129): "k"})))),
+                3054,
+            ),
+            (
+                Box::new(move |r| drop(r.insert("extendedParams".into(), Value::Object(params)))),
+                3035,
+            ),
+            (
+                Box::new(|r| drop(r.insert("extendedParams".into(), json!({"a": {"b": 1}})))),
+                3044,
+            ),
+            (
+                Box::new(|r| drop(r.insert("extendedParams".into(), json!("not json")))),
+                3044,
+            ),
+            (Box::new(|r| drop(r.insert("pushStyle".into(), json!(3)))), 3028),
+            (Box::new(|r| drop(r.insert("pushAction".into(), json!(-1)))), 3028),
+            (Box::new(|r| drop(r.insert("silent".into(), json!(2)))), 3028),
+            (
+                Box::new(|r| drop(r.insert("notifyType".into(), json!("loud")))),
+                3028,
+            ),
+            (
+                Box::new(|r| drop(r.insert("strategyType".into(), json!(1)))),
+                3028,
+            ),
+            (Box::new(|r| drop(r.insert("title".into(), json!(["x"])))), 3028),
+        ];
+        for (i, (change, want)) in cases.into_iter().enumerate() {
+            assert_eq!(check(change).map(|_| ()), Err(want), "case {i}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_and_non_json_bodies() {
+        let config = Config::default();
+        let apps = apps(&config);
+        assert_eq!(
+            parse(&[0xFF, 0xFE], &config, &apps).unwrap_err().code.code(),
+            3031
+        );
+        assert_eq!(parse(b"{nope", &config, &apps).unwrap_err().code.code(), 3028);
+        assert_eq!(parse(b"[1]", &config, &apps).unwrap_err().code.code(), 3028);
+    }
+
+    #[test]
+    fn a_message_over_two_kib_is_refused() {
+        let push = check(|r| drop(r.insert("content".into(), json!("x".repeat(3000))))).unwrap();
+        let mut id = 0;
+        let err = push
+            .messages(1, || {
+                id += 1;
+                id
+            })
+            .unwrap_err();
+        assert_eq!(err.code.code(), 3050);
+    }
+
+    #[test]
+    fn messages_carry_ids_keys_and_expiry() {
+        let push = check(|r| drop(r.insert("targetMsgkey".into(), json!({"a": "ka", "b": "kb"})))).unwrap();
+        let mut id = 10;
+        let messages = push
+            .messages(5_000, || {
+                id += 1;
+                id
+            })
+            .unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].expires_at_ms, 5_000 + 300_000);
+        let (frame, _) = crate::protocol::decode_slice(&messages[1].frame, 4096)
+            .unwrap()
+            .unwrap();
+        match frame {
+            Frame::Push(p) => {
+                assert_eq!((p.id, p.msg_key.as_str(), p.title.as_str()), (12, "kb", "title"));
+                assert_eq!(p.accepted_at_ms, 5_000);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Process lifecycle: logging, starting the shards, the push API and the
+//! admin endpoints in order, announcing readiness, and an orderly stop on
+//! SIGTERM or SIGINT (devices get GoAway with a jittered retry-after).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing::info;
+
+use crate::config::Config;
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let prometheus = crate::admin::install_metrics();
+    crate::delivery::describe_metrics();
+    let shards = crate::shard::start(&config).context("starting shards")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let api = crate::api::serve(&config, shards.handles(), ready.clone(), prometheus)
+        .context("starting the HTTP servers")?;
+    ready.store(true, Ordering::SeqCst);
+    // The integration tests and operators' scripts read this line; keep its
+    // shape.
+    println!(
+        "ringpush ready: device={} api={} admin={} backend={} shards={}",
+        shards.local_device_addr(),
+        api.api_addr(),
+        api.admin_addr(),
+        shards.backend().as_str(),
+        shards.count(),
+    );
+    info!(
+        device = %shards.local_device_addr(),
+        api = %api.api_addr(),
+        admin = %api.admin_addr(),
+        backend = shards.backend().as_str(),
+        "ringpush ready"
+    );
+    wait_for_stop_signal()?;
+    info!("stopping: refusing new work, sending GoAway to devices");
+    ready.store(false, Ordering::SeqCst);
+    api.stop();
+    shards.stop();
+    info!("stopped");
+    Ok(())
+}
+
+fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+        Ok(())
+    })
+}

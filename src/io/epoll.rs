@@ -1,0 +1,232 @@
+//! The epoll backend (mio, edge-triggered): the fallback when io_uring is
+//! unavailable (Docker's default seccomp profile, `kernel.io_uring_disabled`)
+//! or when the config says `io = "epoll"`. It drives the same
+//! `DeliveryCore` as the io_uring backend and only moves bytes: reads go into
+//! one scratch buffer per shard, so an idle connection holds no read buffer.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use tracing::warn;
+
+use crate::delivery::{ConnId, DeliveryCore, IoAction};
+use crate::shard::{Control, ShardContext};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKE: Token = Token(usize::MAX - 2);
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+struct Conn {
+    stream: TcpStream,
+    /// Bytes the socket did not take yet; empty (no heap) when caught up.
+    unsent: BytesMut,
+}
+
+struct Loop {
+    poll: Poll,
+    core: DeliveryCore,
+    conns: Vec<Option<Conn>>,
+    scratch: Vec<u8>,
+    shard: String,
+    open: metrics::Gauge,
+}
+
+pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
+    let poll = Poll::new()?;
+    let mut listener = TcpListener::from_std(context.listener.try_clone()?);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut SourceFd(&context.wake.raw()), WAKE, Interest::READABLE)?;
+    let shard = context.id.to_string();
+    let mut lp = Loop {
+        poll,
+        core: DeliveryCore::new(context.id, context.peers.len(), &context.config, Instant::now()),
+        conns: Vec::new(),
+        scratch: vec![0; SCRATCH_BYTES],
+        open: metrics::gauge!("ringpush_connections", "shard" => shard.clone(), "backend" => "epoll"),
+        shard,
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut adopted = Vec::new();
+    loop {
+        let timeout = lp
+            .core
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if let Err(e) = lp.poll.poll(&mut events, timeout) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let now = Instant::now();
+        let mut stop = false;
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => lp.accept_all(&listener, now),
+                WAKE => stop |= super::drain_queues(&context, &mut lp.core, now, &mut adopted),
+                Token(conn) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        lp.read(conn, now);
+                    }
+                    if event.is_writable() {
+                        lp.flush(conn);
+                    }
+                }
+            }
+        }
+        for (fd, initial) in adopted.drain(..) {
+            lp.adopt(fd, &initial, now);
+        }
+        lp.core.on_timers(now);
+        lp.run_actions(&context);
+        if stop {
+            lp.core.shutdown();
+            lp.run_actions(&context);
+            return Ok(());
+        }
+    }
+}
+
+impl Loop {
+    fn accept_all(&mut self, listener: &TcpListener, now: Instant) {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    super::count_accept(&self.shard);
+                    self.register(stream, &[], now);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE: the connection waits in the backlog;
+                    // the next readiness edge retries.
+                    metrics::counter!("ringpush_accept_errors_total", "shard" => self.shard.clone())
+                        .increment(1);
+                    warn!(shard = %self.shard, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, mut stream: TcpStream, initial: &[u8], now: Instant) {
+        let _ = stream.set_nodelay(true);
+        let Some(conn) = self.core.open_connection(now) else {
+            let refusal = self.core.overload_frame();
+            let _ = stream.write(&refusal);
+            return;
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(conn), interest) {
+            warn!(error = %e, "epoll registration failed");
+            self.core.on_closed(conn, now);
+            return;
+        }
+        if self.conns.len() <= conn {
+            self.conns.resize_with(conn + 1, || None);
+        }
+        self.conns[conn] = Some(Conn {
+            stream,
+            unsent: BytesMut::new(),
+        });
+        self.open.increment(1.0);
+        if !initial.is_empty() {
+            self.core.on_bytes(conn, initial, now);
+        }
+    }
+
+    fn adopt(&mut self, fd: OwnedFd, initial: &[u8], now: Instant) {
+        self.register(TcpStream::from(fd), initial, now);
+    }
+
+    fn read(&mut self, conn: ConnId, now: Instant) {
+        loop {
+            let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
+                return;
+            };
+            match c.stream.read(&mut self.scratch) {
+                Ok(0) => return self.close_now(conn, now),
+                Ok(n) => {
+                    self.core.on_bytes(conn, &self.scratch[..n], now);
+                    // After a close or hand-off decision the rest stays in
+                    // the kernel, for the adopting shard to read.
+                    if !self.core.wants_input(conn) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.close_now(conn, now),
+            }
+        }
+    }
+
+    /// Writes what the core has for `conn` after what the socket still owes.
+    /// Returns false when the socket failed.
+    fn flush(&mut self, conn: ConnId) -> bool {
+        let more = self.core.take_outbound(conn);
+        let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
+            return false;
+        };
+        if let Some(more) = more {
+            if c.unsent.is_empty() {
+                c.unsent = more;
+            } else {
+                c.unsent.extend_from_slice(&more);
+            }
+        }
+        while !c.unsent.is_empty() {
+            match c.stream.write(&c.unsent) {
+                Ok(n) => c.unsent.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        c.unsent = BytesMut::new();
+        true
+    }
+
+    fn close_now(&mut self, conn: ConnId, now: Instant) {
+        if let Some(mut c) = self.conns.get_mut(conn).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.open.decrement(1.0);
+        }
+        self.core.on_closed(conn, now);
+    }
+
+    fn run_actions(&mut self, context: &ShardContext) {
+        let now = Instant::now();
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                IoAction::Send(conn) => {
+                    if !self.flush(conn) {
+                        self.close_now(conn, now);
+                    }
+                }
+                IoAction::Close(conn) => {
+                    self.flush(conn);
+                    self.close_now(conn, now);
+                }
+                IoAction::HandOff { conn, to, initial } => {
+                    if let Some(mut c) = self.conns.get_mut(conn).and_then(Option::take) {
+                        let _ = self.poll.registry().deregister(&mut c.stream);
+                        self.open.decrement(1.0);
+                        context.peers[to].control(Control::Adopt {
+                            fd: OwnedFd::from(c.stream),
+                            initial: initial.to_vec(),
+                        });
+                    }
+                    self.core.on_closed(conn, now);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The I/O layer: the two backends that drive a shard's `DeliveryCore`
+//! (`uring`, `epoll`), and what they share — the eventfd that wakes a shard,
+//! draining its queues, and thread pinning. This is the only layer allowed
+//! `unsafe`, each use with the reason it is sound.
+
+pub mod epoll;
+pub mod uring;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::config::IoBackend;
+use crate::delivery::DeliveryCore;
+use crate::shard::{Control, ShardContext};
+
+/// A non-blocking eventfd with a flag so that a burst of commands costs one
+/// write(2): producers write only when the shard is not already woken.
+pub struct EventFd {
+    fd: OwnedFd,
+    woken: AtomicBool,
+}
+
+impl EventFd {
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd(2) takes no pointers; a negative result is an error
+        // and is checked before the fd is used.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            woken: AtomicBool::new(false),
+        })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live stack buffer to our own fd.
+            // EAGAIN (counter at its maximum) still leaves the fd readable,
+            // which is all a wake needs.
+            unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// Called by the shard before it drains its queues, so a command queued
+    /// after the drain starts wakes it again.
+    pub fn reset(&self) {
+        let mut counter = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live stack buffer from our own
+        // non-blocking fd; EAGAIN is harmless.
+        unsafe { libc::read(self.fd.as_raw_fd(), counter.as_mut_ptr().cast(), counter.len()) };
+        self.woken.store(false, Ordering::Release);
+    }
+}
+
+/// Pins the calling thread to one CPU. Failure (a restricted cpuset) only
+/// costs locality, so it is logged, not fatal.
+pub fn pin_to_core(core: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it;
+    // sched_setaffinity reads it for the calling thread (pid 0).
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        tracing::warn!(core, error = %std::io::Error::last_os_error(), "could not pin shard thread");
+    }
+}
+
+pub(crate) fn run_shard(context: ShardContext, backend: IoBackend) {
+    let shard = context.id;
+    let result = match backend {
+        IoBackend::Uring => uring::run(context),
+        IoBackend::Epoll => epoll::run(context),
+    };
+    if let Err(e) = result {
+        tracing::error!(shard, error = %e, "shard loop failed");
+    }
+}
+
+/// A connection handed over by another shard: its socket and the bytes that
+/// shard already read.
+pub(crate) type Adopted = (OwnedFd, Vec<u8>);
+
+/// Applies queued API commands to the core and collects adopted connections
+/// for the backend to register. Returns `true` when the shard must stop.
+pub(crate) fn drain_queues(
+    context: &ShardContext,
+    core: &mut DeliveryCore,
+    now: Instant,
+    adopted: &mut Vec<Adopted>,
+) -> bool {
+    context.wake.reset();
+    let mut stop = false;
+    while let Ok(message) = context.control.try_recv() {
+        match message {
+            Control::Adopt { fd, initial } => adopted.push((fd, initial)),
+            Control::Stop => stop = true,
+        }
+    }
+    // Bounded so a flood of pushes cannot starve socket I/O for long.
+    for command in context.commands.try_iter().take(4096) {
+        core.on_command(command, now);
+    }
+    if !context.commands.is_empty() {
+        context.wake.wake();
+    }
+    stop
+}
+
+pub(crate) fn count_accept(shard: &str) {
+    metrics::counter!("ringpush_accepts_total", "shard" => shard.to_string()).increment(1);
+}

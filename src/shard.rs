@@ -1,0 +1,192 @@
+//! Shard threads: one per core, each with its own device listener
+//! (SO_REUSEPORT), its own I/O backend and its own `DeliveryCore`. This file
+//! owns starting and stopping them and the two ways work reaches a shard: the
+//! bounded command queue the API fills (`ShardHandle::send`) and the control
+//! queue shards use to hand connections to each other.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tracing::{info, warn};
+
+use crate::config::{Config, IoBackend};
+use crate::io::EventFd;
+use crate::message::Command;
+
+/// Shard-to-shard and lifecycle messages; never refused, never dropped.
+pub enum Control {
+    /// A connection whose token this shard owns, with the bytes read so far.
+    Adopt { fd: OwnedFd, initial: Vec<u8> },
+    /// Send every device GoAway(shutdown), flush, and end the thread.
+    Stop,
+}
+
+/// The API's way into one shard.
+pub struct ShardHandle {
+    commands: Sender<Command>,
+    control: Sender<Control>,
+    wake: Arc<EventFd>,
+}
+
+impl ShardHandle {
+    /// Queues a command; `Err` gives it back when the queue is full (the API
+    /// answers 503 rather than buffering without bound).
+    pub fn send(&self, command: Command) -> Result<(), Command> {
+        match self.commands.try_send(command) {
+            Ok(()) => {
+                self.wake.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => Err(c),
+        }
+    }
+
+    pub(crate) fn control(&self, message: Control) {
+        // A send fails only when the shard thread is gone (shutting down);
+        // the socket in an Adopt is then closed by its drop, which is right.
+        let _ = self.control.send(message);
+        self.wake.wake();
+    }
+}
+
+/// What a shard thread receives at start.
+pub(crate) struct ShardContext {
+    pub id: usize,
+    pub config: Config,
+    pub listener: std::net::TcpListener,
+    pub commands: Receiver<Command>,
+    pub control: Receiver<Control>,
+    pub wake: Arc<EventFd>,
+    pub peers: Arc<[ShardHandle]>,
+}
+
+pub struct Shards {
+    handles: Arc<[ShardHandle]>,
+    threads: Vec<JoinHandle<()>>,
+    backend: IoBackend,
+    device_addr: SocketAddr,
+}
+
+impl Shards {
+    pub fn handles(&self) -> Arc<[ShardHandle]> {
+        self.handles.clone()
+    }
+
+    /// The backend actually running (io_uring may have fallen back to epoll).
+    pub fn backend(&self) -> IoBackend {
+        self.backend
+    }
+
+    /// The bound device address (the real port when the config says 0).
+    pub fn local_device_addr(&self) -> SocketAddr {
+        self.device_addr
+    }
+
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Tells every shard to send GoAway to its devices and stop; waits.
+    pub fn stop(self) {
+        for handle in self.handles.iter() {
+            handle.control(Control::Stop);
+        }
+        for thread in self.threads {
+            if thread.join().is_err() {
+                warn!("a shard thread panicked while stopping");
+            }
+        }
+    }
+}
+
+/// Binds the listeners and starts `config.shard_count()` shard threads.
+pub fn start(config: &Config) -> anyhow::Result<Shards> {
+    let count = config.shard_count();
+    let backend = choose_backend(config);
+    let first = bind_listener(config.listen.device, config.listen.backlog)
+        .with_context(|| format!("binding the device listener on {}", config.listen.device))?;
+    let device_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(bind_listener(device_addr, config.listen.backlog)?);
+    }
+    let mut handles = Vec::with_capacity(count);
+    let mut receivers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (commands_tx, commands_rx) = crossbeam_channel::bounded(config.limits.shard_queue);
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let wake = Arc::new(EventFd::new().context("creating a shard's eventfd")?);
+        handles.push(ShardHandle {
+            commands: commands_tx,
+            control: control_tx,
+            wake: wake.clone(),
+        });
+        receivers.push((commands_rx, control_rx, wake));
+    }
+    let handles: Arc<[ShardHandle]> = handles.into();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = Vec::with_capacity(count);
+    for (id, (listener, (commands, control, wake))) in listeners.into_iter().zip(receivers).enumerate() {
+        let context = ShardContext {
+            id,
+            config: config.clone(),
+            listener,
+            commands,
+            control,
+            wake,
+            peers: handles.clone(),
+        };
+        let pin = config.pin_shards.then_some(id % cores);
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = pin {
+                    crate::io::pin_to_core(core);
+                }
+                crate::io::run_shard(context, backend);
+            })
+            .context("spawning a shard thread")?;
+        threads.push(thread);
+    }
+    metrics::gauge!("ringpush_io_backend", "backend" => backend.as_str()).set(1.0);
+    info!(shards = count, backend = backend.as_str(), device = %device_addr, "shards started");
+    Ok(Shards {
+        handles,
+        threads,
+        backend,
+        device_addr,
+    })
+}
+
+/// io_uring when configured and the kernel allows it; epoll otherwise.
+fn choose_backend(config: &Config) -> IoBackend {
+    match config.io {
+        IoBackend::Epoll => IoBackend::Epoll,
+        IoBackend::Uring => match crate::io::uring::probe() {
+            Ok(()) => IoBackend::Uring,
+            Err(e) => {
+                warn!(error = %e, "io_uring is unavailable; falling back to epoll");
+                IoBackend::Epoll
+            }
+        },
+    }
+}
+
+fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    // Every shard binds the same port; the kernel spreads connections.
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}

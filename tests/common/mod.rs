@@ -1,0 +1,315 @@
+//! The shared harness of the integration tests: starts the real `ringpush`
+//! binary on 127.0.0.1 ephemeral ports with a config of the test's choosing,
+//! and gives tests a blocking device client and a minimal HTTP client. Waits
+//! are bounded polls for a condition, never sleeps that hope for the best.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringpush::protocol::{body, decode_slice, Frame, PROTOCOL_VERSION};
+
+/// Upper bound for anything the daemon should do "at once"; generous so a
+/// loaded CI machine does not fail a correct build.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
+
+pub struct Daemon {
+    child: Child,
+    pub device: SocketAddr,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub backend: String,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts ringpush with `io = backend` and the extra TOML `extra`
+    /// (top-level keys first, then sections).
+    pub fn start(backend: &str, extra: &str) -> Daemon {
+        Self::start_with(&format!("io = \"{backend}\"\nshards = 2\n{extra}"))
+    }
+
+    pub fn start_with(config: &str) -> Daemon {
+        let dir = std::env::temp_dir().join(format!(
+            "ringpush-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (top, sections) = split_top_level(config);
+        let text = format!(
+            "{top}\n[listen]\ndevice = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{sections}"
+        );
+        let path = dir.join("ringpush.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringpush"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringpush");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("ringpush ready:") => break line,
+                Some(Ok(_)) => continue,
+                _ => {
+                    let status = child.wait().unwrap();
+                    panic!("ringpush exited before it was ready: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let field = |name: &str| -> String {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {ready:?}"))
+                .to_string()
+        };
+        Daemon {
+            device: field("device").parse().unwrap(),
+            api: field("api").parse().unwrap(),
+            admin: field("admin").parse().unwrap(),
+            backend: field("backend"),
+            child,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn device(&self, token: &str) -> Device {
+        Device::connect(self.device, token)
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        http(self.api, method, path, body)
+    }
+
+    /// Simple push of one message; returns the response JSON.
+    pub fn push(&self, token: &str, msg_key: &str, ttl_secs: u64) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({
+            "appId": "demo", "workspaceId": "default", "taskName": "test",
+            "title": "hello", "content": format!("content of {msg_key}"),
+            "deliveryType": 1, "targetMsgkey": { token: msg_key },
+            "expiredSeconds": ttl_secs,
+        });
+        self.http("POST", "/v1/push/simple", &body.to_string())
+    }
+
+    /// The status code of a message for a token (-1/0/1/2/3/4, 99999999).
+    pub fn status(&self, token: &str, msg_key: &str) -> i64 {
+        let (code, json) = self.http("GET", &format!("/v1/messages/{msg_key}?target={token}"), "");
+        assert_eq!(code, 200, "{json}");
+        json["PushResult"]["Data"]["status"]
+            .as_i64()
+            .expect("numeric status")
+    }
+
+    /// Polls until the status is `want`, panicking after PATIENCE.
+    pub fn wait_status(&self, token: &str, msg_key: &str, want: i64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let got = self.status(token, msg_key);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status of {msg_key} stayed {got}, wanted {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        let (code, body) = raw_http(self.admin, "GET", "/metrics", "");
+        assert_eq!(code, 200);
+        body
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Splits TOML into the lines before the first section header and the rest,
+/// so the harness can add its `[listen]` section without clobbering either.
+fn split_top_level(config: &str) -> (String, String) {
+    let mut top = String::new();
+    let mut rest = String::new();
+    let mut in_section = false;
+    for line in config.lines() {
+        in_section |= line.trim_start().starts_with('[');
+        let out = if in_section { &mut rest } else { &mut top };
+        out.push_str(line);
+        out.push('\n');
+    }
+    (top, rest)
+}
+
+/// A blocking device connection.
+pub struct Device {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pub token: String,
+    pub welcome: Option<body::Welcome>,
+}
+
+impl Device {
+    pub fn raw(addr: SocketAddr) -> Device {
+        let stream = TcpStream::connect(addr).expect("connect to the device listener");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Device {
+            stream,
+            buf: Vec::new(),
+            token: String::new(),
+            welcome: None,
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub fn connect(addr: SocketAddr, token: &str) -> Device {
+        let mut device = Self::raw(addr);
+        device.send(&Frame::Hello(body::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            app_id: "demo".into(),
+            platform: 1,
+            token: token.into(),
+        }));
+        match device.recv() {
+            Some(Frame::Welcome(w)) => {
+                device.token = w.token.clone();
+                device.welcome = Some(w);
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        device
+    }
+
+    pub fn send(&mut self, frame: &Frame) {
+        self.stream.write_all(&frame.to_bytes()).unwrap();
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, or `None` when the server closed the connection.
+    pub fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, used)) = decode_slice(&self.buf, 1 << 20).expect("server frames decode") {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read from ringpush: {e}"),
+            }
+        }
+    }
+
+    /// The next Push, acknowledged. Pongs in between are skipped.
+    pub fn recv_push(&mut self) -> body::Push {
+        loop {
+            match self.recv() {
+                Some(Frame::Push(p)) => return *p,
+                Some(Frame::Pong(_)) => continue,
+                other => panic!("expected Push, got {other:?}"),
+            }
+        }
+    }
+
+    pub fn ack(&mut self, ids: &[u64]) {
+        self.send(&Frame::Ack(body::Ids { ids: ids.to_vec() }));
+    }
+
+    /// Round-trips a Ping and returns every frame that arrived before its
+    /// Pong: the server handles a connection's frames in order, so anything
+    /// it meant to send before the Ping is in that list.
+    pub fn drain_until_pong(&mut self) -> Vec<Frame> {
+        let marker = 0x5EED;
+        self.send(&Frame::Ping(body::Heartbeat { time_ms: marker }));
+        let mut before = Vec::new();
+        loop {
+            match self.recv() {
+                Some(Frame::Pong(p)) if p.time_ms == marker => return before,
+                Some(frame) => before.push(frame),
+                None => panic!("closed while waiting for Pong; got {before:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns what came before.
+    pub fn until_closed(&mut self) -> Vec<Frame> {
+        std::iter::from_fn(|| self.recv()).collect()
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+pub fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to HTTP");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = raw_http(addr, method, path, body);
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?} is not JSON: {e}"));
+    (status, json)
+}
