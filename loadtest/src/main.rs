@@ -1,1 +1,342 @@
-fn main() {}
+//! `ringpush-bench`: holds N device connections to a ringpush server, drives
+//! simple pushes through its HTTP API at a chosen rate, and reports connect
+//! rate, delivered and acked messages per second, API-to-device latency, the
+//! server's RSS growth per connection and the client's own CPU. See
+//! `loadtest/README.md` for the scenarios.
+
+mod devices;
+mod pusher;
+mod stats;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use devices::{DeviceConfig, Shared};
+use stats::{Counters, Summary};
+
+#[derive(Parser, Debug)]
+#[command(name = "ringpush-bench", version, about)]
+struct Args {
+    /// Device connections to hold.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Connections opened per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u64,
+    /// Device event-loop threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    device_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_addr: SocketAddr,
+    #[arg(long, default_value = "demo")]
+    app: String,
+    #[arg(long, default_value = "default")]
+    workspace: String,
+    /// Source addresses for device connections: a range `A-B`, a comma list,
+    /// or `none` (the kernel's choice). Spreading over 127.0.0.0/8 lets N
+    /// exceed one address's ephemeral ports.
+    #[arg(long, default_value = "127.0.0.2-127.0.0.250")]
+    source_ips: String,
+    /// Messages per second offered through the API (0 = only hold
+    /// connections).
+    #[arg(long, default_value_t = 0)]
+    push_rate: u64,
+    /// Targets per simple-push request (the API allows up to 10).
+    #[arg(long, default_value_t = 10)]
+    targets_per_request: usize,
+    /// Keep-alive HTTP connections, each a thread with its share of the rate.
+    #[arg(long, default_value_t = 2)]
+    push_connections: usize,
+    /// Seconds of measured pushing (or of holding with --hold).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of pushing before measuring starts.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// expiredSeconds of each push.
+    #[arg(long, default_value_t = 300)]
+    ttl: u64,
+    /// The server's pid, to report its RSS growth per connection.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Hold the connections idle for --duration seconds (no pushes).
+    #[arg(long)]
+    hold: bool,
+    /// Give up connecting after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    connect_timeout: u64,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(summary) => {
+            summary.print_human();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).expect("summary serialises")
+                );
+            }
+            if summary.errors() > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("ringpush-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<Summary> {
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    raise_fd_limit(args.devices + args.push_connections + 64)?;
+    let source_ips = parse_source_ips(&args.source_ips)?;
+    let threads = args.threads.clamp(1, args.devices.max(1));
+    let wall_start = Instant::now();
+    let cpu_start = stats::own_cpu_seconds();
+    let mut summary = Summary {
+        devices: args.devices as u64,
+        offered_rate: if args.hold { 0 } else { args.push_rate },
+        ..Default::default()
+    };
+    summary.server_rss_before_kib = args.server_pid.and_then(stats::rss_kib);
+
+    let shared = Arc::new(Shared {
+        counters: Counters::default(),
+        tokens: Default::default(),
+        stop: AtomicBool::new(false),
+        closes: Default::default(),
+    });
+    let record = Arc::new(AtomicBool::new(false));
+    let mut device_threads = Vec::new();
+    let per_thread = args.devices.div_ceil(threads);
+    for t in 0..threads {
+        let first = t * per_thread;
+        let count = per_thread.min(args.devices.saturating_sub(first));
+        let config = DeviceConfig {
+            device_addr: args.device_addr,
+            app: args.app.clone(),
+            source_ips: source_ips.clone(),
+            connect_rate: args.connect_rate as f64 / threads as f64,
+            first_index: first,
+            count,
+            record_after: record.clone(),
+        };
+        let shared = shared.clone();
+        device_threads.push(
+            std::thread::Builder::new()
+                .name(format!("devices-{t}"))
+                .spawn(move || devices::run(config, shared))?,
+        );
+    }
+
+    // Connect phase: poll often for an accurate rate, print once a second.
+    let connect_start = Instant::now();
+    let give_up = connect_start + Duration::from_secs(args.connect_timeout);
+    let mut next_line = connect_start + Duration::from_secs(1);
+    let c = &shared.counters;
+    loop {
+        let done = Counters::get(&c.connected) + Counters::get(&c.connect_errors);
+        if done >= args.devices as u64 || Instant::now() > give_up || INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+        if Instant::now() >= next_line {
+            next_line += Duration::from_secs(1);
+            progress(connect_start, &shared);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    summary.connect_seconds = connect_start.elapsed().as_secs_f64();
+    summary.connected = Counters::get(&c.connected);
+    summary.connect_rate = summary.connected as f64 / summary.connect_seconds.max(1e-9);
+    eprintln!(
+        "connected {} of {} in {:.2}s ({:.0}/s)",
+        summary.connected, args.devices, summary.connect_seconds, summary.connect_rate
+    );
+
+    if let Some(pid) = args.server_pid {
+        // Let the server finish its handshake work before measuring.
+        std::thread::sleep(Duration::from_secs(2));
+        summary.server_rss_after_kib = stats::rss_kib(pid);
+        if let (Some(before), Some(after)) = (summary.server_rss_before_kib, summary.server_rss_after_kib) {
+            summary.server_rss_per_connection_bytes =
+                Some(after.saturating_sub(before) as f64 * 1024.0 / summary.connected.max(1) as f64);
+        }
+    }
+
+    let mut push_errors = std::collections::BTreeMap::new();
+    if args.hold || args.push_rate == 0 {
+        let until = Instant::now() + Duration::from_secs(if args.hold { args.duration } else { 0 });
+        while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(1));
+            progress(connect_start, &shared);
+        }
+    } else {
+        let phase_start = Instant::now();
+        let warm_until = phase_start + Duration::from_secs(args.warmup);
+        let until = warm_until + Duration::from_secs(args.duration);
+        let mut pushers = Vec::new();
+        for p in 0..args.push_connections.max(1) {
+            let config = pusher::PushConfig {
+                api_addr: args.api_addr,
+                app: args.app.clone(),
+                workspace: args.workspace.clone(),
+                rate: args.push_rate as f64 / args.push_connections.max(1) as f64,
+                targets_per_request: args.targets_per_request.clamp(1, 10),
+                ttl_secs: args.ttl,
+                until,
+                seed: 0x9E37_79B9 + p as u64,
+            };
+            let shared = shared.clone();
+            pushers.push(
+                std::thread::Builder::new()
+                    .name(format!("push-{p}"))
+                    .spawn(move || pusher::run(config, shared))?,
+            );
+        }
+        let mut marks = None;
+        let mut next_line = phase_start + Duration::from_secs(1);
+        while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
+            if marks.is_none() && Instant::now() >= warm_until {
+                record.store(true, Ordering::SeqCst);
+                marks = Some((
+                    Instant::now(),
+                    Counters::get(&c.delivered),
+                    Counters::get(&c.acked),
+                ));
+            }
+            if Instant::now() >= next_line {
+                next_line += Duration::from_secs(1);
+                progress(phase_start, &shared);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (mark_at, delivered0, acked0) =
+            marks.unwrap_or((phase_start, Counters::get(&c.delivered), Counters::get(&c.acked)));
+        let measured = mark_at.elapsed().as_secs_f64().max(1e-9);
+        summary.measured_seconds = measured;
+        summary.delivered_per_sec = (Counters::get(&c.delivered) - delivered0) as f64 / measured;
+        summary.acked_per_sec = (Counters::get(&c.acked) - acked0) as f64 / measured;
+        shared
+            .stop
+            .store(INTERRUPTED.load(Ordering::SeqCst), Ordering::SeqCst);
+        for p in pushers {
+            for (k, v) in p.join().unwrap_or_default() {
+                *push_errors.entry(k).or_default() += v;
+            }
+        }
+        // Let in-flight messages land so the latency tail is complete.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut histogram = stats::latency_histogram();
+    for t in device_threads {
+        if let Ok(h) = t.join() {
+            histogram.add(&h).context("merging histograms")?;
+        }
+    }
+    summary.latency = stats::Latency::from(&histogram);
+    summary.messages_sent = Counters::get(&c.messages_sent);
+    summary.delivered_total = Counters::get(&c.delivered);
+    summary.acked_total = Counters::get(&c.acked);
+    summary.behind_schedule = Counters::get(&c.behind_schedule);
+    summary.connect_errors = Counters::get(&c.connect_errors);
+    summary.http_errors = push_errors;
+    summary.closed_by_server = shared.closes.lock().clone();
+    summary.wall_seconds = wall_start.elapsed().as_secs_f64();
+    summary.client_cpu_seconds = stats::own_cpu_seconds() - cpu_start;
+    summary.client_cpu_percent_of_one_core = 100.0 * summary.client_cpu_seconds / summary.wall_seconds;
+    summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
+    Ok(summary)
+}
+
+fn progress(since: Instant, shared: &Shared) {
+    let c = &shared.counters;
+    eprintln!(
+        "[{:>5.1}s] connected {} errors {} | sent {} delivered {} acked {} | http errors {} behind {}",
+        since.elapsed().as_secs_f64(),
+        Counters::get(&c.connected),
+        Counters::get(&c.connect_errors),
+        Counters::get(&c.messages_sent),
+        Counters::get(&c.delivered),
+        Counters::get(&c.acked),
+        Counters::get(&c.http_errors),
+        Counters::get(&c.behind_schedule),
+    );
+}
+
+fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+    if spec == "none" || spec.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some((a, b)) = spec.split_once('-') {
+        let (a, b): (Ipv4Addr, Ipv4Addr) = (a.parse()?, b.parse()?);
+        let (a, b) = (u32::from(a), u32::from(b));
+        if a > b || b - a > 1 << 20 {
+            bail!("source address range {spec} is empty or too large");
+        }
+        return Ok((a..=b).map(Ipv4Addr::from).collect());
+    }
+    spec.split(',')
+        .map(|s| s.trim().parse().context("a source address"))
+        .collect()
+}
+
+/// Raises the soft descriptor limit to the hard one and checks `needed`
+/// fits: the machine's hard limit is a fact of life, so say so clearly.
+fn raise_fd_limit(needed: usize) -> anyhow::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    if needed as u64 > limit.rlim_cur {
+        bail!(
+            "{needed} descriptors needed but this process may open {}; run fewer --devices per process",
+            limit.rlim_cur
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ip_specs() {
+        assert_eq!(parse_source_ips("none").unwrap(), Vec::<Ipv4Addr>::new());
+        assert_eq!(parse_source_ips("127.0.0.2-127.0.0.4").unwrap().len(), 3);
+        assert_eq!(parse_source_ips("127.0.0.9,127.0.0.10").unwrap().len(), 2);
+        assert!(parse_source_ips("127.0.0.9-127.0.0.1").is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! Simulated devices: each thread owns a share of the connections in one
+//! mio loop. It connects at the paced rate (from source addresses spread over
+//! 127.0.0.0/8), says Hello, collects the token from Welcome, acknowledges
+//! every Push (one Ack per read, batching the ids), records API-to-device
+//! latency from the msgKey, and sends heartbeats.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use parking_lot::Mutex;
+use ringpush::protocol::{body, decode_slice, Frame, GoAwayReason, PROTOCOL_VERSION};
+
+use crate::stats::{self, Counters};
+
+pub struct DeviceConfig {
+    pub device_addr: SocketAddr,
+    pub app: String,
+    pub source_ips: Vec<Ipv4Addr>,
+    /// This thread's connections per second (0 = as fast as possible).
+    pub connect_rate: f64,
+    pub first_index: usize,
+    pub count: usize,
+    pub record_after: Arc<AtomicBool>,
+}
+
+/// What the device threads share with the rest of the client.
+pub struct Shared {
+    pub counters: Counters,
+    pub tokens: Mutex<Vec<String>>,
+    pub stop: AtomicBool,
+    pub closes: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+struct Device {
+    stream: TcpStream,
+    partial: Vec<u8>,
+    unsent: Vec<u8>,
+    welcomed: bool,
+}
+
+const READ_BYTES: usize = 64 * 1024;
+
+pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
+    let mut histogram = stats::latency_histogram();
+    let mut poll = Poll::new().expect("create a poll instance");
+    let mut events = Events::with_capacity(4096);
+    let mut devices: Vec<Option<Device>> = (0..config.count).map(|_| None).collect();
+    let hello = Frame::Hello(body::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        app_id: config.app.clone(),
+        platform: 1,
+        token: String::new(),
+    })
+    .to_bytes();
+    let mut scratch = vec![0u8; READ_BYTES];
+    let start = Instant::now();
+    let mut next_to_connect = 0usize;
+    let mut heartbeat = Duration::from_secs(60);
+    let mut next_ping = Instant::now() + heartbeat;
+    let mut ids: Vec<u64> = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        // Open the connections that are due by the pacing schedule.
+        let now = Instant::now();
+        while next_to_connect < config.count {
+            if config.connect_rate > 0.0 {
+                let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
+                if due > now {
+                    break;
+                }
+            }
+            let index = config.first_index + next_to_connect;
+            match connect(&config, index) {
+                Ok(mut stream) => {
+                    let token = Token(next_to_connect);
+                    poll.registry()
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .expect("register a device socket");
+                    devices[next_to_connect] = Some(Device {
+                        stream,
+                        partial: Vec::new(),
+                        unsent: hello.clone(),
+                        welcomed: false,
+                    });
+                }
+                Err(_) => Counters::add(&shared.counters.connect_errors, 1),
+            }
+            next_to_connect += 1;
+            // Keep the loop responsive while connecting as fast as possible.
+            if config.connect_rate == 0.0 && next_to_connect % 256 == 0 {
+                break;
+            }
+        }
+        let timeout = if next_to_connect < config.count {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            panic!("poll failed: {e}");
+        }
+        let record = config.record_after.load(Ordering::Relaxed);
+        for event in events.iter() {
+            let i = event.token().0;
+            let Some(device) = devices[i].as_mut() else {
+                continue;
+            };
+            if event.is_writable() && !device.unsent.is_empty() && !flush(device) {
+                close(&mut devices[i], &mut poll, &shared, "write_error");
+                continue;
+            }
+            if !(event.is_readable() || event.is_read_closed()) {
+                continue;
+            }
+            let mut closed = None;
+            loop {
+                match device.stream.read(&mut scratch) {
+                    Ok(0) => {
+                        closed = Some("eof");
+                        break;
+                    }
+                    Ok(n) => {
+                        let outcome = handle_bytes(
+                            device,
+                            &scratch[..n],
+                            &shared,
+                            &mut ids,
+                            record.then_some(&mut histogram),
+                            &mut heartbeat,
+                        );
+                        if let Err(reason) = outcome {
+                            closed = Some(reason);
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        closed = Some("read_error");
+                        break;
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                Counters::add(&shared.counters.acked, ids.len() as u64);
+                Frame::Ack(body::Ids {
+                    ids: std::mem::take(&mut ids),
+                })
+                .encode(&mut device.unsent);
+                if !flush(device) {
+                    closed = closed.or(Some("write_error"));
+                }
+            }
+            if let Some(reason) = closed {
+                close(&mut devices[i], &mut poll, &shared, reason);
+            }
+        }
+        if Instant::now() >= next_ping {
+            next_ping = Instant::now() + heartbeat;
+            let ping = Frame::Ping(body::Heartbeat { time_ms: 0 }).to_bytes();
+            for device in devices.iter_mut().flatten().filter(|d| d.welcomed) {
+                device.unsent.extend_from_slice(&ping);
+                flush(device);
+            }
+        }
+    }
+    histogram
+}
+
+fn connect(config: &DeviceConfig, index: usize) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)?;
+    if !config.source_ips.is_empty() {
+        let ip = config.source_ips[index % config.source_ips.len()];
+        // Port 0 with IP_BIND_ADDRESS_NO_PORT lets the kernel pick the port
+        // at connect time per 4-tuple, so each source address gets its own
+        // ~28k ports.
+        bind_address_no_port(&socket)?;
+        socket.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&config.device_addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+fn bind_address_no_port(socket: &socket2::Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: passes a pointer to a live c_int and its size for an integer
+    // option on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Decodes what arrived; `Err` names why the server closed the session.
+fn handle_bytes(
+    device: &mut Device,
+    bytes: &[u8],
+    shared: &Shared,
+    ids: &mut Vec<u64>,
+    mut histogram: Option<&mut Histogram<u64>>,
+    heartbeat: &mut Duration,
+) -> Result<(), &'static str> {
+    let joined;
+    let input: &[u8] = if device.partial.is_empty() {
+        bytes
+    } else {
+        device.partial.extend_from_slice(bytes);
+        joined = std::mem::take(&mut device.partial);
+        &joined
+    };
+    let mut at = 0;
+    let now_us = stats::unix_micros();
+    let result = loop {
+        match decode_slice(&input[at..], 1 << 20) {
+            Ok(Some((frame, used))) => {
+                at += used;
+                match frame {
+                    Frame::Push(push) => {
+                        Counters::add(&shared.counters.delivered, 1);
+                        ids.push(push.id);
+                        if let (Some(h), Some(sent)) =
+                            (histogram.as_deref_mut(), stats::sent_micros(&push.msg_key))
+                        {
+                            let _ = h.record(now_us.saturating_sub(sent).max(1));
+                        }
+                    }
+                    Frame::Welcome(w) => {
+                        device.welcomed = true;
+                        *heartbeat = Duration::from_secs(u64::from(w.heartbeat_secs.max(1)));
+                        shared.tokens.lock().push(w.token);
+                        Counters::add(&shared.counters.connected, 1);
+                    }
+                    Frame::GoAway(g) => {
+                        break Err(match g.reason {
+                            r if r == GoAwayReason::Replaced as u32 => "go_away_replaced",
+                            r if r == GoAwayReason::Shutdown as u32 => "go_away_shutdown",
+                            r if r == GoAwayReason::Overloaded as u32 => "go_away_overloaded",
+                            _ => "go_away_other",
+                        })
+                    }
+                    Frame::Error(_) => break Err("error_frame"),
+                    _ => {}
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(_) => break Err("undecodable_frame"),
+        }
+    };
+    if at < input.len() {
+        device.partial = input[at..].to_vec();
+    }
+    result
+}
+
+fn flush(device: &mut Device) -> bool {
+    while !device.unsent.is_empty() {
+        match device.stream.write(&device.unsent) {
+            Ok(n) => {
+                device.unsent.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::NotConnected => {
+                return true
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    device.unsent = Vec::new();
+    true
+}
+
+fn close(slot: &mut Option<Device>, poll: &mut Poll, shared: &Shared, reason: &'static str) {
+    if let Some(mut device) = slot.take() {
+        let _ = poll.registry().deregister(&mut device.stream);
+        if !device.welcomed {
+            Counters::add(&shared.counters.connect_errors, 1);
+        }
+        Counters::add(&shared.counters.closed_by_server, 1);
+        *shared.closes.lock().entry(reason.to_string()).or_default() += 1;
+    }
+}

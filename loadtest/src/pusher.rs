@@ -1,0 +1,154 @@
+//! The API side of a run: keep-alive HTTP/1.1 connections that post simple
+//! pushes to random online devices on an open-loop schedule (the send time
+//! of request k is fixed in advance, so a slow server shows up as latency and
+//! as "behind schedule", never as a quietly lower offered rate).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::devices::Shared;
+use crate::stats::{self, Counters};
+
+pub struct PushConfig {
+    pub api_addr: SocketAddr,
+    pub app: String,
+    pub workspace: String,
+    /// Messages per second for this connection.
+    pub rate: f64,
+    pub targets_per_request: usize,
+    pub ttl_secs: u64,
+    pub until: Instant,
+    pub seed: u64,
+}
+
+/// Sends pushes until `until`; returns HTTP errors by result code.
+pub fn run(config: PushConfig, shared: Arc<Shared>) -> BTreeMap<String, u64> {
+    let mut errors = BTreeMap::new();
+    let tokens: Vec<String> = shared.tokens.lock().clone();
+    if tokens.is_empty() || config.rate <= 0.0 {
+        return errors;
+    }
+    let mut client = match HttpClient::connect(config.api_addr) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.insert(format!("connect: {e}"), 1);
+            return errors;
+        }
+    };
+    let interval = Duration::from_secs_f64(config.targets_per_request as f64 / config.rate);
+    let start = Instant::now();
+    let mut rng = config.seed | 1;
+    let mut sequence = config.seed << 40;
+    let mut request = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let due = start + interval.mul_f64(request as f64);
+        if due >= config.until {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else if now - due > Duration::from_millis(10) {
+            Counters::add(&shared.counters.behind_schedule, 1);
+        }
+        request += 1;
+        let mut targets = serde_json::Map::new();
+        let sent_us = stats::unix_micros();
+        while targets.len() < config.targets_per_request.min(tokens.len()) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let token = &tokens[(rng % tokens.len() as u64) as usize];
+            sequence += 1;
+            targets.insert(token.clone(), stats::msg_key(sequence, sent_us).into());
+        }
+        let n = targets.len() as u64;
+        let body = serde_json::json!({
+            "appId": config.app, "workspaceId": config.workspace, "taskName": "bench",
+            "title": "bench", "content": "ringpush-bench payload", "deliveryType": 1,
+            "targetMsgkey": targets, "expiredSeconds": config.ttl_secs,
+        })
+        .to_string();
+        Counters::add(&shared.counters.requests_sent, 1);
+        match client.post("/v1/push/simple", &body) {
+            Ok((200, _)) => Counters::add(&shared.counters.messages_sent, n),
+            Ok((status, text)) => {
+                Counters::add(&shared.counters.http_errors, 1);
+                let code = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["ResultCode"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                *errors.entry(format!("{status} {code}")).or_default() += 1;
+            }
+            Err(e) => {
+                Counters::add(&shared.counters.http_errors, 1);
+                *errors.entry(format!("io: {}", e.kind())).or_default() += 1;
+                match HttpClient::connect(config.api_addr) {
+                    Ok(c) => client = c,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// A minimal keep-alive HTTP/1.1 client: enough for JSON POSTs with
+/// Content-Length responses, which is what the push API sends.
+pub struct HttpClient {
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl HttpClient {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            host: addr.to_string(),
+        })
+    }
+
+    pub fn post(&mut self, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body.as_bytes())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = trimmed.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut response = vec![0u8; length];
+        self.reader.read_exact(&mut response)?;
+        Ok((status, String::from_utf8_lossy(&response).into_owned()))
+    }
+}

@@ -1,0 +1,217 @@
+//! Counters shared by the client's threads, latency histograms, and the
+//! summary a run prints (human lines, or JSON with `--json`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Live counters, updated by every thread, read by the progress line.
+#[derive(Default)]
+pub struct Counters {
+    pub connected: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub closed_by_server: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub requests_sent: AtomicU64,
+    pub http_errors: AtomicU64,
+    pub behind_schedule: AtomicU64,
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// API-to-device latency in microseconds, 1 µs to 60 s at 3 significant
+/// digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    pub fn from(h: &Histogram<u64>) -> Self {
+        Self {
+            samples: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Summary {
+    pub devices: u64,
+    pub connected: u64,
+    pub connect_errors: u64,
+    /// Connections per second from the first connect to the last Welcome.
+    pub connect_rate: f64,
+    pub connect_seconds: f64,
+    pub offered_rate: u64,
+    pub measured_seconds: f64,
+    pub messages_sent: u64,
+    pub delivered_per_sec: f64,
+    pub acked_per_sec: f64,
+    pub delivered_total: u64,
+    pub acked_total: u64,
+    pub behind_schedule: u64,
+    pub latency: Latency,
+    pub http_errors: BTreeMap<String, u64>,
+    pub closed_by_server: BTreeMap<String, u64>,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+    pub server_rss_per_connection_bytes: Option<f64>,
+    pub client_cpu_seconds: f64,
+    pub client_cpu_percent_of_one_core: f64,
+    pub wall_seconds: f64,
+    pub interrupted: bool,
+}
+
+impl Summary {
+    pub fn errors(&self) -> u64 {
+        self.connect_errors
+            + self.http_errors.values().sum::<u64>()
+            + self.closed_by_server.values().sum::<u64>()
+            + u64::from(self.connected < self.devices)
+    }
+
+    pub fn print_human(&self) {
+        let l = &self.latency;
+        eprintln!("== ringpush-bench summary (client and server share this machine)");
+        eprintln!(
+            "connections   {}/{} in {:.2}s = {:.0}/s (connect + Hello/Welcome), {} errors",
+            self.connected, self.devices, self.connect_seconds, self.connect_rate, self.connect_errors
+        );
+        if let (Some(before), Some(after), Some(per)) = (
+            self.server_rss_before_kib,
+            self.server_rss_after_kib,
+            self.server_rss_per_connection_bytes,
+        ) {
+            eprintln!("server RSS    {before} KiB -> {after} KiB = {per:.0} bytes per connection");
+        }
+        if self.offered_rate > 0 || self.messages_sent > 0 {
+            eprintln!(
+                "messages      offered {}/s, sent {}, delivered {:.0}/s, acked {:.0}/s over {:.1}s ({} behind schedule)",
+                self.offered_rate,
+                self.messages_sent,
+                self.delivered_per_sec,
+                self.acked_per_sec,
+                self.measured_seconds,
+                self.behind_schedule
+            );
+            eprintln!(
+                "latency       API-to-device p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} samples)",
+                l.p50_us, l.p99_us, l.p999_us, l.max_us, l.samples
+            );
+        }
+        eprintln!(
+            "client CPU    {:.2}s = {:.0}% of one core over {:.1}s",
+            self.client_cpu_seconds, self.client_cpu_percent_of_one_core, self.wall_seconds
+        );
+        if !self.http_errors.is_empty() {
+            eprintln!("HTTP errors   {:?}", self.http_errors);
+        }
+        if !self.closed_by_server.is_empty() {
+            eprintln!("closed        {:?}", self.closed_by_server);
+        }
+        if self.interrupted {
+            eprintln!("(interrupted: partial results)");
+        }
+    }
+}
+
+/// The message key carries the client's send time so latency needs no
+/// server clock: `<sequence>-<unix micros>`.
+pub fn msg_key(sequence: u64, unix_micros: u64) -> String {
+    format!("{sequence}-{unix_micros}")
+}
+
+pub fn sent_micros(msg_key: &str) -> Option<u64> {
+    msg_key.rsplit_once('-')?.1.parse().ok()
+}
+
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn own_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the pointer we own.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let usage = unsafe { usage.assume_init() };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// VmRSS of a process in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_key_carries_the_send_time() {
+        let key = msg_key(42, 1_700_000_000_123_456);
+        assert!(key.len() <= 64);
+        assert_eq!(sent_micros(&key), Some(1_700_000_000_123_456));
+        assert_eq!(sent_micros("nope"), None);
+    }
+
+    #[test]
+    fn histograms_merge_and_report() {
+        let mut a = latency_histogram();
+        let mut b = latency_histogram();
+        for v in 1..=1000 {
+            a.record(v).unwrap();
+            b.record(v * 10).unwrap();
+        }
+        a.add(&b).unwrap();
+        let l = Latency::from(&a);
+        assert_eq!(l.samples, 2000);
+        assert!(l.p50_us >= 990 && l.p50_us <= 1010, "{l:?}");
+        assert!(l.max_us >= 9990);
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+        assert!(own_cpu_seconds() >= 0.0);
+    }
+}
