@@ -97,6 +97,9 @@ pub struct Delivery {
     /// How long a message's status stays queryable after it is acked or
     /// expired.
     pub status_retention_secs: u64,
+    /// Final (acked, expired, dropped) statuses kept per shard; past it the
+    /// oldest are forgotten early and counted. Pending ones are always kept.
+    pub max_final_statuses_per_shard: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -160,6 +163,7 @@ impl Default for Delivery {
             min_ttl_secs: 1,
             max_ttl_secs: 72 * 3600,
             status_retention_secs: 24 * 3600,
+            max_final_statuses_per_shard: 1_000_000,
         }
     }
 }

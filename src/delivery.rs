@@ -135,6 +135,7 @@ struct Limits {
     window: usize,
     max_pending: usize,
     status_retention: Duration,
+    max_final_statuses: usize,
 }
 
 /// Maps the monotonic clock to wall time, fixed at construction, so TTLs
@@ -175,6 +176,7 @@ struct CoreMetrics {
     dropped_deleted: Counter,
     duplicates: Counter,
     unknown_token: Counter,
+    statuses_evicted: Counter,
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
@@ -204,6 +206,7 @@ impl CoreMetrics {
             dropped_deleted: metrics::counter!("ringpush_messages_dropped_total", "shard" => shard.clone(), "reason" => "token_deleted"),
             duplicates: counter("ringpush_messages_duplicate_total"),
             unknown_token: counter("ringpush_messages_unknown_token_total"),
+            statuses_evicted: counter("ringpush_statuses_evicted_total"),
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
@@ -376,6 +379,7 @@ impl DeliveryCore {
                 window: d.inflight_window,
                 max_pending: d.max_pending_per_device,
                 status_retention: d.status_retention(),
+                max_final_statuses: d.max_final_statuses_per_shard,
             },
             apps: config
                 .apps
@@ -1065,8 +1069,11 @@ impl DeliveryCore {
         }
         self.fired = fired;
         while let Some(&(at, key)) = self.status_gc.front() {
-            if at > now {
+            if at > now && self.status_gc.len() <= self.limits.max_final_statuses {
                 break;
+            }
+            if at > now {
+                self.metrics.statuses_evicted.increment(1);
             }
             self.status_gc.pop_front();
             if self

@@ -140,6 +140,12 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
                             closed = Some(reason);
                             break;
                         }
+                        // A short read drained the socket; with edge
+                        // triggering, later data raises a new event, so the
+                        // read that would only say EAGAIN is skipped.
+                        if n < scratch.len() {
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde::Deserialize;
 
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
@@ -29,10 +29,35 @@ pub const MAX_TOKEN_CHARS: usize = 128;
 pub struct SimplePush {
     pub app_id: Arc<str>,
     pub task_name: String,
-    /// (token, msgKey), ordered by token.
+    /// (token, msgKey) in request order.
     pub targets: Vec<(String, String)>,
     pub ttl_secs: u64,
     pub template: body::Push,
+}
+
+/// The request's fields. Unknown fields (the reference has many we do not
+/// use) are skipped without being built. `Field` accepts any JSON so that a
+/// wrongly typed field gets its own result code rather than a parse error.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    app_id: Option<Field>,
+    workspace_id: Option<Field>,
+    task_name: Option<Field>,
+    title: Option<Field>,
+    content: Option<Field>,
+    delivery_type: Option<Field>,
+    target_msgkey: Option<Field>,
+    expired_seconds: Option<Field>,
+    extended_params: Option<Field>,
+    push_style: Option<Field>,
+    push_action: Option<Field>,
+    uri: Option<Field>,
+    silent: Option<Field>,
+    notify_type: Option<Field>,
+    image_urls: Option<Field>,
+    icon_urls: Option<Field>,
+    strategy_type: Option<Field>,
 }
 
 pub fn parse(
@@ -42,17 +67,15 @@ pub fn parse(
 ) -> Result<SimplePush, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::new(ResultCode::RequestShouldBeUtf8, "the request body must be UTF-8"))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::new(ResultCode::InvalidParam, format!("the body is not JSON: {e}")))?;
-    let Value::Object(req) = value else {
-        return Err(ApiError::new(
+    let req: Request = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
             ResultCode::InvalidParam,
-            "the body must be a JSON object",
-        ));
-    };
+            format!("the body is not a JSON object: {e}"),
+        )
+    })?;
 
-    let app_id = string_field(&req, "appId")?.unwrap_or_default();
-    let workspace_id = string_field(&req, "workspaceId")?.unwrap_or_default();
+    let app_id = string_field(&req.app_id, "appId")?.unwrap_or_default();
+    let workspace_id = string_field(&req.workspace_id, "workspaceId")?.unwrap_or_default();
     if app_id.is_empty() || workspace_id.is_empty() {
         return Err(ApiError::new(
             ResultCode::NeedAppIdWorkspaceId,
@@ -66,11 +89,11 @@ pub fn parse(
         .and_then(|a| apps.get(&a.app_id))
         .ok_or_else(|| ApiError::new(ResultCode::AppIdWrong, "no such appId in that workspaceId"))?;
 
-    let task_name = string_field(&req, "taskName")?.unwrap_or_default();
+    let task_name = string_field(&req.task_name, "taskName")?.unwrap_or_default();
     if task_name.trim().is_empty() {
         return Err(ApiError::new(ResultCode::TaskNameNull, "taskName is required"));
     }
-    if let Some(strategy) = int_field(&req, "strategyType")? {
+    if let Some(strategy) = int_field(&req.strategy_type, "strategyType")? {
         if strategy != 0 {
             return Err(ApiError::new(
                 ResultCode::InvalidParam,
@@ -78,8 +101,8 @@ pub fn parse(
             ));
         }
     }
-    let title = string_field(&req, "title")?.unwrap_or_default();
-    let content = string_field(&req, "content")?.unwrap_or_default();
+    let title = string_field(&req.title, "title")?.unwrap_or_default();
+    let content = string_field(&req.content, "content")?.unwrap_or_default();
     if title.is_empty() || content.is_empty() {
         return Err(ApiError::new(
             ResultCode::PayloadNotEnough,
@@ -87,26 +110,31 @@ pub fn parse(
         ));
     }
 
-    match int_field(&req, "deliveryType")? {
-        Some(1 | 2 | 7) => {}
-        Some(3) => {
+    match int_field(&req.delivery_type, "deliveryType") {
+        Ok(Some(1 | 2 | 7)) => {}
+        Ok(Some(3)) => {
             return Err(ApiError::new(
                 ResultCode::DeliveryTypeNotSupported,
                 "deliveryType 3 (by user) needs user bindings, which this server does not hold yet; use 1, 2 or 7",
             ))
         }
-        Some(other) => {
+        Ok(Some(other)) => {
             return Err(ApiError::new(
                 ResultCode::DeliveryTypeNotSupported,
                 format!("deliveryType {other}: use 1 (Android), 2 (iOS) or 7 (HarmonyOS)"),
             ))
         }
-        None => return Err(ApiError::new(ResultCode::DeliveryTypeNotSupported, "deliveryType is required")),
+        Ok(None) | Err(_) => {
+            return Err(ApiError::new(
+                ResultCode::DeliveryTypeNotSupported,
+                "deliveryType is required: 1 (Android), 2 (iOS) or 7 (HarmonyOS)",
+            ))
+        }
     }
 
-    let ttl_secs = match int_field(&req, "expiredSeconds") {
+    let ttl_secs = match int_field(&req.expired_seconds, "expiredSeconds") {
         Ok(Some(s)) if s >= config.delivery.min_ttl_secs as i64 => s as u64,
-        Ok(Some(_)) | Ok(None) | Err(_) => {
+        _ => {
             return Err(ApiError::new(
                 ResultCode::ExpiredSecondsWrong,
                 format!(
@@ -123,15 +151,15 @@ pub fn parse(
         ));
     }
 
-    let targets = targets(&req)?;
-    let extended_params = extended_params(&req)?;
-    let push_style = small_enum(&req, "pushStyle", &[0, 1, 2])?;
-    let action = small_enum(&req, "pushAction", &[0, 1])?;
-    let silent = match req.get("silent") {
-        Some(Value::Bool(b)) => *b,
-        _ => small_enum(&req, "silent", &[0, 1])? == 1,
+    let targets = targets(req.target_msgkey)?;
+    let extended_params = extended_params(req.extended_params)?;
+    let push_style = small_enum(&req.push_style, "pushStyle", &[0, 1, 2])?;
+    let action = small_enum(&req.push_action, "pushAction", &[0, 1])?;
+    let silent = match &req.silent {
+        Some(Field::Bool(b)) => *b,
+        other => small_enum(other, "silent", &[0, 1])? == 1,
     };
-    let notify_type = string_field(&req, "notifyType")?.unwrap_or_default();
+    let notify_type = string_field(&req.notify_type, "notifyType")?.unwrap_or_default();
     if !matches!(notify_type.as_str(), "" | "transparent" | "notify") {
         return Err(ApiError::new(
             ResultCode::InvalidParam,
@@ -143,10 +171,10 @@ pub fn parse(
         content,
         silent,
         action,
-        uri: string_field(&req, "uri")?.unwrap_or_default(),
+        uri: string_field(&req.uri, "uri")?.unwrap_or_default(),
         push_style,
-        icon_urls: json_text_field(&req, "iconUrls")?,
-        image_urls: json_text_field(&req, "imageUrls")?,
+        icon_urls: json_text_field(req.icon_urls, "iconUrls")?,
+        image_urls: json_text_field(req.image_urls, "imageUrls")?,
         extended_params,
         notify_type,
         ..Default::default()
@@ -195,8 +223,8 @@ impl SimplePush {
     }
 }
 
-fn targets(req: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
-    let map = match object_or_json_string(req, "targetMsgkey") {
+fn targets(field: Option<Field>) -> Result<Vec<(String, String)>, ApiError> {
+    let map = match map_or_json_string(field) {
         Ok(Some(map)) => map,
         Ok(None) => {
             return Err(ApiError::new(
@@ -204,7 +232,7 @@ fn targets(req: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> 
                 "targetMsgkey is required",
             ))
         }
-        Err(_) => {
+        Err(()) => {
             return Err(ApiError::new(
                 ResultCode::InvalidParam,
                 "targetMsgkey must be an object {token: msgKey}",
@@ -238,8 +266,8 @@ fn targets(req: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> 
                 ));
             }
             let msg_key = match msg_key {
-                Value::String(s) => s,
-                Value::Number(n) => n.to_string(),
+                Field::Str(s) => s,
+                Field::Int(n) => n.to_string(),
                 _ => {
                     return Err(ApiError::new(
                         ResultCode::InvalidParam,
@@ -258,14 +286,14 @@ fn targets(req: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> 
         .collect()
 }
 
-fn extended_params(req: &Map<String, Value>) -> Result<HashMap<String, String>, ApiError> {
+fn extended_params(field: Option<Field>) -> Result<HashMap<String, String>, ApiError> {
     let invalid = || {
         ApiError::new(
             ResultCode::InvalidExtendParam,
             "extendedParams must map strings to strings",
         )
     };
-    let Some(map) = object_or_json_string(req, "extendedParams").map_err(|_| invalid())? else {
+    let Some(map) = map_or_json_string(field).map_err(|()| invalid())? else {
         return Ok(HashMap::new());
     };
     if map.len() > MAX_EXTENDED_PARAMS {
@@ -279,9 +307,10 @@ fn extended_params(req: &Map<String, Value>) -> Result<HashMap<String, String>, 
     }
     map.into_iter()
         .map(|(k, v)| match v {
-            Value::String(s) => Ok((k, s)),
-            Value::Number(n) => Ok((k, n.to_string())),
-            Value::Bool(b) => Ok((k, b.to_string())),
+            Field::Str(s) => Ok((k, s)),
+            Field::Int(n) => Ok((k, n.to_string())),
+            Field::Float(n) => Ok((k, n.to_string())),
+            Field::Bool(b) => Ok((k, b.to_string())),
             _ => Err(invalid()),
         })
         .collect()
@@ -289,24 +318,24 @@ fn extended_params(req: &Map<String, Value>) -> Result<HashMap<String, String>, 
 
 /// The reference's SDKs send maps either as JSON objects or as strings that
 /// hold one; both are accepted. `Err(())` when present but neither.
-fn object_or_json_string(req: &Map<String, Value>, name: &str) -> Result<Option<Map<String, Value>>, ()> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m.clone())),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => match serde_json::from_str(s) {
-            Ok(Value::Object(m)) => Ok(Some(m)),
+fn map_or_json_string(field: Option<Field>) -> Result<Option<Vec<(String, Field)>>, ()> {
+    match field {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Map(m)) => Ok(Some(m)),
+        Some(Field::Str(s)) if s.trim().is_empty() => Ok(None),
+        Some(Field::Str(s)) => match serde_json::from_str(&s) {
+            Ok(Field::Map(m)) => Ok(Some(m)),
             _ => Err(()),
         },
         Some(_) => Err(()),
     }
 }
 
-fn string_field(req: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+fn string_field(field: &Option<Field>, name: &str) -> Result<Option<String>, ApiError> {
+    match field {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Str(s)) => Ok(Some(s.clone())),
+        Some(Field::Int(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(ApiError::new(
             ResultCode::InvalidParam,
             format!("{name} must be a string"),
@@ -316,19 +345,19 @@ fn string_field(req: &Map<String, Value>, name: &str) -> Result<Option<String>, 
 
 /// Integers arrive as JSON numbers or numeric strings (the reference's Long
 /// fields).
-fn int_field(req: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+fn int_field(field: &Option<Field>, name: &str) -> Result<Option<i64>, ApiError> {
     let invalid = || ApiError::new(ResultCode::InvalidParam, format!("{name} must be an integer"));
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(invalid),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| invalid()),
+    match field {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Int(n)) => Ok(Some(*n)),
+        Some(Field::Str(s)) if s.trim().is_empty() => Ok(None),
+        Some(Field::Str(s)) => s.trim().parse().map(Some).map_err(|_| invalid()),
         Some(_) => Err(invalid()),
     }
 }
 
-fn small_enum(req: &Map<String, Value>, name: &str, allowed: &[u32]) -> Result<u32, ApiError> {
-    let value = int_field(req, name)?.unwrap_or(0);
+fn small_enum(field: &Option<Field>, name: &str, allowed: &[u32]) -> Result<u32, ApiError> {
+    let value = int_field(field, name)?.unwrap_or(0);
     u32::try_from(value)
         .ok()
         .filter(|v| allowed.contains(v))
@@ -342,11 +371,15 @@ fn small_enum(req: &Map<String, Value>, name: &str, allowed: &[u32]) -> Result<u
 
 /// `imageUrls`/`iconUrls`: a JSON string (as the reference sends) or an
 /// object, passed to the device as JSON text.
-fn json_text_field(req: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(v @ Value::Object(_)) => Ok(v.to_string()),
+fn json_text_field(field: Option<Field>, name: &str) -> Result<String, ApiError> {
+    match field {
+        None | Some(Field::Null) => Ok(String::new()),
+        Some(Field::Str(s)) => Ok(s),
+        Some(Field::Map(m)) => {
+            let object: serde_json::Map<String, serde_json::Value> =
+                m.into_iter().map(|(k, v)| (k, v.into_json())).collect();
+            Ok(serde_json::Value::Object(object).to_string())
+        }
         Some(_) => Err(ApiError::new(
             ResultCode::InvalidParam,
             format!("{name} must be a JSON object"),
@@ -354,10 +387,87 @@ fn json_text_field(req: &Map<String, Value>, name: &str) -> Result<String, ApiEr
     }
 }
 
+/// Any JSON value, decoded without building a `serde_json::Value` tree for
+/// the common cases (strings, integers, flat maps).
+#[derive(Debug, PartialEq)]
+enum Field {
+    Null,
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Map(Vec<(String, Field)>),
+    /// An array: never valid for our fields, so its contents are skipped.
+    List,
+}
+
+impl Field {
+    fn into_json(self) -> serde_json::Value {
+        match self {
+            Field::Null | Field::List => serde_json::Value::Null,
+            Field::Str(s) => s.into(),
+            Field::Int(n) => n.into(),
+            Field::Float(n) => n.into(),
+            Field::Bool(b) => b.into(),
+            Field::Map(m) => {
+                serde_json::Value::Object(m.into_iter().map(|(k, v)| (k, v.into_json())).collect())
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> serde::de::Visitor<'de> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Field, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E>(self) -> Result<Field, E> {
+                Ok(Field::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Field, E> {
+                Ok(Field::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Field, E> {
+                Ok(Field::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Field, E> {
+                Ok(i64::try_from(v).map_or(Field::Float(v as f64), Field::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Field, E> {
+                Ok(Field::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(Field::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Field, E> {
+                Ok(Field::Str(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Field::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(4).min(32));
+                while let Some((k, v)) = map.next_entry::<String, Field>()? {
+                    entries.push((k, v));
+                }
+                Ok(Field::Map(entries))
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
 
     fn apps(config: &Config) -> HashMap<String, Arc<str>> {
         config

@@ -563,6 +563,24 @@ fn statuses_are_collected_after_retention() {
 }
 
 #[test]
+fn final_statuses_are_capped_oldest_first() {
+    let mut cfg = config();
+    cfg.delivery.max_final_statuses_per_shard = 3;
+    let mut h = Harness::with(cfg, 0, 1);
+    let (conn, w) = h.device("");
+    for i in 0..5 {
+        let (id, _) = h.push(&w.token, &format!("k{i}"), 60);
+        h.output(conn);
+        h.ack(conn, &[id]);
+    }
+    h.advance(Duration::from_millis(20));
+    assert_eq!(h.status(&w.token, "k0"), None);
+    assert_eq!(h.status(&w.token, "k1"), None);
+    assert_eq!(h.status(&w.token, "k2"), Some(Status::Acked));
+    assert_eq!(h.status(&w.token, "k4"), Some(Status::Acked));
+}
+
+#[test]
 fn a_device_that_writes_but_never_reads_is_closed_at_the_outbound_cap() {
     let mut cfg = config();
     cfg.limits.max_outbound_bytes = 80_000;

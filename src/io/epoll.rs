@@ -160,6 +160,12 @@ impl Loop {
                     if !self.core.wants_input(conn) {
                         return;
                     }
+                    // A short read drained the socket; edge triggering
+                    // reports later data, so skip the read that would only
+                    // return EAGAIN.
+                    if n < self.scratch.len() {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
