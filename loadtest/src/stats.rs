@@ -205,7 +205,8 @@ mod tests {
         a.add(&b).unwrap();
         let l = Latency::from(&a);
         assert_eq!(l.samples, 2000);
-        assert!(l.p50_us >= 990 && l.p50_us <= 1010, "{l:?}");
+        // 1..=1000 and 10..=10000 step 10: 910 + 91 samples lie at or below 910.
+        assert!((905..=915).contains(&l.p50_us), "{l:?}");
         assert!(l.max_us >= 9990);
     }
 
