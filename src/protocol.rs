@@ -215,11 +215,22 @@ pub enum ErrorCode {
     UnsupportedVersion = 8,
     UnknownApp = 9,
     BadPlatform = 10,
-    /// An Ack for an id the device was never sent.
-    UnknownMessageId = 11,
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        Self::MalformedFrame,
+        Self::FrameTooLarge,
+        Self::UnknownFrameType,
+        Self::BadFlags,
+        Self::UnexpectedFrame,
+        Self::HandshakeTimeout,
+        Self::IdleTimeout,
+        Self::UnsupportedVersion,
+        Self::UnknownApp,
+        Self::BadPlatform,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MalformedFrame => "malformed_frame",
@@ -232,7 +243,6 @@ impl ErrorCode {
             Self::UnsupportedVersion => "unsupported_version",
             Self::UnknownApp => "unknown_app",
             Self::BadPlatform => "bad_platform",
-            Self::UnknownMessageId => "unknown_message_id",
         }
     }
 }
