@@ -421,6 +421,27 @@ impl DeliveryCore {
         self.pending_total
     }
 
+    /// Panics if the core's bookkeeping disagrees with itself: the pending
+    /// count, the in-flight windows, the token index and device-to-connection
+    /// links. For tests and fuzzing; O(devices + messages).
+    pub fn check_invariants(&self) {
+        let queued: usize = self.devices.iter().map(|(_, d)| d.queue.len()).sum();
+        assert_eq!(queued, self.pending_total, "pending count");
+        assert_eq!(self.by_token.len(), self.devices.len(), "token index");
+        for (id, d) in &self.devices {
+            assert_eq!(self.by_token.get(&d.token), Some(&id), "token index entry");
+            assert!(
+                d.in_flight <= d.queue.len() && d.in_flight <= self.limits.window,
+                "window"
+            );
+            assert!(d.queue.len() <= self.limits.max_pending, "pending cap");
+            match d.conn {
+                Some(conn) => assert_eq!(self.sessions[conn].state, SessionState::Active(id), "link"),
+                None => assert_eq!(d.in_flight, 0, "nothing in flight without a connection"),
+            }
+        }
+    }
+
     /// Registers a new socket. `None` when the shard is at
     /// `limits.max_connections_per_shard`: write `overload_frame` and close.
     pub fn open_connection(&mut self, now: Instant) -> Option<ConnId> {
