@@ -241,7 +241,7 @@ pub fn describe_metrics() {
         "ringpush_frames_in_total",
         "Frames received from devices, by type"
     );
-    describe_counter!("ringpush_frames_out_total", "Push frames written to devices");
+    describe_counter!("ringpush_frames_out_total", "Frames written to devices, by type");
     describe_counter!(
         "ringpush_bytes_in_total",
         Unit::Bytes,
@@ -847,9 +847,17 @@ impl DeliveryCore {
         self.request_send(conn);
     }
 
+    /// Writes a control frame (everything but Push, which `fill_window`
+    /// copies pre-encoded).
     fn write_frame(&mut self, conn: ConnId, frame: &Frame) {
         if let Some(session) = self.sessions.get_mut(conn) {
             frame.encode(&mut session.outbound);
+            metrics::counter!(
+                "ringpush_frames_out_total",
+                "shard" => self.metrics.shard.clone(),
+                "type" => frame.frame_type().as_str()
+            )
+            .increment(1);
             self.request_send(conn);
         }
     }

@@ -163,3 +163,40 @@ fn pings_are_answered() {
         assert_eq!(dev.recv(), Some(Frame::Pong(body::Heartbeat { time_ms: 42 })));
     });
 }
+
+#[test]
+fn bytes_pipelined_after_hello_travel_with_a_handed_off_connection() {
+    each_backend(|d| {
+        let tokens: Vec<String> = (0..20).map(|_| d.device("").token.clone()).collect();
+        for token in &tokens {
+            let mut dev = common::Device::raw(d.device);
+            let mut bytes = Frame::Hello(body::Hello {
+                protocol_version: 1,
+                app_id: "demo".into(),
+                platform: 1,
+                token: token.clone(),
+            })
+            .to_bytes();
+            Frame::Ping(body::Heartbeat { time_ms: 99 }).encode(&mut bytes);
+            dev.send_bytes(&bytes);
+            assert!(matches!(dev.recv(), Some(Frame::Welcome(w)) if &w.token == token));
+            assert_eq!(dev.recv(), Some(Frame::Pong(body::Heartbeat { time_ms: 99 })));
+        }
+    });
+}
+
+#[test]
+fn sigterm_sends_go_away_and_exits_cleanly() {
+    for backend in BACKENDS {
+        let mut d = Daemon::start(backend, "");
+        let mut dev = d.device("");
+        let status = d.terminate();
+        assert!(status.success(), "{status}");
+        let frames = dev.until_closed();
+        assert!(
+            matches!(frames.as_slice(), [Frame::GoAway(g)]
+                if g.reason == GoAwayReason::Shutdown as u32 && g.retry_after_ms >= 1000),
+            "{frames:?}"
+        );
+    }
+}

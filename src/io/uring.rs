@@ -21,6 +21,10 @@ use crate::delivery::{ConnId, DeliveryCore, IoAction};
 use crate::shard::{Control, ShardContext};
 
 const BUFFER_GROUP: u16 = 0;
+/// Pause before accepting again after running out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a stopping shard waits for its last sends to complete.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
 
 /// What a completion belongs to; stored in the top byte of `user_data`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -222,6 +226,8 @@ struct Backend {
     wake_fd: i32,
     /// Connections whose multishot recv ended and must be re-armed.
     rearm: Vec<ConnId>,
+    /// Accepting paused after EMFILE/ENFILE; re-armed at this time.
+    accept_retry_at: Option<Instant>,
     peers: std::sync::Arc<[crate::shard::ShardHandle]>,
     shard: String,
     open: metrics::Gauge,
@@ -244,6 +250,7 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
         listener_fd: context.listener.as_raw_fd(),
         wake_fd: context.wake.raw(),
         rearm: Vec::new(),
+        accept_retry_at: None,
         peers: context.peers.clone(),
         open: metrics::gauge!("ringpush_connections", "shard" => shard.clone(), "backend" => "uring"),
         submissions: metrics::counter!("ringpush_uring_submissions_total", "shard" => shard.clone()),
@@ -283,6 +290,10 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
         for (fd, initial) in adopted.drain(..) {
             b.register(fd, &initial, now);
         }
+        if b.accept_retry_at.is_some_and(|at| at <= now) {
+            b.accept_retry_at = None;
+            b.arm_accept();
+        }
         b.core.on_timers(now);
         b.run_actions(now);
         for conn in std::mem::take(&mut b.rearm) {
@@ -291,8 +302,7 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
         if stop {
             b.core.shutdown();
             b.run_actions(now);
-            // Give the GoAways a last submission before the ring closes.
-            let _ = b.ring.submit();
+            b.drain_sends(&mut completions);
             return Ok(());
         }
     }
@@ -330,13 +340,45 @@ impl Backend {
         }
     }
 
+    /// On stop: waits (bounded) for the sends in flight, such as the
+    /// GoAways, so no buffer the kernel still reads is freed. If the time
+    /// runs out, the remaining buffers are leaked rather than freed under
+    /// the kernel.
+    fn drain_sends(&mut self, completions: &mut Vec<(u64, i32, u32)>) {
+        let give_up = Instant::now() + STOP_DRAIN;
+        while self.conns.iter().flatten().any(|c| c.in_flight.is_some()) {
+            if Instant::now() >= give_up || self.enter().is_err() {
+                for c in self.conns.iter_mut().flatten() {
+                    if let Some((buf, _)) = c.in_flight.take() {
+                        std::mem::forget(buf);
+                    }
+                }
+                return;
+            }
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            let now = Instant::now();
+            for (data, result, _) in completions.drain(..) {
+                let (op, generation, conn) = decode_user_data(data);
+                if op == Op::Send as u8 {
+                    self.on_send(conn, generation, result, now);
+                }
+            }
+        }
+    }
+
     /// Submits everything queued and waits for at least one completion or
     /// the core's next deadline.
     fn enter(&mut self) -> std::io::Result<()> {
         let queued = self.ring.submission().len();
-        let wait = self
-            .core
-            .next_deadline()
+        let deadline = match (self.core.next_deadline(), self.accept_retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1));
         let timespec = types::Timespec::from(wait);
@@ -380,13 +422,25 @@ impl Backend {
     }
 
     fn on_accept(&mut self, result: i32, flags: u32, now: Instant) {
+        if result < 0 {
+            metrics::counter!("ringpush_accept_errors_total", "shard" => self.shard.clone()).increment(1);
+            if matches!(
+                -result,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            ) {
+                // Out of descriptors or memory: the connection waits in the
+                // backlog. Re-arming at once would fail at once, in a loop.
+                if !cqueue::more(flags) {
+                    self.accept_retry_at = Some(now + ACCEPT_BACKOFF);
+                }
+                warn!(shard = %self.shard, errno = -result, "accept failed; retrying shortly");
+            } else if !cqueue::more(flags) {
+                self.arm_accept();
+            }
+            return;
+        }
         if !cqueue::more(flags) {
             self.arm_accept();
-        }
-        if result < 0 {
-            // EMFILE/ENFILE and friends: the connection stays in the backlog.
-            metrics::counter!("ringpush_accept_errors_total", "shard" => self.shard.clone()).increment(1);
-            return;
         }
         super::count_accept(&self.shard);
         // SAFETY: a non-negative accept result is a new descriptor that only
@@ -458,6 +512,14 @@ impl Backend {
             ConnState::Open if result > 0 => {
                 let bid = bid.expect("a receive with data names its buffer");
                 self.core.on_bytes(conn, self.buffers.bytes(bid, data_len), now);
+                if !self.core.wants_input(conn) {
+                    // A hand-off (or close) was decided: act now, so later
+                    // completions of this batch find the connection handing
+                    // off and keep their bytes for the adopting shard.
+                    self.buffers.push(bid);
+                    self.run_actions(now);
+                    return self.after_recv(conn, generation, now);
+                }
             }
             ConnState::Open if result == -libc::ENOBUFS => {
                 // Every shared buffer was in use; they are back once this
@@ -476,6 +538,11 @@ impl Backend {
         if let Some(bid) = bid {
             self.buffers.push(bid);
         }
+        self.after_recv(conn, generation, now);
+    }
+
+    /// Re-arms a receive that ended, or completes a hand-off waiting for it.
+    fn after_recv(&mut self, conn: ConnId, generation: u32, now: Instant) {
         let Some(c) = self.live(conn, generation) else {
             return;
         };

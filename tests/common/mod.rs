@@ -91,6 +91,16 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        self.child.wait().expect("wait for ringpush")
+    }
+
     pub fn device(&self, token: &str) -> Device {
         Device::connect(self.device, token)
     }
