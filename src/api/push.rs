@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
 use crate::message::Message;
-use crate::protocol::{body, Frame};
+use crate::protocol::body;
 
 /// Targets per simple push (push-semantics.md §2).
 pub const MAX_TARGETS: usize = 10;
@@ -201,8 +201,8 @@ impl SimplePush {
             .map(|(token, msg_key)| {
                 push.id = next_id();
                 push.msg_key.clone_from(msg_key);
-                let frame = Frame::Push(Box::new(push.clone()));
-                let body_len = frame.encoded_len() - crate::protocol::HEADER_LEN;
+                let frame = crate::protocol::encode_push(&push);
+                let body_len = frame.len() - crate::protocol::HEADER_LEN;
                 if body_len > MAX_PUSH_BODY_BYTES {
                     return Err(ApiError::new(
                         ResultCode::MsgPayloadTooLong,
@@ -216,7 +216,7 @@ impl SimplePush {
                     msg_key: msg_key.as_str().into(),
                     accepted_at_ms: now_ms,
                     expires_at_ms,
-                    frame: Bytes::from(frame.to_bytes()),
+                    frame: Bytes::from(frame),
                 })
             })
             .collect()
@@ -467,6 +467,7 @@ impl<'de> Deserialize<'de> for Field {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Frame;
     use serde_json::{json, Map, Value};
 
     fn apps(config: &Config) -> HashMap<String, Arc<str>> {
