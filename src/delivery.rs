@@ -345,6 +345,7 @@ pub struct DeliveryCore {
     clock: Clock,
     pending_total: usize,
     jitter: u64,
+    tokens: TokenSource,
     metrics: CoreMetrics,
 }
 
@@ -401,6 +402,7 @@ impl DeliveryCore {
             },
             pending_total: 0,
             jitter: u64::from_le_bytes(seed) | 1,
+            tokens: TokenSource::new(),
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -695,7 +697,7 @@ impl DeliveryCore {
 
     fn register_device(&mut self, app: Arc<str>, platform: u8) -> DeviceId {
         let token = loop {
-            let candidate = new_token();
+            let candidate = self.tokens.next();
             if owner_shard(candidate.as_bytes(), self.shard_count) == self.shard_id
                 && !self.by_token.contains_key(candidate.as_str())
             {
@@ -1220,27 +1222,49 @@ fn expire(
     gc.push_back((collect_at, key));
 }
 
-/// 128 random bits, base64url without padding: unguessable, and free of
-/// anything that could tie two apps' tokens to one person.
-fn new_token() -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).expect("the kernel's random source is available");
-    let mut bits: u32 = 0;
-    let mut nbits = 0;
-    let mut out = String::with_capacity(22);
-    for byte in raw {
-        bits = (bits << 8) | u32::from(byte);
-        nbits += 8;
-        while nbits >= 6 {
-            nbits -= 6;
-            out.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
+/// Random bytes for tokens, drawn from the kernel 4 KiB at a time: one
+/// getrandom call per 256 tokens instead of one per token (minting retries
+/// until a token hashes to this shard, so a connect storm needs many).
+struct TokenSource {
+    pool: Box<[u8; 4096]>,
+    used: usize,
+}
+
+impl TokenSource {
+    fn new() -> Self {
+        Self {
+            pool: Box::new([0; 4096]),
+            used: 4096,
         }
     }
-    if nbits > 0 {
-        out.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
+
+    /// 128 random bits, base64url without padding: unguessable, and free of
+    /// anything that could tie two apps' tokens to one person. Each pool byte
+    /// is used once.
+    fn next(&mut self) -> String {
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        if self.used + 16 > self.pool.len() {
+            getrandom::fill(&mut self.pool[..]).expect("the kernel's random source is available");
+            self.used = 0;
+        }
+        let raw = &self.pool[self.used..self.used + 16];
+        self.used += 16;
+        let mut bits: u32 = 0;
+        let mut nbits = 0;
+        let mut out = String::with_capacity(22);
+        for &byte in raw {
+            bits = (bits << 8) | u32::from(byte);
+            nbits += 8;
+            while nbits >= 6 {
+                nbits -= 6;
+                out.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
+            }
+        }
+        if nbits > 0 {
+            out.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
+        }
+        out
     }
-    out
 }
 
 #[cfg(test)]

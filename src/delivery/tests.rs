@@ -218,6 +218,14 @@ fn hello_gets_a_fresh_unguessable_token() {
 }
 
 #[test]
+fn tokens_stay_distinct_across_pool_refills() {
+    let mut source = TokenSource::new();
+    let tokens: std::collections::HashSet<String> = (0..2000).map(|_| source.next()).collect();
+    assert_eq!(tokens.len(), 2000);
+    assert!(tokens.iter().all(|t| t.len() == 22));
+}
+
+#[test]
 fn online_device_gets_the_push_and_its_ack_is_recorded() {
     let mut h = Harness::new();
     let (conn, w) = h.device("");
