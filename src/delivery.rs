@@ -415,10 +415,6 @@ impl DeliveryCore {
         self.sessions.len()
     }
 
-    pub fn device_count(&self) -> usize {
-        self.devices.len()
-    }
-
     pub fn pending_count(&self) -> usize {
         self.pending_total
     }
@@ -523,7 +519,7 @@ impl DeliveryCore {
                     self.fail(conn, err.code(), &err.to_string());
                     return;
                 }
-                Decoded::Frame { frame, .. } => {
+                Decoded::Frame(frame) => {
                     self.metrics.frame_in(&frame);
                     match self.handle_frame(conn, frame, now) {
                         Flow::Continue => offset += used,

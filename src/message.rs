@@ -21,31 +21,26 @@ pub struct Message {
     pub frame: Bytes,
 }
 
-/// Per-target delivery status, with the reference's numeric codes for the
-/// first four. Our additions are numbered past them.
+/// Per-target delivery status with the reference's numeric codes (0 and 2
+/// here; -1 WaitingForVerify has no counterpart, 1 NoBindInfo arrives with
+/// push by user). Our additions are numbered past them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
-    /// -1: accepted, not yet routed (never stored by a shard; kept for the
-    /// reference's code list).
-    WaitingForVerify,
     /// 0: waiting for the device to come online or to acknowledge.
     Pending,
-    /// 1: push by user, and the user has no bound device.
-    NoBindInfo,
     /// 2: the device acknowledged the message.
     Acked,
     /// 3: the TTL ran out before the device acknowledged it.
     Expired,
-    /// 4: dropped by the per-device pending cap (oldest first).
+    /// 4: dropped by the per-device pending cap (oldest first) or by
+    /// DeleteToken.
     Dropped,
 }
 
 impl Status {
     pub fn code(self) -> i64 {
         match self {
-            Self::WaitingForVerify => -1,
             Self::Pending => 0,
-            Self::NoBindInfo => 1,
             Self::Acked => 2,
             Self::Expired => 3,
             Self::Dropped => 4,
@@ -54,9 +49,7 @@ impl Status {
 
     pub fn name(self) -> &'static str {
         match self {
-            Self::WaitingForVerify => "WaitingForVerify",
             Self::Pending => "DeviceNotOnlineOrNoResponse",
-            Self::NoBindInfo => "NoBindInfo",
             Self::Acked => "Acked",
             Self::Expired => "Expired",
             Self::Dropped => "Dropped",

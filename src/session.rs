@@ -37,12 +37,8 @@ pub struct Session {
 }
 
 /// What `Session::read` found in the input.
-pub enum Decoded<'a> {
-    Frame {
-        frame: Frame,
-        /// The frame's own bytes, for a hand-off to another shard.
-        raw: &'a [u8],
-    },
+pub enum Decoded {
+    Frame(Frame),
     NeedMore,
     Invalid(DecodeError),
 }
@@ -100,15 +96,9 @@ pub enum Input {
 }
 
 /// Decodes the frame at the front of `bytes`.
-pub fn decode_next(bytes: &[u8], max_frame: usize) -> (Decoded<'_>, usize) {
+pub fn decode_next(bytes: &[u8], max_frame: usize) -> (Decoded, usize) {
     match protocol::decode_slice(bytes, max_frame) {
-        Ok(Some((frame, used))) => (
-            Decoded::Frame {
-                frame,
-                raw: &bytes[..used],
-            },
-            used,
-        ),
+        Ok(Some((frame, used))) => (Decoded::Frame(frame), used),
         Ok(None) => (Decoded::NeedMore, 0),
         Err(e) => (Decoded::Invalid(e), 0),
     }
