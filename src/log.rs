@@ -1,0 +1,575 @@
+//! The durable log of one shard: append-only segment files of CRC-checked
+//! records, written in groups with one fsync per group (group commit), and
+//! recovered on start. It owns bytes on disk and nothing about what the
+//! records mean; the delivery core decides what to append and replays what
+//! `open` returns.
+//!
+//! Record layout (little-endian): `len: u32` (of kind + payload),
+//! `crc32: u32` (of kind + payload), `kind: u8`, `payload`. Segments are
+//! named by the sequence number of their first record, zero-padded so that
+//! names sort in log order.
+//!
+//! Recovery reads every segment in order. A record that fails its checks
+//! with no valid record after it in the last segment is a torn tail (a crash
+//! mid-write): the segment is truncated to the last valid record. Anything
+//! else that fails its checks is corruption: `open` refuses with the file and
+//! offset, and only `repair` (an operator's decision) truncates there.
+//!
+//! After a failed fsync the log refuses every later commit: Linux may have
+//! dropped the dirty pages, so retrying could report durable what is not.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const HEADER: usize = 9;
+const SUFFIX: &str = ".log";
+/// Largest record accepted; a length field above it is corruption.
+pub const MAX_RECORD: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync every commit before it returns (the default).
+    Always,
+    /// fsync at most this often; a crash loses at most that window.
+    Interval(Duration),
+    /// Never fsync: for tests and benchmarks only.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "corrupt log record in {path} at offset {offset}: {reason} (run `ringpush repair` to truncate there)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("the disk is full ({path}); nothing was written, retry when space is back")]
+    DiskFull { path: PathBuf },
+    #[error("an earlier fsync failed; the log accepts no more writes until restart")]
+    Failed,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One recovered record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
+/// What a commit did, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CommitStats {
+    pub records: usize,
+    pub bytes: usize,
+    pub fsynced: bool,
+    pub fsync_time: Duration,
+}
+
+pub struct Log {
+    config: LogConfig,
+    segment: File,
+    segment_path: PathBuf,
+    segment_len: u64,
+    /// First sequence number of each live segment, oldest first.
+    segments: Vec<u64>,
+    next_seq: u64,
+    pending: Vec<u8>,
+    pending_records: usize,
+    last_fsync: Instant,
+    unsynced: bool,
+    failed: bool,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{SUFFIX}")
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push((seq, entry.path()));
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Parses the record at the front of `bytes`: `Ok(Some((kind, payload,
+/// total)))`, `Ok(None)` when `bytes` ends inside it, `Err` when it is
+/// invalid.
+fn parse_record(bytes: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+    if bytes.len() < HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD + 1 {
+        return Err(format!("record length {len}"));
+    }
+    if bytes.len() < 8 + len {
+        return Ok(None);
+    }
+    let body = &bytes[8..8 + len];
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok(Some((body[0], &body[1..], 8 + len)))
+}
+
+/// Where reading a segment stopped.
+enum SegmentEnd {
+    Clean,
+    /// Invalid or partial bytes from `offset` with no valid record after
+    /// them: a torn write.
+    Torn {
+        offset: u64,
+    },
+    Corrupt {
+        offset: u64,
+        reason: String,
+    },
+}
+
+fn read_segment(bytes: &[u8], first_seq: u64, out: &mut Vec<Record>) -> SegmentEnd {
+    let mut at = 0usize;
+    let mut seq = first_seq;
+    while at < bytes.len() {
+        match parse_record(&bytes[at..]) {
+            Ok(Some((kind, payload, used))) => {
+                out.push(Record {
+                    seq,
+                    kind,
+                    payload: payload.to_vec(),
+                });
+                seq += 1;
+                at += used;
+            }
+            Ok(None) => return SegmentEnd::Torn { offset: at as u64 },
+            Err(reason) => {
+                // A valid record later means this is damage in the middle,
+                // not the remains of an interrupted final write.
+                let later = (at + 1..bytes.len()).any(|i| matches!(parse_record(&bytes[i..]), Ok(Some(_))));
+                return if later {
+                    SegmentEnd::Corrupt {
+                        offset: at as u64,
+                        reason,
+                    }
+                } else {
+                    SegmentEnd::Torn { offset: at as u64 }
+                };
+            }
+        }
+    }
+    SegmentEnd::Clean
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `config.dir`, recovers it, and
+    /// returns it with every record in order.
+    pub fn open(config: LogConfig) -> Result<(Log, Vec<Record>), LogError> {
+        Self::open_inner(config, false)
+    }
+
+    fn open_inner(config: LogConfig, repair: bool) -> Result<(Log, Vec<Record>), LogError> {
+        std::fs::create_dir_all(&config.dir).map_err(io_error(&config.dir))?;
+        let found = list_segments(&config.dir)?;
+        let mut records = Vec::new();
+        let mut segments = Vec::new();
+        let count = found.len();
+        for (i, (first_seq, path)) in found.into_iter().enumerate() {
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io_error(&path))?;
+            let last = i + 1 == count;
+            let expected = records.last().map_or(first_seq, |r: &Record| r.seq + 1);
+            if first_seq != expected && !records.is_empty() {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!("segment starts at record {first_seq}, expected {expected}"),
+                });
+            }
+            let end = read_segment(&bytes, first_seq, &mut records);
+            let cut = match end {
+                SegmentEnd::Clean => None,
+                SegmentEnd::Torn { offset } if last => Some(offset),
+                SegmentEnd::Torn { offset } | SegmentEnd::Corrupt { offset, .. } if repair => Some(offset),
+                SegmentEnd::Torn { offset } => {
+                    return Err(LogError::Corrupt {
+                        path,
+                        offset,
+                        reason: "incomplete record before the last segment".into(),
+                    })
+                }
+                SegmentEnd::Corrupt { offset, reason } => {
+                    return Err(LogError::Corrupt { path, offset, reason })
+                }
+            };
+            if let Some(offset) = cut {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_error(&path))?;
+                file.set_len(offset).map_err(io_error(&path))?;
+                file.sync_all().map_err(io_error(&path))?;
+                segments.push(first_seq);
+                if !last {
+                    // Repair: everything after the damage goes.
+                    for (_, later) in list_segments(&config.dir)?
+                        .into_iter()
+                        .filter(|(s, _)| *s > first_seq)
+                    {
+                        std::fs::remove_file(&later).map_err(io_error(&later))?;
+                    }
+                    break;
+                }
+            } else {
+                segments.push(first_seq);
+            }
+        }
+        let next_seq = records
+            .last()
+            .map_or_else(|| segments.last().copied().unwrap_or(1), |r| r.seq + 1);
+        if segments.is_empty() {
+            segments.push(next_seq);
+        }
+        let first = *segments.last().expect("at least one segment");
+        let segment_path = config.dir.join(segment_name(first));
+        let mut segment = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&segment_path)
+            .map_err(io_error(&segment_path))?;
+        let segment_len = segment.seek(SeekFrom::End(0)).map_err(io_error(&segment_path))?;
+        sync_dir(&config.dir)?;
+        Ok((
+            Log {
+                config,
+                segment,
+                segment_path,
+                segment_len,
+                segments,
+                next_seq,
+                pending: Vec::new(),
+                pending_records: 0,
+                last_fsync: Instant::now(),
+                unsynced: false,
+                failed: false,
+            },
+            records,
+        ))
+    }
+
+    /// Truncates the log at its first invalid record wherever it is, dropping
+    /// everything after it; returns how many records remain.
+    pub fn repair(config: LogConfig) -> Result<usize, LogError> {
+        Self::open_inner(config, true).map(|(_, records)| records.len())
+    }
+
+    /// Queues a record for the next commit and returns its sequence number.
+    pub fn append(&mut self, kind: u8, payload: &[u8]) -> u64 {
+        assert!(payload.len() <= MAX_RECORD, "record of {} bytes", payload.len());
+        let len = (payload.len() + 1) as u32;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&[kind]);
+        hasher.update(payload);
+        self.pending.extend_from_slice(&len.to_le_bytes());
+        self.pending.extend_from_slice(&hasher.finalize().to_le_bytes());
+        self.pending.push(kind);
+        self.pending.extend_from_slice(payload);
+        self.pending_records += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Writes the queued records and makes them durable per the fsync
+    /// policy. On `DiskFull` nothing was kept on disk and the records stay
+    /// queued for the next commit; on any fsync error the log is failed.
+    pub fn commit(&mut self) -> Result<CommitStats, LogError> {
+        if self.failed {
+            return Err(LogError::Failed);
+        }
+        let mut stats = CommitStats {
+            records: self.pending_records,
+            bytes: self.pending.len(),
+            ..Default::default()
+        };
+        if !self.pending.is_empty() {
+            if let Err(e) = self.segment.write_all(&self.pending) {
+                // Undo a partial write so the file stays a sequence of whole
+                // records; if even that fails, stop trusting the file.
+                if self.segment.set_len(self.segment_len).is_err() {
+                    self.failed = true;
+                }
+                return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                    LogError::DiskFull {
+                        path: self.segment_path.clone(),
+                    }
+                } else {
+                    io_error(&self.segment_path)(e)
+                });
+            }
+            self.segment_len += self.pending.len() as u64;
+            self.pending.clear();
+            self.pending_records = 0;
+            self.unsynced = true;
+        }
+        let due = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => self.last_fsync.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        if due && self.unsynced {
+            let started = Instant::now();
+            if let Err(e) = self.segment.sync_data() {
+                self.failed = true;
+                return Err(io_error(&self.segment_path)(e));
+            }
+            stats.fsynced = true;
+            stats.fsync_time = started.elapsed();
+            self.last_fsync = Instant::now();
+            self.unsynced = false;
+        }
+        if self.segment_len >= self.config.segment_bytes {
+            self.roll()?;
+        }
+        Ok(stats)
+    }
+
+    /// Starts a new segment; the old one is complete and synced.
+    fn roll(&mut self) -> Result<(), LogError> {
+        if self.unsynced {
+            self.segment.sync_data().map_err(|e| {
+                self.failed = true;
+                io_error(&self.segment_path)(e)
+            })?;
+            self.unsynced = false;
+        }
+        let path = self.config.dir.join(segment_name(self.next_seq));
+        self.segment = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        self.segment_path = path;
+        self.segment_len = 0;
+        self.segments.push(self.next_seq);
+        sync_dir(&self.config.dir)
+    }
+
+    /// Deletes closed segments whose records all precede `seq` (every one
+    /// acked, expired or superseded). The segment being written stays.
+    pub fn delete_before(&mut self, seq: u64) -> Result<usize, LogError> {
+        let mut deleted = 0;
+        while self.segments.len() > 1 && self.segments[1] <= seq {
+            let first = self.segments.remove(0);
+            let path = self.config.dir.join(segment_name(first));
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            sync_dir(&self.config.dir)?;
+        }
+        Ok(deleted)
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn live_segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+}
+
+/// Makes file creations and deletions in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ringpush-log-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn config(dir: &Path, segment_bytes: u64) -> LogConfig {
+        LogConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            fsync: FsyncPolicy::Always,
+        }
+    }
+
+    fn payload(i: u64) -> Vec<u8> {
+        format!("record number {i}").into_bytes()
+    }
+
+    fn write(dir: &Path, n: u64, segment_bytes: u64) {
+        let (mut log, existing) = Log::open(config(dir, segment_bytes)).unwrap();
+        assert!(existing.is_empty());
+        for i in 0..n {
+            assert_eq!(log.append(7, &payload(i)), i + 1);
+            if i % 3 == 2 {
+                log.commit().unwrap();
+            }
+        }
+        log.commit().unwrap();
+    }
+
+    #[test]
+    fn records_come_back_in_order_across_segments() {
+        let d = dir("order");
+        write(&d, 50, 200);
+        let (log, records) = Log::open(config(&d, 200)).unwrap();
+        assert!(log.live_segments() > 3, "{} segments", log.live_segments());
+        assert_eq!(records.len(), 50);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!((r.seq, r.kind, &r.payload), (i as u64 + 1, 7, &payload(i as u64)));
+        }
+        assert_eq!(log.next_seq(), 51);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_every_byte_offset_of_the_last_records() {
+        let d = dir("torn");
+        write(&d, 10, 1 << 20);
+        let segment = list_segments(&d).unwrap().pop().unwrap().1;
+        let full = std::fs::read(&segment).unwrap();
+        let record_len = |i: u64| HEADER + payload(i).len();
+        let last_three: usize = (7..10).map(record_len).sum();
+        let start = full.len() - last_three;
+        for cut in start..full.len() {
+            std::fs::write(&segment, &full[..cut]).unwrap();
+            let (mut log, records) = Log::open(config(&d, 1 << 20)).unwrap();
+            let mut complete = 7;
+            let mut at = start;
+            while complete < 10 && at + record_len(complete) <= cut {
+                at += record_len(complete);
+                complete += 1;
+            }
+            assert_eq!(records.len() as u64, complete, "cut at {cut}");
+            assert_eq!(
+                std::fs::metadata(&segment).unwrap().len(),
+                at as u64,
+                "truncated to the last record"
+            );
+            // Appending after recovery continues the sequence.
+            assert_eq!(log.append(1, b"after"), complete + 1);
+            log.commit().unwrap();
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corruption_in_the_middle_names_file_and_offset_and_repair_cuts_there() {
+        let d = dir("corrupt");
+        write(&d, 10, 1 << 20);
+        let segment = list_segments(&d).unwrap().pop().unwrap().1;
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let offset = HEADER + payload(0).len() + HEADER + payload(1).len();
+        bytes[offset + HEADER] ^= 0xFF;
+        std::fs::write(&segment, &bytes).unwrap();
+        match Log::open(config(&d, 1 << 20)) {
+            Err(LogError::Corrupt { path, offset: at, .. }) => {
+                assert_eq!(path, segment);
+                assert_eq!(at, offset as u64);
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r.len())),
+        }
+        assert_eq!(Log::repair(config(&d, 1 << 20)).unwrap(), 2);
+        let (_, records) = Log::open(config(&d, 1 << 20)).unwrap();
+        assert_eq!(records.len(), 2);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_is_corruption_not_a_torn_tail() {
+        let d = dir("older");
+        write(&d, 30, 200);
+        let first = list_segments(&d).unwrap().remove(0).1;
+        let len = std::fs::metadata(&first).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert!(matches!(Log::open(config(&d, 200)), Err(LogError::Corrupt { path, .. }) if path == first));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn whole_segments_before_a_sequence_are_deleted() {
+        let d = dir("delete");
+        write(&d, 30, 200);
+        let (mut log, records) = Log::open(config(&d, 200)).unwrap();
+        let before = log.live_segments();
+        let deleted = log.delete_before(20).unwrap();
+        assert!(deleted > 0 && log.live_segments() == before - deleted);
+        let (_, after) = Log::open(config(&d, 200)).unwrap();
+        assert!(after.first().unwrap().seq <= 20, "records from 20 on are kept");
+        assert_eq!(after.last(), records.last());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn interval_and_never_policies_skip_fsyncs() {
+        let d = dir("policy");
+        let mut cfg = config(&d, 1 << 20);
+        cfg.fsync = FsyncPolicy::Never;
+        let (mut log, _) = Log::open(cfg.clone()).unwrap();
+        log.append(1, b"x");
+        assert!(!log.commit().unwrap().fsynced);
+        drop(log);
+        cfg.fsync = FsyncPolicy::Interval(Duration::from_secs(3600));
+        let (mut log, records) = Log::open(cfg).unwrap();
+        assert_eq!(records.len(), 1);
+        log.append(1, b"y");
+        let stats = log.commit().unwrap();
+        assert_eq!((stats.records, stats.fsynced), (1, false));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
