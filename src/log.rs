@@ -125,10 +125,17 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     Ok(segments)
 }
 
-/// Parses the record at the front of `bytes`: `Ok(Some((kind, payload,
-/// total)))`, `Ok(None)` when `bytes` ends inside it, `Err` when it is
-/// invalid.
-fn parse_record(bytes: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+/// A valid record found at the front of a byte slice.
+struct ParsedRecord<'a> {
+    kind: u8,
+    payload: &'a [u8],
+    /// Bytes the record occupies, header included.
+    len: usize,
+}
+
+/// Parses the record at the front of `bytes`: `Ok(None)` when `bytes` ends
+/// inside it, `Err` when it is invalid.
+fn parse_record(bytes: &[u8]) -> Result<Option<ParsedRecord<'_>>, String> {
     if bytes.len() < HEADER {
         return Ok(None);
     }
@@ -144,7 +151,11 @@ fn parse_record(bytes: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
     if crc32fast::hash(body) != crc {
         return Err("checksum mismatch".into());
     }
-    Ok(Some((body[0], &body[1..], 8 + len)))
+    Ok(Some(ParsedRecord {
+        kind: body[0],
+        payload: &body[1..],
+        len: 8 + len,
+    }))
 }
 
 /// Where reading a segment stopped.
@@ -166,14 +177,14 @@ fn read_segment(bytes: &[u8], first_seq: u64, out: &mut Vec<Record>) -> SegmentE
     let mut seq = first_seq;
     while at < bytes.len() {
         match parse_record(&bytes[at..]) {
-            Ok(Some((kind, payload, used))) => {
+            Ok(Some(record)) => {
                 out.push(Record {
                     seq,
-                    kind,
-                    payload: payload.to_vec(),
+                    kind: record.kind,
+                    payload: record.payload.to_vec(),
                 });
                 seq += 1;
-                at += used;
+                at += record.len;
             }
             Ok(None) => return SegmentEnd::Torn { offset: at as u64 },
             Err(reason) => {
