@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod io;
+pub mod journal;
 pub mod log;
 pub mod message;
 pub mod protocol;

@@ -101,6 +101,31 @@ pub struct Log {
     last_fsync: Instant,
     unsynced: bool,
     failed: bool,
+    /// `RINGPUSH_FAULT_DIR`, read once at open: fault injection for tests.
+    faults: Option<PathBuf>,
+}
+
+/// Names the directory whose marker files inject write and fsync faults.
+pub const FAULT_DIR_ENV: &str = "RINGPUSH_FAULT_DIR";
+
+/// Appends one framed record (length, CRC, kind, payload) to `out`. Pure, so
+/// the delivery core can frame records on its own thread without the log.
+pub fn frame_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    frame_record_with(out, kind, |out| out.extend_from_slice(payload));
+}
+
+/// Appends one record whose payload `write_payload` encodes straight into
+/// `out` (no intermediate buffer), then fills in its length and CRC.
+pub fn frame_record_with(out: &mut Vec<u8>, kind: u8, write_payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    out.push(kind);
+    write_payload(out);
+    let len = out.len() - start - 8;
+    assert!(len <= MAX_RECORD + 1, "record of {len} bytes");
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -172,26 +197,24 @@ enum SegmentEnd {
     },
 }
 
-fn read_segment(bytes: &[u8], first_seq: u64, out: &mut Vec<Record>) -> SegmentEnd {
+/// Calls `visit` for each valid record of a segment, in order; returns where
+/// reading stopped and the sequence number after the last valid record.
+fn read_segment(bytes: &[u8], first_seq: u64, visit: &mut Visitor<'_>) -> (SegmentEnd, u64) {
     let mut at = 0usize;
     let mut seq = first_seq;
     while at < bytes.len() {
         match parse_record(&bytes[at..]) {
             Ok(Some(record)) => {
-                out.push(Record {
-                    seq,
-                    kind: record.kind,
-                    payload: record.payload.to_vec(),
-                });
+                visit(seq, record.kind, record.payload);
                 seq += 1;
                 at += record.len;
             }
-            Ok(None) => return SegmentEnd::Torn { offset: at as u64 },
+            Ok(None) => return (SegmentEnd::Torn { offset: at as u64 }, seq),
             Err(reason) => {
                 // A valid record later means this is damage in the middle,
                 // not the remains of an interrupted final write.
                 let later = (at + 1..bytes.len()).any(|i| matches!(parse_record(&bytes[i..]), Ok(Some(_))));
-                return if later {
+                let end = if later {
                     SegmentEnd::Corrupt {
                         offset: at as u64,
                         reason,
@@ -199,23 +222,41 @@ fn read_segment(bytes: &[u8], first_seq: u64, out: &mut Vec<Record>) -> SegmentE
                 } else {
                     SegmentEnd::Torn { offset: at as u64 }
                 };
+                return (end, seq);
             }
         }
     }
-    SegmentEnd::Clean
+    (SegmentEnd::Clean, seq)
 }
+
+/// Receives each recovered record: sequence number, kind, payload.
+pub type Visitor<'a> = dyn FnMut(u64, u8, &[u8]) + 'a;
 
 impl Log {
     /// Opens (creating if needed) the log in `config.dir`, recovers it, and
     /// returns it with every record in order.
     pub fn open(config: LogConfig) -> Result<(Log, Vec<Record>), LogError> {
-        Self::open_inner(config, false)
+        let mut records = Vec::new();
+        let log = Self::open_with(config, &mut |seq, kind, payload| {
+            records.push(Record {
+                seq,
+                kind,
+                payload: payload.to_vec(),
+            })
+        })?;
+        Ok((log, records))
     }
 
-    fn open_inner(config: LogConfig, repair: bool) -> Result<(Log, Vec<Record>), LogError> {
+    /// Opens and recovers the log, handing each record to `visit` in order
+    /// without keeping more than one segment in memory.
+    pub fn open_with(config: LogConfig, visit: &mut Visitor<'_>) -> Result<Log, LogError> {
+        Self::open_inner(config, false, visit)
+    }
+
+    fn open_inner(config: LogConfig, repair: bool, visit: &mut Visitor<'_>) -> Result<Log, LogError> {
         std::fs::create_dir_all(&config.dir).map_err(io_error(&config.dir))?;
         let found = list_segments(&config.dir)?;
-        let mut records = Vec::new();
+        let mut next_seq: Option<u64> = None;
         let mut segments = Vec::new();
         let count = found.len();
         for (i, (first_seq, path)) in found.into_iter().enumerate() {
@@ -224,15 +265,16 @@ impl Log {
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_error(&path))?;
             let last = i + 1 == count;
-            let expected = records.last().map_or(first_seq, |r: &Record| r.seq + 1);
-            if first_seq != expected && !records.is_empty() {
+            let expected = next_seq.unwrap_or(first_seq);
+            if first_seq != expected {
                 return Err(LogError::Corrupt {
                     path,
                     offset: 0,
                     reason: format!("segment starts at record {first_seq}, expected {expected}"),
                 });
             }
-            let end = read_segment(&bytes, first_seq, &mut records);
+            let (end, after) = read_segment(&bytes, first_seq, visit);
+            next_seq = Some(after);
             let cut = match end {
                 SegmentEnd::Clean => None,
                 SegmentEnd::Torn { offset } if last => Some(offset),
@@ -270,9 +312,7 @@ impl Log {
                 segments.push(first_seq);
             }
         }
-        let next_seq = records
-            .last()
-            .map_or_else(|| segments.last().copied().unwrap_or(1), |r| r.seq + 1);
+        let next_seq = next_seq.unwrap_or(1);
         if segments.is_empty() {
             segments.push(next_seq);
         }
@@ -285,51 +325,72 @@ impl Log {
             .map_err(io_error(&segment_path))?;
         let segment_len = segment.seek(SeekFrom::End(0)).map_err(io_error(&segment_path))?;
         sync_dir(&config.dir)?;
-        Ok((
-            Log {
-                config,
-                segment,
-                segment_path,
-                segment_len,
-                segments,
-                next_seq,
-                pending: Vec::new(),
-                pending_records: 0,
-                last_fsync: Instant::now(),
-                unsynced: false,
-                failed: false,
-            },
-            records,
-        ))
+        let faults = std::env::var_os(FAULT_DIR_ENV).map(PathBuf::from);
+        Ok(Log {
+            config,
+            segment,
+            segment_path,
+            segment_len,
+            segments,
+            next_seq,
+            pending: Vec::new(),
+            pending_records: 0,
+            last_fsync: Instant::now(),
+            unsynced: false,
+            failed: false,
+            faults,
+        })
     }
 
     /// Truncates the log at its first invalid record wherever it is, dropping
     /// everything after it; returns how many records remain.
     pub fn repair(config: LogConfig) -> Result<usize, LogError> {
-        Self::open_inner(config, true).map(|(_, records)| records.len())
+        let mut kept = 0;
+        Self::open_inner(config, true, &mut |_, _, _| kept += 1)?;
+        Ok(kept)
     }
 
     /// Queues a record for the next commit and returns its sequence number.
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> u64 {
-        assert!(payload.len() <= MAX_RECORD, "record of {} bytes", payload.len());
-        let len = (payload.len() + 1) as u32;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&[kind]);
-        hasher.update(payload);
-        self.pending.extend_from_slice(&len.to_le_bytes());
-        self.pending.extend_from_slice(&hasher.finalize().to_le_bytes());
-        self.pending.push(kind);
-        self.pending.extend_from_slice(payload);
+        let mut framed = std::mem::take(&mut self.pending);
+        frame_record(&mut framed, kind, payload);
+        self.pending = framed;
         self.pending_records += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
         seq
     }
 
+    /// Queues `count` records already framed by `frame_record` (the delivery
+    /// core frames them on its own thread); returns the first one's sequence
+    /// number.
+    pub fn append_framed(&mut self, framed: &[u8], count: usize) -> u64 {
+        self.pending.extend_from_slice(framed);
+        self.pending_records += count;
+        let seq = self.next_seq;
+        self.next_seq += count as u64;
+        seq
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Writes the queued records and makes them durable per the fsync
-    /// policy. On `DiskFull` nothing was kept on disk and the records stay
-    /// queued for the next commit; on any fsync error the log is failed.
+    /// policy. On `DiskFull` nothing was kept: the queued records are
+    /// discarded (their sequence numbers are not reused) and the caller
+    /// withdraws what they stood for. On any fsync error the log is failed.
     pub fn commit(&mut self) -> Result<CommitStats, LogError> {
+        self.commit_inner(false)
+    }
+
+    /// Like `commit`, but fsyncs whatever the policy (for checkpoints).
+    pub fn commit_durably(&mut self) -> Result<CommitStats, LogError> {
+        self.commit_inner(true)
+    }
+
+    fn commit_inner(&mut self, force_sync: bool) -> Result<CommitStats, LogError> {
         if self.failed {
             return Err(LogError::Failed);
         }
@@ -339,7 +400,13 @@ impl Log {
             ..Default::default()
         };
         if !self.pending.is_empty() {
-            if let Err(e) = self.segment.write_all(&self.pending) {
+            let written = match self.injected_fault("enospc", libc::ENOSPC) {
+                Some(e) => Err(e),
+                None => self.segment.write_all(&self.pending),
+            };
+            if let Err(e) = written {
+                self.pending.clear();
+                self.pending_records = 0;
                 // Undo a partial write so the file stays a sequence of whole
                 // records; if even that fails, stop trusting the file.
                 if self.segment.set_len(self.segment_len).is_err() {
@@ -358,14 +425,19 @@ impl Log {
             self.pending_records = 0;
             self.unsynced = true;
         }
-        let due = match self.config.fsync {
-            FsyncPolicy::Always => true,
-            FsyncPolicy::Interval(every) => self.last_fsync.elapsed() >= every,
-            FsyncPolicy::Never => false,
-        };
+        let due = force_sync
+            || match self.config.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Interval(every) => self.last_fsync.elapsed() >= every,
+                FsyncPolicy::Never => false,
+            };
         if due && self.unsynced {
             let started = Instant::now();
-            if let Err(e) = self.segment.sync_data() {
+            let synced = match self.injected_fault("fsync-eio", libc::EIO) {
+                Some(e) => Err(e),
+                None => self.segment.sync_data(),
+            };
+            if let Err(e) = synced {
                 self.failed = true;
                 return Err(io_error(&self.segment_path)(e));
             }
@@ -378,6 +450,28 @@ impl Log {
             self.roll()?;
         }
         Ok(stats)
+    }
+
+    /// The test hook: with `RINGPUSH_FAULT_DIR` set, the file `name` in that
+    /// directory makes the next write or fsync fail with `errno`. Costs
+    /// nothing when the variable is unset.
+    fn injected_fault(&self, name: &str, errno: i32) -> Option<std::io::Error> {
+        let dir = self.faults.as_ref()?;
+        dir.join(name)
+            .exists()
+            .then(|| std::io::Error::from_raw_os_error(errno))
+    }
+
+    /// Starts a new segment now if the current one holds any record, so that
+    /// what follows (a checkpoint) begins on a segment boundary.
+    pub fn roll_now(&mut self) -> Result<(), LogError> {
+        if self.failed {
+            return Err(LogError::Failed);
+        }
+        if self.segment_len > 0 {
+            self.roll()?;
+        }
+        Ok(())
     }
 
     /// Starts a new segment; the old one is complete and synced.

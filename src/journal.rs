@@ -1,0 +1,388 @@
+//! What the delivery core writes to its shard's durable log and reads back on
+//! recovery: one `Entry` per change of durable state (a device's registry
+//! record, a message accepted, a message finished), and the byte layout of
+//! each. Pure encoding and decoding, no files: `log` stores the bytes, and
+//! `delivery` decides when an entry is due and how replay applies it.
+//!
+//! Layout: integers little-endian fixed width, strings and byte strings as a
+//! `u32` length and the bytes, optional values behind a `u8` presence flag.
+//! Every entry is self-contained, so any suffix of the log that starts at a
+//! checkpoint replays to the same state.
+
+use crate::message::Status;
+
+const KIND_DEVICE: u8 = 1;
+const KIND_DEVICE_DELETED: u8 = 2;
+const KIND_ACCEPTED: u8 = 3;
+const KIND_FINISHED: u8 = 4;
+const KIND_FINAL_STATUS: u8 = 5;
+
+/// A device's whole registry record; written on registration and on every
+/// change, so the last one for a token is its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceEntry<'a> {
+    pub token: &'a str,
+    pub app: &'a str,
+    pub platform: u8,
+    pub user_id: Option<&'a str>,
+    pub groups: Vec<&'a str>,
+    /// (thirdChannel, vendor token)
+    pub vendor: Option<(u32, &'a str)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedEntry<'a> {
+    pub message_id: u64,
+    pub app: &'a str,
+    pub token: &'a str,
+    pub msg_key: &'a str,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// The complete Push frame.
+    pub frame: &'a [u8],
+}
+
+/// A final status kept for queries after its message left the queue;
+/// written only by checkpoints (the message's own entries are gone then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinalStatusEntry {
+    /// The stable digest of (app, msgKey, token).
+    pub key: u128,
+    pub message_id: u64,
+    pub status: Status,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub acked_at_ms: Option<u64>,
+    /// When the status may be forgotten (end of the retention window).
+    pub forget_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry<'a> {
+    Device(DeviceEntry<'a>),
+    DeviceDeleted {
+        token: &'a str,
+    },
+    Accepted(AcceptedEntry<'a>),
+    /// The message left the device's queue: acked, expired or dropped.
+    Finished {
+        token: &'a str,
+        message_id: u64,
+        status: Status,
+        at_ms: u64,
+    },
+    FinalStatus(FinalStatusEntry),
+}
+
+impl Entry<'_> {
+    /// Appends this entry as one framed log record.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let kind = match self {
+            Entry::Device(_) => KIND_DEVICE,
+            Entry::DeviceDeleted { .. } => KIND_DEVICE_DELETED,
+            Entry::Accepted(_) => KIND_ACCEPTED,
+            Entry::Finished { .. } => KIND_FINISHED,
+            Entry::FinalStatus(_) => KIND_FINAL_STATUS,
+        };
+        crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Entry::Device(d) => {
+                put_str(out, d.token);
+                put_str(out, d.app);
+                out.push(d.platform);
+                put_opt_str(out, d.user_id);
+                put_u32(out, d.groups.len() as u32);
+                for g in &d.groups {
+                    put_str(out, g);
+                }
+                match d.vendor {
+                    Some((channel, token)) => {
+                        out.push(1);
+                        put_u32(out, channel);
+                        put_str(out, token);
+                    }
+                    None => out.push(0),
+                }
+            }
+            Entry::DeviceDeleted { token } => put_str(out, token),
+            Entry::Accepted(a) => {
+                put_u64(out, a.message_id);
+                put_str(out, a.app);
+                put_str(out, a.token);
+                put_str(out, a.msg_key);
+                put_u64(out, a.accepted_at_ms);
+                put_u64(out, a.expires_at_ms);
+                put_bytes(out, a.frame);
+            }
+            Entry::Finished {
+                token,
+                message_id,
+                status,
+                at_ms,
+            } => {
+                put_str(out, token);
+                put_u64(out, *message_id);
+                out.push(status.code() as u8);
+                put_u64(out, *at_ms);
+            }
+            Entry::FinalStatus(f) => {
+                out.extend_from_slice(&f.key.to_le_bytes());
+                put_u64(out, f.message_id);
+                out.push(f.status.code() as u8);
+                put_u64(out, f.accepted_at_ms);
+                put_u64(out, f.expires_at_ms);
+                match f.acked_at_ms {
+                    Some(at) => {
+                        out.push(1);
+                        put_u64(out, at);
+                    }
+                    None => out.push(0),
+                }
+                put_u64(out, f.forget_at_ms);
+            }
+        }
+    }
+
+    /// Decodes a record's payload. Errors name what was wrong; the log's CRC
+    /// has already vouched for the bytes, so an error here means a record
+    /// kind from a newer version or a bug, and recovery stops on it.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Entry<'_>, String> {
+        let mut r = Reader { buf: payload, at: 0 };
+        let entry = match kind {
+            KIND_DEVICE => {
+                let token = r.str()?;
+                let app = r.str()?;
+                let platform = r.u8()?;
+                let user_id = r.opt_str()?;
+                let count = r.u32()? as usize;
+                if count > payload.len() {
+                    return Err(format!("{count} groups in a {}-byte record", payload.len()));
+                }
+                let mut groups = Vec::with_capacity(count);
+                for _ in 0..count {
+                    groups.push(r.str()?);
+                }
+                let vendor = match r.u8()? {
+                    0 => None,
+                    1 => Some((r.u32()?, r.str()?)),
+                    x => return Err(format!("vendor flag {x}")),
+                };
+                Entry::Device(DeviceEntry {
+                    token,
+                    app,
+                    platform,
+                    user_id,
+                    groups,
+                    vendor,
+                })
+            }
+            KIND_DEVICE_DELETED => Entry::DeviceDeleted { token: r.str()? },
+            KIND_ACCEPTED => Entry::Accepted(AcceptedEntry {
+                message_id: r.u64()?,
+                app: r.str()?,
+                token: r.str()?,
+                msg_key: r.str()?,
+                accepted_at_ms: r.u64()?,
+                expires_at_ms: r.u64()?,
+                frame: r.bytes()?,
+            }),
+            KIND_FINISHED => Entry::Finished {
+                token: r.str()?,
+                message_id: r.u64()?,
+                status: r.final_status()?,
+                at_ms: r.u64()?,
+            },
+            KIND_FINAL_STATUS => Entry::FinalStatus(FinalStatusEntry {
+                key: u128::from_le_bytes(r.take(16)?.try_into().expect("16 bytes")),
+                message_id: r.u64()?,
+                status: r.final_status()?,
+                accepted_at_ms: r.u64()?,
+                expires_at_ms: r.u64()?,
+                acked_at_ms: match r.u8()? {
+                    0 => None,
+                    1 => Some(r.u64()?),
+                    x => return Err(format!("acked flag {x}")),
+                },
+                forget_at_ms: r.u64()?,
+            }),
+            other => return Err(format!("unknown record kind {other}")),
+        };
+        if r.at != payload.len() {
+            return Err(format!("{} bytes after the record", payload.len() - r.at));
+        }
+        Ok(entry)
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(out, b.len() as u32);
+    out.extend_from_slice(b);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+        None => out.push(0),
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len());
+        let Some(end) = end else {
+            return Err(format!("record ends inside a field at byte {}", self.at));
+        };
+        let slice = &self.buf[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    fn str(&mut self) -> Result<&'a str, String> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| "a string is not UTF-8".to_string())
+    }
+
+    fn opt_str(&mut self) -> Result<Option<&'a str>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str()?)),
+            x => Err(format!("presence flag {x}")),
+        }
+    }
+
+    fn final_status(&mut self) -> Result<Status, String> {
+        match self.u8()? {
+            2 => Ok(Status::Acked),
+            3 => Ok(Status::Expired),
+            4 => Ok(Status::Dropped),
+            x => Err(format!("final status {x}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_framed(bytes: &[u8]) -> Entry<'_> {
+        let len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        assert_eq!(bytes.len(), 8 + len, "one record");
+        assert_eq!(
+            crc32fast::hash(&bytes[8..]),
+            u32::from_le_bytes(bytes[4..8].try_into().unwrap())
+        );
+        Entry::decode(bytes[8], &bytes[9..]).unwrap()
+    }
+
+    fn status() -> impl Strategy<Value = Status> {
+        prop_oneof![Just(Status::Acked), Just(Status::Expired), Just(Status::Dropped)]
+    }
+
+    proptest! {
+        #[test]
+        fn device_entries_round_trip(
+            token in ".{0,30}", app in ".{0,10}", platform: u8,
+            user in proptest::option::of(".{0,20}"),
+            groups in proptest::collection::vec(".{0,8}", 0..5),
+            vendor in proptest::option::of((any::<u32>(), ".{0,20}")),
+        ) {
+            let entry = Entry::Device(DeviceEntry {
+                token: &token, app: &app, platform,
+                user_id: user.as_deref(),
+                groups: groups.iter().map(String::as_str).collect(),
+                vendor: vendor.as_ref().map(|(c, t)| (*c, t.as_str())),
+            });
+            let mut out = Vec::new();
+            entry.write_to(&mut out);
+            prop_assert_eq!(decode_framed(&out), entry);
+        }
+
+        #[test]
+        fn message_entries_round_trip(
+            id: u64, token in ".{0,30}", key in ".{0,20}", at: u64, exp: u64,
+            frame in proptest::collection::vec(any::<u8>(), 0..300),
+            status in status(), key128: u128, acked in proptest::option::of(any::<u64>()),
+        ) {
+            let entries = [
+                Entry::Accepted(AcceptedEntry {
+                    message_id: id, app: "demo", token: &token, msg_key: &key,
+                    accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                }),
+                Entry::Finished { token: &token, message_id: id, status, at_ms: at },
+                Entry::DeviceDeleted { token: &token },
+                Entry::FinalStatus(FinalStatusEntry {
+                    key: key128, message_id: id, status, accepted_at_ms: at,
+                    expires_at_ms: exp, acked_at_ms: acked, forget_at_ms: exp,
+                }),
+            ];
+            for entry in entries {
+                let mut out = Vec::new();
+                entry.write_to(&mut out);
+                prop_assert_eq!(decode_framed(&out), entry);
+            }
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(kind in 0u8..8, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Entry::decode(kind, &payload);
+        }
+    }
+
+    #[test]
+    fn truncated_and_padded_records_are_errors() {
+        let mut out = Vec::new();
+        Entry::Finished {
+            token: "t",
+            message_id: 7,
+            status: Status::Acked,
+            at_ms: 9,
+        }
+        .write_to(&mut out);
+        let payload = &out[9..];
+        assert!(Entry::decode(KIND_FINISHED, &payload[..payload.len() - 1]).is_err());
+        let mut padded = payload.to_vec();
+        padded.push(0);
+        assert!(Entry::decode(KIND_FINISHED, &padded).is_err());
+        assert!(Entry::decode(99, payload).is_err());
+    }
+}
