@@ -10,6 +10,8 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::store::StorageHealth;
+
 /// Buckets for every `_seconds` histogram: 50 µs to 10 s, dense where push
 /// latencies live (sub-millisecond to tens of milliseconds).
 const SECONDS_BUCKETS: &[f64] = &[
@@ -38,19 +40,26 @@ pub fn install_metrics() -> PrometheusHandle {
     handle
 }
 
-pub fn router(ready: Arc<AtomicBool>, prometheus: PrometheusHandle) -> Router {
+/// `/readyz` is ready once recovery is done and the listeners are bound, and
+/// not ready again after a log failure (the node accepts no pushes then).
+pub fn router(ready: Arc<AtomicBool>, storage: Arc<StorageHealth>, prometheus: PrometheusHandle) -> Router {
     Router::new()
         .route("/metrics", get(move || std::future::ready(prometheus.render())))
         .route("/healthz", get(|| std::future::ready("ok\n")))
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.load(Ordering::SeqCst);
-                std::future::ready(if ready {
+                let answer = if storage.is_failed() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: the message log failed\n",
+                    )
+                } else if ready.load(Ordering::SeqCst) {
                     (StatusCode::OK, "ready\n")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                })
+                };
+                std::future::ready(answer)
             }),
         )
 }

@@ -25,6 +25,7 @@ pub struct Config {
     pub pin_shards: bool,
     pub limits: Limits,
     pub delivery: Delivery,
+    pub durability: Durability,
     pub apps: Vec<App>,
 }
 
@@ -103,6 +104,70 @@ pub struct Delivery {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Durability {
+    /// Holds one log directory per shard and the lock file.
+    pub data_dir: std::path::PathBuf,
+    /// When the API may answer: `always`, `interval` or `never`.
+    pub fsync: FsyncMode,
+    /// With `fsync = "interval"`: the longest a written record waits for its
+    /// fsync, so the most a crash (of the machine, not the process) loses.
+    pub fsync_interval_ms: u64,
+    /// A log segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Compaction: once this many bytes were logged since the last
+    /// checkpoint, and at least twice that checkpoint's size, the live state
+    /// is rewritten and older segments are deleted.
+    pub compact_after_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+impl FsyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Interval => "interval",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Self {
+            data_dir: "./data".into(),
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: 100,
+            segment_bytes: 64 << 20,
+            compact_after_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Durability {
+    pub fn log_config(&self, shard: usize) -> crate::log::LogConfig {
+        crate::log::LogConfig {
+            dir: self.data_dir.join(format!("shard-{shard}")),
+            segment_bytes: self.segment_bytes,
+            fsync: match self.fsync {
+                FsyncMode::Always => crate::log::FsyncPolicy::Always,
+                FsyncMode::Interval => {
+                    crate::log::FsyncPolicy::Interval(Duration::from_millis(self.fsync_interval_ms))
+                }
+                FsyncMode::Never => crate::log::FsyncPolicy::Never,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     #[serde(rename = "appId")]
@@ -120,6 +185,7 @@ impl Default for Config {
             pin_shards: true,
             limits: Limits::default(),
             delivery: Delivery::default(),
+            durability: Durability::default(),
             apps: vec![App {
                 app_id: "demo".into(),
                 workspace_id: "default".into(),
@@ -162,7 +228,7 @@ impl Default for Delivery {
             max_pending_per_device: 1000,
             min_ttl_secs: 1,
             max_ttl_secs: 72 * 3600,
-            status_retention_secs: 24 * 3600,
+            status_retention_secs: 7 * 24 * 3600,
             max_final_statuses_per_shard: 1_000_000,
         }
     }
@@ -241,6 +307,22 @@ impl Config {
                 "limits.recv_buffers = {} must be a power of two",
                 l.recv_buffers
             ));
+        }
+        let durability = &self.durability;
+        if durability.data_dir.as_os_str().is_empty() {
+            return invalid("durability.data_dir must not be empty".into());
+        }
+        if durability.fsync == FsyncMode::Interval && !(1..=60_000).contains(&durability.fsync_interval_ms) {
+            return invalid(format!(
+                "durability.fsync_interval_ms = {} (allowed 1 ..= 60000)",
+                durability.fsync_interval_ms
+            ));
+        }
+        if durability.segment_bytes < 1 << 16 {
+            return invalid("durability.segment_bytes must be at least 65536".into());
+        }
+        if durability.compact_after_bytes < durability.segment_bytes {
+            return invalid("durability.compact_after_bytes must be at least segment_bytes".into());
         }
         if (l.recv_buffer_bytes as usize) < 512 {
             return invalid("limits.recv_buffer_bytes must be at least 512".into());

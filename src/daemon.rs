@@ -23,9 +23,10 @@ pub fn init_logging() {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
     crate::delivery::describe_metrics();
+    crate::store::describe_metrics();
     let shards = crate::shard::start(&config).context("starting shards")?;
     let ready = Arc::new(AtomicBool::new(false));
-    let api = crate::api::serve(&config, shards.handles(), ready.clone(), prometheus)
+    let api = crate::api::serve(&config, &shards, ready.clone(), prometheus)
         .context("starting the HTTP servers")?;
     ready.store(true, Ordering::SeqCst);
     // The integration tests and operators' scripts read this line; keep its

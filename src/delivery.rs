@@ -9,9 +9,12 @@
 //! takes a lock to reach it. A connection accepted by another shard is handed
 //! over after its Hello names the token.
 //!
-//! The in-memory queues are the index of what is pending; the durable log that
-//! backs them arrives with the durability work and replays into this same
-//! structure.
+//! Durability: every change of durable state (registry records, accepted and
+//! finished messages) is framed into `journal` as it happens. The shard loop
+//! writes the journal to its log once per iteration (group commit) and calls
+//! `journal_done`; only then are the pushes of that iteration answered. On
+//! start, `replay` rebuilds this same structure from the log, and
+//! `write_checkpoint` restates the live state so older segments can go.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -23,7 +26,10 @@ use metrics::{Counter, Gauge, Histogram};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::message::{owner_shard, Accepted, Command, Message, Status, StatusReport};
+use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry};
+use crate::message::{
+    owner_shard, Accepted, Command, Message, PushReply, Status, StatusReport, StorageRefusal,
+};
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
 use crate::timer::TimerWheel;
@@ -77,6 +83,9 @@ struct Pending {
     /// It was written to some connection before (a later send is a
     /// redelivery).
     sent_before: bool,
+    /// Its Accepted record is in the log. A device is never sent a message
+    /// before that, so a failed commit can withdraw it unseen.
+    durable: bool,
 }
 
 struct Device {
@@ -102,16 +111,63 @@ struct Device {
 struct StatusKey(u128);
 
 impl StatusKey {
+    // The key is stored in checkpoints, so its hash must never change:
+    // `SipHasher` is SipHash-2-4 by definition (its deprecation only points
+    // to `DefaultHasher`, whose algorithm is explicitly unspecified), and the
+    // fields are fed as explicit little-endian lengths and bytes.
+    #[allow(deprecated)]
     fn new(app: &str, msg_key: &str, token: &str) -> Self {
-        let half = |salt: u8| {
-            let mut h = std::hash::DefaultHasher::new();
-            salt.hash(&mut h);
-            app.hash(&mut h);
-            msg_key.hash(&mut h);
-            token.hash(&mut h);
+        let half = |salt: u64| {
+            let mut h = std::hash::SipHasher::new_with_keys(salt, 0x7269_6e67_7075_7368);
+            for field in [app, msg_key, token] {
+                h.write(&(field.len() as u64).to_le_bytes());
+                h.write(field.as_bytes());
+            }
             h.finish()
         };
         Self((u128::from(half(1)) << 64) | u128::from(half(2)))
+    }
+}
+
+/// Durable changes not yet written to the log, and what waits on them.
+#[derive(Default)]
+struct Journal {
+    /// Off while replaying: replayed state is already on disk.
+    enabled: bool,
+    framed: Vec<u8>,
+    records: usize,
+    /// Push replies to send once `framed` is durable.
+    replies: Vec<(PushReply, Vec<Accepted>)>,
+    /// Messages accepted since the last commit: withdrawn if it fails.
+    accepted: Vec<(DeviceId, u64, StatusKey)>,
+}
+
+impl Journal {
+    fn write(&mut self, entry: &Entry<'_>) {
+        if self.enabled {
+            entry.write_to(&mut self.framed);
+            self.records += 1;
+        }
+    }
+}
+
+fn device_entry(d: &Device) -> Entry<'_> {
+    Entry::Device(DeviceEntry {
+        token: &d.token,
+        app: &d.app,
+        platform: d.platform,
+        user_id: d.user_id.as_deref(),
+        groups: d.groups.iter().map(|g| &**g).collect(),
+        vendor: d.vendor_token.as_ref().map(|(c, t)| (*c, &**t)),
+    })
+}
+
+fn finished_entry(d: &Device, message_id: u64, status: Status, at_ms: u64) -> Entry<'_> {
+    Entry::Finished {
+        token: &d.token,
+        message_id,
+        status,
+        at_ms,
     }
 }
 
@@ -121,6 +177,8 @@ struct StatusRecord {
     accepted_at_ms: u64,
     expires_at_ms: u64,
     acked_at_ms: Option<u64>,
+    /// Unix ms when a final status may be forgotten; 0 while pending.
+    forget_at_ms: u64,
 }
 
 /// Limits copied out of the config once, in the units the core uses.
@@ -177,6 +235,7 @@ struct CoreMetrics {
     duplicates: Counter,
     unknown_token: Counter,
     statuses_evicted: Counter,
+    withdrawn: Counter,
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
@@ -207,6 +266,7 @@ impl CoreMetrics {
             duplicates: counter("ringpush_messages_duplicate_total"),
             unknown_token: counter("ringpush_messages_unknown_token_total"),
             statuses_evicted: counter("ringpush_statuses_evicted_total"),
+            withdrawn: counter("ringpush_messages_withdrawn_total"),
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
@@ -288,6 +348,10 @@ pub fn describe_metrics() {
         "ringpush_messages_unknown_token_total",
         "Pushes to a token no device holds"
     );
+    describe_counter!(
+        "ringpush_messages_withdrawn_total",
+        "Accepted messages taken back because the log could not store them (API answered 9001/9002)"
+    );
     describe_gauge!(
         "ringpush_messages_pending",
         "Messages queued for devices and not yet acked, expired or dropped"
@@ -346,6 +410,10 @@ pub struct DeliveryCore {
     pending_total: usize,
     jitter: u64,
     tokens: TokenSource,
+    journal: Journal,
+    /// Highest message id seen (replayed or accepted): the API issues ids
+    /// above it after a restart.
+    max_message_id: u64,
     metrics: CoreMetrics,
 }
 
@@ -403,6 +471,11 @@ impl DeliveryCore {
             pending_total: 0,
             jitter: u64::from_le_bytes(seed) | 1,
             tokens: TokenSource::new(),
+            journal: Journal {
+                enabled: true,
+                ..Default::default()
+            },
+            max_message_id: 0,
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -417,6 +490,275 @@ impl DeliveryCore {
 
     pub fn pending_count(&self) -> usize {
         self.pending_total
+    }
+
+    /// Highest message id replayed or accepted.
+    pub fn max_message_id(&self) -> u64 {
+        self.max_message_id
+    }
+
+    /// The durable changes since the last `journal_done`, framed as log
+    /// records, and how many records that is. Empty when nothing changed
+    /// and no push waits for an answer.
+    pub fn journal(&self) -> (&[u8], usize) {
+        (&self.journal.framed, self.journal.records)
+    }
+
+    /// Whether `journal_done` has anything to do.
+    pub fn journal_pending(&self) -> bool {
+        self.journal.records > 0 || !self.journal.replies.is_empty()
+    }
+
+    /// The shard loop wrote `journal()` to the log (`Ok`: durable per the
+    /// fsync policy) or could not. On success the new messages may now be
+    /// sent and the pushes are answered; on failure the messages are
+    /// withdrawn (no device has seen them) and the API reports the refusal.
+    /// The loop runs this before it hands outbound bytes to sockets, so a
+    /// Welcome with a new token also leaves only once the token is durable.
+    pub fn journal_done(&mut self, result: Result<(), StorageRefusal>, now: Instant) {
+        let journal = &mut self.journal;
+        journal.framed.clear();
+        journal.records = 0;
+        let accepted = std::mem::take(&mut journal.accepted);
+        let replies = std::mem::take(&mut journal.replies);
+        match result {
+            Ok(()) => {
+                for &(device, message_id, _) in &accepted {
+                    let Some(d) = self.devices.get_mut(device) else {
+                        continue;
+                    };
+                    // New messages are at the back.
+                    if let Some(p) = d.queue.iter_mut().rev().find(|p| p.message.id == message_id) {
+                        p.durable = true;
+                    }
+                }
+                for &(device, _, _) in &accepted {
+                    if self.devices.contains(device) {
+                        self.fill_window(device, now);
+                    }
+                }
+                for (reply, outcomes) in replies {
+                    // The API may have timed out and gone; the messages stay.
+                    let _ = reply.send(Ok(outcomes));
+                }
+            }
+            Err(refusal) => {
+                for (device, message_id, key) in accepted {
+                    self.withdraw(device, message_id, key, now);
+                }
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(refusal));
+                }
+                self.metrics.pending.set(self.pending_total as f64);
+            }
+        }
+        if journal_capacity_is_large(&self.journal.framed) {
+            self.journal.framed = Vec::new();
+        }
+    }
+
+    fn withdraw(&mut self, device: DeviceId, message_id: u64, key: StatusKey, now: Instant) {
+        if self
+            .statuses
+            .get(&key)
+            .is_some_and(|r| r.message_id == message_id)
+        {
+            self.statuses.remove(&key);
+        }
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        if let Some(pos) = d.queue.iter().position(|p| p.message.id == message_id) {
+            d.queue.remove(pos);
+            if pos < d.in_flight {
+                d.in_flight -= 1;
+            }
+            self.pending_total -= 1;
+            self.metrics.withdrawn.increment(1);
+            self.fill_window(device, now);
+        }
+    }
+
+    /// Applies one recovered log record. Call for every record in log order
+    /// before serving anything, then `finish_replay`. Replay is idempotent
+    /// per record, so a log that starts mid-history and ends with a
+    /// checkpoint (a crash during compaction) replays to the same state.
+    pub fn replay(&mut self, kind: u8, payload: &[u8], now: Instant) -> Result<(), String> {
+        self.journal.enabled = false;
+        match Entry::decode(kind, payload)? {
+            Entry::Device(entry) => self.replay_device(&entry),
+            Entry::DeviceDeleted { token } => {
+                if let Some(&device) = self.by_token.get(token) {
+                    self.delete_device(device, now);
+                }
+            }
+            Entry::Accepted(a) => {
+                let app_id = self.app_arc(a.app);
+                let message = Message {
+                    id: a.message_id,
+                    app_id,
+                    token: a.token.into(),
+                    msg_key: a.msg_key.into(),
+                    accepted_at_ms: a.accepted_at_ms,
+                    expires_at_ms: a.expires_at_ms,
+                    frame: Bytes::copy_from_slice(a.frame),
+                };
+                self.max_message_id = self.max_message_id.max(a.message_id);
+                // Already expired ones are accepted and expire on the first
+                // timer tick, so their status says Expired.
+                self.accept(message, now);
+            }
+            Entry::Finished {
+                token,
+                message_id,
+                status,
+                at_ms,
+            } => self.replay_finished(token, message_id, status, at_ms, now),
+            Entry::FinalStatus(f) => {
+                let key = StatusKey(f.key);
+                if let std::collections::hash_map::Entry::Vacant(slot) = self.statuses.entry(key) {
+                    slot.insert(StatusRecord {
+                        status: f.status,
+                        message_id: f.message_id,
+                        accepted_at_ms: f.accepted_at_ms,
+                        expires_at_ms: f.expires_at_ms,
+                        acked_at_ms: f.acked_at_ms,
+                        forget_at_ms: f.forget_at_ms,
+                    });
+                    self.status_gc
+                        .push_back((self.clock.instant_of(f.forget_at_ms), key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends replay: from now on changes are journaled.
+    pub fn finish_replay(&mut self) {
+        self.journal.enabled = true;
+        self.metrics.pending.set(self.pending_total as f64);
+        self.metrics.devices.set(self.devices.len() as f64);
+    }
+
+    fn app_arc(&mut self, app: &str) -> Arc<str> {
+        if let Some(arc) = self.apps.get(app) {
+            return arc.clone();
+        }
+        // An app removed from the config keeps its devices and messages;
+        // they are served again if it comes back.
+        let arc: Arc<str> = Arc::from(app);
+        self.apps.insert(app.into(), arc.clone());
+        arc
+    }
+
+    fn replay_device(&mut self, entry: &DeviceEntry<'_>) {
+        let device = match self.by_token.get(entry.token) {
+            Some(&d) => d,
+            None => {
+                let app = self.app_arc(entry.app);
+                let device = self.devices.insert(Device {
+                    app,
+                    token: entry.token.into(),
+                    platform: entry.platform,
+                    conn: None,
+                    queue: VecDeque::new(),
+                    in_flight: 0,
+                    missed: 0,
+                    user_id: None,
+                    groups: Vec::new(),
+                    vendor_token: None,
+                });
+                self.by_token.insert(entry.token.into(), device);
+                device
+            }
+        };
+        let d = &mut self.devices[device];
+        d.platform = entry.platform;
+        d.user_id = entry.user_id.map(Into::into);
+        d.groups = entry.groups.iter().map(|&g| g.into()).collect();
+        d.vendor_token = entry.vendor.map(|(c, t)| (c, t.into()));
+    }
+
+    fn replay_finished(&mut self, token: &str, message_id: u64, status: Status, at_ms: u64, now: Instant) {
+        let Some(&device) = self.by_token.get(token) else {
+            return;
+        };
+        let d = &mut self.devices[device];
+        let Some(pos) = d.queue.iter().position(|p| p.message.id == message_id) else {
+            return;
+        };
+        let gone = d.queue.remove(pos).expect("position is in range");
+        if d.queue.is_empty() {
+            d.queue = VecDeque::new();
+        }
+        self.pending_total -= 1;
+        let forget_at_ms = at_ms + self.limits.status_retention.as_millis() as u64;
+        if let Some(record) = self.statuses.get_mut(&gone.status_key) {
+            record.status = status;
+            record.forget_at_ms = forget_at_ms;
+            if status == Status::Acked {
+                record.acked_at_ms = Some(at_ms);
+            }
+        }
+        let forget_at = self.clock.instant_of(forget_at_ms).max(now);
+        self.status_gc.push_back((forget_at, gone.status_key));
+    }
+
+    /// Restates the whole durable state as log records (devices, pending
+    /// messages in queue order, final statuses still kept), handing them to
+    /// `emit` in chunks of about 1 MiB with their record count. After a
+    /// checkpoint that starts a segment, every older segment can go.
+    pub fn write_checkpoint<E>(&self, mut emit: impl FnMut(&[u8], usize) -> Result<(), E>) -> Result<(), E> {
+        const CHUNK: usize = 1 << 20;
+        let mut out = Vec::with_capacity(CHUNK + 4096);
+        let mut records = 0;
+        // `None` flushes what is left.
+        let mut put = |entry: Option<&Entry<'_>>, out: &mut Vec<u8>| -> Result<(), E> {
+            if let Some(entry) = entry {
+                entry.write_to(out);
+                records += 1;
+            }
+            if (out.len() >= CHUNK || entry.is_none()) && records > 0 {
+                emit(out, records)?;
+                out.clear();
+                records = 0;
+            }
+            Ok(())
+        };
+        for (_, d) in &self.devices {
+            put(Some(&device_entry(d)), &mut out)?;
+        }
+        for (_, d) in &self.devices {
+            for p in &d.queue {
+                let m = &p.message;
+                let entry = Entry::Accepted(AcceptedEntry {
+                    message_id: m.id,
+                    app: &m.app_id,
+                    token: &m.token,
+                    msg_key: &m.msg_key,
+                    accepted_at_ms: m.accepted_at_ms,
+                    expires_at_ms: m.expires_at_ms,
+                    frame: &m.frame,
+                });
+                put(Some(&entry), &mut out)?;
+            }
+        }
+        for (key, r) in &self.statuses {
+            if r.status == Status::Pending {
+                continue;
+            }
+            let entry = Entry::FinalStatus(FinalStatusEntry {
+                key: key.0,
+                message_id: r.message_id,
+                status: r.status,
+                accepted_at_ms: r.accepted_at_ms,
+                expires_at_ms: r.expires_at_ms,
+                acked_at_ms: r.acked_at_ms,
+                forget_at_ms: r.forget_at_ms,
+            });
+            put(Some(&entry), &mut out)?;
+        }
+        put(None, &mut out)
     }
 
     /// Panics if the core's bookkeeping disagrees with itself: the pending
@@ -566,7 +908,7 @@ impl DeliveryCore {
             }
             Frame::Bind(b) => {
                 let code = self.bind_user(device, &b.user_id);
-                self.reply(conn, b.request_id, code);
+                self.registry_reply(conn, device, b.request_id, code);
             }
             Frame::Unbind(b) => {
                 let code = if b.user_id.is_empty() {
@@ -578,19 +920,19 @@ impl DeliveryCore {
                     }
                     RESULT_SUCCESS
                 };
-                self.reply(conn, b.request_id, code);
+                self.registry_reply(conn, device, b.request_id, code);
             }
             Frame::JoinGroup(g) => {
                 let code = self.join_group(device, &g.group);
-                self.reply(conn, g.request_id, code);
+                self.registry_reply(conn, device, g.request_id, code);
             }
             Frame::LeaveGroup(g) => {
                 self.devices[device].groups.retain(|x| **x != *g.group);
-                self.reply(conn, g.request_id, RESULT_SUCCESS);
+                self.registry_reply(conn, device, g.request_id, RESULT_SUCCESS);
             }
             Frame::LeaveAllGroups(g) => {
                 self.devices[device].groups = Vec::new();
-                self.reply(conn, g.request_id, RESULT_SUCCESS);
+                self.registry_reply(conn, device, g.request_id, RESULT_SUCCESS);
             }
             Frame::ReportVendorToken(v) => {
                 let code = if v.vendor_token.is_empty() {
@@ -603,7 +945,7 @@ impl DeliveryCore {
                     self.devices[device].vendor_token = Some((v.third_channel, v.vendor_token.into()));
                     RESULT_SUCCESS
                 };
-                self.reply(conn, v.request_id, code);
+                self.registry_reply(conn, device, v.request_id, code);
             }
             Frame::Opened(ids) => {
                 metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "opened")
@@ -674,7 +1016,10 @@ impl DeliveryCore {
         };
         let d = &mut self.devices[device];
         d.conn = Some(conn);
-        d.platform = platform;
+        if d.platform != platform {
+            d.platform = platform;
+            self.journal.write(&device_entry(d));
+        }
         let welcome = Frame::Welcome(body::Welcome {
             token: d.token.to_string(),
             heartbeat_secs: self.limits.heartbeat_secs,
@@ -713,6 +1058,7 @@ impl DeliveryCore {
             vendor_token: None,
         });
         self.by_token.insert(token, device);
+        self.journal.write(&device_entry(&self.devices[device]));
         self.metrics.devices.set(self.devices.len() as f64);
         device
     }
@@ -744,6 +1090,15 @@ impl DeliveryCore {
             groups.push(group.into());
         }
         RESULT_SUCCESS
+    }
+
+    /// Answers a registry request; a successful one changed the device's
+    /// record, which is journaled whole.
+    fn registry_reply(&mut self, conn: ConnId, device: DeviceId, request_id: u64, code: i32) {
+        if code == RESULT_SUCCESS {
+            self.journal.write(&device_entry(&self.devices[device]));
+        }
+        self.reply(conn, request_id, code);
     }
 
     fn reply(&mut self, conn: ConnId, request_id: u64, code: i32) {
@@ -779,7 +1134,9 @@ impl DeliveryCore {
             if let Some(record) = self.statuses.get_mut(&pending.status_key) {
                 record.status = Status::Acked;
                 record.acked_at_ms = Some(now_ms);
+                record.forget_at_ms = now_ms + self.limits.status_retention.as_millis() as u64;
             }
+            self.journal.write(&finished_entry(d, id, Status::Acked, now_ms));
             self.status_gc
                 .push_back((now + self.limits.status_retention, pending.status_key));
             self.metrics.acked.increment(1);
@@ -804,13 +1161,21 @@ impl DeliveryCore {
         let mut wrote = false;
         while d.in_flight < self.limits.window && d.in_flight < d.queue.len() {
             let i = d.in_flight;
+            if !d.queue[i].durable {
+                // Sent once the log has it (`journal_done`).
+                break;
+            }
             if d.queue[i].message.expires_at_ms <= now_ms {
                 let gone = d.queue.remove(i).expect("index is in range");
+                self.journal
+                    .write(&finished_entry(d, gone.message.id, Status::Expired, now_ms));
                 expire(
                     &mut self.statuses,
                     &mut self.status_gc,
                     gone.status_key,
-                    now + self.limits.status_retention,
+                    now,
+                    self.limits.status_retention,
+                    now_ms,
                 );
                 self.pending_total -= 1;
                 self.metrics.expired.increment(1);
@@ -978,9 +1343,12 @@ impl DeliveryCore {
     fn delete_device(&mut self, device: DeviceId, now: Instant) {
         let d = self.devices.remove(device);
         self.by_token.remove(&d.token);
+        self.journal.write(&Entry::DeviceDeleted { token: &d.token });
+        let forget_at_ms = self.clock.unix_ms(now) + self.limits.status_retention.as_millis() as u64;
         for p in d.queue {
             if let Some(record) = self.statuses.get_mut(&p.status_key) {
                 record.status = Status::Dropped;
+                record.forget_at_ms = forget_at_ms;
             }
             self.status_gc
                 .push_back((now + self.limits.status_retention, p.status_key));
@@ -996,8 +1364,7 @@ impl DeliveryCore {
             Command::Push { messages, reply } => {
                 let outcomes = messages.into_iter().map(|m| self.accept(m, now)).collect();
                 self.metrics.pending.set(self.pending_total as f64);
-                // The API may have timed out and gone; the messages stay queued.
-                let _ = reply.send(outcomes);
+                self.journal.replies.push((reply, outcomes));
             }
             Command::QueryStatus {
                 app_id,
@@ -1041,8 +1408,22 @@ impl DeliveryCore {
                 accepted_at_ms: message.accepted_at_ms,
                 expires_at_ms: message.expires_at_ms,
                 acked_at_ms: None,
+                forget_at_ms: 0,
             },
         );
+        self.max_message_id = self.max_message_id.max(message.id);
+        if self.journal.enabled {
+            self.journal.write(&Entry::Accepted(AcceptedEntry {
+                message_id: message.id,
+                app: &message.app_id,
+                token: &message.token,
+                msg_key: &message.msg_key,
+                accepted_at_ms: message.accepted_at_ms,
+                expires_at_ms: message.expires_at_ms,
+                frame: &message.frame,
+            }));
+            self.journal.accepted.push((device, message.id, status_key));
+        }
         self.timers.insert(
             self.clock.instant_of(message.expires_at_ms),
             Timer::Expiry {
@@ -1063,9 +1444,13 @@ impl DeliveryCore {
             if victim < d.in_flight {
                 d.in_flight -= 1;
             }
+            let now_ms = self.clock.unix_ms(now);
             if let Some(record) = self.statuses.get_mut(&gone.status_key) {
                 record.status = Status::Dropped;
+                record.forget_at_ms = now_ms + self.limits.status_retention.as_millis() as u64;
             }
+            self.journal
+                .write(&finished_entry(d, gone.message.id, Status::Dropped, now_ms));
             self.status_gc
                 .push_back((now + self.limits.status_retention, gone.status_key));
             d.missed = d.missed.saturating_add(1);
@@ -1077,11 +1462,12 @@ impl DeliveryCore {
             status_key,
             sent_at: None,
             sent_before: false,
+            durable: !self.journal.enabled,
         });
         self.pending_total += 1;
         self.metrics.queued.increment(1);
         let online = d.conn.is_some();
-        if online {
+        if online && !self.journal.enabled {
             self.fill_window(device, now);
         }
         Accepted::Queued { online }
@@ -1174,11 +1560,16 @@ impl DeliveryCore {
                 self.pending_total -= 1;
                 self.metrics.expired.increment(1);
                 self.metrics.pending.set(self.pending_total as f64);
+                let now_ms = self.clock.unix_ms(now);
+                self.journal
+                    .write(&finished_entry(d, message_id, Status::Expired, now_ms));
                 expire(
                     &mut self.statuses,
                     &mut self.status_gc,
                     gone.status_key,
-                    now + self.limits.status_retention,
+                    now,
+                    self.limits.status_retention,
+                    now_ms,
                 );
                 self.fill_window(device, now);
             }
@@ -1206,16 +1597,24 @@ impl DeliveryCore {
     }
 }
 
+/// A journal buffer grown by a burst is given back rather than kept.
+fn journal_capacity_is_large(buffer: &Vec<u8>) -> bool {
+    buffer.capacity() > 4 << 20
+}
+
 fn expire(
     statuses: &mut HashMap<StatusKey, StatusRecord>,
     gc: &mut VecDeque<(Instant, StatusKey)>,
     key: StatusKey,
-    collect_at: Instant,
+    now: Instant,
+    retention: Duration,
+    now_ms: u64,
 ) {
     if let Some(record) = statuses.get_mut(&key) {
         record.status = Status::Expired;
+        record.forget_at_ms = now_ms + retention.as_millis() as u64;
     }
-    gc.push_back((collect_at, key));
+    gc.push_back((now + retention, key));
 }
 
 /// Random bytes for tokens, drawn from the kernel 4 KiB at a time: one

@@ -19,4 +19,5 @@ pub mod message;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+pub mod store;
 pub mod timer;

@@ -511,6 +511,14 @@ impl Log {
         Ok(deleted)
     }
 
+    /// With `FsyncPolicy::Interval`, when written records must be fsynced.
+    pub fn fsync_due_at(&self) -> Option<Instant> {
+        match self.config.fsync {
+            FsyncPolicy::Interval(every) if self.unsynced => Some(self.last_fsync + every),
+            _ => None,
+        }
+    }
+
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }

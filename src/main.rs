@@ -21,6 +21,15 @@ struct Cli {
 enum Command {
     /// Validate a configuration file and print the effective configuration.
     CheckConfig { file: PathBuf },
+    /// Truncate each shard's message log at its first damaged record, so
+    /// that the daemon starts again. Records after the damage are lost: run
+    /// it only when startup refuses with "corrupt log record", with the
+    /// daemon stopped, on the same --config.
+    Repair,
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(path.map_or_else(|| Ok(Config::default()), |path| Config::load(&path))?)
 }
 
 fn main() -> ExitCode {
@@ -33,11 +42,13 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        None => cli
-            .config
-            .map_or_else(|| Ok(Config::default()), |path| Config::load(&path))
-            .map_err(anyhow::Error::from)
-            .and_then(ringpush::daemon::run),
+        Some(Command::Repair) => load(cli.config).and_then(|config| {
+            for (dir, kept) in ringpush::store::repair(&config)? {
+                println!("{}: {kept} records kept", dir.display());
+            }
+            Ok(())
+        }),
+        None => load(cli.config).and_then(ringpush::daemon::run),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,6 +69,16 @@ pub enum Accepted {
     UnknownToken,
 }
 
+/// Why a shard could not make messages durable; the API answers with a
+/// storage result code and the messages are not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageRefusal {
+    /// The disk is full; retry when space is back.
+    Full,
+    /// A write or fsync failed; the shard accepts nothing until restart.
+    Failed,
+}
+
 /// Answer to a status query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusReport {
@@ -82,14 +92,19 @@ pub struct StatusReport {
 
 pub type Reply<T> = tokio::sync::oneshot::Sender<T>;
 
+/// The answer to a push: one outcome per message, sent once they are
+/// durable, or why they could not be made durable.
+pub type PushReply = Reply<Result<Vec<Accepted>, StorageRefusal>>;
+
 /// Work for a shard's delivery core, sent by the API.
 #[derive(Debug)]
 pub enum Command {
     /// Messages whose tokens this shard owns, in the order they must be
     /// delivered. The reply has one entry per message, in the same order.
+    /// The reply comes once the accepted messages are durable.
     Push {
         messages: Vec<Message>,
-        reply: Reply<Vec<Accepted>>,
+        reply: PushReply,
     },
     /// `None` when the shard has no record of that app + msgKey + token.
     QueryStatus {

@@ -14,8 +14,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tracing::{info, warn};
 
 use crate::config::{Config, IoBackend};
+use crate::delivery::DeliveryCore;
 use crate::io::EventFd;
 use crate::message::Command;
+use crate::store::{DataDir, StorageHealth, Store};
 
 /// Shard-to-shard and lifecycle messages; never refused, never dropped.
 pub enum Control {
@@ -69,6 +71,9 @@ pub struct Shards {
     threads: Vec<JoinHandle<()>>,
     backend: IoBackend,
     device_addr: SocketAddr,
+    health: Arc<StorageHealth>,
+    max_message_id: u64,
+    _data_dir: DataDir,
 }
 
 impl Shards {
@@ -90,6 +95,15 @@ impl Shards {
         self.handles.len()
     }
 
+    pub fn storage_health(&self) -> Arc<StorageHealth> {
+        self.health.clone()
+    }
+
+    /// Highest message id found in the logs: the API issues ids above it.
+    pub fn max_message_id(&self) -> u64 {
+        self.max_message_id
+    }
+
     /// Tells every shard to send GoAway to its devices and stop; waits.
     pub fn stop(self) {
         for handle in self.handles.iter() {
@@ -103,9 +117,20 @@ impl Shards {
     }
 }
 
-/// Binds the listeners and starts `config.shard_count()` shard threads.
+/// Locks the data directory, recovers every shard's log (in parallel), binds
+/// the listeners and starts `config.shard_count()` shard threads. Returns
+/// only when every shard has replayed its log, so the API and readiness come
+/// after recovery.
 pub fn start(config: &Config) -> anyhow::Result<Shards> {
     let count = config.shard_count();
+    let data_dir = DataDir::open(&config.durability.data_dir, count)?;
+    let health = Arc::new(StorageHealth::default());
+    let recovered = recover_all(config, count, &health)?;
+    let max_message_id = recovered
+        .iter()
+        .map(|(core, _)| core.max_message_id())
+        .max()
+        .unwrap_or(0);
     let backend = choose_backend(config);
     let first = bind_listener(config.listen.device, config.listen.backlog)
         .with_context(|| format!("binding the device listener on {}", config.listen.device))?;
@@ -130,7 +155,8 @@ pub fn start(config: &Config) -> anyhow::Result<Shards> {
     let handles: Arc<[ShardHandle]> = handles.into();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(count);
-    for (id, (listener, (commands, control, wake))) in listeners.into_iter().zip(receivers).enumerate() {
+    let shard_parts = listeners.into_iter().zip(receivers).zip(recovered);
+    for (id, ((listener, (commands, control, wake)), (core, store))) in shard_parts.enumerate() {
         let context = ShardContext {
             id,
             config: config.clone(),
@@ -147,7 +173,7 @@ pub fn start(config: &Config) -> anyhow::Result<Shards> {
                 if let Some(core) = pin {
                     crate::io::pin_to_core(core);
                 }
-                crate::io::run_shard(context, backend);
+                crate::io::run_shard(context, core, store, backend);
             })
             .context("spawning a shard thread")?;
         threads.push(thread);
@@ -159,7 +185,58 @@ pub fn start(config: &Config) -> anyhow::Result<Shards> {
         threads,
         backend,
         device_addr,
+        health,
+        max_message_id,
+        _data_dir: data_dir,
     })
+}
+
+/// Builds each shard's core and replays its log into it, one thread per
+/// shard, so restart time is the largest shard's replay, not the sum.
+fn recover_all(
+    config: &Config,
+    count: usize,
+    health: &Arc<StorageHealth>,
+) -> anyhow::Result<Vec<(DeliveryCore, Store)>> {
+    let started = std::time::Instant::now();
+    let results: Vec<anyhow::Result<(DeliveryCore, Store, crate::store::Recovered)>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..count)
+                .map(|id| {
+                    let health = health.clone();
+                    scope.spawn(move || {
+                        let now = std::time::Instant::now();
+                        let mut core = DeliveryCore::new(id, count, config, now);
+                        let (store, recovered) = Store::recover(config, id, &mut core, health, now)?;
+                        Ok((core, store, recovered))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a recovery thread panicked")))
+                })
+                .collect()
+        });
+    let mut shards = Vec::with_capacity(count);
+    let mut records = 0;
+    let mut pending = 0;
+    for result in results {
+        let (core, store, recovered) = result?;
+        records += recovered.records;
+        pending += core.pending_count();
+        shards.push((core, store));
+    }
+    info!(
+        records,
+        pending,
+        ms = started.elapsed().as_millis() as u64,
+        data_dir = %config.durability.data_dir.display(),
+        "recovered the message log"
+    );
+    Ok(shards)
 }
 
 /// io_uring when configured and the kernel allows it; epoll otherwise.

@@ -123,7 +123,7 @@ impl<T> TimerWheel<T> {
                 self.current = (due_tick / rotation) * rotation;
                 continue;
             }
-            if self.current % rotation == 0 {
+            if self.current.is_multiple_of(rotation) {
                 self.promote();
             }
             let slot = &mut self.slots[(self.current & mask) as usize];

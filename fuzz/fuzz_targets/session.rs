@@ -10,7 +10,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use ringpush::config::Config;
 use ringpush::delivery::{DeliveryCore, IoAction};
-use ringpush::message::{Command, Message};
+use ringpush::message::{Command, Message, StorageRefusal};
 use ringpush::protocol::{body, decode_slice, Frame};
 
 const T0_MS: u64 = 1_700_000_000_000;
@@ -61,6 +61,13 @@ fuzz_target!(|data: &[u8]| {
                     },
                     now,
                 );
+                // Every seventh commit fails: the messages are withdrawn.
+                let result = if next_id.is_multiple_of(7) {
+                    Err(StorageRefusal::Full)
+                } else {
+                    Ok(())
+                };
+                core.journal_done(result, now);
                 next_id += 1;
             }
             _ => {

@@ -92,7 +92,7 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             }
             next_to_connect += 1;
             // Keep the loop responsive while connecting as fast as possible.
-            if config.connect_rate == 0.0 && next_to_connect % 256 == 0 {
+            if config.connect_rate == 0.0 && next_to_connect.is_multiple_of(256) {
                 break;
             }
         }

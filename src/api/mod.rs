@@ -25,8 +25,9 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::message::{owner_shard, unix_ms, Accepted, Command, Message, StatusReport};
+use crate::message::{owner_shard, unix_ms, Accepted, Command, Message, StatusReport, StorageRefusal};
 use crate::shard::ShardHandle;
+use crate::store::StorageHealth;
 use result_code::{ApiError, ResultCode};
 
 /// Largest request body read; larger ones get 413 and 3050.
@@ -40,6 +41,7 @@ struct ApiState {
     config: Config,
     apps: HashMap<String, Arc<str>>,
     shards: Arc<[ShardHandle]>,
+    health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
     push_metrics: OpMetrics,
     status_metrics: OpMetrics,
@@ -83,7 +85,7 @@ impl HttpServers {
 /// Binds the API and admin listeners and serves them on a dedicated thread.
 pub fn serve(
     config: &Config,
-    shards: Arc<[ShardHandle]>,
+    shards: &crate::shard::Shards,
     ready: Arc<AtomicBool>,
     prometheus: PrometheusHandle,
 ) -> anyhow::Result<HttpServers> {
@@ -106,10 +108,12 @@ pub fn serve(
             .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
             .collect(),
         config: config.clone(),
-        shards,
-        // Unique across restarts: a restart starts past every id the last
-        // run could have issued unless it averaged 65,536 ids per ms.
-        next_message_id: AtomicU64::new(unix_ms() << 16),
+        shards: shards.handles(),
+        health: shards.storage_health(),
+        // Unique across restarts: past every id in the log, and past every
+        // id the last run could have issued unless it averaged 65,536 ids
+        // per ms (ids of pushes that were never accepted are not logged).
+        next_message_id: AtomicU64::new((unix_ms() << 16).max(shards.max_message_id() + 1)),
         push_metrics: OpMetrics::new("push_simple"),
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
@@ -118,7 +122,7 @@ pub fn serve(
         .route("/v1/push/simple", post(simple_push))
         .route("/v1/messages/{msg_key}", get(message_status))
         .with_state(state);
-    let admin = crate::admin::router(ready, prometheus);
+    let admin = crate::admin::router(ready, shards.storage_health(), prometheus);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new().name("api".into()).spawn(move || {
         runtime.block_on(async move {
@@ -297,6 +301,9 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
         Ok(r) => r,
         Err(e) => return error_response(OP, started, e),
     };
+    if let Some(refusal) = state.health.refusal() {
+        return error_response(OP, started, storage_error(refusal));
+    }
     let messages = match request.messages(unix_ms(), || state.next_id()) {
         Ok(m) => m,
         Err(e) => return error_response(OP, started, e),
@@ -382,12 +389,26 @@ async fn route(shards: &Arc<[ShardHandle]>, messages: Vec<Message>) -> Result<Ve
         let answers = tokio::time::timeout(SHARD_TIMEOUT, answer)
             .await
             .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard did not answer in time"))?
-            .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard stopped"))?;
+            .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard stopped"))?
+            .map_err(storage_error)?;
         for (position, outcome) in positions.into_iter().zip(answers) {
             outcomes[position] = outcome;
         }
     }
     Ok(outcomes)
+}
+
+fn storage_error(refusal: StorageRefusal) -> ApiError {
+    match refusal {
+        StorageRefusal::Full => ApiError::new(
+            ResultCode::StorageFull,
+            "the disk is full; nothing was accepted; retry when space is back",
+        ),
+        StorageRefusal::Failed => ApiError::new(
+            ResultCode::StorageFailed,
+            "the message log failed (an fsync error); this node accepts nothing until restarted",
+        ),
+    }
 }
 
 fn overloaded() -> ApiError {

@@ -21,6 +21,8 @@ pub enum ResultCode {
     MsgPayloadTooLong,
     DeliveryTokenInvalid,
     SystemError,
+    StorageFailed,
+    StorageFull,
 }
 
 impl ResultCode {
@@ -44,6 +46,8 @@ impl ResultCode {
             Self::MsgPayloadTooLong => 3050,
             Self::DeliveryTokenInvalid => 3054,
             Self::SystemError => 9000,
+            Self::StorageFailed => 9001,
+            Self::StorageFull => 9002,
         }
     }
 
@@ -67,6 +71,8 @@ impl ResultCode {
             Self::MsgPayloadTooLong => "MSG_PAYLOAD_TOO_LONG",
             Self::DeliveryTokenInvalid => "DELIVERYTOKEN_INVALID",
             Self::SystemError => "SYSTEM_ERROR",
+            Self::StorageFailed => "STORAGE_FAILED",
+            Self::StorageFull => "STORAGE_FULL",
         }
     }
 
@@ -75,7 +81,8 @@ impl ResultCode {
         match self {
             Self::SignatureMismatch => 401,
             Self::AppIdWrong => 403,
-            Self::SystemError => 503,
+            Self::SystemError | Self::StorageFailed => 503,
+            Self::StorageFull => 507,
             _ => 400,
         }
     }

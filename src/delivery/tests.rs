@@ -158,7 +158,11 @@ impl Harness {
             },
             self.now,
         );
-        let outcomes = rx.try_recv().expect("the core answers synchronously");
+        self.core.journal_done(Ok(()), self.now);
+        let outcomes = rx
+            .try_recv()
+            .expect("the core answers once the journal is done")
+            .expect("the journal was written");
         (id, outcomes[0])
     }
 
@@ -564,7 +568,8 @@ fn statuses_are_collected_after_retention() {
     let (id, _) = h.push(&w.token, "k", 60);
     h.output(conn);
     h.ack(conn, &[id]);
-    h.advance(Duration::from_secs(86_399));
+    let retention = config().delivery.status_retention();
+    h.advance(retention - Duration::from_secs(1));
     assert_eq!(h.status(&w.token, "k"), Some(Status::Acked));
     h.core.on_timers(h.now + Duration::from_secs(2));
     assert_eq!(h.status(&w.token, "k"), None);

@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::delivery::{ConnId, DeliveryCore, IoAction};
 use crate::shard::{Control, ShardContext};
+use crate::store::Store;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
@@ -30,13 +31,14 @@ struct Conn {
 struct Loop {
     poll: Poll,
     core: DeliveryCore,
+    store: Store,
     conns: Vec<Option<Conn>>,
     scratch: Vec<u8>,
     shard: String,
     open: metrics::Gauge,
 }
 
-pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
+pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> std::io::Result<()> {
     let poll = Poll::new()?;
     let mut listener = TcpListener::from_std(context.listener.try_clone()?);
     poll.registry()
@@ -46,7 +48,8 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
     let shard = context.id.to_string();
     let mut lp = Loop {
         poll,
-        core: DeliveryCore::new(context.id, context.peers.len(), &context.config, Instant::now()),
+        core,
+        store,
         conns: Vec::new(),
         scratch: vec![0; SCRATCH_BYTES],
         open: metrics::gauge!("ringpush_connections", "shard" => shard.clone(), "backend" => "epoll"),
@@ -55,9 +58,10 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
     let mut events = Events::with_capacity(1024);
     let mut adopted = Vec::new();
     loop {
-        let timeout = lp
-            .core
-            .next_deadline()
+        let timeout = [lp.core.next_deadline(), lp.store.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
             .map(|d| d.saturating_duration_since(Instant::now()));
         if let Err(e) = lp.poll.poll(&mut events, timeout) {
             if e.kind() == ErrorKind::Interrupted {
@@ -85,10 +89,14 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
             lp.adopt(fd, &initial, now);
         }
         lp.core.on_timers(now);
+        // Before any byte of this iteration reaches a socket: a device sees
+        // a message or a new token only once the log has it.
+        lp.store.commit(&mut lp.core, now);
         lp.run_actions(&context);
         if stop {
             lp.core.shutdown();
             lp.run_actions(&context);
+            lp.store.commit(&mut lp.core, now);
             return Ok(());
         }
     }

@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::config::IoBackend;
 use crate::delivery::DeliveryCore;
 use crate::shard::{Control, ShardContext};
+use crate::store::Store;
 
 /// A non-blocking eventfd with a flag so that a burst of commands costs one
 /// write(2): producers write only when the shard is not already woken.
@@ -76,11 +77,11 @@ pub fn pin_to_core(core: usize) {
     }
 }
 
-pub(crate) fn run_shard(context: ShardContext, backend: IoBackend) {
+pub(crate) fn run_shard(context: ShardContext, core: DeliveryCore, store: Store, backend: IoBackend) {
     let shard = context.id;
     let result = match backend {
-        IoBackend::Uring => uring::run(context),
-        IoBackend::Epoll => epoll::run(context),
+        IoBackend::Uring => uring::run(context, core, store),
+        IoBackend::Epoll => epoll::run(context, core, store),
     };
     if let Err(e) = result {
         tracing::error!(shard, error = %e, "shard loop failed");

@@ -19,6 +19,7 @@ use tracing::warn;
 
 use crate::delivery::{ConnId, DeliveryCore, IoAction};
 use crate::shard::{Control, ShardContext};
+use crate::store::Store;
 
 const BUFFER_GROUP: u16 = 0;
 /// Pause before accepting again after running out of descriptors.
@@ -220,6 +221,7 @@ struct Backend {
     ring: IoUring,
     buffers: BufferRing,
     core: DeliveryCore,
+    store: Store,
     conns: Vec<Option<Conn>>,
     next_generation: u32,
     listener_fd: i32,
@@ -236,7 +238,7 @@ struct Backend {
     enobufs: metrics::Counter,
 }
 
-pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
+pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> std::io::Result<()> {
     let limits = &context.config.limits;
     let ring = build_ring()?;
     let buffers = BufferRing::new(&ring, limits.recv_buffers, limits.recv_buffer_bytes)?;
@@ -244,7 +246,8 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
     let mut b = Backend {
         ring,
         buffers,
-        core: DeliveryCore::new(context.id, context.peers.len(), &context.config, Instant::now()),
+        core,
+        store,
         conns: Vec::new(),
         next_generation: 0,
         listener_fd: context.listener.as_raw_fd(),
@@ -295,6 +298,9 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
             b.arm_accept();
         }
         b.core.on_timers(now);
+        // Before any byte of this iteration reaches a socket: a device sees
+        // a message or a new token only once the log has it.
+        b.store.commit(&mut b.core, now);
         b.run_actions(now);
         for conn in std::mem::take(&mut b.rearm) {
             b.arm_recv(conn);
@@ -302,6 +308,7 @@ pub(crate) fn run(context: ShardContext) -> std::io::Result<()> {
         if stop {
             b.core.shutdown();
             b.run_actions(now);
+            b.store.commit(&mut b.core, now);
             b.drain_sends(&mut completions);
             return Ok(());
         }
@@ -374,10 +381,14 @@ impl Backend {
     /// the core's next deadline.
     fn enter(&mut self) -> std::io::Result<()> {
         let queued = self.ring.submission().len();
-        let deadline = match (self.core.next_deadline(), self.accept_retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [
+            self.core.next_deadline(),
+            self.accept_retry_at,
+            self.store.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1));

@@ -26,6 +26,8 @@ pub struct Daemon {
     pub admin: SocketAddr,
     pub backend: String,
     dir: PathBuf,
+    /// Removed on drop unless the test owns it (restarts reuse it).
+    owns_dir: bool,
 }
 
 impl Daemon {
@@ -42,7 +44,53 @@ impl Daemon {
             NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut daemon = Self::try_start_in(&dir, config).unwrap_or_else(|e| panic!("{e}"));
+        daemon.owns_dir = true;
+        daemon
+    }
+
+    /// A fresh directory for a test that restarts the daemon on the same
+    /// data; the test removes it.
+    pub fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringpush-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Starts ringpush with its config and data under `dir`; starting again
+    /// with the same `dir` is a restart on the same data.
+    pub fn start_in(dir: &std::path::Path, config: &str) -> Daemon {
+        Self::try_start_in(dir, config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start_in`, but a daemon that exits before it is ready is an
+    /// `Err` with its exit status and stderr.
+    pub fn try_start_in(dir: &std::path::Path, config: &str) -> Result<Daemon, String> {
+        Self::spawn(dir, config, None)
+    }
+
+    /// `start_in` with fault injection: a file named `enospc` or
+    /// `fsync-eio` in `faults` makes the log's next write or fsync fail.
+    pub fn start_with_faults(dir: &std::path::Path, config: &str, faults: &std::path::Path) -> Daemon {
+        Self::spawn(dir, config, Some(faults)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn spawn(
+        dir: &std::path::Path,
+        config: &str,
+        faults: Option<&std::path::Path>,
+    ) -> Result<Daemon, String> {
+        let dir = dir.to_path_buf();
         let (top, sections) = split_top_level(config);
+        let sections = if sections.contains("[durability]") {
+            sections.to_string()
+        } else {
+            format!(
+                "{sections}\n[durability]\ndata_dir = \"{}\"\nfsync = \"never\"\n",
+                dir.join("data").display()
+            )
+        };
         let text = format!(
             "{top}\n[listen]\ndevice = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{sections}"
         );
@@ -52,10 +100,24 @@ impl Daemon {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .envs(faults.map(|f| (ringpush::log::FAULT_DIR_ENV, f)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start ringpush");
+        // Stderr is echoed (the test output shows it) and kept, so a
+        // refused start can be asserted on.
+        let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let kept = stderr_text.clone();
+        let stderr_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let ready = loop {
@@ -64,7 +126,9 @@ impl Daemon {
                 Some(Ok(_)) => continue,
                 _ => {
                     let status = child.wait().unwrap();
-                    panic!("ringpush exited before it was ready: {status}");
+                    let _ = stderr_thread.join();
+                    let text = stderr_text.lock().unwrap().clone();
+                    return Err(format!("ringpush exited before it was ready: {status}\n{text}"));
                 }
             }
         };
@@ -77,14 +141,21 @@ impl Daemon {
                 .unwrap_or_else(|| panic!("no {name}= in {ready:?}"))
                 .to_string()
         };
-        Daemon {
+        Ok(Daemon {
             device: field("device").parse().unwrap(),
             api: field("api").parse().unwrap(),
             admin: field("admin").parse().unwrap(),
             backend: field("backend"),
             child,
             dir,
-        }
+            owns_dir: false,
+        })
+    }
+
+    /// SIGKILL: the process gets no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -156,7 +227,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -281,28 +354,38 @@ impl Device {
 
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
 pub fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to HTTP");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    try_raw_http(addr, method, path, body).unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}"))
+}
+
+/// `raw_http` that reports a failed connection (a killed daemon) as `Err`.
+pub fn try_raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    stream.read_to_string(&mut response)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "incomplete HTTP response");
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(bad)?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status code");
+        .ok_or_else(bad)?;
     let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
         body.to_string()
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut body: &str) -> String {
