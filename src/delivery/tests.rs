@@ -15,6 +15,8 @@ struct Harness {
     next_id: u64,
     /// Frames read with a Welcome and not yet returned by `output`.
     leftover: HashMap<ConnId, Vec<Frame>>,
+    /// Every journal record committed so far, framed as in the log.
+    log: Vec<u8>,
 }
 
 fn config() -> Config {
@@ -39,7 +41,15 @@ impl Harness {
             now: t0,
             next_id: 1,
             leftover: HashMap::new(),
+            log: Vec::new(),
         }
+    }
+
+    /// What the shard loop does once per iteration: the journal goes to the
+    /// "log" and the core hears it is durable.
+    fn commit(&mut self) {
+        self.log.extend_from_slice(self.core.journal().0);
+        self.core.journal_done(Ok(()), self.now);
     }
 
     fn advance(&mut self, d: Duration) {
@@ -158,7 +168,7 @@ impl Harness {
             },
             self.now,
         );
-        self.core.journal_done(Ok(()), self.now);
+        self.commit();
         let outcomes = rx
             .try_recv()
             .expect("the core answers once the journal is done")
@@ -793,4 +803,173 @@ mod properties {
             }
         }
     }
+}
+
+/// Splits framed log records (length, CRC, kind, payload) and replays each
+/// into `core`.
+fn replay_into(core: &mut DeliveryCore, mut framed: &[u8], now: Instant) -> usize {
+    let mut records = 0;
+    while !framed.is_empty() {
+        let len = u32::from_le_bytes(framed[..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(framed[4..8].try_into().unwrap());
+        assert_eq!(crc32fast::hash(&framed[8..8 + len]), crc);
+        core.replay(framed[8], &framed[9..8 + len], now).unwrap();
+        framed = &framed[8 + len..];
+        records += 1;
+    }
+    core.finish_replay();
+    records
+}
+
+/// A device with three messages (one acked, two waiting), one offline
+/// device with two, a bound user; returns (online token, offline token).
+fn durable_scenario(h: &mut Harness) -> (String, String) {
+    let offline = {
+        let (conn, w) = h.device("");
+        h.core.on_closed(conn, h.now);
+        w.token
+    };
+    let (conn, w) = h.device("");
+    h.send(
+        conn,
+        &Frame::Bind(body::UserBinding {
+            request_id: 1,
+            user_id: "alice".into(),
+        }),
+    );
+    let ids: Vec<u64> = (0..3).map(|i| h.push(&w.token, &format!("a{i}"), 60).0).collect();
+    h.push(&offline, "b0", 60);
+    h.push(&offline, "b1", 60);
+    h.output(conn);
+    h.ack(conn, &ids[..1]);
+    h.commit();
+    h.core.check_invariants();
+    (w.token, offline)
+}
+
+fn assert_restored(h: &mut Harness, online: &str, offline: &str) {
+    h.core.check_invariants();
+    assert_eq!(h.core.pending_count(), 4);
+    assert_eq!(h.status(online, "a0"), Some(Status::Acked));
+    assert_eq!(h.status(online, "a1"), Some(Status::Pending));
+    assert_eq!(h.status(offline, "b1"), Some(Status::Pending));
+    let (conn, w) = h.device(online);
+    assert!(!w.new_token, "the token survived");
+    let keys: Vec<String> = h
+        .output(conn)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Push(p) => Some(p.msg_key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, ["a1", "a2"], "pending messages come back in order");
+    let d = h.core.by_token[online];
+    assert_eq!(h.core.devices[d].user_id.as_deref(), Some("alice"));
+    assert_eq!(h.push(online, "a0", 60).1, Accepted::Duplicate, "dedup survives");
+}
+
+#[test]
+fn replaying_the_journal_restores_devices_messages_and_statuses() {
+    let mut h = Harness::new();
+    let (online, offline) = durable_scenario(&mut h);
+    let mut after = Harness::new();
+    after.now = h.now;
+    after.t0 = h.t0;
+    after.core = DeliveryCore::with_wall_clock(0, 1, &config(), h.t0, T0_UNIX_MS);
+    assert!(replay_into(&mut after.core, &h.log, h.now) > 0);
+    assert_restored(&mut after, &online, &offline);
+}
+
+#[test]
+fn a_checkpoint_replays_to_the_same_state_alone_or_after_the_journal() {
+    let mut h = Harness::new();
+    let (online, offline) = durable_scenario(&mut h);
+    let mut checkpoint = Vec::new();
+    h.core
+        .write_checkpoint(|chunk, _| {
+            checkpoint.extend_from_slice(chunk);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    // Alone (older segments deleted), and after the whole journal (a crash
+    // before they were deleted): both are the same state.
+    let mut with_journal = h.log.clone();
+    with_journal.extend_from_slice(&checkpoint);
+    for log in [checkpoint, with_journal] {
+        let mut after = Harness::new();
+        after.now = h.now;
+        after.t0 = h.t0;
+        after.core = DeliveryCore::with_wall_clock(0, 1, &config(), h.t0, T0_UNIX_MS);
+        replay_into(&mut after.core, &log, h.now);
+        assert_restored(&mut after, &online, &offline);
+    }
+}
+
+#[test]
+fn a_failed_commit_withdraws_messages_before_any_device_sees_them() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    h.commit();
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    let frame = Frame::Push(Box::new(body::Push {
+        id: 99,
+        msg_key: "k".into(),
+        ..Default::default()
+    }));
+    h.core.on_command(
+        Command::Push {
+            messages: vec![Message {
+                id: 99,
+                app_id: "demo".into(),
+                token: w.token.as_str().into(),
+                msg_key: "k".into(),
+                accepted_at_ms: h.unix_ms(),
+                expires_at_ms: h.unix_ms() + 60_000,
+                frame: Bytes::from(frame.to_bytes()),
+            }],
+            reply,
+        },
+        h.now,
+    );
+    assert!(
+        push_ids(&h.output(conn)).is_empty(),
+        "nothing is sent before the commit"
+    );
+    assert!(rx.try_recv().is_err(), "nor answered");
+    h.core.journal_done(Err(StorageRefusal::Full), h.now);
+    assert_eq!(rx.try_recv().unwrap(), Err(StorageRefusal::Full));
+    assert!(push_ids(&h.output(conn)).is_empty());
+    assert_eq!(h.core.pending_count(), 0);
+    assert_eq!(h.status(&w.token, "k"), None, "as if never accepted");
+    h.core.check_invariants();
+}
+
+#[test]
+fn a_message_whose_ttl_ended_during_downtime_expires_on_replay() {
+    let mut h = Harness::new();
+    let token = {
+        let (conn, w) = h.device("");
+        h.core.on_closed(conn, h.now);
+        w.token
+    };
+    h.push(&token, "short", 1);
+    h.push(&token, "long", 600);
+    // Restart 5 s later on the wall clock.
+    let later_ms = T0_UNIX_MS + 5_000;
+    let mut after = Harness::new();
+    after.core = DeliveryCore::with_wall_clock(0, 1, &config(), after.t0, later_ms);
+    replay_into(&mut after.core, &h.log, after.now);
+    after.advance(Duration::from_millis(20));
+    assert_eq!(after.status(&token, "short"), Some(Status::Expired));
+    let (conn, _) = after.device(&token);
+    let keys: Vec<String> = after
+        .output(conn)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Push(p) => Some(p.msg_key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, ["long"]);
 }
