@@ -27,6 +27,9 @@ pub struct DeviceConfig {
     pub first_index: usize,
     pub count: usize,
     pub record_after: Arc<AtomicBool>,
+    /// Disconnect after Welcome: the tokens exist, the devices are offline,
+    /// so pushes measure the store path alone.
+    pub offline: bool,
 }
 
 /// What the device threads share with the rest of the client.
@@ -167,6 +170,9 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             }
             if let Some(reason) = closed {
                 close(&mut devices[i], &mut poll, &shared, reason);
+            } else if config.offline && device.welcomed {
+                let _ = poll.registry().deregister(&mut device.stream);
+                devices[i] = None;
             }
         }
         if Instant::now() >= next_ping {

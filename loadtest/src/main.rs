@@ -67,6 +67,10 @@ struct Args {
     /// The server's pid, to report its RSS growth per connection.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Devices disconnect after Welcome, so every push is stored for an
+    /// offline device (measures the durable accept path alone).
+    #[arg(long)]
+    offline: bool,
     /// Hold the connections idle for --duration seconds (no pushes).
     #[arg(long)]
     hold: bool,
@@ -144,6 +148,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             first_index: first,
             count,
             record_after: record.clone(),
+            offline: args.offline,
         };
         let shared = shared.clone();
         device_threads.push(
@@ -209,6 +214,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
                 ttl_secs: args.ttl,
                 until,
                 seed: 0x9E37_79B9 + p as u64,
+                record_after: record.clone(),
             };
             let shared = shared.clone();
             pushers.push(
@@ -226,6 +232,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
                     Instant::now(),
                     Counters::get(&c.delivered),
                     Counters::get(&c.acked),
+                    Counters::get(&c.messages_sent),
                 ));
             }
             if Instant::now() >= next_line {
@@ -234,20 +241,32 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (mark_at, delivered0, acked0) =
-            marks.unwrap_or((phase_start, Counters::get(&c.delivered), Counters::get(&c.acked)));
+        let (mark_at, delivered0, acked0, accepted0) = marks.unwrap_or((
+            phase_start,
+            Counters::get(&c.delivered),
+            Counters::get(&c.acked),
+            Counters::get(&c.messages_sent),
+        ));
         let measured = mark_at.elapsed().as_secs_f64().max(1e-9);
         summary.measured_seconds = measured;
         summary.delivered_per_sec = (Counters::get(&c.delivered) - delivered0) as f64 / measured;
         summary.acked_per_sec = (Counters::get(&c.acked) - acked0) as f64 / measured;
+        summary.accepted_per_sec = (Counters::get(&c.messages_sent) - accepted0) as f64 / measured;
         shared
             .stop
             .store(INTERRUPTED.load(Ordering::SeqCst), Ordering::SeqCst);
+        let mut api_latency = stats::latency_histogram();
         for p in pushers {
-            for (k, v) in p.join().unwrap_or_default() {
-                *push_errors.entry(k).or_default() += v;
+            if let Ok(outcome) = p.join() {
+                for (k, v) in outcome.errors {
+                    *push_errors.entry(k).or_default() += v;
+                }
+                api_latency
+                    .add(&outcome.api_latency)
+                    .context("merging histograms")?;
             }
         }
+        summary.api_latency = stats::Latency::from(&api_latency);
         // Let in-flight messages land so the latency tail is complete.
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 use crate::devices::Shared;
 use crate::stats::{self, Counters};
@@ -23,20 +25,33 @@ pub struct PushConfig {
     pub ttl_secs: u64,
     pub until: Instant,
     pub seed: u64,
+    /// Set once the warm-up is over: API latencies are recorded from then.
+    pub record_after: Arc<AtomicBool>,
 }
 
-/// Sends pushes until `until`; returns HTTP errors by result code.
-pub fn run(config: PushConfig, shared: Arc<Shared>) -> BTreeMap<String, u64> {
+/// What one push connection saw.
+pub struct PushOutcome {
+    /// HTTP errors by status and result code.
+    pub errors: BTreeMap<String, u64>,
+    /// From each request's scheduled send time to its response, in µs
+    /// (measured from the schedule, so queueing behind a slow response
+    /// counts: no coordinated omission).
+    pub api_latency: Histogram<u64>,
+}
+
+/// Sends pushes until `until`.
+pub fn run(config: PushConfig, shared: Arc<Shared>) -> PushOutcome {
     let mut errors = BTreeMap::new();
+    let mut api_latency = stats::latency_histogram();
     let tokens: Vec<String> = shared.tokens.lock().clone();
     if tokens.is_empty() || config.rate <= 0.0 {
-        return errors;
+        return PushOutcome { errors, api_latency };
     }
     let mut client = match HttpClient::connect(config.api_addr) {
         Ok(c) => c,
         Err(e) => {
             errors.insert(format!("connect: {e}"), 1);
-            return errors;
+            return PushOutcome { errors, api_latency };
         }
     };
     let interval = Duration::from_secs_f64(config.targets_per_request as f64 / config.rate);
@@ -74,7 +89,11 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> BTreeMap<String, u64> {
         })
         .to_string();
         Counters::add(&shared.counters.requests_sent, 1);
-        match client.post("/v1/push/simple", &body) {
+        let answer = client.post("/v1/push/simple", &body);
+        if config.record_after.load(Ordering::Relaxed) {
+            let _ = api_latency.record((due.elapsed().as_micros() as u64).max(1));
+        }
+        match answer {
             Ok((200, _)) => Counters::add(&shared.counters.messages_sent, n),
             Ok((status, text)) => {
                 Counters::add(&shared.counters.http_errors, 1);
@@ -94,7 +113,7 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> BTreeMap<String, u64> {
             }
         }
     }
-    errors
+    PushOutcome { errors, api_latency }
 }
 
 /// A minimal keep-alive HTTP/1.1 client: enough for JSON POSTs with

@@ -71,6 +71,10 @@ pub struct Summary {
     pub messages_sent: u64,
     pub delivered_per_sec: f64,
     pub acked_per_sec: f64,
+    /// Messages the API answered 200 for, per second of the measured window.
+    pub accepted_per_sec: f64,
+    /// Push request latency, from the scheduled send to the response.
+    pub api_latency: Latency,
     pub delivered_total: u64,
     pub acked_total: u64,
     pub behind_schedule: u64,
@@ -117,6 +121,15 @@ impl Summary {
                 self.acked_per_sec,
                 self.measured_seconds,
                 self.behind_schedule
+            );
+            eprintln!(
+                "accepted      {:.0}/s by the API (answered 200)",
+                self.accepted_per_sec
+            );
+            let a = &self.api_latency;
+            eprintln!(
+                "API latency   p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} requests)",
+                a.p50_us, a.p99_us, a.p999_us, a.max_us, a.samples
             );
             eprintln!(
                 "latency       API-to-device p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} samples)",
