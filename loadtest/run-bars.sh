@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures the issue-2 bars on this machine for both I/O backends, side by
 # side, and prints a Markdown table (uring, epoll, ratio). Client and server
-# share the machine. Usage: loadtest/run-bars.sh [SECONDS]   (default 30)
+# share the machine. The server runs the default durability (fsync always)
+# on a fresh data directory per run. Usage: loadtest/run-bars.sh [SECONDS]   (default 30)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
@@ -10,7 +11,8 @@ bench=./target/release/ringpush-bench
 out=$(mktemp -d)
 
 run_server() {
-  printf 'io = "%s"\n' "$1" > "$out/$1.toml"
+  rm -rf "$out/data"
+  printf 'io = "%s"\n[durability]\ndata_dir = "%s/data"\n' "$1" "$out" > "$out/$1.toml"
   ./target/release/ringpush --config "$out/$1.toml" >"$out/$1.ready" 2>"$out/$1.log" &
   server=$!
   for _ in $(seq 100); do grep -q 'ringpush ready' "$out/$1.ready" 2>/dev/null && return; sleep 0.1; done

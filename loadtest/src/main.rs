@@ -61,6 +61,9 @@ struct Args {
     /// Seconds of pushing before measuring starts.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Bytes of title + content per message (at least 10).
+    #[arg(long, default_value_t = 32)]
+    payload_bytes: usize,
     /// expiredSeconds of each push.
     #[arg(long, default_value_t = 300)]
     ttl: u64,
@@ -215,6 +218,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
                 until,
                 seed: 0x9E37_79B9 + p as u64,
                 record_after: record.clone(),
+                payload_bytes: args.payload_bytes.max(10),
             };
             let shared = shared.clone();
             pushers.push(

@@ -27,6 +27,8 @@ pub struct PushConfig {
     pub seed: u64,
     /// Set once the warm-up is over: API latencies are recorded from then.
     pub record_after: Arc<AtomicBool>,
+    /// Bytes of title + content per message.
+    pub payload_bytes: usize,
 }
 
 /// What one push connection saw.
@@ -54,6 +56,7 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> PushOutcome {
             return PushOutcome { errors, api_latency };
         }
     };
+    let content = "x".repeat(config.payload_bytes - 5);
     let interval = Duration::from_secs_f64(config.targets_per_request as f64 / config.rate);
     let start = Instant::now();
     let mut rng = config.seed | 1;
@@ -84,7 +87,7 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> PushOutcome {
         let n = targets.len() as u64;
         let body = serde_json::json!({
             "appId": config.app, "workspaceId": config.workspace, "taskName": "bench",
-            "title": "bench", "content": "ringpush-bench payload", "deliveryType": 1,
+            "title": "bench", "content": content, "deliveryType": 1,
             "targetMsgkey": targets, "expiredSeconds": config.ttl_secs,
         })
         .to_string();

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Measures the issue-3 durability bars on this machine and prints a Markdown
+# table with durability.fsync = always, interval and never side by side.
+# Devices register and go offline, so every push is stored, not delivered.
+# Client and server share the machine. Usage:
+#   loadtest/run-durable.sh [SECONDS]   (default 10 per measurement)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+cargo build --release --workspace -q
+bench=./target/release/ringpush-bench
+out=$(mktemp -d)
+common=(--devices 1000 --offline --payload-bytes 200 --push-connections 16 --json)
+
+run_server() { # mode
+  rm -rf "$out/data"
+  printf 'shards = 2\n[delivery]\nmax_pending_per_device = 100000\n[durability]\ndata_dir = "%s/data"\nfsync = "%s"\n' \
+    "$out" "$1" >"$out/$1.toml"
+  start=$(date +%s.%N)
+  ./target/release/ringpush --config "$out/$1.toml" >"$out/ready" 2>>"$out/$1.log" &
+  server=$!
+  for _ in $(seq 600); do grep -q 'ringpush ready' "$out/ready" 2>/dev/null && return; sleep 0.01; done
+  echo "server did not start" >&2; exit 1
+}
+restart_server() { # mode: same data, time to ready
+  start=$(date +%s.%N)
+  ./target/release/ringpush --config "$out/$1.toml" >"$out/ready" 2>>"$out/$1.log" &
+  server=$!
+  for _ in $(seq 3000); do grep -q 'ringpush ready' "$out/ready" 2>/dev/null && break; sleep 0.005; done
+  python3 -c "print($(date +%s.%N) - $start)" >"$out/$1-restart.txt"
+}
+stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
+
+for m in always interval never; do
+  run_server $m
+  $bench "${common[@]}" --push-rate 150000 --duration "$secs" --warmup 2 >"$out/$m-max.json" 2>/dev/null || true
+  stop_server; run_server $m
+  $bench "${common[@]}" --push-rate 40000 --duration "$secs" --warmup 2 >"$out/$m-40k.json" 2>/dev/null || true
+  stop_server
+done
+# A million pending 200-byte messages, then kill -9 and restart.
+run_server always
+$bench "${common[@]}" --push-rate 50000 --duration 20 --warmup 0 --server-pid "$server" \
+  >"$out/always-1m.json" 2>/dev/null || true
+sleep 1
+rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
+kill -9 "$server"; wait "$server" 2>/dev/null || true
+du -sk "$out/data" | cut -f1 >"$out/always-disk.txt"
+restart_server always
+stop_server
+
+python3 - "$out" "$rss_kib" <<'PY'
+import json, sys
+d, rss_kib = sys.argv[1], int(sys.argv[2])
+def get(m, s, path):
+    v = json.load(open(f"{d}/{m}-{s}.json"))
+    for p in path.split("."):
+        v = v[p]
+    return v
+rows = [
+    ("accepted to offline devices, 150k/s offered (msg/s)", "max", "accepted_per_sec", "{:.0f}"),
+    ("accepted at 40k/s offered (msg/s)", "40k", "accepted_per_sec", "{:.0f}"),
+    ("API latency p50 at 40k/s (µs)", "40k", "api_latency.p50_us", "{}"),
+    ("API latency p99 at 40k/s (µs)", "40k", "api_latency.p99_us", "{}"),
+    ("API latency p99.9 at 40k/s (µs)", "40k", "api_latency.p999_us", "{}"),
+]
+print("| metric | always | interval | never |")
+print("| --- | ---: | ---: | ---: |")
+for name, s, path, fmt in rows:
+    cells = []
+    for m in ("always", "interval", "never"):
+        try:
+            cells.append(fmt.format(get(m, s, path)))
+        except Exception:
+            cells.append("n/a")
+    print(f"| {name} | " + " | ".join(cells) + " |")
+sent = get("always", "1m", "messages_sent")
+before = get("always", "1m", "server_rss_before_kib") or 0
+growth_mib = (rss_kib - before) / 1024
+restart = float(open(f"{d}/always-restart.txt").read())
+disk_mib = int(open(f"{d}/always-disk.txt").read()) / 1024
+print()
+print(f"{sent} pending 200-byte messages (fsync always): server RSS growth {growth_mib:.0f} MiB "
+      f"({growth_mib * 1048576 / max(sent, 1):.0f} B/message), log {disk_mib:.0f} MiB on disk, "
+      f"kill -9 then restart to ready in {restart:.2f} s")
+PY
+rm -rf "$out"
