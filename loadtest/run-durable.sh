@@ -10,7 +10,7 @@ secs=${1:-10}
 cargo build --release --workspace -q
 bench=./target/release/ringpush-bench
 out=$(mktemp -d)
-common=(--devices 1000 --offline --payload-bytes 200 --push-connections 16 --json)
+common=(--devices 1000 --offline --payload-bytes 200 --push-connections 32 --json)
 
 run_server() { # mode
   rm -rf "$out/data"
