@@ -2,7 +2,9 @@
 # Measures the issue-3 durability bars on this machine and prints a Markdown
 # table with durability.fsync = always, interval and never side by side.
 # Devices register and go offline, so every push is stored, not delivered.
-# Client and server share the machine. Usage:
+# Client and server share the machine: the maximum uses 32 push connections
+# (enough requests in flight for group commit), the latency run 8 (fewer
+# client threads competing with the server for the cores). Usage:
 #   loadtest/run-durable.sh [SECONDS]   (default 10 per measurement)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +12,7 @@ secs=${1:-10}
 cargo build --release --workspace -q
 bench=./target/release/ringpush-bench
 out=$(mktemp -d)
-common=(--devices 1000 --offline --payload-bytes 200 --push-connections 32 --json)
+common=(--devices 1000 --offline --payload-bytes 200 --json)
 
 run_server() { # mode
   rm -rf "$out/data"
@@ -33,14 +35,14 @@ stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
 
 for m in always interval never; do
   run_server $m
-  $bench "${common[@]}" --push-rate 150000 --duration "$secs" --warmup 2 >"$out/$m-max.json" 2>/dev/null || true
+  $bench "${common[@]}" --push-rate 150000 --push-connections 32 --duration "$secs" --warmup 2 >"$out/$m-max.json" 2>/dev/null || true
   stop_server; run_server $m
-  $bench "${common[@]}" --push-rate 40000 --duration "$secs" --warmup 2 >"$out/$m-40k.json" 2>/dev/null || true
+  $bench "${common[@]}" --push-rate 40000 --push-connections 8 --duration "$secs" --warmup 2 >"$out/$m-40k.json" 2>/dev/null || true
   stop_server
 done
 # A million pending 200-byte messages, then kill -9 and restart.
 run_server always
-$bench "${common[@]}" --push-rate 50000 --duration 20 --warmup 0 --server-pid "$server" \
+$bench "${common[@]}" --push-rate 50000 --push-connections 16 --duration 20 --warmup 0 --server-pid "$server" \
   >"$out/always-1m.json" 2>/dev/null || true
 sleep 1
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
