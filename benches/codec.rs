@@ -95,7 +95,7 @@ fn core_step(c: &mut Criterion) {
                 },
                 now,
             );
-            core.journal_done(Ok(()), now);
+            core.journal_done(Ok(None), now);
             while let Some(action) = core.poll_action() {
                 if let IoAction::Send(c) = action {
                     core.take_outbound(c);

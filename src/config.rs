@@ -318,8 +318,14 @@ impl Config {
                 durability.fsync_interval_ms
             ));
         }
-        if durability.segment_bytes < 1 << 16 {
-            return invalid("durability.segment_bytes must be at least 65536".into());
+        // Offsets into a segment are kept in 32 bits (frames on disk are
+        // referenced by segment and offset); a segment may overshoot its
+        // size by one commit, so the bound leaves room.
+        if !(1 << 16..=1 << 30).contains(&durability.segment_bytes) {
+            return invalid(format!(
+                "durability.segment_bytes = {} (allowed 65536 ..= 1073741824)",
+                durability.segment_bytes
+            ));
         }
         if durability.compact_after_bytes < durability.segment_bytes {
             return invalid("durability.compact_after_bytes must be at least segment_bytes".into());

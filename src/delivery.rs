@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry};
+use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Command, Message, PushReply, Status, StatusReport, StorageRefusal,
 };
@@ -75,6 +77,34 @@ enum Timer {
     Expiry { device: DeviceId, message_id: u64 },
 }
 
+/// Where a queued message's Push frame is. Frames of messages that wait for
+/// an offline device stay in the log (their Accepted record) rather than in
+/// memory: a million pending messages cost their index, not their bodies.
+enum FrameSlot {
+    Memory(Box<[u8]>),
+    Log(Span),
+}
+
+/// Reads records back from the shard's log, checksum verified. Without one
+/// (unit tests, fuzzing) every frame stays in memory.
+pub trait RecordReader: Send {
+    /// Reads the record at `span` into `buf`; returns its kind and where its
+    /// payload is in `buf`.
+    fn read(&mut self, span: Span, buf: &mut Vec<u8>) -> Result<(u8, Range<usize>), String>;
+    /// Segments numbered below `segment` were deleted.
+    fn forget_before(&mut self, segment: u64);
+}
+
+impl RecordReader for crate::log::SegmentReader {
+    fn read(&mut self, span: Span, buf: &mut Vec<u8>) -> Result<(u8, Range<usize>), String> {
+        crate::log::SegmentReader::read(self, span, buf)
+    }
+
+    fn forget_before(&mut self, segment: u64) {
+        crate::log::SegmentReader::forget_before(self, segment)
+    }
+}
+
 /// A queued message, as small as it can be: a million of them must fit in a
 /// few hundred MiB. Token and app are the device's; the msgKey is inside the
 /// frame (decoded only by checkpoints).
@@ -82,8 +112,8 @@ struct Pending {
     id: u64,
     accepted_at_ms: u64,
     expires_at_ms: u64,
-    /// The complete Push frame.
-    frame: Box<[u8]>,
+    /// The complete Push frame, or where the log holds it.
+    frame: FrameSlot,
     status_key: StatusKey,
     /// When it was last written to a connection; `None` while unsent.
     sent_at: Option<Instant>,
@@ -218,7 +248,16 @@ struct Journal {
     /// Push replies to send once `framed` is durable.
     replies: Vec<(PushReply, Vec<Accepted>)>,
     /// Messages accepted since the last commit: withdrawn if it fails.
-    accepted: Vec<(DeviceId, u64, StatusKey)>,
+    accepted: Vec<JournaledMessage>,
+}
+
+struct JournaledMessage {
+    device: DeviceId,
+    message_id: u64,
+    status_key: StatusKey,
+    /// Where its Accepted record starts in `Journal::framed`, and its length.
+    record_at: usize,
+    record_len: usize,
 }
 
 impl Journal {
@@ -316,6 +355,8 @@ struct CoreMetrics {
     unknown_token: Counter,
     statuses_evicted: Counter,
     withdrawn: Counter,
+    frames_read: Counter,
+    frame_read_errors: Counter,
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
@@ -347,6 +388,8 @@ impl CoreMetrics {
             unknown_token: counter("ringpush_messages_unknown_token_total"),
             statuses_evicted: counter("ringpush_statuses_evicted_total"),
             withdrawn: counter("ringpush_messages_withdrawn_total"),
+            frames_read: counter("ringpush_log_frames_read_total"),
+            frame_read_errors: counter("ringpush_log_read_errors_total"),
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
@@ -432,6 +475,14 @@ pub fn describe_metrics() {
         "ringpush_messages_withdrawn_total",
         "Accepted messages taken back because the log could not store them (API answered 9001/9002)"
     );
+    describe_counter!(
+        "ringpush_log_frames_read_total",
+        "Push frames read back from the log (messages that waited for an offline device)"
+    );
+    describe_counter!(
+        "ringpush_log_read_errors_total",
+        "Frames the log could not give back (I/O error or checksum mismatch); each message is dropped with status 4"
+    );
     describe_gauge!(
         "ringpush_messages_pending",
         "Messages queued for devices and not yet acked, expired or dropped"
@@ -494,6 +545,9 @@ pub struct DeliveryCore {
     /// Highest message id seen (replayed or accepted): the API issues ids
     /// above it after a restart.
     max_message_id: u64,
+    /// Where frames kept in the log are read back from; `None`: all in memory.
+    log_reader: Option<Box<dyn RecordReader>>,
+    read_buf: Vec<u8>,
     metrics: CoreMetrics,
 }
 
@@ -556,6 +610,8 @@ impl DeliveryCore {
                 ..Default::default()
             },
             max_message_id: 0,
+            log_reader: None,
+            read_buf: Vec::new(),
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -570,6 +626,13 @@ impl DeliveryCore {
 
     pub fn pending_count(&self) -> usize {
         self.pending_total
+    }
+
+    /// Lets the core keep the frames of messages for offline devices in the
+    /// log instead of memory, reading them back with `reader` when their
+    /// device connects. Set before `replay`.
+    pub fn set_log_reader(&mut self, reader: Box<dyn RecordReader>) {
+        self.log_reader = Some(reader);
     }
 
     /// Highest message id replayed or accepted.
@@ -595,26 +658,41 @@ impl DeliveryCore {
     /// withdrawn (no device has seen them) and the API reports the refusal.
     /// The loop runs this before it hands outbound bytes to sockets, so a
     /// Welcome with a new token also leaves only once the token is durable.
-    pub fn journal_done(&mut self, result: Result<(), StorageRefusal>, now: Instant) {
+    ///
+    /// `Ok` carries where `journal()` starts in the log, if the caller knows:
+    /// messages for offline devices then leave memory and are read back
+    /// from there when their device connects.
+    pub fn journal_done(&mut self, result: Result<Option<Position>, StorageRefusal>, now: Instant) {
         let journal = &mut self.journal;
         journal.framed.clear();
         journal.records = 0;
         let accepted = std::mem::take(&mut journal.accepted);
         let replies = std::mem::take(&mut journal.replies);
         match result {
-            Ok(()) => {
-                for &(device, message_id, _) in &accepted {
-                    let Some(d) = self.devices.get_mut(device) else {
+            Ok(written_at) => {
+                let to_log = if self.log_reader.is_some() {
+                    written_at
+                } else {
+                    None
+                };
+                for m in &accepted {
+                    let Some(d) = self.devices.get_mut(m.device) else {
                         continue;
                     };
                     // New messages are at the back.
-                    if let Some(p) = d.queue.iter_mut().rev().find(|p| p.id == message_id) {
+                    if let Some(p) = d.queue.iter_mut().rev().find(|p| p.id == m.message_id) {
                         p.durable = true;
+                        if d.conn.is_none() {
+                            if let Some(at) = to_log {
+                                let offset = at.offset + m.record_at as u64;
+                                p.frame = FrameSlot::Log(Span::at(Position { offset, ..at }, m.record_len));
+                            }
+                        }
                     }
                 }
-                for &(device, _, _) in &accepted {
-                    if self.devices.contains(device) {
-                        self.fill_window(device, now);
+                for m in &accepted {
+                    if self.devices.contains(m.device) {
+                        self.fill_window(m.device, now);
                     }
                 }
                 for (reply, outcomes) in replies {
@@ -623,8 +701,8 @@ impl DeliveryCore {
                 }
             }
             Err(refusal) => {
-                for (device, message_id, key) in accepted {
-                    self.withdraw(device, message_id, key, now);
+                for m in accepted {
+                    self.withdraw(m.device, m.message_id, m.status_key, now);
                 }
                 for (reply, _) in replies {
                     let _ = reply.send(Err(refusal));
@@ -663,7 +741,16 @@ impl DeliveryCore {
     /// before serving anything, then `finish_replay`. Replay is idempotent
     /// per record, so a log that starts mid-history and ends with a
     /// checkpoint (a crash during compaction) replays to the same state.
-    pub fn replay(&mut self, kind: u8, payload: &[u8], now: Instant) -> Result<(), String> {
+    ///
+    /// `at` is where the record starts in the log, if known: with a log
+    /// reader set, replayed messages then stay there instead of in memory.
+    pub fn replay(
+        &mut self,
+        kind: u8,
+        payload: &[u8],
+        at: Option<Position>,
+        now: Instant,
+    ) -> Result<(), String> {
         self.journal.enabled = false;
         match Entry::decode(kind, payload)? {
             Entry::Device(entry) => self.replay_device(&entry),
@@ -679,6 +766,9 @@ impl DeliveryCore {
                     _ => return Err(format!("message {} holds no matching Push frame", a.message_id)),
                 }
                 let app_id = self.app_arc(a.app);
+                let logged = at
+                    .filter(|_| self.log_reader.is_some())
+                    .map(|at| Span::at(at, RECORD_HEADER + payload.len()));
                 let message = Message {
                     id: a.message_id,
                     app_id,
@@ -686,12 +776,15 @@ impl DeliveryCore {
                     msg_key: a.msg_key.into(),
                     accepted_at_ms: a.accepted_at_ms,
                     expires_at_ms: a.expires_at_ms,
-                    frame: Bytes::copy_from_slice(a.frame),
+                    frame: match logged {
+                        Some(_) => Bytes::new(),
+                        None => Bytes::copy_from_slice(a.frame),
+                    },
                 };
                 self.max_message_id = self.max_message_id.max(a.message_id);
                 // Already expired ones are accepted and expire on the first
                 // timer tick, so their status says Expired.
-                self.accept(message, now);
+                self.accept_from(message, logged, now);
             }
             Entry::Finished {
                 token,
@@ -791,59 +884,109 @@ impl DeliveryCore {
 
     /// Restates the whole durable state as log records (devices, pending
     /// messages in queue order, final statuses still kept), handing them to
-    /// `emit` in chunks of about 1 MiB with their record count. After a
-    /// checkpoint that starts a segment, every older segment can go.
-    pub fn write_checkpoint<E>(&self, mut emit: impl FnMut(&[u8], usize) -> Result<(), E>) -> Result<(), E> {
+    /// `emit` in chunks of about 1 MiB with their record count; `emit`
+    /// answers where the chunk will start in the log, if it knows. After a
+    /// checkpoint that starts a segment, every older segment can go: once
+    /// it is durable, call `checkpoint_done` with what this returns, so that
+    /// frames kept in the log are read from the checkpoint from then on.
+    ///
+    /// Frames kept in the log are read back to be restated; one that cannot
+    /// be read fails the checkpoint with `E::from`, keeping the older
+    /// segments (the message is dropped, visibly, when its device comes).
+    pub fn write_checkpoint<E: From<UnreadableFrame>>(
+        &mut self,
+        mut emit: impl FnMut(&[u8], usize) -> Result<Option<Position>, E>,
+    ) -> Result<CheckpointWritten, E> {
         const CHUNK: usize = 1 << 20;
-        let mut out = Vec::with_capacity(CHUNK + 4096);
-        let mut records = 0;
-        // `None` flushes what is left.
-        let mut put = |entry: Option<&Entry<'_>>, out: &mut Vec<u8>| -> Result<(), E> {
-            if let Some(entry) = entry {
-                entry.write_to(out);
-                records += 1;
-            }
-            if (out.len() >= CHUNK || entry.is_none()) && records > 0 {
-                emit(out, records)?;
-                out.clear();
-                records = 0;
-            }
-            Ok(())
+        let mut chunk = CheckpointChunk {
+            out: Vec::with_capacity(CHUNK + 4096),
+            records: 0,
+            messages: Vec::new(),
+            spans: Vec::new(),
+            track: self.log_reader.is_some(),
         };
-        for (_, d) in &self.devices {
-            put(Some(&device_entry(d)), &mut out)?;
+        let Self {
+            devices,
+            statuses,
+            log_reader,
+            read_buf,
+            ..
+        } = self;
+        for (_, d) in devices.iter() {
+            chunk.put(&device_entry(d), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
         }
-        for (_, d) in &self.devices {
+        for (_, d) in devices.iter() {
             for p in &d.queue {
-                let msg_key = push_msg_key(&p.frame);
-                let entry = Entry::Accepted(AcceptedEntry {
-                    message_id: p.id,
-                    app: &d.app,
-                    token: &d.token,
-                    msg_key: &msg_key,
-                    accepted_at_ms: p.accepted_at_ms,
-                    expires_at_ms: p.expires_at_ms,
-                    frame: &p.frame,
-                });
-                put(Some(&entry), &mut out)?;
+                match &p.frame {
+                    FrameSlot::Memory(frame) => {
+                        let msg_key = push_msg_key(frame);
+                        chunk.put(
+                            &Entry::Accepted(AcceptedEntry {
+                                message_id: p.id,
+                                app: &d.app,
+                                token: &d.token,
+                                msg_key: &msg_key,
+                                accepted_at_ms: p.accepted_at_ms,
+                                expires_at_ms: p.expires_at_ms,
+                                frame,
+                            }),
+                            true,
+                        );
+                    }
+                    FrameSlot::Log(span) => {
+                        let entry = read_logged_message(log_reader, *span, p.id, read_buf)
+                            .map_err(|reason| E::from(UnreadableFrame(reason)))?;
+                        chunk.put(&Entry::Accepted(entry), true);
+                    }
+                }
+                chunk.flush_if_full(CHUNK, &mut emit)?;
             }
         }
-        for (key, r) in self.statuses.iter() {
+        for (key, r) in statuses.iter() {
             if r.status == Status::Pending {
                 continue;
             }
-            let entry = Entry::FinalStatus(FinalStatusEntry {
-                key: key.to_u128(),
-                message_id: r.message_id,
-                status: r.status,
-                accepted_at_ms: r.accepted_at_ms,
-                expires_at_ms: r.expires_at_ms,
-                acked_at_ms: (r.acked_at_ms != 0).then_some(r.acked_at_ms),
-                forget_at_ms: r.forget_at_ms,
-            });
-            put(Some(&entry), &mut out)?;
+            chunk.put(
+                &Entry::FinalStatus(FinalStatusEntry {
+                    key: key.to_u128(),
+                    message_id: r.message_id,
+                    status: r.status,
+                    accepted_at_ms: r.accepted_at_ms,
+                    expires_at_ms: r.expires_at_ms,
+                    acked_at_ms: (r.acked_at_ms != 0).then_some(r.acked_at_ms),
+                    forget_at_ms: r.forget_at_ms,
+                }),
+                false,
+            );
+            chunk.flush_if_full(CHUNK, &mut emit)?;
         }
-        put(None, &mut out)
+        chunk.flush_if_full(0, &mut emit)?;
+        Ok(CheckpointWritten { spans: chunk.spans })
+    }
+
+    /// The checkpoint `written` is durable and the segments before
+    /// `first_live_segment` are about to go: every pending message of an
+    /// offline device is read from the checkpoint from now on (which also
+    /// moves out of memory those that arrived while their device was
+    /// online). Nothing may change the queues between `write_checkpoint`
+    /// and this call.
+    pub fn checkpoint_done(&mut self, written: CheckpointWritten, first_live_segment: u64) {
+        let Some(reader) = self.log_reader.as_mut() else {
+            return;
+        };
+        let mut spans = written.spans.into_iter();
+        for (_, d) in self.devices.iter_mut() {
+            let offline = d.conn.is_none();
+            for p in d.queue.iter_mut() {
+                let span = spans.next().expect("one span per pending message");
+                if let (Some(span), true) = (span, offline || matches!(p.frame, FrameSlot::Log(_))) {
+                    p.frame = FrameSlot::Log(span);
+                }
+            }
+        }
+        debug_assert!(spans.next().is_none(), "queues changed during a checkpoint");
+        reader.forget_before(first_live_segment);
     }
 
     /// Panics if the core's bookkeeping disagrees with itself: the pending
@@ -1254,10 +1397,11 @@ impl DeliveryCore {
                 let gone = d.queue.remove(i).expect("index is in range");
                 self.journal
                     .write(&finished_entry(d, gone.id, Status::Expired, now_ms));
-                expire(
+                set_final_status(
                     &mut self.statuses,
                     &mut self.status_gc,
                     gone.status_key,
+                    Status::Expired,
                     now,
                     self.limits.status_retention,
                     now_ms,
@@ -1267,7 +1411,38 @@ impl DeliveryCore {
                 continue;
             }
             let p = &mut d.queue[i];
-            session.outbound.extend_from_slice(&p.frame);
+            let written = match &p.frame {
+                FrameSlot::Memory(frame) => {
+                    session.outbound.extend_from_slice(frame);
+                    Ok(())
+                }
+                FrameSlot::Log(span) => {
+                    self.metrics.frames_read.increment(1);
+                    read_logged_frame(&mut self.log_reader, *span, p.id, &mut self.read_buf)
+                        .map(|frame| session.outbound.extend_from_slice(frame))
+                }
+            };
+            if let Err(reason) = written {
+                // The disk gave back nothing usable: the message cannot be
+                // delivered, so it is dropped visibly (status 4, a metric,
+                // an error naming the place) instead of blocking its queue.
+                tracing::error!(shard = self.shard_id, message_id = p.id, %reason, "a queued message's frame could not be read from the log; dropping it");
+                self.metrics.frame_read_errors.increment(1);
+                let gone = d.queue.remove(i).expect("index is in range");
+                self.journal
+                    .write(&finished_entry(d, gone.id, Status::Dropped, now_ms));
+                set_final_status(
+                    &mut self.statuses,
+                    &mut self.status_gc,
+                    gone.status_key,
+                    Status::Dropped,
+                    now,
+                    self.limits.status_retention,
+                    now_ms,
+                );
+                self.pending_total -= 1;
+                continue;
+            }
             p.sent_at = Some(now);
             if p.sent_before {
                 self.metrics.redelivered.increment(1);
@@ -1473,6 +1648,12 @@ impl DeliveryCore {
     }
 
     fn accept(&mut self, message: Message, now: Instant) -> Accepted {
+        self.accept_from(message, None, now)
+    }
+
+    /// Accepts `message`; with `logged`, its frame stays in the log there
+    /// (`message.frame` is then unused).
+    fn accept_from(&mut self, message: Message, logged: Option<Span>, now: Instant) -> Accepted {
         let status_key = StatusKey::new(&message.app_id, &message.msg_key, &message.token);
         if self.statuses.contains_key(&status_key) {
             self.metrics.duplicates.increment(1);
@@ -1498,6 +1679,7 @@ impl DeliveryCore {
         );
         self.max_message_id = self.max_message_id.max(message.id);
         if self.journal.enabled {
+            let record_at = self.journal.framed.len();
             self.journal.write(&Entry::Accepted(AcceptedEntry {
                 message_id: message.id,
                 app: &message.app_id,
@@ -1507,7 +1689,13 @@ impl DeliveryCore {
                 expires_at_ms: message.expires_at_ms,
                 frame: &message.frame,
             }));
-            self.journal.accepted.push((device, message.id, status_key));
+            self.journal.accepted.push(JournaledMessage {
+                device,
+                message_id: message.id,
+                status_key,
+                record_at,
+                record_len: self.journal.framed.len() - record_at,
+            });
         }
         self.timers.insert(
             self.clock.instant_of(message.expires_at_ms),
@@ -1546,8 +1734,11 @@ impl DeliveryCore {
             id: message.id,
             accepted_at_ms: message.accepted_at_ms,
             expires_at_ms: message.expires_at_ms,
-            // No copy when the API's buffer is exactly the frame.
-            frame: Vec::from(message.frame).into_boxed_slice(),
+            frame: match logged {
+                Some(span) => FrameSlot::Log(span),
+                // No copy when the API's buffer is exactly the frame.
+                None => FrameSlot::Memory(Vec::from(message.frame).into_boxed_slice()),
+            },
             status_key,
             sent_at: None,
             sent_before: false,
@@ -1652,10 +1843,11 @@ impl DeliveryCore {
                 let now_ms = self.clock.unix_ms(now);
                 self.journal
                     .write(&finished_entry(d, message_id, Status::Expired, now_ms));
-                expire(
+                set_final_status(
                     &mut self.statuses,
                     &mut self.status_gc,
                     gone.status_key,
+                    Status::Expired,
                     now,
                     self.limits.status_retention,
                     now_ms,
@@ -1686,6 +1878,94 @@ impl DeliveryCore {
     }
 }
 
+/// A frame kept in the log could not be read back (I/O error, checksum).
+#[derive(Debug)]
+pub struct UnreadableFrame(pub String);
+
+impl From<UnreadableFrame> for crate::log::LogError {
+    fn from(e: UnreadableFrame) -> Self {
+        crate::log::LogError::Unreadable(e.0)
+    }
+}
+
+/// Where `write_checkpoint` put each pending message (in the core's order).
+pub struct CheckpointWritten {
+    spans: Vec<Option<Span>>,
+}
+
+/// A checkpoint's output being gathered into chunks.
+struct CheckpointChunk {
+    out: Vec<u8>,
+    records: usize,
+    /// Each message record in `out`: its offset and length.
+    messages: Vec<(usize, usize)>,
+    spans: Vec<Option<Span>>,
+    /// Whether message positions are wanted (there is a log reader).
+    track: bool,
+}
+
+impl CheckpointChunk {
+    fn put(&mut self, entry: &Entry<'_>, is_message: bool) {
+        let at = self.out.len();
+        entry.write_to(&mut self.out);
+        self.records += 1;
+        if is_message && self.track {
+            self.messages.push((at, self.out.len() - at));
+        }
+    }
+
+    /// Emits the chunk once it holds `limit` bytes (0: whatever it holds).
+    fn flush_if_full<E>(
+        &mut self,
+        limit: usize,
+        emit: &mut impl FnMut(&[u8], usize) -> Result<Option<Position>, E>,
+    ) -> Result<(), E> {
+        if self.out.len() < limit.max(1) || self.records == 0 {
+            return Ok(());
+        }
+        let at = emit(&self.out, self.records)?;
+        for &(offset, len) in &self.messages {
+            self.spans.push(at.map(|at| {
+                let offset = at.offset + offset as u64;
+                Span::at(Position { offset, ..at }, len)
+            }));
+        }
+        self.out.clear();
+        self.records = 0;
+        self.messages.clear();
+        Ok(())
+    }
+}
+
+/// Reads a queued message's Push frame back from its Accepted record in the
+/// log, checking that the record is that message's.
+fn read_logged_frame<'b>(
+    reader: &mut Option<Box<dyn RecordReader>>,
+    span: Span,
+    message_id: u64,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8], String> {
+    read_logged_message(reader, span, message_id, buf).map(|a| a.frame)
+}
+
+/// Reads a queued message's Accepted record back from the log.
+fn read_logged_message<'b>(
+    reader: &mut Option<Box<dyn RecordReader>>,
+    span: Span,
+    message_id: u64,
+    buf: &'b mut Vec<u8>,
+) -> Result<AcceptedEntry<'b>, String> {
+    let reader = reader.as_mut().ok_or("no log reader")?;
+    let (kind, payload) = reader.read(span, buf)?;
+    match Entry::decode(kind, &buf[payload])? {
+        Entry::Accepted(a) if a.message_id == message_id => Ok(a),
+        _ => Err(format!(
+            "segment {} offset {} holds no Accepted record of message {message_id}",
+            span.segment, span.offset
+        )),
+    }
+}
+
 /// The msgKey inside a pre-encoded Push frame.
 fn push_msg_key(frame: &[u8]) -> String {
     match crate::protocol::decode_slice(frame, usize::MAX) {
@@ -1701,16 +1981,19 @@ fn journal_capacity_is_large(buffer: &Vec<u8>) -> bool {
     buffer.capacity() > 4 << 20
 }
 
-fn expire(
+/// Gives a message that leaves its queue unacked its final `status`
+/// (expired or dropped) and schedules the status's collection.
+fn set_final_status(
     statuses: &mut StatusTable,
     gc: &mut VecDeque<(Instant, StatusKey)>,
     key: StatusKey,
+    status: Status,
     now: Instant,
     retention: Duration,
     now_ms: u64,
 ) {
     if let Some(record) = statuses.get_mut(&key) {
-        record.status = Status::Expired;
+        record.status = status;
         record.forget_at_ms = now_ms + retention.as_millis() as u64;
     }
     gc.push_back((now + retention, key));

@@ -62,12 +62,43 @@ pub enum LogError {
     DiskFull { path: PathBuf },
     #[error("an earlier fsync failed; the log accepts no more writes until restart")]
     Failed,
+    #[error("a record could not be read back: {0}")]
+    Unreadable(String),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     move |source| LogError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Where a record starts: its segment (named by the sequence number of the
+/// segment's first record) and the byte offset of its header there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// A whole record in the log, header included: enough to read it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub segment: u64,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Span {
+    /// The record of `len` bytes at `at`. Offsets fit in 32 bits because
+    /// the config bounds `segment_bytes` to 1 GiB and a segment overshoots
+    /// it by at most one commit; records are at most `MAX_RECORD`.
+    pub fn at(at: Position, len: usize) -> Span {
+        Span {
+            segment: at.segment,
+            offset: u32::try_from(at.offset).expect("segment offsets stay below 4 GiB"),
+            len: u32::try_from(len).expect("records are at most MAX_RECORD"),
+        }
     }
 }
 
@@ -183,6 +214,15 @@ fn parse_record(bytes: &[u8]) -> Result<Option<ParsedRecord<'_>>, String> {
     }))
 }
 
+/// Checks that `bytes` is exactly one valid record; returns its kind and
+/// where its payload is.
+pub fn check_record(bytes: &[u8]) -> Result<(u8, std::ops::Range<usize>), String> {
+    match parse_record(bytes)? {
+        Some(record) if record.len == bytes.len() => Ok((record.kind, HEADER..bytes.len())),
+        _ => Err(format!("not a record of {} bytes", bytes.len())),
+    }
+}
+
 /// Where reading a segment stopped.
 enum SegmentEnd {
     Clean,
@@ -205,7 +245,11 @@ fn read_segment(bytes: &[u8], first_seq: u64, visit: &mut Visitor<'_>) -> (Segme
     while at < bytes.len() {
         match parse_record(&bytes[at..]) {
             Ok(Some(record)) => {
-                visit(seq, record.kind, record.payload);
+                let position = Position {
+                    segment: first_seq,
+                    offset: at as u64,
+                };
+                visit(seq, position, record.kind, record.payload);
                 seq += 1;
                 at += record.len;
             }
@@ -229,15 +273,19 @@ fn read_segment(bytes: &[u8], first_seq: u64, visit: &mut Visitor<'_>) -> (Segme
     (SegmentEnd::Clean, seq)
 }
 
-/// Receives each recovered record: sequence number, kind, payload.
-pub type Visitor<'a> = dyn FnMut(u64, u8, &[u8]) + 'a;
+/// Receives each recovered record: sequence number, where it starts, kind,
+/// payload (the record's length is the payload's plus `HEADER`).
+pub type Visitor<'a> = dyn FnMut(u64, Position, u8, &[u8]) + 'a;
+
+/// Bytes a record's header takes before its kind and payload.
+pub const RECORD_HEADER: usize = HEADER;
 
 impl Log {
     /// Opens (creating if needed) the log in `config.dir`, recovers it, and
     /// returns it with every record in order.
     pub fn open(config: LogConfig) -> Result<(Log, Vec<Record>), LogError> {
         let mut records = Vec::new();
-        let log = Self::open_with(config, &mut |seq, kind, payload| {
+        let log = Self::open_with(config, &mut |seq, _, kind, payload| {
             records.push(Record {
                 seq,
                 kind,
@@ -346,7 +394,7 @@ impl Log {
     /// everything after it; returns how many records remain.
     pub fn repair(config: LogConfig) -> Result<usize, LogError> {
         let mut kept = 0;
-        Self::open_inner(config, true, &mut |_, _, _| kept += 1)?;
+        Self::open_inner(config, true, &mut |_, _, _, _| kept += 1)?;
         Ok(kept)
     }
 
@@ -370,6 +418,21 @@ impl Log {
         let seq = self.next_seq;
         self.next_seq += count as u64;
         seq
+    }
+
+    /// Where the next appended record will start once committed. Valid
+    /// until the next commit or roll: a commit writes everything queued into
+    /// the current segment before it may start a new one.
+    pub fn append_position(&self) -> Position {
+        Position {
+            segment: *self.segments.last().expect("at least one segment"),
+            offset: self.segment_len + self.pending.len() as u64,
+        }
+    }
+
+    /// A reader of this log's records, for the frames the core keeps on disk.
+    pub fn reader(&self) -> SegmentReader {
+        SegmentReader::new(&self.config.dir)
     }
 
     /// Bytes queued and not yet written.
@@ -532,6 +595,49 @@ impl Log {
     }
 }
 
+/// Reads single records back from a log directory, checksum verified: the
+/// delivery core keeps the frames of messages waiting for offline devices
+/// in the log, not in memory. Keeps each segment it reads from open (a
+/// handful: the log is compacted) until `forget_before`.
+pub struct SegmentReader {
+    dir: PathBuf,
+    open: Vec<(u64, File)>,
+}
+
+impl SegmentReader {
+    pub fn new(dir: &Path) -> SegmentReader {
+        SegmentReader {
+            dir: dir.to_path_buf(),
+            open: Vec::new(),
+        }
+    }
+
+    /// Reads the record at `span` into `buf` (replacing its contents) and
+    /// returns its kind and the payload's range in `buf`.
+    pub fn read(&mut self, span: Span, buf: &mut Vec<u8>) -> Result<(u8, std::ops::Range<usize>), String> {
+        use std::os::unix::fs::FileExt;
+        let name = segment_name(span.segment);
+        let file = match self.open.iter().position(|(s, _)| *s == span.segment) {
+            Some(i) => &self.open[i].1,
+            None => {
+                let file = File::open(self.dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
+                self.open.push((span.segment, file));
+                &self.open.last().expect("just pushed").1
+            }
+        };
+        buf.clear();
+        buf.resize(span.len as usize, 0);
+        file.read_exact_at(buf, u64::from(span.offset))
+            .map_err(|e| format!("{name} at offset {}: {e}", span.offset))?;
+        check_record(buf).map_err(|reason| format!("{name} at offset {}: {reason}", span.offset))
+    }
+
+    /// Closes segments numbered below `segment` (deleted by a checkpoint).
+    pub fn forget_before(&mut self, segment: u64) {
+        self.open.retain(|(s, _)| *s >= segment);
+    }
+}
+
 /// Makes file creations and deletions in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
@@ -569,6 +675,49 @@ mod tests {
             }
         }
         log.commit().unwrap();
+    }
+
+    #[test]
+    fn records_read_back_where_append_and_recovery_say_they_are() {
+        let d = dir("reader");
+        let (mut log, _) = Log::open(config(&d, 200)).unwrap();
+        let mut appended = Vec::new();
+        for i in 0..30u64 {
+            appended.push((log.append_position(), payload(i)));
+            log.append(7, &payload(i));
+            if i % 4 == 3 {
+                log.commit().unwrap();
+            }
+        }
+        log.commit().unwrap();
+        let mut reader = log.reader();
+        let mut buf = Vec::new();
+        for (at, payload) in &appended {
+            let (kind, range) = reader
+                .read(Span::at(*at, HEADER + payload.len()), &mut buf)
+                .unwrap();
+            assert_eq!((kind, &buf[range]), (7, &payload[..]));
+        }
+        let mut recovered = Vec::new();
+        Log::open_with(config(&d, 200), &mut |_, at, _, payload| {
+            recovered.push((at, payload.to_vec()))
+        })
+        .unwrap();
+        assert_eq!(recovered, appended);
+        // A wrong length or a damaged byte is an error, not wrong bytes.
+        let (at, payload) = &appended[5];
+        assert!(reader
+            .read(Span::at(*at, HEADER + payload.len() + 1), &mut buf)
+            .is_err());
+        let path = d.join(segment_name(at.segment));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at.offset as usize + HEADER] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = SegmentReader::new(&d)
+            .read(Span::at(*at, HEADER + payload.len()), &mut buf)
+            .unwrap_err();
+        assert!(err.contains("checksum"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::delivery::DeliveryCore;
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, SegmentReader};
 use crate::message::{unix_ms, StorageRefusal};
 
 /// How long after a disk-full error the API refuses pushes without trying;
@@ -224,16 +224,19 @@ impl Store {
         let started = Instant::now();
         let log_config = config.durability.log_config(shard);
         let dir = log_config.dir.clone();
+        // Frames for offline devices are read back from the log, so replay
+        // leaves them there too.
+        core.set_log_reader(Box::new(SegmentReader::new(&dir)));
         let mut records = 0u64;
         let mut bytes = 0u64;
         let mut bad: Option<String> = None;
-        let log = Log::open_with(log_config, &mut |seq, kind, payload| {
+        let log = Log::open_with(log_config, &mut |seq, at, kind, payload| {
             if bad.is_some() {
                 return;
             }
             records += 1;
             bytes += payload.len() as u64 + 9;
-            if let Err(e) = core.replay(kind, payload, now) {
+            if let Err(e) = core.replay(kind, payload, Some(at), now) {
                 bad = Some(format!("record {seq}: {e}"));
             }
         })
@@ -281,6 +284,7 @@ impl Store {
         }
         let (framed, records) = core.journal();
         let bytes = framed.len() as u64;
+        let at = self.log.append_position();
         self.log.append_framed(framed, records);
         let outcome = match self.log.commit() {
             Ok(stats) => {
@@ -288,7 +292,7 @@ impl Store {
                 self.metrics.segments.set(self.log.live_segments() as f64);
                 self.health.set_ok();
                 self.since_checkpoint += bytes;
-                Ok(())
+                Ok(Some(at))
             }
             Err(e) => Err(self.refused(&e)),
         };
@@ -337,22 +341,24 @@ impl Store {
     /// durable, then deletes every older segment. Runs on the shard thread:
     /// its cost is proportional to the live state and is paid once per
     /// `compact_after_bytes` (and at least twice the live size) of logging.
-    fn checkpoint(&mut self, core: &DeliveryCore) {
+    fn checkpoint(&mut self, core: &mut DeliveryCore) {
         let started = Instant::now();
         let log = &mut self.log;
         let mut written = 0u64;
         let result = (|| -> Result<usize, LogError> {
             log.roll_now()?;
             let first = log.next_seq();
-            core.write_checkpoint(|chunk, records| {
+            let checkpoint = core.write_checkpoint(|chunk, records| {
+                let at = log.append_position();
                 log.append_framed(chunk, records);
                 written += chunk.len() as u64;
                 if log.pending_bytes() >= CHECKPOINT_WRITE_BYTES {
                     log.commit()?;
                 }
-                Ok(())
+                Ok::<_, LogError>(Some(at))
             })?;
             log.commit_durably()?;
+            core.checkpoint_done(checkpoint, first);
             log.delete_before(first)
         })();
         self.since_checkpoint = 0;
@@ -376,7 +382,7 @@ impl Store {
                 // The older segments are intact; a partial checkpoint
                 // replays harmlessly. Try again after more logging.
                 warn!(shard = self.shard, error = %e, "checkpoint failed");
-                if !matches!(e, LogError::DiskFull { .. }) {
+                if !matches!(e, LogError::DiskFull { .. } | LogError::Unreadable(_)) {
                     self.refused(&e);
                 }
             }

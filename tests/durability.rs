@@ -268,7 +268,10 @@ fn crash_torture_every_acknowledged_push_is_delivered() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let dir = Daemon::scratch_dir("torture");
-    let config = durable_config(&dir, "uring", "always");
+    // Small segments and frequent checkpoints, so kills also land during
+    // compaction and frames kept in the log move between segments.
+    let config =
+        durable_config(&dir, "uring", "always") + "segment_bytes = 65536\ncompact_after_bytes = 131072\n";
     let d = Daemon::start_in(&dir, &config);
     let tokens: Vec<String> = (0..8).map(|_| d.device("").token.clone()).collect();
     drop(d);

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     while rest.len() >= 2 {
         let len = usize::from(rest[0]).min(rest.len() - 2);
         let kind = rest[1];
-        let _ = core.replay(kind, &rest[2..2 + len], now);
+        let _ = core.replay(kind, &rest[2..2 + len], None, now);
         rest = &rest[2 + len..];
     }
     core.finish_replay();

@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
                 let result = if next_id.is_multiple_of(7) {
                     Err(StorageRefusal::Full)
                 } else {
-                    Ok(())
+                    Ok(None)
                 };
                 core.journal_done(result, now);
                 next_id += 1;

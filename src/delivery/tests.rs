@@ -17,6 +17,52 @@ struct Harness {
     leftover: HashMap<ConnId, Vec<Frame>>,
     /// Every journal record committed so far, framed as in the log.
     log: Vec<u8>,
+    /// With `with_log_reader`: the log as segments the core reads frames
+    /// back from; commits go to the last segment.
+    segments: Option<MemorySegments>,
+}
+
+/// An in-memory log of numbered segments, read back like the real one.
+#[derive(Clone, Default)]
+struct MemorySegments(Arc<parking_lot::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>);
+
+impl MemorySegments {
+    /// Appends framed records to segment `segment`; returns where they start.
+    fn append(&self, segment: u64, framed: &[u8]) -> Position {
+        let mut segments = self.0.lock();
+        let bytes = segments.entry(segment).or_default();
+        let offset = bytes.len() as u64;
+        bytes.extend_from_slice(framed);
+        Position { segment, offset }
+    }
+
+    fn last_segment(&self) -> u64 {
+        self.0.lock().keys().next_back().copied().unwrap_or(1)
+    }
+
+    /// Flips one byte of a segment (a bad sector).
+    fn damage(&self, segment: u64, offset: usize) {
+        self.0.lock().get_mut(&segment).unwrap()[offset] ^= 0x55;
+    }
+}
+
+impl RecordReader for MemorySegments {
+    fn read(&mut self, span: Span, buf: &mut Vec<u8>) -> Result<(u8, Range<usize>), String> {
+        let segments = self.0.lock();
+        let segment = segments.get(&span.segment).ok_or("no such segment")?;
+        let start = span.offset as usize;
+        let bytes = segment
+            .get(start..start + span.len as usize)
+            .ok_or("beyond the segment")?;
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        crate::log::check_record(buf)
+    }
+
+    fn forget_before(&mut self, segment: u64) {
+        // Deleted, as the store does right after.
+        self.0.lock().retain(|&s, _| s >= segment);
+    }
 }
 
 fn config() -> Config {
@@ -42,14 +88,36 @@ impl Harness {
             next_id: 1,
             leftover: HashMap::new(),
             log: Vec::new(),
+            segments: None,
         }
+    }
+
+    /// A core that keeps offline devices' frames in an in-memory log.
+    fn with_log_reader() -> Self {
+        let mut h = Self::new();
+        let segments = MemorySegments::default();
+        h.core.set_log_reader(Box::new(segments.clone()));
+        h.segments = Some(segments);
+        h
+    }
+
+    /// Pending messages whose frame is in memory, not in the log.
+    fn frames_in_memory(&self) -> usize {
+        self.core
+            .devices
+            .iter()
+            .flat_map(|(_, d)| d.queue.iter())
+            .filter(|p| matches!(p.frame, FrameSlot::Memory(_)))
+            .count()
     }
 
     /// What the shard loop does once per iteration: the journal goes to the
     /// "log" and the core hears it is durable.
     fn commit(&mut self) {
-        self.log.extend_from_slice(self.core.journal().0);
-        self.core.journal_done(Ok(()), self.now);
+        let framed = self.core.journal().0;
+        self.log.extend_from_slice(framed);
+        let at = self.segments.as_ref().map(|s| s.append(s.last_segment(), framed));
+        self.core.journal_done(Ok(at), self.now);
     }
 
     fn advance(&mut self, d: Duration) {
@@ -807,14 +875,27 @@ mod properties {
 
 /// Splits framed log records (length, CRC, kind, payload) and replays each
 /// into `core`.
-fn replay_into(core: &mut DeliveryCore, mut framed: &[u8], now: Instant) -> usize {
+fn replay_into(core: &mut DeliveryCore, framed: &[u8], now: Instant) -> usize {
+    replay_segment_into(core, framed, None, now)
+}
+
+/// Like `replay_into`, telling the core where each record is when `framed`
+/// is the whole of segment `segment`.
+fn replay_segment_into(core: &mut DeliveryCore, framed: &[u8], segment: Option<u64>, now: Instant) -> usize {
     let mut records = 0;
-    while !framed.is_empty() {
-        let len = u32::from_le_bytes(framed[..4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(framed[4..8].try_into().unwrap());
-        assert_eq!(crc32fast::hash(&framed[8..8 + len]), crc);
-        core.replay(framed[8], &framed[9..8 + len], now).unwrap();
-        framed = &framed[8 + len..];
+    let mut offset = 0;
+    while offset < framed.len() {
+        let (kind, payload) = {
+            let len = u32::from_le_bytes(framed[offset..offset + 4].try_into().unwrap()) as usize;
+            crate::log::check_record(&framed[offset..offset + 8 + len]).unwrap()
+        };
+        let at = segment.map(|segment| Position {
+            segment,
+            offset: offset as u64,
+        });
+        let record = &framed[offset..offset + payload.end];
+        core.replay(kind, &record[payload.clone()], at, now).unwrap();
+        offset += payload.end;
         records += 1;
     }
     core.finish_replay();
@@ -889,7 +970,7 @@ fn a_checkpoint_replays_to_the_same_state_alone_or_after_the_journal() {
     h.core
         .write_checkpoint(|chunk, _| {
             checkpoint.extend_from_slice(chunk);
-            Ok::<(), ()>(())
+            Ok::<_, UnreadableFrame>(None)
         })
         .unwrap();
     // Alone (older segments deleted), and after the whole journal (a crash
@@ -972,4 +1053,123 @@ fn a_message_whose_ttl_ended_during_downtime_expires_on_replay() {
         })
         .collect();
     assert_eq!(keys, ["long"]);
+}
+
+fn push_keys(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Push(p) => Some(p.msg_key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn offline_device(h: &mut Harness) -> String {
+    let (conn, w) = h.device("");
+    h.core.on_closed(conn, h.now);
+    w.token
+}
+
+#[test]
+fn offline_devices_messages_wait_in_the_log_not_in_memory() {
+    let mut h = Harness::with_log_reader();
+    let token = offline_device(&mut h);
+    for i in 0..5 {
+        h.push(&token, &format!("k{i}"), 60);
+    }
+    assert_eq!(
+        h.frames_in_memory(),
+        0,
+        "an offline device's frames stay in the log"
+    );
+    let (conn, _) = h.device(&token);
+    let frames = h.output(conn);
+    assert_eq!(push_keys(&frames), ["k0", "k1", "k2", "k3", "k4"]);
+    assert!(frames.iter().all(|f| match f {
+        Frame::Push(p) => p.title == "t" && p.content == "c",
+        _ => true,
+    }));
+    // An online device's message is written at once, from memory.
+    h.push(&token, "live", 60);
+    assert_eq!(push_keys(&h.output(conn)), ["live"]);
+    assert_eq!(h.frames_in_memory(), 1);
+    h.core.check_invariants();
+}
+
+#[test]
+fn a_frame_the_log_cannot_give_back_is_dropped_visibly_and_the_queue_goes_on() {
+    let mut h = Harness::with_log_reader();
+    let token = offline_device(&mut h);
+    h.push(&token, "bad", 60);
+    h.push(&token, "good", 60);
+    let d = h.core.by_token[token.as_str()];
+    let FrameSlot::Log(span) = h.core.devices[d].queue[0].frame else {
+        panic!("the frame is in the log");
+    };
+    let segments = h.segments.clone().unwrap();
+    segments.damage(span.segment, span.offset as usize + span.len as usize - 3);
+    let (conn, _) = h.device(&token);
+    assert_eq!(push_keys(&h.output(conn)), ["good"]);
+    assert_eq!(h.status(&token, "bad"), Some(Status::Dropped));
+    assert_eq!(h.core.pending_count(), 1);
+    h.core.check_invariants();
+}
+
+#[test]
+fn a_checkpoint_takes_over_the_frames_so_older_segments_can_go() {
+    let mut h = Harness::with_log_reader();
+    let offline = offline_device(&mut h);
+    h.push(&offline, "o0", 60);
+    h.push(&offline, "o1", 60);
+    // A message written while its device was online, unacked when it left:
+    // in memory until the checkpoint.
+    let (conn, w) = h.device("");
+    h.push(&w.token, "w0", 60);
+    h.output(conn);
+    h.core.on_closed(conn, h.now);
+    assert_eq!(h.frames_in_memory(), 1);
+    let segments = h.segments.clone().unwrap();
+    let written = h
+        .core
+        .write_checkpoint(|chunk, _| Ok::<_, UnreadableFrame>(Some(segments.append(2, chunk))))
+        .unwrap();
+    h.core.checkpoint_done(written, 2);
+    assert_eq!(
+        segments.0.lock().keys().copied().collect::<Vec<_>>(),
+        [2],
+        "segment 1 is gone"
+    );
+    assert_eq!(h.frames_in_memory(), 0);
+    let (conn, _) = h.device(&offline);
+    assert_eq!(push_keys(&h.output(conn)), ["o0", "o1"]);
+    let (conn, _) = h.device(&w.token);
+    assert_eq!(push_keys(&h.output(conn)), ["w0"]);
+    // And the checkpoint alone replays to the same messages.
+    let mut after = Harness::with_log_reader();
+    after.t0 = h.t0;
+    after.now = h.now;
+    after.core = DeliveryCore::with_wall_clock(0, 1, &config(), h.t0, T0_UNIX_MS);
+    after.core.set_log_reader(Box::new(segments.clone()));
+    let checkpoint = segments.0.lock()[&2].clone();
+    replay_segment_into(&mut after.core, &checkpoint, Some(2), h.now);
+    assert_eq!(after.frames_in_memory(), 0, "replayed frames stay in the log");
+    let (conn, _) = after.device(&offline);
+    assert_eq!(push_keys(&after.output(conn)), ["o0", "o1"]);
+    after.core.check_invariants();
+}
+
+#[test]
+fn an_unreadable_frame_fails_the_checkpoint_and_keeps_the_older_segments() {
+    let mut h = Harness::with_log_reader();
+    let token = offline_device(&mut h);
+    h.push(&token, "k", 60);
+    let segments = h.segments.clone().unwrap();
+    let len = segments.0.lock()[&1].len();
+    segments.damage(1, len - 2);
+    let result = h
+        .core
+        .write_checkpoint(|chunk, _| Ok::<_, UnreadableFrame>(Some(segments.append(2, chunk))));
+    assert!(result.is_err());
+    assert!(segments.0.lock().contains_key(&1));
 }

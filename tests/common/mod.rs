@@ -99,7 +99,11 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringpush"))
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            // RINGPUSH_TEST_LOG=info shows the daemons' info lines.
+            .env(
+                "RUST_LOG",
+                std::env::var("RINGPUSH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(faults.map(|f| (ringpush::log::FAULT_DIR_ENV, f)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
