@@ -61,6 +61,9 @@ const RESULT_NEED_DELIVERYTOKEN: i32 = 3001;
 const RESULT_NEED_USERID: i32 = 3012;
 const RESULT_INVALID_PARAM: i32 = 3028;
 
+/// Connections (and devices) a shard's tables have room for before they grow.
+pub const INITIAL_CONNECTIONS: usize = 16_384;
+
 /// Longest token we look up; anything longer is unknown by construction.
 const MAX_TOKEN_LEN: usize = 128;
 const MAX_USER_ID_LEN: usize = 60;
@@ -568,6 +571,12 @@ impl DeliveryCore {
         let mut seed = [0u8; 8];
         // Jitter needs no secrecy; a fixed seed only makes it less spread.
         let _ = getrandom::fill(&mut seed);
+        // Room for the connections a shard typically holds, reserved up
+        // front: growing by doubling would copy these tables several times
+        // during a connect storm, and the allocator keeps the old copies for
+        // reuse, which costs more resident memory than the reservation
+        // (untouched pages of it are not resident).
+        let initial = config.limits.max_connections_per_shard.min(INITIAL_CONNECTIONS);
         Self {
             shard_id,
             shard_count,
@@ -589,10 +598,10 @@ impl DeliveryCore {
                 .iter()
                 .map(|a| (a.app_id.clone().into_boxed_str(), Arc::from(a.app_id.as_str())))
                 .collect(),
-            sessions: Slab::new(),
+            sessions: Slab::with_capacity(initial),
             next_generation: 0,
-            devices: Slab::new(),
-            by_token: HashMap::new(),
+            devices: Slab::with_capacity(initial),
+            by_token: HashMap::with_capacity(initial),
             statuses: StatusTable::new(),
             status_gc: VecDeque::new(),
             timers: TimerWheel::new(now, Duration::from_millis(10), 4096),

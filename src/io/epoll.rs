@@ -50,7 +50,14 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         poll,
         core,
         store,
-        conns: Vec::new(),
+        // Reserved up front like the core's tables (see INITIAL_CONNECTIONS).
+        conns: Vec::with_capacity(
+            context
+                .config
+                .limits
+                .max_connections_per_shard
+                .min(crate::delivery::INITIAL_CONNECTIONS),
+        ),
         scratch: vec![0; SCRATCH_BYTES],
         open: metrics::gauge!("ringpush_connections", "shard" => shard.clone(), "backend" => "epoll"),
         shard,

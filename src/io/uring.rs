@@ -248,7 +248,12 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         buffers,
         core,
         store,
-        conns: Vec::new(),
+        // Reserved up front like the core's tables (see INITIAL_CONNECTIONS).
+        conns: Vec::with_capacity(
+            limits
+                .max_connections_per_shard
+                .min(crate::delivery::INITIAL_CONNECTIONS),
+        ),
         next_generation: 0,
         listener_fd: context.listener.as_raw_fd(),
         wake_fd: context.wake.raw(),
