@@ -307,8 +307,10 @@ impl Log {
         let mut next_seq: Option<u64> = None;
         let mut segments = Vec::new();
         let count = found.len();
+        // One buffer for every segment: recovery holds one segment at a time.
+        let mut bytes = Vec::new();
         for (i, (first_seq, path)) in found.into_iter().enumerate() {
-            let mut bytes = Vec::new();
+            bytes.clear();
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_error(&path))?;
