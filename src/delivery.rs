@@ -1402,49 +1402,39 @@ impl DeliveryCore {
                 // Sent once the log has it (`journal_done`).
                 break;
             }
-            if d.queue[i].expires_at_ms <= now_ms {
-                let gone = d.queue.remove(i).expect("index is in range");
-                self.journal
-                    .write(&finished_entry(d, gone.id, Status::Expired, now_ms));
-                set_final_status(
-                    &mut self.statuses,
-                    &mut self.status_gc,
-                    gone.status_key,
-                    Status::Expired,
-                    now,
-                    self.limits.status_retention,
-                    now_ms,
-                );
-                self.pending_total -= 1;
-                self.metrics.expired.increment(1);
-                continue;
-            }
             let p = &mut d.queue[i];
-            let written = match &p.frame {
-                FrameSlot::Memory(frame) => {
-                    session.outbound.extend_from_slice(frame);
-                    Ok(())
-                }
-                FrameSlot::Log(span) => {
-                    self.metrics.frames_read.increment(1);
-                    read_logged_frame(&mut self.log_reader, *span, p.id, &mut self.read_buf)
-                        .map(|frame| session.outbound.extend_from_slice(frame))
-                }
-            };
-            if let Err(reason) = written {
+            let unsent = if p.expires_at_ms <= now_ms {
+                self.metrics.expired.increment(1);
+                Some(Status::Expired)
+            } else {
+                let written = match &p.frame {
+                    FrameSlot::Memory(frame) => {
+                        session.outbound.extend_from_slice(frame);
+                        Ok(())
+                    }
+                    FrameSlot::Log(span) => {
+                        self.metrics.frames_read.increment(1);
+                        read_logged_frame(&mut self.log_reader, *span, p.id, &mut self.read_buf)
+                            .map(|frame| session.outbound.extend_from_slice(frame))
+                    }
+                };
                 // The disk gave back nothing usable: the message cannot be
-                // delivered, so it is dropped visibly (status 4, a metric,
-                // an error naming the place) instead of blocking its queue.
-                tracing::error!(shard = self.shard_id, message_id = p.id, %reason, "a queued message's frame could not be read from the log; dropping it");
-                self.metrics.frame_read_errors.increment(1);
+                // delivered, so it is dropped visibly (status 4, a metric, an
+                // error naming the place) instead of blocking its queue.
+                written.err().map(|reason| {
+                    tracing::error!(shard = self.shard_id, message_id = p.id, %reason, "a queued message's frame could not be read from the log; dropping it");
+                    self.metrics.frame_read_errors.increment(1);
+                    Status::Dropped
+                })
+            };
+            if let Some(status) = unsent {
                 let gone = d.queue.remove(i).expect("index is in range");
-                self.journal
-                    .write(&finished_entry(d, gone.id, Status::Dropped, now_ms));
+                self.journal.write(&finished_entry(d, gone.id, status, now_ms));
                 set_final_status(
                     &mut self.statuses,
                     &mut self.status_gc,
                     gone.status_key,
-                    Status::Dropped,
+                    status,
                     now,
                     self.limits.status_retention,
                     now_ms,

@@ -432,11 +432,6 @@ impl Log {
         }
     }
 
-    /// A reader of this log's records, for the frames the core keeps on disk.
-    pub fn reader(&self) -> SegmentReader {
-        SegmentReader::new(&self.config.dir)
-    }
-
     /// Bytes queued and not yet written.
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
@@ -692,7 +687,7 @@ mod tests {
             }
         }
         log.commit().unwrap();
-        let mut reader = log.reader();
+        let mut reader = SegmentReader::new(&d);
         let mut buf = Vec::new();
         for (at, payload) in &appended {
             let (kind, range) = reader

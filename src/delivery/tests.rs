@@ -101,6 +101,15 @@ impl Harness {
         h
     }
 
+    /// A fresh core on the same clock, as after a restart (replay into it).
+    fn restarted(&self) -> Self {
+        let mut after = Self::new();
+        after.t0 = self.t0;
+        after.now = self.now;
+        after.core = DeliveryCore::with_wall_clock(0, 1, &config(), self.t0, T0_UNIX_MS);
+        after
+    }
+
     /// Pending messages whose frame is in memory, not in the log.
     fn frames_in_memory(&self) -> usize {
         self.core
@@ -954,10 +963,7 @@ fn assert_restored(h: &mut Harness, online: &str, offline: &str) {
 fn replaying_the_journal_restores_devices_messages_and_statuses() {
     let mut h = Harness::new();
     let (online, offline) = durable_scenario(&mut h);
-    let mut after = Harness::new();
-    after.now = h.now;
-    after.t0 = h.t0;
-    after.core = DeliveryCore::with_wall_clock(0, 1, &config(), h.t0, T0_UNIX_MS);
+    let mut after = h.restarted();
     assert!(replay_into(&mut after.core, &h.log, h.now) > 0);
     assert_restored(&mut after, &online, &offline);
 }
@@ -978,10 +984,7 @@ fn a_checkpoint_replays_to_the_same_state_alone_or_after_the_journal() {
     let mut with_journal = h.log.clone();
     with_journal.extend_from_slice(&checkpoint);
     for log in [checkpoint, with_journal] {
-        let mut after = Harness::new();
-        after.now = h.now;
-        after.t0 = h.t0;
-        after.core = DeliveryCore::with_wall_clock(0, 1, &config(), h.t0, T0_UNIX_MS);
+        let mut after = h.restarted();
         replay_into(&mut after.core, &log, h.now);
         assert_restored(&mut after, &online, &offline);
     }
@@ -1146,10 +1149,7 @@ fn a_checkpoint_takes_over_the_frames_so_older_segments_can_go() {
     let (conn, _) = h.device(&w.token);
     assert_eq!(push_keys(&h.output(conn)), ["w0"]);
     // And the checkpoint alone replays to the same messages.
-    let mut after = Harness::with_log_reader();
-    after.t0 = h.t0;
-    after.now = h.now;
-    after.core = DeliveryCore::with_wall_clock(0, 1, &config(), h.t0, T0_UNIX_MS);
+    let mut after = h.restarted();
     after.core.set_log_reader(Box::new(segments.clone()));
     let checkpoint = segments.0.lock()[&2].clone();
     replay_segment_into(&mut after.core, &checkpoint, Some(2), h.now);
