@@ -101,6 +101,10 @@ pub struct Delivery {
     /// Final (acked, expired, dropped) statuses kept per shard; past it the
     /// oldest are forgotten early and counted. Pending ones are always kept.
     pub max_final_statuses_per_shard: usize,
+    /// Broadcast, group and user messages stored per shard (each once,
+    /// however many devices it is for) until their TTL ends; past it new
+    /// ones are refused (9000) and counted.
+    pub max_shared_messages_per_shard: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -230,6 +234,7 @@ impl Default for Delivery {
             max_ttl_secs: 72 * 3600,
             status_retention_secs: 7 * 24 * 3600,
             max_final_statuses_per_shard: 1_000_000,
+            max_shared_messages_per_shard: 1_000_000,
         }
     }
 }

@@ -27,14 +27,18 @@ use metrics::{Counter, Gauge, Histogram};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry};
+use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry};
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
-    owner_shard, Accepted, Command, Message, PushReply, Status, StatusReport, StorageRefusal,
+    owner_shard, Accepted, Audience, Command, Message, PublishReply, PushReply, RegistryChange,
+    RegistryReply, SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
 use crate::timer::TimerWheel;
+
+mod fanout;
+use fanout::{is_member, user_digest, FanoutStore, Member, Refused};
 
 /// Index of a connection in the shard's session slab. Reused after
 /// `on_closed`.
@@ -60,6 +64,7 @@ const RESULT_SUCCESS: i32 = 100;
 const RESULT_NEED_DELIVERYTOKEN: i32 = 3001;
 const RESULT_NEED_USERID: i32 = 3012;
 const RESULT_INVALID_PARAM: i32 = 3028;
+const RESULT_DELIVERYTOKEN_INVALID: i32 = 3054;
 
 /// Connections (and devices) a shard's tables have room for before they grow.
 pub const INITIAL_CONNECTIONS: usize = 16_384;
@@ -86,6 +91,8 @@ enum Timer {
 enum FrameSlot {
     Memory(Box<[u8]>),
     Log(Span),
+    /// A broadcast, group or user message: the one copy every device shares.
+    Shared(Arc<SharedMessage>),
 }
 
 /// Reads records back from the shard's log, checksum verified. Without one
@@ -142,6 +149,45 @@ struct Device {
     user_id: Option<Box<str>>,
     groups: Vec<Box<str>>,
     vendor_token: Option<(u32, Box<str>)>,
+    registered_at_ms: u64,
+    bound_at_ms: u64,
+    unbound_at_ms: u64,
+    /// Shared messages from this sequence number on have not been matched
+    /// against this device yet (it was offline when they came).
+    fanout_cursor: u64,
+}
+
+impl Device {
+    fn new(app: Arc<str>, token: Box<str>, platform: u8, registered_at_ms: u64) -> Self {
+        Self {
+            app,
+            token,
+            platform,
+            conn: None,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            missed: 0,
+            user_id: None,
+            groups: Vec::new(),
+            vendor_token: None,
+            registered_at_ms,
+            bound_at_ms: 0,
+            unbound_at_ms: 0,
+            fanout_cursor: 0,
+        }
+    }
+
+    fn member(&self) -> Member<'_> {
+        Member {
+            app: &self.app,
+            platform: self.platform,
+            user_id: self.user_id.as_deref(),
+            groups: &self.groups,
+            registered_at_ms: self.registered_at_ms,
+            bound_at_ms: self.bound_at_ms,
+            unbound_at_ms: self.unbound_at_ms,
+        }
+    }
 }
 
 /// A 128-bit digest of (app, msgKey, token). 128 bits make an accidental
@@ -248,10 +294,30 @@ struct Journal {
     enabled: bool,
     framed: Vec<u8>,
     records: usize,
-    /// Push replies to send once `framed` is durable.
-    replies: Vec<(PushReply, Vec<Accepted>)>,
+    /// Answers to send once `framed` is durable.
+    replies: Vec<Answer>,
     /// Messages accepted since the last commit: withdrawn if it fails.
     accepted: Vec<JournaledMessage>,
+    /// Shared messages stored since the last commit: forgotten if it fails.
+    published: Vec<u64>,
+}
+
+/// An API command's answer, held until its changes are durable.
+enum Answer {
+    Push(PushReply, Vec<Accepted>),
+    Publish(PublishReply, Vec<SharedOutcome>),
+    Registry(RegistryReply, i32),
+}
+
+impl Answer {
+    fn send(self, result: Result<(), StorageRefusal>) {
+        // The API may have timed out and gone; what was stored stays.
+        match self {
+            Answer::Push(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
+            Answer::Publish(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
+            Answer::Registry(reply, code) => drop(reply.send(result.map(|()| code))),
+        }
+    }
 }
 
 struct JournaledMessage {
@@ -280,6 +346,9 @@ fn device_entry(d: &Device) -> Entry<'_> {
         user_id: d.user_id.as_deref(),
         groups: d.groups.iter().map(|g| &**g).collect(),
         vendor: d.vendor_token.as_ref().map(|(c, t)| (*c, &**t)),
+        registered_at_ms: d.registered_at_ms,
+        bound_at_ms: d.bound_at_ms,
+        unbound_at_ms: d.unbound_at_ms,
     })
 }
 
@@ -317,6 +386,9 @@ struct Limits {
     status_retention: Duration,
     max_final_statuses: usize,
 }
+
+/// How often expired shared messages are swept out of the store.
+const FANOUT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Maps the monotonic clock to wall time, fixed at construction, so TTLs
 /// given in Unix milliseconds become timer deadlines and tests can run on a
@@ -360,6 +432,9 @@ struct CoreMetrics {
     withdrawn: Counter,
     frames_read: Counter,
     frame_read_errors: Counter,
+    shared_stored: Gauge,
+    shared_refused: Counter,
+    shared_caught_up: Counter,
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
@@ -393,6 +468,9 @@ impl CoreMetrics {
             withdrawn: counter("ringpush_messages_withdrawn_total"),
             frames_read: counter("ringpush_log_frames_read_total"),
             frame_read_errors: counter("ringpush_log_read_errors_total"),
+            shared_stored: metrics::gauge!("ringpush_shared_messages", "shard" => shard.clone()),
+            shared_refused: counter("ringpush_shared_messages_refused_total"),
+            shared_caught_up: counter("ringpush_shared_deliveries_caught_up_total"),
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
@@ -487,6 +565,18 @@ pub fn describe_metrics() {
         "Frames the log could not give back (I/O error or checksum mismatch); each message is dropped with status 4"
     );
     describe_gauge!(
+        "ringpush_shared_messages",
+        "Broadcast, group and user messages a shard stores (once each, for every device of their audience)"
+    );
+    describe_counter!(
+        "ringpush_shared_messages_refused_total",
+        "Shared messages refused because delivery.max_shared_messages_per_shard were stored (API answered 9000)"
+    );
+    describe_counter!(
+        "ringpush_shared_deliveries_caught_up_total",
+        "Shared messages queued for a device when it connected or bound a user (it was not there when they came)"
+    );
+    describe_gauge!(
         "ringpush_messages_pending",
         "Messages queued for devices and not yet acked, expired or dropped"
     );
@@ -551,6 +641,15 @@ pub struct DeliveryCore {
     /// Where frames kept in the log are read back from; `None`: all in memory.
     log_reader: Option<Box<dyn RecordReader>>,
     read_buf: Vec<u8>,
+    /// Broadcasts, group and user messages, once each.
+    fanout: FanoutStore,
+    /// Devices bound to a user, by `user_digest` (check the device's user:
+    /// digests may collide).
+    users: HashMap<u64, Vec<DeviceId>>,
+    next_fanout_sweep: Instant,
+    /// Reused buffers for the devices of a publish and a device's backlog.
+    scratch_devices: Vec<DeviceId>,
+    scratch_shared: Vec<(u64, Arc<SharedMessage>)>,
     metrics: CoreMetrics,
 }
 
@@ -621,6 +720,11 @@ impl DeliveryCore {
             max_message_id: 0,
             log_reader: None,
             read_buf: Vec::new(),
+            fanout: FanoutStore::new(d.max_shared_messages_per_shard),
+            users: HashMap::new(),
+            next_fanout_sweep: now,
+            scratch_devices: Vec::new(),
+            scratch_shared: Vec::new(),
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -677,6 +781,7 @@ impl DeliveryCore {
         journal.records = 0;
         let accepted = std::mem::take(&mut journal.accepted);
         let replies = std::mem::take(&mut journal.replies);
+        let published = std::mem::take(&mut journal.published);
         match result {
             Ok(written_at) => {
                 let to_log = if self.log_reader.is_some() {
@@ -691,7 +796,7 @@ impl DeliveryCore {
                     // New messages are at the back.
                     if let Some(p) = d.queue.iter_mut().rev().find(|p| p.id == m.message_id) {
                         p.durable = true;
-                        if d.conn.is_none() {
+                        if d.conn.is_none() && matches!(p.frame, FrameSlot::Memory(_)) {
                             if let Some(at) = to_log {
                                 let offset = at.offset + m.record_at as u64;
                                 p.frame = FrameSlot::Log(Span::at(Position { offset, ..at }, m.record_len));
@@ -704,17 +809,20 @@ impl DeliveryCore {
                         self.fill_window(m.device, now);
                     }
                 }
-                for (reply, outcomes) in replies {
-                    // The API may have timed out and gone; the messages stay.
-                    let _ = reply.send(Ok(outcomes));
+                for answer in replies {
+                    answer.send(Ok(()));
                 }
             }
             Err(refusal) => {
                 for m in accepted {
                     self.withdraw(m.device, m.message_id, m.status_key, now);
                 }
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(refusal));
+                for id in published {
+                    self.fanout.remove(id);
+                }
+                self.metrics.shared_stored.set(self.fanout.len() as f64);
+                for answer in replies {
+                    answer.send(Err(refusal));
                 }
                 self.metrics.pending.set(self.pending_total as f64);
             }
@@ -801,6 +909,25 @@ impl DeliveryCore {
                 status,
                 at_ms,
             } => self.replay_finished(token, message_id, status, at_ms, now),
+            Entry::Shared(m) => {
+                self.max_message_id = self.max_message_id.max(m.message_id);
+                let message = Arc::new(SharedMessage {
+                    id: m.message_id,
+                    app_id: self.app_arc(m.app),
+                    audience: m.audience,
+                    msg_key: m.msg_key.into(),
+                    task_id: m.task_id,
+                    accepted_at_ms: m.accepted_at_ms,
+                    expires_at_ms: m.expires_at_ms,
+                    frame: Bytes::copy_from_slice(m.frame),
+                });
+                // Expired ones too: the statuses logged after them need
+                // their msgKey. The first sweep forgets them.
+                match self.fanout.insert(message) {
+                    Ok(_) | Err(Refused::Duplicate) => {}
+                    Err(Refused::Full) => self.metrics.shared_refused.increment(1),
+                }
+            }
             Entry::FinalStatus(f) => {
                 let key = StatusKey::from_u128(f.key);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
@@ -825,6 +952,7 @@ impl DeliveryCore {
         self.journal.enabled = true;
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
+        self.metrics.shared_stored.set(self.fanout.len() as f64);
     }
 
     fn app_arc(&mut self, app: &str) -> Arc<str> {
@@ -843,27 +971,50 @@ impl DeliveryCore {
             Some(&d) => d,
             None => {
                 let app = self.app_arc(entry.app);
-                let device = self.devices.insert(Device {
+                let device = self.devices.insert(Device::new(
                     app,
-                    token: entry.token.into(),
-                    platform: entry.platform,
-                    conn: None,
-                    queue: VecDeque::new(),
-                    in_flight: 0,
-                    missed: 0,
-                    user_id: None,
-                    groups: Vec::new(),
-                    vendor_token: None,
-                });
+                    entry.token.into(),
+                    entry.platform,
+                    entry.registered_at_ms,
+                ));
                 self.by_token.insert(entry.token.into(), device);
                 device
             }
         };
+        if self.devices[device].user_id.as_deref() != entry.user_id {
+            self.unindex_user(device);
+            self.devices[device].user_id = entry.user_id.map(Into::into);
+            self.index_user(device);
+        }
         let d = &mut self.devices[device];
         d.platform = entry.platform;
-        d.user_id = entry.user_id.map(Into::into);
         d.groups = entry.groups.iter().map(|&g| g.into()).collect();
         d.vendor_token = entry.vendor.map(|(c, t)| (c, t.into()));
+        d.registered_at_ms = entry.registered_at_ms;
+        d.bound_at_ms = entry.bound_at_ms;
+        d.unbound_at_ms = entry.unbound_at_ms;
+    }
+
+    fn index_user(&mut self, device: DeviceId) {
+        let d = &self.devices[device];
+        if let Some(user) = &d.user_id {
+            self.users
+                .entry(user_digest(&d.app, user))
+                .or_default()
+                .push(device);
+        }
+    }
+
+    fn unindex_user(&mut self, device: DeviceId) {
+        let d = &self.devices[device];
+        let Some(user) = &d.user_id else { return };
+        let digest = user_digest(&d.app, user);
+        if let Some(list) = self.users.get_mut(&digest) {
+            list.retain(|&x| x != device);
+            if list.is_empty() {
+                self.users.remove(&digest);
+            }
+        }
     }
 
     fn replay_finished(&mut self, token: &str, message_id: u64, status: Status, at_ms: u64, now: Instant) {
@@ -871,7 +1022,25 @@ impl DeliveryCore {
             return;
         };
         let d = &mut self.devices[device];
+        let forget_at_ms = at_ms + self.limits.status_retention.as_millis() as u64;
         let Some(pos) = d.queue.iter().position(|p| p.id == message_id) else {
+            // A shared message's delivery: only its end was logged. Its
+            // status keeps the device from being sent it again.
+            if let Some(m) = self.fanout.get(message_id) {
+                let key = StatusKey::new(&m.app_id, &m.msg_key, token);
+                let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
+                    status,
+                    message_id,
+                    accepted_at_ms: m.accepted_at_ms,
+                    expires_at_ms: m.expires_at_ms,
+                    acked_at_ms: if status == Status::Acked { at_ms } else { 0 },
+                    forget_at_ms,
+                });
+                if inserted {
+                    let forget_at = self.clock.instant_of(forget_at_ms).max(now);
+                    self.status_gc.push_back((forget_at, key));
+                }
+            }
             return;
         };
         let gone = d.queue.remove(pos).expect("position is in range");
@@ -879,7 +1048,6 @@ impl DeliveryCore {
             d.queue = VecDeque::new();
         }
         self.pending_total -= 1;
-        let forget_at_ms = at_ms + self.limits.status_retention.as_millis() as u64;
         if let Some(record) = self.statuses.get_mut(&gone.status_key) {
             record.status = status;
             record.forget_at_ms = forget_at_ms;
@@ -919,8 +1087,26 @@ impl DeliveryCore {
             statuses,
             log_reader,
             read_buf,
+            fanout,
             ..
         } = self;
+        for stored in fanout.iter() {
+            let m = &stored.message;
+            chunk.put(
+                &Entry::Shared(SharedEntry {
+                    message_id: m.id,
+                    app: &m.app_id,
+                    audience: m.audience.clone(),
+                    msg_key: &m.msg_key,
+                    task_id: m.task_id,
+                    accepted_at_ms: m.accepted_at_ms,
+                    expires_at_ms: m.expires_at_ms,
+                    frame: &m.frame,
+                }),
+                false,
+            );
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
         for (_, d) in devices.iter() {
             chunk.put(&device_entry(d), false);
             chunk.flush_if_full(CHUNK, &mut emit)?;
@@ -948,6 +1134,9 @@ impl DeliveryCore {
                             .map_err(|reason| E::from(UnreadableFrame(reason)))?;
                         chunk.put(&Entry::Accepted(entry), true);
                     }
+                    // The shared message is restated once, above; after a
+                    // restart the device is matched against it again.
+                    FrameSlot::Shared(_) => chunk.skip(),
                 }
                 chunk.flush_if_full(CHUNK, &mut emit)?;
             }
@@ -1015,6 +1204,18 @@ impl DeliveryCore {
             match d.conn {
                 Some(conn) => assert_eq!(self.sessions[conn].state, SessionState::Active(id), "link"),
                 None => assert_eq!(d.in_flight, 0, "nothing in flight without a connection"),
+            }
+            if let Some(user) = &d.user_id {
+                let bound = self.users.get(&user_digest(&d.app, user));
+                assert!(bound.is_some_and(|b| b.contains(&id)), "user index entry");
+            }
+        }
+        for (digest, bound) in &self.users {
+            assert!(!bound.is_empty(), "no empty user index lists");
+            for &id in bound {
+                let d = &self.devices[id];
+                let user = d.user_id.as_deref().expect("indexed devices have a user");
+                assert_eq!(user_digest(&d.app, user), *digest, "user index digest");
             }
         }
     }
@@ -1144,45 +1345,29 @@ impl DeliveryCore {
                 return self.go_away(conn, GoAwayReason::TokenDeleted, 0, "token deleted");
             }
             Frame::Bind(b) => {
-                let code = self.bind_user(device, &b.user_id);
-                self.registry_reply(conn, device, b.request_id, code);
+                let code = self.change_registry(device, RegistryChange::Bind(b.user_id.into()), now);
+                self.reply(conn, b.request_id, code);
             }
             Frame::Unbind(b) => {
-                let code = if b.user_id.is_empty() {
-                    RESULT_NEED_USERID
-                } else {
-                    let d = &mut self.devices[device];
-                    if d.user_id.as_deref() == Some(b.user_id.as_str()) {
-                        d.user_id = None;
-                    }
-                    RESULT_SUCCESS
-                };
-                self.registry_reply(conn, device, b.request_id, code);
+                let code = self.change_registry(device, RegistryChange::Unbind(b.user_id.into()), now);
+                self.reply(conn, b.request_id, code);
             }
             Frame::JoinGroup(g) => {
-                let code = self.join_group(device, &g.group);
-                self.registry_reply(conn, device, g.request_id, code);
+                let code = self.change_registry(device, RegistryChange::JoinGroup(g.group.into()), now);
+                self.reply(conn, g.request_id, code);
             }
             Frame::LeaveGroup(g) => {
-                self.devices[device].groups.retain(|x| **x != *g.group);
-                self.registry_reply(conn, device, g.request_id, RESULT_SUCCESS);
+                let code = self.change_registry(device, RegistryChange::LeaveGroup(g.group.into()), now);
+                self.reply(conn, g.request_id, code);
             }
             Frame::LeaveAllGroups(g) => {
-                self.devices[device].groups = Vec::new();
-                self.registry_reply(conn, device, g.request_id, RESULT_SUCCESS);
+                let code = self.change_registry(device, RegistryChange::LeaveAllGroups, now);
+                self.reply(conn, g.request_id, code);
             }
             Frame::ReportVendorToken(v) => {
-                let code = if v.vendor_token.is_empty() {
-                    RESULT_NEED_DELIVERYTOKEN
-                } else if !VENDOR_CHANNELS.contains(&v.third_channel)
-                    || v.vendor_token.len() > MAX_VENDOR_TOKEN_LEN
-                {
-                    RESULT_INVALID_PARAM
-                } else {
-                    self.devices[device].vendor_token = Some((v.third_channel, v.vendor_token.into()));
-                    RESULT_SUCCESS
-                };
-                self.registry_reply(conn, device, v.request_id, code);
+                let change = RegistryChange::VendorToken(v.third_channel, v.vendor_token.into());
+                let code = self.change_registry(device, change, now);
+                self.reply(conn, v.request_id, code);
             }
             Frame::Opened(ids) => {
                 metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "opened")
@@ -1234,7 +1419,7 @@ impl DeliveryCore {
             .filter(|&d| *self.devices[d].app == *app);
         let (device, new_token) = match known {
             Some(d) => (d, false),
-            None => (self.register_device(app, platform), true),
+            None => (self.register_device(app, platform, now), true),
         };
         if let Some(old) = self.devices[device].conn {
             if old != conn {
@@ -1269,11 +1454,12 @@ impl DeliveryCore {
         self.metrics.handshake("ok");
         self.timers
             .insert(now + self.limits.idle_timeout, Timer::Idle { conn, generation });
+        self.catch_up(device, now);
         self.fill_window(device, now);
         Flow::Continue
     }
 
-    fn register_device(&mut self, app: Arc<str>, platform: u8) -> DeviceId {
+    fn register_device(&mut self, app: Arc<str>, platform: u8, now: Instant) -> DeviceId {
         let token = loop {
             let candidate = self.tokens.next();
             if owner_shard(candidate.as_bytes(), self.shard_count) == self.shard_id
@@ -1282,60 +1468,254 @@ impl DeliveryCore {
                 break candidate.into_boxed_str();
             }
         };
-        let device = self.devices.insert(Device {
-            app,
-            token: token.clone(),
-            platform,
-            conn: None,
-            queue: VecDeque::new(),
-            in_flight: 0,
-            missed: 0,
-            user_id: None,
-            groups: Vec::new(),
-            vendor_token: None,
-        });
+        let mut record = Device::new(app, token.clone(), platform, self.clock.unix_ms(now));
+        // Nothing stored before it was born is for it.
+        record.fanout_cursor = self.fanout.next_seq();
+        let device = self.devices.insert(record);
         self.by_token.insert(token, device);
         self.journal.write(&device_entry(&self.devices[device]));
         self.metrics.devices.set(self.devices.len() as f64);
         device
     }
 
-    fn bind_user(&mut self, device: DeviceId, user_id: &str) -> i32 {
-        if user_id.is_empty() {
-            return RESULT_NEED_USERID;
-        }
-        if user_id.len() > MAX_USER_ID_LEN {
-            return RESULT_INVALID_PARAM;
-        }
-        self.devices[device].user_id = Some(user_id.into());
-        RESULT_SUCCESS
-    }
-
-    fn join_group(&mut self, device: DeviceId, group: &str) -> i32 {
-        if group.is_empty() || group.len() > MAX_GROUP_LEN {
-            return RESULT_INVALID_PARAM;
-        }
-        // Every device is in `all` implicitly.
-        if group == "all" {
-            return RESULT_SUCCESS;
-        }
-        let groups = &mut self.devices[device].groups;
-        if !groups.iter().any(|g| **g == *group) {
-            if groups.len() >= MAX_GROUPS_PER_DEVICE {
-                return RESULT_INVALID_PARAM;
+    /// Applies a registry change from the device or the API and answers its
+    /// result code; a change that took effect is journaled (the whole
+    /// record). Binding a user delivers the user's still-valid messages.
+    fn change_registry(&mut self, device: DeviceId, change: RegistryChange, now: Instant) -> i32 {
+        let now_ms = self.clock.unix_ms(now);
+        let d = &mut self.devices[device];
+        let mut bound = false;
+        match change {
+            RegistryChange::Bind(user) => {
+                if user.is_empty() {
+                    return RESULT_NEED_USERID;
+                }
+                if user.len() > MAX_USER_ID_LEN {
+                    return RESULT_INVALID_PARAM;
+                }
+                if d.user_id.as_deref() == Some(&*user) {
+                    return RESULT_SUCCESS;
+                }
+                self.unindex_user(device);
+                let d = &mut self.devices[device];
+                d.user_id = Some(user);
+                d.bound_at_ms = now_ms;
+                self.index_user(device);
+                bound = true;
             }
-            groups.push(group.into());
+            RegistryChange::Unbind(user) => {
+                if user.is_empty() {
+                    return RESULT_NEED_USERID;
+                }
+                if d.user_id.as_deref() != Some(&*user) {
+                    return RESULT_SUCCESS;
+                }
+                self.unindex_user(device);
+                let d = &mut self.devices[device];
+                d.user_id = None;
+                d.unbound_at_ms = now_ms;
+            }
+            RegistryChange::JoinGroup(group) => {
+                if group.is_empty() || group.len() > MAX_GROUP_LEN {
+                    return RESULT_INVALID_PARAM;
+                }
+                // Every device is in `all` implicitly.
+                if &*group == "all" || d.groups.contains(&group) {
+                    return RESULT_SUCCESS;
+                }
+                if d.groups.len() >= MAX_GROUPS_PER_DEVICE {
+                    return RESULT_INVALID_PARAM;
+                }
+                d.groups.push(group);
+            }
+            RegistryChange::LeaveGroup(group) => {
+                if !d.groups.contains(&group) {
+                    return RESULT_SUCCESS;
+                }
+                d.groups.retain(|g| *g != group);
+            }
+            RegistryChange::LeaveAllGroups => {
+                if d.groups.is_empty() {
+                    return RESULT_SUCCESS;
+                }
+                d.groups = Vec::new();
+            }
+            RegistryChange::VendorToken(channel, token) => {
+                if token.is_empty() {
+                    return RESULT_NEED_DELIVERYTOKEN;
+                }
+                if !VENDOR_CHANNELS.contains(&channel) || token.len() > MAX_VENDOR_TOKEN_LEN {
+                    return RESULT_INVALID_PARAM;
+                }
+                d.vendor_token = Some((channel, token));
+            }
+        }
+        self.journal.write(&device_entry(&self.devices[device]));
+        if bound {
+            self.queue_shared_backlog(device, true, now);
+            self.fill_window(device, now);
         }
         RESULT_SUCCESS
     }
 
-    /// Answers a registry request; a successful one changed the device's
-    /// record, which is journaled whole.
-    fn registry_reply(&mut self, conn: ConnId, device: DeviceId, request_id: u64, code: i32) {
-        if code == RESULT_SUCCESS {
-            self.journal.write(&device_entry(&self.devices[device]));
+    /// Queues for a device, oldest first, every still-valid shared message
+    /// it is in the audience of and has not had. On connect
+    /// (`just_bound: false`): broadcasts, group and user messages from its
+    /// cursor on; after binding a user: all of that user's messages.
+    fn queue_shared_backlog(&mut self, device: DeviceId, just_bound: bool, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let d = &self.devices[device];
+        let cursor = d.fanout_cursor;
+        let member = d.member();
+        let live = |m: &SharedMessage| m.expires_at_ms > now_ms && is_member(m, &member);
+        let mut due = std::mem::take(&mut self.scratch_shared);
+        if !just_bound {
+            due.extend(
+                self.fanout
+                    .broadcasts_since(cursor)
+                    .filter(|s| live(&s.message))
+                    .map(|s| (s.seq, s.message.clone())),
+            );
         }
-        self.reply(conn, request_id, code);
+        if let Some(user) = &d.user_id {
+            let from = if just_bound { 0 } else { cursor };
+            due.extend(
+                self.fanout
+                    .for_user(&d.app, user)
+                    .iter()
+                    .filter(|s| s.seq >= from && live(&s.message))
+                    .map(|s| (s.seq, s.message.clone())),
+            );
+        }
+        if !just_bound {
+            self.devices[device].fanout_cursor = self.fanout.next_seq();
+        }
+        due.sort_unstable_by_key(|(seq, _)| *seq);
+        for (_, message) in due.drain(..) {
+            if self.queue_shared(device, &message, now) {
+                self.metrics.shared_caught_up.increment(1);
+            }
+        }
+        self.scratch_shared = due;
+    }
+
+    /// A device connected: what came for it while it was away.
+    fn catch_up(&mut self, device: DeviceId, now: Instant) {
+        self.queue_shared_backlog(device, false, now);
+    }
+
+    /// Queues a shared message for one device unless it had it before (its
+    /// status for the device exists). Answers whether it was queued.
+    fn queue_shared(&mut self, device: DeviceId, message: &Arc<SharedMessage>, now: Instant) -> bool {
+        let d = &self.devices[device];
+        let status_key = StatusKey::new(&message.app_id, &message.msg_key, &d.token);
+        let inserted = self.statuses.insert_if_absent(status_key, || StatusRecord {
+            status: Status::Pending,
+            message_id: message.id,
+            accepted_at_ms: message.accepted_at_ms,
+            expires_at_ms: message.expires_at_ms,
+            acked_at_ms: 0,
+            forget_at_ms: 0,
+        });
+        if !inserted {
+            return false;
+        }
+        // Sent only once the message itself is in the log.
+        let durable = !self.journal.published.contains(&message.id);
+        if !durable {
+            self.journal.accepted.push(JournaledMessage {
+                device,
+                message_id: message.id,
+                status_key,
+                record_at: 0,
+                record_len: 0,
+            });
+        }
+        self.timers.insert(
+            self.clock.instant_of(message.expires_at_ms),
+            Timer::Expiry {
+                device,
+                message_id: message.id,
+            },
+        );
+        self.enqueue(
+            device,
+            Pending {
+                id: message.id,
+                accepted_at_ms: message.accepted_at_ms,
+                expires_at_ms: message.expires_at_ms,
+                frame: FrameSlot::Shared(message.clone()),
+                status_key,
+                sent_at: None,
+                sent_before: false,
+                durable,
+            },
+            now,
+        );
+        true
+    }
+
+    /// Stores a shared message and queues it for this shard's online devices
+    /// in its audience (the others get it when they connect or bind).
+    fn publish(&mut self, message: Arc<SharedMessage>, now: Instant) -> SharedOutcome {
+        let mut outcome = SharedOutcome::default();
+        match self.fanout.insert(message.clone()) {
+            Ok(_) => {}
+            Err(Refused::Duplicate) => {
+                self.metrics.duplicates.increment(1);
+                outcome.duplicate = true;
+                return outcome;
+            }
+            Err(Refused::Full) => {
+                self.metrics.shared_refused.increment(1);
+                outcome.refused = true;
+                return outcome;
+            }
+        }
+        self.max_message_id = self.max_message_id.max(message.id);
+        self.journal.write(&Entry::Shared(SharedEntry {
+            message_id: message.id,
+            app: &message.app_id,
+            audience: message.audience.clone(),
+            msg_key: &message.msg_key,
+            task_id: message.task_id,
+            accepted_at_ms: message.accepted_at_ms,
+            expires_at_ms: message.expires_at_ms,
+            frame: &message.frame,
+        }));
+        self.journal.published.push(message.id);
+        self.metrics.shared_stored.set(self.fanout.len() as f64);
+        let mut members = std::mem::take(&mut self.scratch_devices);
+        match &message.audience {
+            Audience::User(user) => {
+                if let Some(bound) = self.users.get(&user_digest(&message.app_id, user)) {
+                    members.extend(bound.iter().copied());
+                }
+                members.retain(|&d| is_member(&message, &self.devices[d].member()));
+            }
+            Audience::Group(_) | Audience::Platform { .. } => {
+                let next = self.fanout.next_seq();
+                for (id, d) in self.devices.iter_mut() {
+                    if is_member(&message, &d.member()) {
+                        members.push(id);
+                    }
+                    // A connected device was caught up when it connected
+                    // and has been offered every shared message since.
+                    if d.conn.is_some() {
+                        d.fanout_cursor = next;
+                    }
+                }
+            }
+        }
+        outcome.matched = members.len() as u32;
+        for &device in &members {
+            if self.devices[device].conn.is_some() && self.queue_shared(device, &message, now) {
+                outcome.online += 1;
+            }
+        }
+        members.clear();
+        self.scratch_devices = members;
+        outcome
     }
 
     fn reply(&mut self, conn: ConnId, request_id: u64, code: i32) {
@@ -1410,6 +1790,10 @@ impl DeliveryCore {
                 let written = match &p.frame {
                     FrameSlot::Memory(frame) => {
                         session.outbound.extend_from_slice(frame);
+                        Ok(())
+                    }
+                    FrameSlot::Shared(message) => {
+                        session.outbound.extend_from_slice(&message.frame);
                         Ok(())
                     }
                     FrameSlot::Log(span) => {
@@ -1600,6 +1984,7 @@ impl DeliveryCore {
     }
 
     fn delete_device(&mut self, device: DeviceId, now: Instant) {
+        self.unindex_user(device);
         let d = self.devices.remove(device);
         self.by_token.remove(&d.token);
         self.journal.write(&Entry::DeviceDeleted { token: &d.token });
@@ -1623,7 +2008,34 @@ impl DeliveryCore {
             Command::Push { messages, reply } => {
                 let outcomes = messages.into_iter().map(|m| self.accept(m, now)).collect();
                 self.metrics.pending.set(self.pending_total as f64);
-                self.journal.replies.push((reply, outcomes));
+                self.journal.replies.push(Answer::Push(reply, outcomes));
+            }
+            Command::Publish { messages, reply } => {
+                let outcomes = messages.into_iter().map(|m| self.publish(m, now)).collect();
+                self.metrics.pending.set(self.pending_total as f64);
+                self.journal.replies.push(Answer::Publish(reply, outcomes));
+            }
+            Command::Registry {
+                app_id,
+                token,
+                change,
+                reply,
+            } => {
+                let code = match self.by_token.get(&*token) {
+                    Some(&device) if *self.devices[device].app == *app_id => {
+                        self.change_registry(device, change, now)
+                    }
+                    _ => RESULT_DELIVERYTOKEN_INVALID,
+                };
+                self.journal.replies.push(Answer::Registry(reply, code));
+            }
+            Command::QueryUserStatus {
+                app_id,
+                msg_key,
+                user_id,
+                reply,
+            } => {
+                let _ = reply.send(self.user_status(&app_id, &msg_key, &user_id));
             }
             Command::QueryStatus {
                 app_id,
@@ -1644,6 +2056,42 @@ impl DeliveryCore {
                 let _ = reply.send(report);
             }
         }
+    }
+
+    /// A user message as this shard sees it: how many devices bound to the
+    /// user now, and how many of them acknowledged it.
+    fn user_status(&self, app: &str, msg_key: &str, user: &str) -> Option<UserStatusReport> {
+        let message = self.fanout.find(app, msg_key, &Audience::User(user.into()))?;
+        let mut report = UserStatusReport {
+            message_id: message.id,
+            accepted_at_ms: message.accepted_at_ms,
+            expires_at_ms: message.expires_at_ms,
+            ..Default::default()
+        };
+        let bound = self
+            .users
+            .get(&user_digest(app, user))
+            .map_or(&[][..], Vec::as_slice);
+        for &device in bound {
+            let d = &self.devices[device];
+            if d.user_id.as_deref() != Some(user) || *d.app != *app {
+                continue;
+            }
+            report.bound += 1;
+            let acked = self
+                .statuses
+                .get(&StatusKey::new(app, msg_key, &d.token))
+                .filter(|r| r.status == Status::Acked && r.message_id == message.id);
+            if let Some(r) = acked {
+                report.acked += 1;
+                report.first_acked_at_ms = Some(
+                    report
+                        .first_acked_at_ms
+                        .map_or(r.acked_at_ms, |t| t.min(r.acked_at_ms)),
+                );
+            }
+        }
+        Some(report)
     }
 
     fn accept(&mut self, message: Message, now: Instant) -> Accepted {
@@ -1703,6 +2151,31 @@ impl DeliveryCore {
                 message_id: message.id,
             },
         );
+        let online = self.devices[device].conn.is_some();
+        self.enqueue(
+            device,
+            Pending {
+                id: message.id,
+                accepted_at_ms: message.accepted_at_ms,
+                expires_at_ms: message.expires_at_ms,
+                frame: match logged {
+                    Some(span) => FrameSlot::Log(span),
+                    // No copy when the API's buffer is exactly the frame.
+                    None => FrameSlot::Memory(Vec::from(message.frame).into_boxed_slice()),
+                },
+                status_key,
+                sent_at: None,
+                sent_before: false,
+                durable: !self.journal.enabled,
+            },
+            now,
+        );
+        Accepted::Queued { online }
+    }
+
+    /// Appends a message to a device's queue (dropping the oldest unsent one
+    /// past the pending cap) and, when it may be sent now, sends it.
+    fn enqueue(&mut self, device: DeviceId, pending: Pending, now: Instant) {
         let d = &mut self.devices[device];
         if d.queue.len() >= self.limits.max_pending {
             // Drop the oldest message not yet written; if the whole queue is
@@ -1729,27 +2202,13 @@ impl DeliveryCore {
             self.pending_total -= 1;
             self.metrics.dropped_overflow.increment(1);
         }
-        d.queue.push_back(Pending {
-            id: message.id,
-            accepted_at_ms: message.accepted_at_ms,
-            expires_at_ms: message.expires_at_ms,
-            frame: match logged {
-                Some(span) => FrameSlot::Log(span),
-                // No copy when the API's buffer is exactly the frame.
-                None => FrameSlot::Memory(Vec::from(message.frame).into_boxed_slice()),
-            },
-            status_key,
-            sent_at: None,
-            sent_before: false,
-            durable: !self.journal.enabled,
-        });
+        let send_now = pending.durable && d.conn.is_some();
+        d.queue.push_back(pending);
         self.pending_total += 1;
         self.metrics.queued.increment(1);
-        let online = d.conn.is_some();
-        if online && !self.journal.enabled {
+        if send_now {
             self.fill_window(device, now);
         }
-        Accepted::Queued { online }
     }
 
     /// Runs every timer due at `now` and collects statuses past retention.
@@ -1760,6 +2219,12 @@ impl DeliveryCore {
             self.fire(timer, now);
         }
         self.fired = fired;
+        if now >= self.next_fanout_sweep {
+            self.next_fanout_sweep = now + FANOUT_SWEEP_INTERVAL;
+            if self.fanout.sweep(self.clock.unix_ms(now)) > 0 {
+                self.metrics.shared_stored.set(self.fanout.len() as f64);
+            }
+        }
         while let Some(&(at, key)) = self.status_gc.front() {
             if at > now && self.status_gc.len() <= self.limits.max_final_statuses {
                 break;
@@ -1860,10 +2325,8 @@ impl DeliveryCore {
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.next_deadline();
         let gc = self.status_gc.front().map(|(at, _)| *at);
-        match (timer, gc) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let sweep = (self.fanout.len() > 0).then_some(self.next_fanout_sweep);
+        [timer, gc, sweep].into_iter().flatten().min()
     }
 
     /// Tells every connected device to come back after a jittered delay and
@@ -1904,6 +2367,13 @@ struct CheckpointChunk {
 }
 
 impl CheckpointChunk {
+    /// A pending message that has no record of its own: no span.
+    fn skip(&mut self) {
+        if self.track {
+            self.messages.push((0, 0));
+        }
+    }
+
     fn put(&mut self, entry: &Entry<'_>, is_message: bool) {
         let at = self.out.len();
         entry.write_to(&mut self.out);
@@ -1924,7 +2394,7 @@ impl CheckpointChunk {
         }
         let at = emit(&self.out, self.records)?;
         for &(offset, len) in &self.messages {
-            self.spans.push(at.map(|at| {
+            self.spans.push(at.filter(|_| len > 0).map(|at| {
                 let offset = at.offset + offset as u64;
                 Span::at(Position { offset, ..at }, len)
             }));

@@ -9,13 +9,14 @@
 //! Every entry is self-contained, so any suffix of the log that starts at a
 //! checkpoint replays to the same state.
 
-use crate::message::Status;
+use crate::message::{Audience, BindFilter, Status};
 
 const KIND_DEVICE: u8 = 1;
 const KIND_DEVICE_DELETED: u8 = 2;
 const KIND_ACCEPTED: u8 = 3;
 const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
+const KIND_SHARED: u8 = 6;
 
 /// A device's whole registry record; written on registration and on every
 /// change, so the last one for a token is its state.
@@ -28,6 +29,27 @@ pub struct DeviceEntry<'a> {
     pub groups: Vec<&'a str>,
     /// (thirdChannel, vendor token)
     pub vendor: Option<(u32, &'a str)>,
+    /// When the token was issued; broadcasts reach devices that existed
+    /// when they were accepted. 0 in records older than this field.
+    pub registered_at_ms: u64,
+    /// When the current user was bound (0: never or unknown).
+    pub bound_at_ms: u64,
+    /// When a user was last unbound (0: never).
+    pub unbound_at_ms: u64,
+}
+
+/// A shared message (broadcast, group or user push) as one shard stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedEntry<'a> {
+    pub message_id: u64,
+    pub app: &'a str,
+    pub audience: Audience,
+    pub msg_key: &'a str,
+    pub task_id: u64,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// The complete Push frame.
+    pub frame: &'a [u8],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +94,7 @@ pub enum Entry<'a> {
         at_ms: u64,
     },
     FinalStatus(FinalStatusEntry),
+    Shared(SharedEntry<'a>),
 }
 
 impl Entry<'_> {
@@ -83,6 +106,7 @@ impl Entry<'_> {
             Entry::Accepted(_) => KIND_ACCEPTED,
             Entry::Finished { .. } => KIND_FINISHED,
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
+            Entry::Shared(_) => KIND_SHARED,
         };
         crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
     }
@@ -106,6 +130,9 @@ impl Entry<'_> {
                     }
                     None => out.push(0),
                 }
+                put_u64(out, d.registered_at_ms);
+                put_u64(out, d.bound_at_ms);
+                put_u64(out, d.unbound_at_ms);
             }
             Entry::DeviceDeleted { token } => put_str(out, token),
             Entry::Accepted(a) => {
@@ -143,6 +170,16 @@ impl Entry<'_> {
                 }
                 put_u64(out, f.forget_at_ms);
             }
+            Entry::Shared(m) => {
+                put_u64(out, m.message_id);
+                put_str(out, m.app);
+                put_audience(out, &m.audience);
+                put_str(out, m.msg_key);
+                put_u64(out, m.task_id);
+                put_u64(out, m.accepted_at_ms);
+                put_u64(out, m.expires_at_ms);
+                put_bytes(out, m.frame);
+            }
         }
     }
 
@@ -170,6 +207,12 @@ impl Entry<'_> {
                     1 => Some((r.u32()?, r.str()?)),
                     x => return Err(format!("vendor flag {x}")),
                 };
+                // Records written before the times existed end here.
+                let [registered_at_ms, bound_at_ms, unbound_at_ms] = if r.at == payload.len() {
+                    [0; 3]
+                } else {
+                    [r.u64()?, r.u64()?, r.u64()?]
+                };
                 Entry::Device(DeviceEntry {
                     token,
                     app,
@@ -177,6 +220,9 @@ impl Entry<'_> {
                     user_id,
                     groups,
                     vendor,
+                    registered_at_ms,
+                    bound_at_ms,
+                    unbound_at_ms,
                 })
             }
             KIND_DEVICE_DELETED => Entry::DeviceDeleted { token: r.str()? },
@@ -207,6 +253,16 @@ impl Entry<'_> {
                     x => return Err(format!("acked flag {x}")),
                 },
                 forget_at_ms: r.u64()?,
+            }),
+            KIND_SHARED => Entry::Shared(SharedEntry {
+                message_id: r.u64()?,
+                app: r.str()?,
+                audience: r.audience()?,
+                msg_key: r.str()?,
+                task_id: r.u64()?,
+                accepted_at_ms: r.u64()?,
+                expires_at_ms: r.u64()?,
+                frame: r.bytes()?,
             }),
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -241,6 +297,31 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
             put_str(out, s);
         }
         None => out.push(0),
+    }
+}
+
+/// A period of `None` (forever) is stored as `u64::MAX`.
+fn put_audience(out: &mut Vec<u8>, audience: &Audience) {
+    match audience {
+        Audience::Platform { platform, filter } => {
+            out.push(1);
+            out.push(*platform);
+            let (kind, period) = match *filter {
+                BindFilter::Bound { within_ms } => (0, within_ms),
+                BindFilter::Any { unbound_within_ms } => (1, unbound_within_ms),
+                BindFilter::Unbound { within_ms } => (2, within_ms),
+            };
+            out.push(kind);
+            put_u64(out, period.unwrap_or(u64::MAX));
+        }
+        Audience::Group(group) => {
+            out.push(2);
+            put_str(out, group);
+        }
+        Audience::User(user) => {
+            out.push(3);
+            put_str(out, user);
+        }
     }
 }
 
@@ -289,6 +370,28 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn audience(&mut self) -> Result<Audience, String> {
+        Ok(match self.u8()? {
+            1 => {
+                let platform = self.u8()?;
+                let kind = self.u8()?;
+                let period = Some(self.u64()?).filter(|&p| p != u64::MAX);
+                let filter = match kind {
+                    0 => BindFilter::Bound { within_ms: period },
+                    1 => BindFilter::Any {
+                        unbound_within_ms: period,
+                    },
+                    2 => BindFilter::Unbound { within_ms: period },
+                    x => return Err(format!("bind filter {x}")),
+                };
+                Audience::Platform { platform, filter }
+            }
+            2 => Audience::Group(self.str()?.into()),
+            3 => Audience::User(self.str()?.into()),
+            x => return Err(format!("audience kind {x}")),
+        })
+    }
+
     fn final_status(&mut self) -> Result<Status, String> {
         match self.u8()? {
             2 => Ok(Status::Acked),
@@ -318,6 +421,22 @@ mod tests {
         prop_oneof![Just(Status::Acked), Just(Status::Expired), Just(Status::Dropped)]
     }
 
+    fn audience() -> impl Strategy<Value = Audience> {
+        let period = proptest::option::of(0u64..u64::MAX);
+        prop_oneof![
+            (any::<u8>(), 0u8..3, period).prop_map(|(platform, kind, p)| Audience::Platform {
+                platform,
+                filter: match kind {
+                    0 => BindFilter::Bound { within_ms: p },
+                    1 => BindFilter::Any { unbound_within_ms: p },
+                    _ => BindFilter::Unbound { within_ms: p },
+                },
+            }),
+            ".{0,12}".prop_map(|g| Audience::Group(g.into())),
+            ".{0,12}".prop_map(|u| Audience::User(u.into())),
+        ]
+    }
+
     proptest! {
         #[test]
         fn device_entries_round_trip(
@@ -325,12 +444,16 @@ mod tests {
             user in proptest::option::of(".{0,20}"),
             groups in proptest::collection::vec(".{0,8}", 0..5),
             vendor in proptest::option::of((any::<u32>(), ".{0,20}")),
+            times: [u64; 3],
         ) {
             let entry = Entry::Device(DeviceEntry {
                 token: &token, app: &app, platform,
                 user_id: user.as_deref(),
                 groups: groups.iter().map(String::as_str).collect(),
                 vendor: vendor.as_ref().map(|(c, t)| (*c, t.as_str())),
+                registered_at_ms: times[0],
+                bound_at_ms: times[1],
+                unbound_at_ms: times[2],
             });
             let mut out = Vec::new();
             entry.write_to(&mut out);
@@ -363,9 +486,50 @@ mod tests {
         }
 
         #[test]
+        fn shared_entries_round_trip(
+            id: u64, app in ".{0,10}", key in ".{0,20}", task: u64, at: u64, exp: u64,
+            frame in proptest::collection::vec(any::<u8>(), 0..300),
+            audience in audience(),
+        ) {
+            let entry = Entry::Shared(SharedEntry {
+                message_id: id, app: &app, audience, msg_key: &key, task_id: task,
+                accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+            });
+            let mut out = Vec::new();
+            entry.write_to(&mut out);
+            prop_assert_eq!(decode_framed(&out), entry);
+        }
+
+        #[test]
         fn decoding_garbage_never_panics(kind in 0u8..8, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Entry::decode(kind, &payload);
         }
+    }
+
+    #[test]
+    fn device_records_without_times_still_decode() {
+        let entry = DeviceEntry {
+            token: "t",
+            app: "a",
+            platform: 1,
+            user_id: Some("u"),
+            groups: vec!["g"],
+            vendor: None,
+            registered_at_ms: 5,
+            bound_at_ms: 6,
+            unbound_at_ms: 7,
+        };
+        let mut out = Vec::new();
+        Entry::Device(entry.clone()).write_to(&mut out);
+        let old_layout = &out[9..out.len() - 24];
+        let Entry::Device(decoded) = Entry::decode(KIND_DEVICE, old_layout).unwrap() else {
+            panic!("a device record");
+        };
+        assert_eq!((decoded.token, decoded.user_id), ("t", Some("u")));
+        assert_eq!(
+            decoded.registered_at_ms + decoded.bound_at_ms + decoded.unbound_at_ms,
+            0
+        );
     }
 
     #[test]

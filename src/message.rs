@@ -21,11 +21,88 @@ pub struct Message {
     pub frame: Bytes,
 }
 
-/// Per-target delivery status with the reference's numeric codes (0 and 2
-/// here; -1 WaitingForVerify has no counterpart, 1 NoBindInfo arrives with
-/// push by user). Our additions are numbered past them.
+/// A message for a set of devices that is not known when it is accepted: a
+/// broadcast to a platform, a group, or a user's devices. Stored once per
+/// shard (the API hands every shard the same `Arc`), matched against each
+/// device when it arrives (online devices get it at once) and again when a
+/// device connects or binds a user, so an offline device costs nothing
+/// until it comes back.
+#[derive(Debug)]
+pub struct SharedMessage {
+    /// Service message id: every device acks this same id.
+    pub id: u64,
+    pub app_id: Arc<str>,
+    pub audience: Audience,
+    pub msg_key: Box<str>,
+    /// The task id of a broadcast, group or tag push (0: none).
+    pub task_id: u64,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// The complete Push frame, encoded once for every device.
+    pub frame: Bytes,
+}
+
+/// Who a shared message is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// Every device of one platform (1 Android, 2 iOS, 7 HarmonyOS) that
+    /// existed when the message was accepted and passes the binding filter.
+    Platform { platform: u8, filter: BindFilter },
+    /// Members of a group of the app; `all` is every device of the app.
+    /// Devices registered after the message was accepted are not members.
+    Group(Box<str>),
+    /// Every device bound to this userId, now or later within the TTL.
+    User(Box<str>),
+}
+
+/// The broadcast filter of the reference (`pushStatus` with `bindPeriod` or
+/// `unBindPeriod`): which devices count by their user binding. A period is
+/// measured back from the message's acceptance; `None` means forever. A
+/// device that never had a user counts as unbound since it registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindFilter {
+    /// pushStatus 0: devices bound to a user, bound within the period.
+    Bound { within_ms: Option<u64> },
+    /// pushStatus 1: bound devices, and unbound ones unbound within the period.
+    Any { unbound_within_ms: Option<u64> },
+    /// pushStatus 2: unbound devices, unbound within the period.
+    Unbound { within_ms: Option<u64> },
+}
+
+/// What a shard did with one shared message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharedOutcome {
+    /// The same app + msgKey + target was accepted before; nothing changed.
+    pub duplicate: bool,
+    /// Devices of this shard in the audience now.
+    pub matched: u32,
+    /// Of those, connected ones: they are being sent it now.
+    pub online: u32,
+    /// Not stored: the shard holds `delivery.max_shared_messages_per_shard`.
+    pub refused: bool,
+}
+
+/// A change to one device's registry record requested through the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryChange {
+    Bind(Box<str>),
+    /// Unbinds this user, if it is the one bound.
+    Unbind(Box<str>),
+    JoinGroup(Box<str>),
+    LeaveGroup(Box<str>),
+    LeaveAllGroups,
+    /// (thirdChannel, vendor token)
+    VendorToken(u32, Box<str>),
+}
+
+/// Per-target delivery status with the reference's numeric codes (-1
+/// WaitingForVerify has no counterpart). Our additions are numbered past
+/// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
+    /// 1: pushed to a user no device is bound to (it is kept for the TTL and
+    /// delivered if a device binds the user).
+    NoBindInfo,
     /// 0: waiting for the device to come online or to acknowledge.
     Pending,
     /// 2: the device acknowledged the message.
@@ -41,6 +118,7 @@ impl Status {
     pub fn code(self) -> i64 {
         match self {
             Self::Pending => 0,
+            Self::NoBindInfo => 1,
             Self::Acked => 2,
             Self::Expired => 3,
             Self::Dropped => 4,
@@ -50,6 +128,7 @@ impl Status {
     pub fn name(self) -> &'static str {
         match self {
             Self::Pending => "DeviceNotOnlineOrNoResponse",
+            Self::NoBindInfo => "NoBindInfo",
             Self::Acked => "Acked",
             Self::Expired => "Expired",
             Self::Dropped => "Dropped",
@@ -90,11 +169,33 @@ pub struct StatusReport {
     pub acked_at_ms: Option<u64>,
 }
 
+/// What one shard knows of a message pushed to a user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserStatusReport {
+    pub message_id: u64,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// Devices of this shard bound to the user now.
+    pub bound: u32,
+    /// Of those, ones that acknowledged the message, and the first time one did.
+    pub acked: u32,
+    pub first_acked_at_ms: Option<u64>,
+}
+
 pub type Reply<T> = tokio::sync::oneshot::Sender<T>;
 
 /// The answer to a push: one outcome per message, sent once they are
 /// durable, or why they could not be made durable.
 pub type PushReply = Reply<Result<Vec<Accepted>, StorageRefusal>>;
+
+/// The answer to a publish of shared messages: one outcome per message,
+/// sent once they are durable.
+pub type PublishReply = Reply<Result<Vec<SharedOutcome>, StorageRefusal>>;
+
+/// The answer to a registry change: a result code of the reference (100
+/// success, 3012 empty user, 3028 invalid, 3054 no such token), once the
+/// change is durable.
+pub type RegistryReply = Reply<Result<i32, StorageRefusal>>;
 
 /// Work for a shard's delivery core, sent by the API.
 #[derive(Debug)]
@@ -105,6 +206,26 @@ pub enum Command {
     Push {
         messages: Vec<Message>,
         reply: PushReply,
+    },
+    /// Shared messages; every shard gets every one (the same `Arc`s) and
+    /// delivers to its own devices.
+    Publish {
+        messages: Vec<Arc<SharedMessage>>,
+        reply: PublishReply,
+    },
+    /// A registry change for a token this shard owns.
+    Registry {
+        app_id: Arc<str>,
+        token: Box<str>,
+        change: RegistryChange,
+        reply: RegistryReply,
+    },
+    /// `None` when the shard stores no message of that app + msgKey + user.
+    QueryUserStatus {
+        app_id: Arc<str>,
+        msg_key: Box<str>,
+        user_id: Box<str>,
+        reply: Reply<Option<UserStatusReport>>,
     },
     /// `None` when the shard has no record of that app + msgKey + token.
     QueryStatus {

@@ -6,6 +6,8 @@ use super::*;
 use crate::config::App;
 use crate::protocol::{decode_slice, FrameType};
 
+mod shared;
+
 const T0_UNIX_MS: u64 = 1_700_000_000_000;
 
 struct Harness {
