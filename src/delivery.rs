@@ -30,8 +30,9 @@ use crate::config::Config;
 use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry};
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
-    owner_shard, Accepted, Audience, Command, Message, PublishReply, PushReply, RegistryChange,
-    RegistryReply, SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal, UserStatusReport,
+    owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
+    RegistryChange, RegistryReply, SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal,
+    UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
@@ -155,6 +156,8 @@ struct Device {
     /// Shared messages from this sequence number on have not been matched
     /// against this device yet (it was offline when they came).
     fanout_cursor: u64,
+    /// Unix ms of its last frame before it disconnected (0: not since start).
+    last_seen_ms: u64,
 }
 
 impl Device {
@@ -174,6 +177,7 @@ impl Device {
             bound_at_ms: 0,
             unbound_at_ms: 0,
             fanout_cursor: 0,
+            last_seen_ms: 0,
         }
     }
 
@@ -1943,16 +1947,18 @@ impl DeliveryCore {
             return;
         }
         let device = session.device();
+        let last_activity = session.last_activity;
         session.state = SessionState::Closing;
         if let Some(device) = device {
-            self.detach(device, conn);
+            self.detach(device, conn, last_activity);
         }
         self.metrics.closed(reason);
         self.actions.push_back(IoAction::Close(conn));
     }
 
     /// The connection is gone; unacked messages will be sent again.
-    fn detach(&mut self, device: DeviceId, conn: ConnId) {
+    fn detach(&mut self, device: DeviceId, conn: ConnId, last_activity: Instant) {
+        let last_seen_ms = self.clock.unix_ms(last_activity);
         let Some(d) = self.devices.get_mut(device) else {
             return;
         };
@@ -1960,6 +1966,7 @@ impl DeliveryCore {
             return;
         }
         d.conn = None;
+        d.last_seen_ms = last_seen_ms;
         for p in d.queue.iter_mut().take(d.in_flight) {
             p.sent_at = None;
         }
@@ -1977,7 +1984,7 @@ impl DeliveryCore {
             SessionState::AwaitingHello => self.metrics.closed("peer_closed"),
             SessionState::Active(device) => {
                 self.metrics.closed("peer_closed");
-                self.detach(device, conn);
+                self.detach(device, conn, session.last_activity);
             }
         }
         self.metrics.sessions.set(self.sessions.len() as f64);
@@ -2029,6 +2036,13 @@ impl DeliveryCore {
                 };
                 self.journal.replies.push(Answer::Registry(reply, code));
             }
+            Command::QueryDevices {
+                app_id,
+                lookup,
+                reply,
+            } => {
+                let _ = reply.send(self.query_devices(&app_id, &lookup, now));
+            }
             Command::QueryUserStatus {
                 app_id,
                 msg_key,
@@ -2056,6 +2070,38 @@ impl DeliveryCore {
                 let _ = reply.send(report);
             }
         }
+    }
+
+    fn query_devices(&self, app: &str, lookup: &DeviceLookup, now: Instant) -> Vec<DeviceReport> {
+        let found: Vec<DeviceId> = match lookup {
+            DeviceLookup::Token(token) => self.by_token.get(&**token).copied().into_iter().collect(),
+            DeviceLookup::User(user) => self
+                .users
+                .get(&user_digest(app, user))
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&d| self.devices[d].user_id.as_deref() == Some(&**user))
+                .collect(),
+        };
+        found
+            .into_iter()
+            .map(|id| &self.devices[id])
+            .filter(|d| *d.app == *app)
+            .map(|d| DeviceReport {
+                token: d.token.clone(),
+                platform: d.platform,
+                online: d.conn.is_some(),
+                last_seen_ms: match d.conn {
+                    Some(_) => self.clock.unix_ms(now),
+                    None => d.last_seen_ms,
+                },
+                registered_at_ms: d.registered_at_ms,
+                user_id: d.user_id.clone(),
+                groups: d.groups.clone(),
+                vendor_token: d.vendor_token.clone(),
+            })
+            .collect()
     }
 
     /// A user message as this shard sees it: how many devices bound to the

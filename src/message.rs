@@ -182,6 +182,29 @@ pub struct UserStatusReport {
     pub first_acked_at_ms: Option<u64>,
 }
 
+/// One device as the device query shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceReport {
+    pub token: Box<str>,
+    pub platform: u8,
+    pub online: bool,
+    /// Unix ms of the last frame from it (now, when online); 0 when unknown
+    /// (not seen since the daemon started).
+    pub last_seen_ms: u64,
+    pub registered_at_ms: u64,
+    pub user_id: Option<Box<str>>,
+    pub groups: Vec<Box<str>>,
+    /// (thirdChannel, vendor token)
+    pub vendor_token: Option<(u32, Box<str>)>,
+}
+
+/// Which devices a device query asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceLookup {
+    Token(Box<str>),
+    User(Box<str>),
+}
+
 pub type Reply<T> = tokio::sync::oneshot::Sender<T>;
 
 /// The answer to a push: one outcome per message, sent once they are
@@ -219,6 +242,12 @@ pub enum Command {
         token: Box<str>,
         change: RegistryChange,
         reply: RegistryReply,
+    },
+    /// The app's devices of this shard that match `lookup`.
+    QueryDevices {
+        app_id: Arc<str>,
+        lookup: DeviceLookup,
+        reply: Reply<Vec<DeviceReport>>,
     },
     /// `None` when the shard stores no message of that app + msgKey + user.
     QueryUserStatus {

@@ -4,6 +4,7 @@
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`.
 
+mod devices;
 pub mod push;
 pub mod result_code;
 
@@ -25,7 +26,10 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::message::{owner_shard, unix_ms, Accepted, Command, Message, StatusReport, StorageRefusal};
+use crate::message::{
+    owner_shard, unix_ms, Accepted, Command, Message, Reply, SharedMessage, SharedOutcome, StatusReport,
+    StorageRefusal,
+};
 use crate::shard::ShardHandle;
 use crate::store::StorageHealth;
 use result_code::{ApiError, ResultCode};
@@ -118,9 +122,32 @@ pub fn serve(
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
     });
+    use devices::Operation;
+    let registry = |operation: Operation| {
+        post(move |State(state): State<Arc<ApiState>>, body: Body| devices::change(state, operation, body))
+    };
     let api = Router::new()
         .route("/v1/push/simple", post(simple_push))
+        .route(
+            "/v1/push/broadcast",
+            post(|State(state): State<Arc<ApiState>>, body: Body| {
+                fanout_push(state, push::PushKind::Broadcast, body)
+            }),
+        )
+        .route(
+            "/v1/push/group",
+            post(|State(state): State<Arc<ApiState>>, body: Body| {
+                fanout_push(state, push::PushKind::Group, body)
+            }),
+        )
         .route("/v1/messages/{msg_key}", get(message_status))
+        .route("/v1/users/bind", registry(Operation::Bind))
+        .route("/v1/users/unbind", registry(Operation::Unbind))
+        .route("/v1/groups/join", registry(Operation::JoinGroup))
+        .route("/v1/groups/leave", registry(Operation::LeaveGroup))
+        .route("/v1/groups/leave-all", registry(Operation::LeaveAllGroups))
+        .route("/v1/devices/vendor-token", registry(Operation::VendorToken))
+        .route("/v1/devices", get(devices::query))
         .with_state(state);
     let admin = crate::admin::router(ready, shards.storage_health(), prometheus);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -304,6 +331,9 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
     if let Some(refusal) = state.health.refusal() {
         return error_response(OP, started, storage_error(refusal));
     }
+    if !request.to_tokens() {
+        return shared_push(&state, OP, started, request).await;
+    }
     let messages = match request.messages(unix_ms(), || state.next_id()) {
         Ok(m) => m,
         Err(e) => return error_response(OP, started, e),
@@ -359,6 +389,118 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
     envelope(200, "OK", "", result)
 }
 
+/// `POST /v1/push/broadcast` and `/v1/push/group`.
+async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, body: Body) -> Response {
+    let op = match kind {
+        push::PushKind::Broadcast => "push_broadcast",
+        _ => "push_group",
+    };
+    let started = Instant::now();
+    let request = match read_body(body)
+        .await
+        .and_then(|bytes| push::parse_kind(&bytes, &state.config, &state.apps, kind))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(op, started, e),
+    };
+    if let Some(refusal) = state.health.refusal() {
+        return error_response(op, started, storage_error(refusal));
+    }
+    shared_push(&state, op, started, request).await
+}
+
+/// A push stored once and delivered by every shard to its own devices: to
+/// users, a group or a platform. Answers per target for users, and the task
+/// id with how many devices are in the audience now for the others.
+async fn shared_push(
+    state: &ApiState,
+    op: &'static str,
+    started: Instant,
+    request: push::SimplePush,
+) -> Response {
+    let task_id = if request.audience == push::AudienceKind::Users {
+        0
+    } else {
+        state.next_id()
+    };
+    let messages = match request.shared_messages(unix_ms(), task_id, || state.next_id()) {
+        Ok(m) => m,
+        Err(e) => return error_response(op, started, e),
+    };
+    let outcomes = match publish(state, &messages).await {
+        Ok(o) => o,
+        Err(e) => return error_response(op, started, e),
+    };
+    let stored = outcomes.iter().filter(|o| !o.duplicate).count();
+    state.accepted.increment(stored as u64);
+    record(op, "OK", started);
+    if request.audience == push::AudienceKind::Users {
+        let targets: Vec<TargetResult> = request
+            .targets
+            .iter()
+            .zip(&messages)
+            .zip(&outcomes)
+            .map(|(((user, msg_key), message), outcome)| TargetResult {
+                target: user,
+                msg_key,
+                message_id: message.id.to_string(),
+                result: match outcome {
+                    o if o.duplicate => "duplicate",
+                    o if o.online > 0 => "delivering",
+                    o if o.matched > 0 => "queued",
+                    _ => "NoBindInfo",
+                },
+            })
+            .collect();
+        let result = PushResult {
+            success: true,
+            result_msg: "",
+            data: Some(""),
+            targets: Some(targets),
+        };
+        return envelope(200, "OK", "", result);
+    }
+    let (message, outcome) = (&messages[0], outcomes[0]);
+    let task = task_id.to_string();
+    envelope(
+        200,
+        "OK",
+        "",
+        json!({
+            "Success": true, "ResultMsg": "", "Data": task,
+            "MessageId": message.id.to_string(),
+            "Duplicate": outcome.duplicate,
+            "Devices": outcome.matched, "Online": outcome.online,
+        }),
+    )
+}
+
+/// Hands shared messages to every shard; sums what the shards did with
+/// each (every shard stores each message and delivers to its own devices).
+async fn publish(state: &ApiState, messages: &[Arc<SharedMessage>]) -> Result<Vec<SharedOutcome>, ApiError> {
+    let answers = ask_all(state, |reply| Command::Publish {
+        messages: messages.to_vec(),
+        reply,
+    })
+    .await?;
+    let mut total = vec![SharedOutcome::default(); messages.len()];
+    for answer in answers {
+        for (sum, outcome) in total.iter_mut().zip(answer.map_err(storage_error)?) {
+            sum.duplicate |= outcome.duplicate;
+            sum.refused |= outcome.refused;
+            sum.matched += outcome.matched;
+            sum.online += outcome.online;
+        }
+    }
+    if total.iter().any(|o| o.refused) {
+        return Err(ApiError::new(
+            ResultCode::SystemError,
+            "a shard holds delivery.max_shared_messages_per_shard broadcast, group and user messages; retry with the same msgKey once some expire",
+        ));
+    }
+    Ok(total)
+}
+
 /// Sends each message to the shard owning its token (one command per shard,
 /// request order kept within a shard) and gathers the outcomes in the
 /// messages' order.
@@ -398,6 +540,94 @@ async fn route(shards: &Arc<[ShardHandle]>, messages: Vec<Message>) -> Result<Ve
     Ok(outcomes)
 }
 
+/// Reads a request body up to `MAX_BODY_BYTES`.
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::new(
+            ResultCode::MsgPayloadTooLong,
+            format!("the request body is over {MAX_BODY_BYTES} bytes"),
+        )
+    })
+}
+
+/// Decodes a UTF-8 JSON body into `T` (3031 when not UTF-8, 3028 when not
+/// the expected JSON).
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::new(ResultCode::RequestShouldBeUtf8, "the request body must be UTF-8"))?;
+    serde_json::from_str(text).map_err(|e| ApiError::new(ResultCode::InvalidParam, format!("the body: {e}")))
+}
+
+/// The configured app named by `appId` and `workspaceId` (3003 when either
+/// is missing, 3007 when there is no such app in that workspace).
+fn resolve_app(
+    state: &ApiState,
+    app_id: Option<&str>,
+    workspace_id: Option<&str>,
+) -> Result<Arc<str>, ApiError> {
+    let (Some(app_id), Some(workspace_id)) = (
+        app_id.filter(|a| !a.is_empty()),
+        workspace_id.filter(|w| !w.is_empty()),
+    ) else {
+        return Err(ApiError::new(
+            ResultCode::NeedAppIdWorkspaceId,
+            "appId and workspaceId are required",
+        ));
+    };
+    state
+        .config
+        .apps
+        .iter()
+        .find(|a| a.app_id == app_id && a.workspace_id == workspace_id)
+        .and_then(|a| state.apps.get(&a.app_id))
+        .cloned()
+        .ok_or_else(|| ApiError::new(ResultCode::AppIdWrong, "no such appId in that workspaceId"))
+}
+
+/// Sends one command to one shard and waits for its answer.
+async fn ask<T>(
+    state: &ApiState,
+    shard: usize,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    if state.shards[shard].send(command(reply)).is_err() {
+        metrics::counter!("ringpush_api_shard_queue_full_total", "shard" => shard.to_string()).increment(1);
+        return Err(overloaded());
+    }
+    tokio::time::timeout(SHARD_TIMEOUT, answer)
+        .await
+        .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard did not answer in time"))?
+        .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard stopped"))
+}
+
+/// Sends a command to every shard and gathers the answers in shard order.
+async fn ask_all<T>(
+    state: &ApiState,
+    mut command: impl FnMut(Reply<T>) -> Command,
+) -> Result<Vec<T>, ApiError> {
+    let mut waiting = Vec::with_capacity(state.shards.len());
+    for (shard, handle) in state.shards.iter().enumerate() {
+        let (reply, answer) = oneshot::channel();
+        if handle.send(command(reply)).is_err() {
+            metrics::counter!("ringpush_api_shard_queue_full_total", "shard" => shard.to_string())
+                .increment(1);
+            return Err(overloaded());
+        }
+        waiting.push(answer);
+    }
+    let mut answers = Vec::with_capacity(waiting.len());
+    for answer in waiting {
+        answers.push(
+            tokio::time::timeout(SHARD_TIMEOUT, answer)
+                .await
+                .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard did not answer in time"))?
+                .map_err(|_| ApiError::new(ResultCode::SystemError, "a shard stopped"))?,
+        );
+    }
+    Ok(answers)
+}
+
 fn storage_error(refusal: StorageRefusal) -> ApiError {
     match refusal {
         StorageRefusal::Full => ApiError::new(
@@ -425,11 +655,15 @@ async fn message_status(
 ) -> Response {
     const OP: &str = "message_status";
     let started = Instant::now();
-    let Some(token) = query.get("target").filter(|t| !t.is_empty()) else {
+    let user = query.get("userId").filter(|u| !u.is_empty());
+    let Some(token) = query.get("target").filter(|t| !t.is_empty()).or(user) else {
         return error_response(
             OP,
             started,
-            ApiError::new(ResultCode::TokenOrUserIdNull, "target is required"),
+            ApiError::new(
+                ResultCode::TokenOrUserIdNull,
+                "target (a token) or userId is required",
+            ),
         );
     };
     let app = match query.get("appId") {
@@ -451,6 +685,20 @@ async fn message_status(
             ApiError::new(ResultCode::AppIdWrong, "no such appId"),
         );
     };
+    if let Some(user) = user {
+        return match user_status(&state, app_id, &msg_key, user).await {
+            Ok(data) => {
+                state.status_metrics.ok(started);
+                envelope(
+                    200,
+                    "OK",
+                    "",
+                    json!({"Success": true, "ResultMsg": "", "Data": data}),
+                )
+            }
+            Err(e) => error_response(OP, started, e),
+        };
+    }
     let shard = owner_shard(token.as_bytes(), state.shards.len());
     let (reply, answer) = oneshot::channel();
     let command = Command::QueryStatus {
@@ -491,6 +739,50 @@ async fn message_status(
         "",
         json!({"Success": true, "ResultMsg": "", "Data": data}),
     )
+}
+
+/// The status of a message pushed to a user, over every shard's devices
+/// bound to the user: Acked once any acknowledged it, else Expired after the
+/// TTL, else NoBindInfo while no device is bound, else waiting.
+async fn user_status(
+    state: &ApiState,
+    app_id: Arc<str>,
+    msg_key: &str,
+    user: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let reports = ask_all(state, |reply| Command::QueryUserStatus {
+        app_id: app_id.clone(),
+        msg_key: msg_key.into(),
+        user_id: user.into(),
+        reply,
+    })
+    .await?;
+    let reports: Vec<_> = reports.into_iter().flatten().collect();
+    let Some(first) = reports.first() else {
+        return Ok(json!({
+            "msgKey": msg_key, "userId": user,
+            "status": STATUS_UNKNOWN, "statusName": "Unknown",
+        }));
+    };
+    let bound: u32 = reports.iter().map(|r| r.bound).sum();
+    let acked: u32 = reports.iter().map(|r| r.acked).sum();
+    let acked_at = reports.iter().filter_map(|r| r.first_acked_at_ms).min();
+    let status = if acked > 0 {
+        crate::message::Status::Acked
+    } else if first.expires_at_ms <= unix_ms() {
+        crate::message::Status::Expired
+    } else if bound == 0 {
+        crate::message::Status::NoBindInfo
+    } else {
+        crate::message::Status::Pending
+    };
+    Ok(json!({
+        "msgKey": msg_key, "userId": user,
+        "status": status.code(), "statusName": status.name(),
+        "messageId": first.message_id.to_string(),
+        "acceptedAt": first.accepted_at_ms, "expiresAt": first.expires_at_ms, "ackedAt": acked_at,
+        "devices": bound, "devicesAcked": acked,
+    }))
 }
 
 #[cfg(test)]

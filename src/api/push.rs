@@ -1,7 +1,10 @@
-//! Simple push (`POST /v1/push/simple`): decoding and validating the request
-//! with the reference's field names and result codes, and turning it into
-//! one encoded `Message` per target. Pure functions of the request bytes, the
-//! config and the clock; the HTTP plumbing is in `api::mod`.
+//! The push requests (`POST /v1/push/simple`, `/v1/push/broadcast`,
+//! `/v1/push/group`): decoding and validating them with the reference's
+//! field names and result codes, and turning them into encoded messages:
+//! one `Message` per device token, or one `SharedMessage` per user, group or
+//! broadcast, which every shard delivers to its own devices. Pure functions
+//! of the request bytes, the config and the clock; the HTTP plumbing is in
+//! `api::mod`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use serde::Deserialize;
 
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
-use crate::message::Message;
+use crate::message::{Audience, BindFilter, Message, SharedMessage};
 use crate::protocol::body;
 
 /// Targets per simple push (push-semantics.md §2).
@@ -23,16 +26,58 @@ pub const MAX_PUSH_BODY_BYTES: usize = 2048;
 /// Tokens we issue are 22 characters; this leaves room without letting an
 /// arbitrary string through.
 pub const MAX_TOKEN_CHARS: usize = 128;
+/// A group name, as a device's JoinGroup allows.
+pub const MAX_GROUP_BYTES: usize = 64;
 
-/// A validated simple push.
+/// Which push endpoint a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushKind {
+    Simple,
+    Broadcast,
+    Group,
+}
+
+/// A validated push.
 #[derive(Debug, PartialEq)]
 pub struct SimplePush {
     pub app_id: Arc<str>,
     pub task_name: String,
-    /// (token, msgKey) in request order.
+    /// (token or userId, msgKey) in request order; for a broadcast or a
+    /// group push, the one msgKey with an empty target.
     pub targets: Vec<(String, String)>,
+    /// What the targets are.
+    pub audience: AudienceKind,
     pub ttl_secs: u64,
     pub template: body::Push,
+}
+
+/// What a push's targets name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AudienceKind {
+    /// Device tokens (deliveryType 1, 2, 7).
+    Tokens,
+    /// userIds (deliveryType 3).
+    Users,
+    Broadcast {
+        platform: u8,
+        filter: BindFilter,
+    },
+    Group(String),
+}
+
+/// Days in the reference's bindPeriod / unBindPeriod codes (4: forever).
+fn period(code: i64, name: &str) -> Result<Option<u64>, ApiError> {
+    const DAY_MS: u64 = 86_400_000;
+    match code {
+        1 => Ok(Some(7 * DAY_MS)),
+        2 => Ok(Some(15 * DAY_MS)),
+        3 => Ok(Some(60 * DAY_MS)),
+        4 => Ok(None),
+        _ => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            format!("{name} must be 1 (7 days), 2 (15 days), 3 (60 days) or 4 (forever)"),
+        )),
+    }
 }
 
 /// The request's fields. Unknown fields (the reference has many we do not
@@ -58,12 +103,32 @@ struct Request {
     image_urls: Option<Field>,
     icon_urls: Option<Field>,
     strategy_type: Option<Field>,
+    /// Broadcast and group pushes: the one msgKey (the reference spells it
+    /// `msgkey`; `msgKey` is accepted too).
+    msgkey: Option<Field>,
+    #[serde(rename = "msgKey")]
+    msg_key_camel: Option<Field>,
+    push_status: Option<Field>,
+    bind_period: Option<Field>,
+    un_bind_period: Option<Field>,
+    group_name: Option<Field>,
 }
 
+/// Validates a simple push.
 pub fn parse(
     bytes: &[u8],
     config: &Config,
     apps: &HashMap<String, Arc<str>>,
+) -> Result<SimplePush, ApiError> {
+    parse_kind(bytes, config, apps, PushKind::Simple)
+}
+
+/// Validates a push to any endpoint.
+pub fn parse_kind(
+    bytes: &[u8],
+    config: &Config,
+    apps: &HashMap<String, Arc<str>>,
+    kind: PushKind,
 ) -> Result<SimplePush, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::new(ResultCode::RequestShouldBeUtf8, "the request body must be UTF-8"))?;
@@ -110,27 +175,28 @@ pub fn parse(
         ));
     }
 
-    match int_field(&req.delivery_type, "deliveryType") {
-        Ok(Some(1 | 2 | 7)) => {}
-        Ok(Some(3)) => {
+    let delivery_type = match (kind, int_field(&req.delivery_type, "deliveryType")) {
+        // A group spans platforms: deliveryType is not needed.
+        (PushKind::Group, _) => 0,
+        (_, Ok(Some(t @ (1 | 2 | 7)))) => t as u8,
+        (PushKind::Simple, Ok(Some(3))) => 3,
+        (PushKind::Broadcast, Ok(Some(3))) => return Err(ApiError::new(
+            ResultCode::BroadcastOnlySupportByDevice,
+            "a broadcast goes to a platform's devices: deliveryType 1 (Android), 2 (iOS) or 7 (HarmonyOS)",
+        )),
+        (_, Ok(Some(other))) => {
             return Err(ApiError::new(
                 ResultCode::DeliveryTypeNotSupported,
-                "deliveryType 3 (by user) needs user bindings, which this server does not hold yet; use 1, 2 or 7",
+                format!("deliveryType {other}: use 1 (Android), 2 (iOS), 3 (user) or 7 (HarmonyOS)"),
             ))
         }
-        Ok(Some(other)) => {
+        (_, Ok(None) | Err(_)) => {
             return Err(ApiError::new(
                 ResultCode::DeliveryTypeNotSupported,
-                format!("deliveryType {other}: use 1 (Android), 2 (iOS) or 7 (HarmonyOS)"),
+                "deliveryType is required: 1 (Android), 2 (iOS), 3 (user) or 7 (HarmonyOS)",
             ))
         }
-        Ok(None) | Err(_) => {
-            return Err(ApiError::new(
-                ResultCode::DeliveryTypeNotSupported,
-                "deliveryType is required: 1 (Android), 2 (iOS) or 7 (HarmonyOS)",
-            ))
-        }
-    }
+    };
 
     let ttl_secs = match int_field(&req.expired_seconds, "expiredSeconds") {
         Ok(Some(s)) if s >= config.delivery.min_ttl_secs as i64 => s as u64,
@@ -151,7 +217,56 @@ pub fn parse(
         ));
     }
 
-    let targets = targets(req.target_msgkey)?;
+    let (targets, audience) = match kind {
+        PushKind::Simple => {
+            let audience = if delivery_type == 3 {
+                AudienceKind::Users
+            } else {
+                AudienceKind::Tokens
+            };
+            (targets(req.target_msgkey, &audience)?, audience)
+        }
+        PushKind::Broadcast => {
+            let push_status = int_field(&req.push_status, "pushStatus")?.unwrap_or(0);
+            let bind_period = int_field(&req.bind_period, "bindPeriod")?;
+            let unbind_period = int_field(&req.un_bind_period, "unBindPeriod")?;
+            let filter = match push_status {
+                0 => BindFilter::Bound {
+                    within_ms: period(bind_period.unwrap_or(4), "bindPeriod")?,
+                },
+                1 => BindFilter::Any {
+                    unbound_within_ms: period(unbind_period.unwrap_or(4), "unBindPeriod")?,
+                },
+                2 => BindFilter::Unbound {
+                    within_ms: period(unbind_period.unwrap_or(4), "unBindPeriod")?,
+                },
+                _ => {
+                    return Err(ApiError::new(
+                        ResultCode::InvalidParam,
+                        "pushStatus must be 0 (bound users), 1 (all) or 2 (unbound)",
+                    ))
+                }
+            };
+            let audience = AudienceKind::Broadcast {
+                platform: delivery_type,
+                filter,
+            };
+            (vec![(String::new(), one_msg_key(&req)?)], audience)
+        }
+        PushKind::Group => {
+            let group = string_field(&req.group_name, "groupName")?.unwrap_or_default();
+            if group.is_empty() || group.len() > MAX_GROUP_BYTES {
+                return Err(ApiError::new(
+                    ResultCode::InvalidParam,
+                    format!("groupName is required, at most {MAX_GROUP_BYTES} bytes"),
+                ));
+            }
+            (
+                vec![(String::new(), one_msg_key(&req)?)],
+                AudienceKind::Group(group),
+            )
+        }
+    };
     let extended_params = extended_params(req.extended_params)?;
     let push_style = small_enum(&req.push_style, "pushStyle", &[0, 1, 2])?;
     let action = small_enum(&req.push_action, "pushAction", &[0, 1])?;
@@ -183,24 +298,103 @@ pub fn parse(
         app_id: app.clone(),
         task_name,
         targets,
+        audience,
         ttl_secs,
         template,
     })
 }
 
+/// The msgKey of a broadcast or group push.
+fn one_msg_key(req: &Request) -> Result<String, ApiError> {
+    let key = match string_field(&req.msgkey, "msgkey")? {
+        Some(key) => key,
+        None => string_field(&req.msg_key_camel, "msgKey")?.unwrap_or_default(),
+    };
+    check_msg_key(key)
+}
+
+fn check_msg_key(msg_key: String) -> Result<String, ApiError> {
+    if msg_key.is_empty() || msg_key.chars().count() > MAX_MSG_KEY_CHARS {
+        return Err(ApiError::new(
+            ResultCode::InvalidParam,
+            format!("msgKey must be 1 to {MAX_MSG_KEY_CHARS} characters"),
+        ));
+    }
+    Ok(msg_key)
+}
+
 impl SimplePush {
-    /// One message per target, its Push frame encoded once here. `next_id`
+    /// Whether the targets are device tokens (else the push is stored once
+    /// and every shard delivers it: `shared_messages`).
+    pub fn to_tokens(&self) -> bool {
+        self.audience == AudienceKind::Tokens
+    }
+
+    /// One message per token, its Push frame encoded once here. `next_id`
     /// hands out service message ids.
-    pub fn messages(&self, now_ms: u64, mut next_id: impl FnMut() -> u64) -> Result<Vec<Message>, ApiError> {
+    pub fn messages(&self, now_ms: u64, next_id: impl FnMut() -> u64) -> Result<Vec<Message>, ApiError> {
         let expires_at_ms = now_ms + self.ttl_secs * 1000;
+        self.frames(now_ms, 0, next_id, |(token, msg_key), id, frame| Message {
+            id,
+            app_id: self.app_id.clone(),
+            token: token.as_str().into(),
+            msg_key: msg_key.as_str().into(),
+            accepted_at_ms: now_ms,
+            expires_at_ms,
+            frame,
+        })
+    }
+
+    /// One shared message per user, or the one of a broadcast or group push
+    /// (its task id in the frame).
+    pub fn shared_messages(
+        &self,
+        now_ms: u64,
+        task_id: u64,
+        next_id: impl FnMut() -> u64,
+    ) -> Result<Vec<Arc<SharedMessage>>, ApiError> {
+        let expires_at_ms = now_ms + self.ttl_secs * 1000;
+        self.frames(now_ms, task_id, next_id, |(target, msg_key), id, frame| {
+            let audience = match &self.audience {
+                AudienceKind::Users | AudienceKind::Tokens => Audience::User(target.as_str().into()),
+                AudienceKind::Broadcast { platform, filter } => Audience::Platform {
+                    platform: *platform,
+                    filter: *filter,
+                },
+                AudienceKind::Group(group) => Audience::Group(group.as_str().into()),
+            };
+            Arc::new(SharedMessage {
+                id,
+                app_id: self.app_id.clone(),
+                audience,
+                msg_key: msg_key.as_str().into(),
+                task_id,
+                accepted_at_ms: now_ms,
+                expires_at_ms,
+                frame,
+            })
+        })
+    }
+
+    /// Encodes each target's Push frame and builds what carries it.
+    fn frames<T>(
+        &self,
+        now_ms: u64,
+        task_id: u64,
+        mut next_id: impl FnMut() -> u64,
+        mut build: impl FnMut(&(String, String), u64, Bytes) -> T,
+    ) -> Result<Vec<T>, ApiError> {
         let mut push = self.template.clone();
         push.accepted_at_ms = now_ms;
-        push.expires_at_ms = expires_at_ms;
+        push.expires_at_ms = now_ms + self.ttl_secs * 1000;
+        if task_id != 0 {
+            push.task_id = task_id.to_string();
+        }
         self.targets
             .iter()
-            .map(|(token, msg_key)| {
+            .map(|target| {
                 push.id = next_id();
-                push.msg_key.clone_from(msg_key);
+                push.msg_key.clone_from(&target.1);
                 let frame = crate::protocol::encode_push(&push);
                 let body_len = frame.len() - crate::protocol::HEADER_LEN;
                 if body_len > MAX_PUSH_BODY_BYTES {
@@ -209,21 +403,13 @@ impl SimplePush {
                         format!("the message is {body_len} bytes; at most {MAX_PUSH_BODY_BYTES}"),
                     ));
                 }
-                Ok(Message {
-                    id: push.id,
-                    app_id: self.app_id.clone(),
-                    token: token.as_str().into(),
-                    msg_key: msg_key.as_str().into(),
-                    accepted_at_ms: now_ms,
-                    expires_at_ms,
-                    frame: Bytes::from(frame),
-                })
+                Ok(build(target, push.id, Bytes::from(frame)))
             })
             .collect()
     }
 }
 
-fn targets(field: Option<Field>) -> Result<Vec<(String, String)>, ApiError> {
+fn targets(field: Option<Field>, audience: &AudienceKind) -> Result<Vec<(String, String)>, ApiError> {
     let map = match map_or_json_string(field) {
         Ok(Some(map)) => map,
         Ok(None) => {
@@ -253,13 +439,25 @@ fn targets(field: Option<Field>) -> Result<Vec<(String, String)>, ApiError> {
     }
     map.into_iter()
         .map(|(token, msg_key)| {
-            if token.is_empty() {
+            if *audience == AudienceKind::Users {
+                if token.is_empty() {
+                    return Err(ApiError::new(ResultCode::NeedUserId, "a target userId is empty"));
+                }
+                if token.chars().count() > super::devices::MAX_USER_ID_CHARS {
+                    return Err(ApiError::new(
+                        ResultCode::InvalidParam,
+                        format!(
+                            "a target userId is over {} characters",
+                            super::devices::MAX_USER_ID_CHARS
+                        ),
+                    ));
+                }
+            } else if token.is_empty() {
                 return Err(ApiError::new(
                     ResultCode::NeedDeliveryToken,
                     "a target token is empty",
                 ));
-            }
-            if token.chars().count() > MAX_TOKEN_CHARS {
+            } else if token.chars().count() > MAX_TOKEN_CHARS {
                 return Err(ApiError::new(
                     ResultCode::DeliveryTokenInvalid,
                     "a target token is too long",
@@ -275,13 +473,7 @@ fn targets(field: Option<Field>) -> Result<Vec<(String, String)>, ApiError> {
                     ))
                 }
             };
-            if msg_key.is_empty() || msg_key.chars().count() > MAX_MSG_KEY_CHARS {
-                return Err(ApiError::new(
-                    ResultCode::InvalidParam,
-                    format!("msgKey must be 1 to {MAX_MSG_KEY_CHARS} characters"),
-                ));
-            }
-            Ok((token, msg_key))
+            Ok((token, check_msg_key(msg_key)?))
         })
         .collect()
 }
@@ -467,7 +659,7 @@ impl<'de> Deserialize<'de> for Field {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Frame;
+    use crate::protocol::{decode_slice, Frame};
     use serde_json::{json, Map, Value};
 
     fn apps(config: &Config) -> HashMap<String, Arc<str>> {
@@ -530,7 +722,7 @@ mod tests {
             (Box::new(|r| drop(r.remove("title"))), 3024),
             (Box::new(|r| drop(r.insert("content".into(), json!("")))), 3024),
             (
-                Box::new(|r| drop(r.insert("deliveryType".into(), json!(3)))),
+                Box::new(|r| drop(r.insert("deliveryType".into(), json!(4)))),
                 3009,
             ),
             (
@@ -612,6 +804,57 @@ mod tests {
         for (i, (change, want)) in cases.into_iter().enumerate() {
             assert_eq!(check(change).map(|_| ()), Err(want), "case {i}");
         }
+    }
+
+    #[test]
+    fn user_broadcast_and_group_pushes() {
+        let config = Config::default();
+        let apps = apps(&config);
+        let mut users = base();
+        users["deliveryType"] = json!(3);
+        users["targetMsgkey"] = json!({"alice": "k1"});
+        let push = parse(users.to_string().as_bytes(), &config, &apps).unwrap();
+        assert_eq!(push.audience, AudienceKind::Users);
+        assert!(!push.to_tokens());
+        let shared = push.shared_messages(1_000, 0, || 9).unwrap();
+        assert_eq!(shared[0].audience, Audience::User("alice".into()));
+        assert_eq!((shared[0].id, shared[0].expires_at_ms), (9, 1_000 + 300_000));
+
+        let mut broadcast = base();
+        broadcast.as_object_mut().unwrap().remove("targetMsgkey");
+        broadcast["msgkey"] = json!("b1");
+        broadcast["pushStatus"] = json!(0);
+        broadcast["bindPeriod"] = json!(2);
+        let parsed = |body: &Value, kind| parse_kind(body.to_string().as_bytes(), &config, &apps, kind);
+        let push = parsed(&broadcast, PushKind::Broadcast).unwrap();
+        assert_eq!(
+            push.audience,
+            AudienceKind::Broadcast {
+                platform: 1,
+                filter: BindFilter::Bound {
+                    within_ms: Some(15 * 86_400_000)
+                }
+            }
+        );
+        let shared = push.shared_messages(1_000, 77, || 9).unwrap();
+        let frame = decode_slice(&shared[0].frame, 4096).unwrap().unwrap().0;
+        match frame {
+            Frame::Push(p) => assert_eq!((p.task_id.as_str(), p.msg_key.as_str()), ("77", "b1")),
+            other => panic!("{other:?}"),
+        }
+        let code = |body: &Value, kind| parsed(body, kind).unwrap_err().code.code();
+        let mut by_user = broadcast.clone();
+        by_user["deliveryType"] = json!(3);
+        assert_eq!(code(&by_user, PushKind::Broadcast), 3030);
+        let mut no_key = broadcast.clone();
+        no_key.as_object_mut().unwrap().remove("msgkey");
+        assert_eq!(code(&no_key, PushKind::Broadcast), 3028);
+        let mut group = broadcast.clone();
+        assert_eq!(code(&group, PushKind::Group), 3028, "groupName is required");
+        group["groupName"] = json!("news");
+        group.as_object_mut().unwrap().remove("deliveryType");
+        let push = parsed(&group, PushKind::Group).unwrap();
+        assert_eq!(push.audience, AudienceKind::Group("news".into()));
     }
 
     #[test]

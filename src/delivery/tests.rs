@@ -776,7 +776,9 @@ fn per_connection_state_stays_small() {
     let session = std::mem::size_of::<Session>();
     let device = std::mem::size_of::<Device>();
     assert!(session <= 120, "Session is {session} bytes");
-    assert!(device <= 192, "Device is {device} bytes");
+    // 200 since devices carry their registration, bind and last-seen times
+    // and a cursor into the shared messages (broadcast filters, catch-up).
+    assert!(device <= 200, "Device is {device} bytes");
 }
 
 mod properties {

@@ -1,0 +1,228 @@
+//! The device registry through the API: bind and unbind a user, join and
+//! leave groups, report a vendor token (the same changes a device makes with
+//! its own frames), and the device query by token or by user. A change goes
+//! to the shard that owns the token and is answered once it is durable; a
+//! query by user asks every shard, because a user's devices live wherever
+//! their tokens hash.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::result_code::{ApiError, ResultCode};
+use super::{ask, ask_all, error_response, read_body, record, resolve_app, ApiState};
+use crate::message::{owner_shard, Command, DeviceLookup, DeviceReport, RegistryChange};
+
+/// Longest userId (the reference's tag tools allow 60 characters).
+pub const MAX_USER_ID_CHARS: usize = 60;
+
+/// A registry change as the API receives it. Strings only; a wrongly typed
+/// field fails the whole body with 3028.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegistryRequest {
+    app_id: Option<String>,
+    workspace_id: Option<String>,
+    delivery_token: Option<String>,
+    user_id: Option<String>,
+    group_name: Option<String>,
+    third_channel: Option<u32>,
+    vendor_token: Option<String>,
+}
+
+/// Which registry change an endpoint makes.
+#[derive(Clone, Copy)]
+pub(super) enum Operation {
+    Bind,
+    Unbind,
+    JoinGroup,
+    LeaveGroup,
+    LeaveAllGroups,
+    VendorToken,
+}
+
+impl Operation {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bind => "user_bind",
+            Self::Unbind => "user_unbind",
+            Self::JoinGroup => "group_join",
+            Self::LeaveGroup => "group_leave",
+            Self::LeaveAllGroups => "group_leave_all",
+            Self::VendorToken => "vendor_token",
+        }
+    }
+}
+
+/// Validates a registry request into (app, token, change).
+fn parse(
+    bytes: &[u8],
+    state: &ApiState,
+    operation: Operation,
+) -> Result<(Arc<str>, String, RegistryChange), ApiError> {
+    let req: RegistryRequest = super::json_body(bytes)?;
+    let app = resolve_app(state, req.app_id.as_deref(), req.workspace_id.as_deref())?;
+    let token = req.delivery_token.unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::NeedDeliveryToken,
+            "deliveryToken is required",
+        ));
+    }
+    let user = || {
+        let user = req.user_id.clone().unwrap_or_default();
+        if user.is_empty() {
+            return Err(ApiError::new(ResultCode::NeedUserId, "userId is required"));
+        }
+        if user.chars().count() > MAX_USER_ID_CHARS {
+            return Err(ApiError::new(
+                ResultCode::InvalidParam,
+                format!("userId is at most {MAX_USER_ID_CHARS} characters"),
+            ));
+        }
+        Ok(user.into_boxed_str())
+    };
+    let group = || match req.group_name.clone().filter(|g| !g.is_empty()) {
+        Some(g) => Ok(g.into_boxed_str()),
+        None => Err(ApiError::new(ResultCode::InvalidParam, "groupName is required")),
+    };
+    let change = match operation {
+        Operation::Bind => RegistryChange::Bind(user()?),
+        Operation::Unbind => RegistryChange::Unbind(user()?),
+        Operation::JoinGroup => RegistryChange::JoinGroup(group()?),
+        Operation::LeaveGroup => RegistryChange::LeaveGroup(group()?),
+        Operation::LeaveAllGroups => RegistryChange::LeaveAllGroups,
+        Operation::VendorToken => {
+            let Some(channel) = req.third_channel else {
+                return Err(ApiError::new(
+                    ResultCode::InvalidParam,
+                    "thirdChannel is required: 2 Apple, 4 Xiaomi, 5 Huawei, 6 FCM, 7 OPPO, 8 vivo",
+                ));
+            };
+            RegistryChange::VendorToken(channel, req.vendor_token.unwrap_or_default().into())
+        }
+    };
+    Ok((app, token, change))
+}
+
+/// `POST /v1/users/bind` and its siblings: one registry change.
+pub(super) async fn change(state: Arc<ApiState>, operation: Operation, body: Body) -> Response {
+    let op = operation.name();
+    let started = Instant::now();
+    let result = async {
+        let bytes = read_body(body).await?;
+        let (app_id, token, change) = parse(&bytes, &state, operation)?;
+        let shard = owner_shard(token.as_bytes(), state.shards.len());
+        let code = ask(&state, shard, |reply| Command::Registry {
+            app_id,
+            token: token.into(),
+            change,
+            reply,
+        })
+        .await?
+        .map_err(super::storage_error)?;
+        match code {
+            100 => Ok(()),
+            3001 => Err(ApiError::new(ResultCode::NeedDeliveryToken, "vendorToken is required")),
+            3012 => Err(ApiError::new(ResultCode::NeedUserId, "userId is required")),
+            3054 => Err(ApiError::new(
+                ResultCode::DeliveryTokenInvalid,
+                "no device of this app holds this deliveryToken",
+            )),
+            _ => Err(ApiError::new(
+                ResultCode::InvalidParam,
+                "rejected: a group name is 1 to 64 bytes and a device joins at most 100 groups; thirdChannel is 2, 4, 5, 6, 7 or 8 and a vendor token at most 512 bytes",
+            )),
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            record(op, "OK", started);
+            super::envelope(200, "OK", "", json!({"Success": true, "ResultMsg": ""}))
+        }
+        Err(e) => error_response(op, started, e),
+    }
+}
+
+/// `GET /v1/devices?appId=…&workspaceId=…&userId=…` (or `&token=…`).
+pub(super) async fn query(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    const OP: &str = "device_query";
+    let started = Instant::now();
+    let result = async {
+        let app_id = resolve_app(
+            &state,
+            query.get("appId").map(String::as_str),
+            query.get("workspaceId").map(String::as_str),
+        )?;
+        let by_user = query.get("userId").filter(|u| !u.is_empty());
+        let by_token = query.get("token").filter(|t| !t.is_empty());
+        let reports: Vec<DeviceReport> = match (by_user, by_token) {
+            (Some(user), None) => {
+                let lookup = DeviceLookup::User(user.as_str().into());
+                ask_all(&state, |reply| Command::QueryDevices {
+                    app_id: app_id.clone(),
+                    lookup: lookup.clone(),
+                    reply,
+                })
+                .await?
+                .into_iter()
+                .flatten()
+                .collect()
+            }
+            (None, Some(token)) => {
+                let shard = owner_shard(token.as_bytes(), state.shards.len());
+                ask(&state, shard, |reply| Command::QueryDevices {
+                    app_id,
+                    lookup: DeviceLookup::Token(token.as_str().into()),
+                    reply,
+                })
+                .await?
+            }
+            _ => {
+                return Err(ApiError::new(
+                    ResultCode::TokenOrUserIdNull,
+                    "give exactly one of userId and token",
+                ))
+            }
+        };
+        Ok(reports)
+    }
+    .await;
+    match result {
+        Ok(reports) => {
+            record(OP, "OK", started);
+            let devices: Vec<serde_json::Value> = reports.iter().map(device_json).collect();
+            super::envelope(
+                200,
+                "OK",
+                "",
+                json!({"Success": true, "ResultMsg": "", "Data": {"devices": devices}}),
+            )
+        }
+        Err(e) => error_response(OP, started, e),
+    }
+}
+
+fn device_json(d: &DeviceReport) -> serde_json::Value {
+    json!({
+        "deliveryToken": d.token,
+        "platform": d.platform,
+        "online": d.online,
+        "lastSeen": d.last_seen_ms,
+        "registeredAt": d.registered_at_ms,
+        "userId": d.user_id,
+        "groups": d.groups,
+        "thirdChannel": d.vendor_token.as_ref().map(|(c, _)| *c),
+        "vendorToken": d.vendor_token.as_ref().map(|(_, t)| t),
+    })
+}
