@@ -77,6 +77,15 @@ struct Args {
     /// Hold the connections idle for --duration seconds (no pushes).
     #[arg(long)]
     hold: bool,
+    /// After connecting, send this many broadcasts (POST /v1/push/broadcast
+    /// to every Android device of the app), one every
+    /// --broadcast-interval-ms, and measure how long each takes to reach
+    /// every connected device (the latency histogram; its max is the time
+    /// until the last device had the last broadcast).
+    #[arg(long, default_value_t = 0)]
+    broadcasts: u64,
+    #[arg(long, default_value_t = 1000)]
+    broadcast_interval_ms: u64,
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 120)]
     connect_timeout: u64,
@@ -196,7 +205,35 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     }
 
     let mut push_errors = std::collections::BTreeMap::new();
-    if args.hold || args.push_rate == 0 {
+    if args.broadcasts > 0 {
+        record.store(true, Ordering::SeqCst);
+        let delivered0 = Counters::get(&c.delivered);
+        let mut client = pusher::HttpClient::connect(args.api_addr)?;
+        let started = Instant::now();
+        for i in 0..args.broadcasts {
+            let body = serde_json::json!({
+                "appId": args.app, "workspaceId": args.workspace, "taskName": "bench broadcast",
+                "title": "broadcast", "content": "x".repeat(args.payload_bytes.max(10)),
+                "deliveryType": 1, "pushStatus": 1, "unBindPeriod": 4,
+                "msgkey": stats::msg_key(i, stats::unix_micros()), "expiredSeconds": args.ttl,
+            });
+            let (status, answer) = client.post("/v1/push/broadcast", &body.to_string())?;
+            if status != 200 {
+                *push_errors.entry(format!("broadcast_{status}")).or_default() += 1;
+                eprintln!("broadcast {i}: HTTP {status}: {answer}");
+            }
+            Counters::add(&c.messages_sent, 1);
+            std::thread::sleep(Duration::from_millis(args.broadcast_interval_ms));
+        }
+        let want = delivered0 + args.broadcasts * summary.connected;
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while Counters::get(&c.delivered) < want && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        summary.measured_seconds = started.elapsed().as_secs_f64();
+        // Let the last acks go out.
+        std::thread::sleep(Duration::from_millis(200));
+    } else if args.hold || args.push_rate == 0 {
         let until = Instant::now() + Duration::from_secs(if args.hold { args.duration } else { 0 });
         while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_secs(1));
