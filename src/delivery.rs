@@ -376,6 +376,20 @@ struct StatusRecord {
     forget_at_ms: u64,
 }
 
+impl StatusRecord {
+    /// A message just accepted for a device.
+    fn pending(message_id: u64, accepted_at_ms: u64, expires_at_ms: u64) -> Self {
+        Self {
+            status: Status::Pending,
+            message_id,
+            accepted_at_ms,
+            expires_at_ms,
+            acked_at_ms: 0,
+            forget_at_ms: 0,
+        }
+    }
+}
+
 /// Limits copied out of the config once, in the units the core uses.
 struct Limits {
     max_frame: usize,
@@ -1613,13 +1627,8 @@ impl DeliveryCore {
     fn queue_shared(&mut self, device: DeviceId, message: &Arc<SharedMessage>, now: Instant) -> bool {
         let d = &self.devices[device];
         let status_key = StatusKey::new(&message.app_id, &message.msg_key, &d.token);
-        let inserted = self.statuses.insert_if_absent(status_key, || StatusRecord {
-            status: Status::Pending,
-            message_id: message.id,
-            accepted_at_ms: message.accepted_at_ms,
-            expires_at_ms: message.expires_at_ms,
-            acked_at_ms: 0,
-            forget_at_ms: 0,
+        let inserted = self.statuses.insert_if_absent(status_key, || {
+            StatusRecord::pending(message.id, message.accepted_at_ms, message.expires_at_ms)
         });
         if !inserted {
             return false;
@@ -2161,14 +2170,7 @@ impl DeliveryCore {
         };
         self.statuses.insert(
             status_key,
-            StatusRecord {
-                status: Status::Pending,
-                message_id: message.id,
-                accepted_at_ms: message.accepted_at_ms,
-                expires_at_ms: message.expires_at_ms,
-                acked_at_ms: 0,
-                forget_at_ms: 0,
-            },
+            StatusRecord::pending(message.id, message.accepted_at_ms, message.expires_at_ms),
         );
         self.max_message_id = self.max_message_id.max(message.id);
         if self.journal.enabled {

@@ -700,25 +700,15 @@ async fn message_status(
         };
     }
     let shard = owner_shard(token.as_bytes(), state.shards.len());
-    let (reply, answer) = oneshot::channel();
-    let command = Command::QueryStatus {
+    let asked = ask(&state, shard, |reply| Command::QueryStatus {
         app_id,
         msg_key: msg_key.as_str().into(),
         token: token.as_str().into(),
         reply,
-    };
-    if state.shards[shard].send(command).is_err() {
-        return error_response(OP, started, overloaded());
-    }
-    let report: Option<StatusReport> = match tokio::time::timeout(SHARD_TIMEOUT, answer).await {
-        Ok(Ok(r)) => r,
-        _ => {
-            return error_response(
-                OP,
-                started,
-                ApiError::new(ResultCode::SystemError, "the shard did not answer"),
-            )
-        }
+    });
+    let report: Option<StatusReport> = match asked.await {
+        Ok(r) => r,
+        Err(e) => return error_response(OP, started, e),
     };
     let data = match report {
         Some(r) => json!({
