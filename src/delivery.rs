@@ -136,6 +136,28 @@ struct Pending {
     durable: bool,
 }
 
+impl Pending {
+    /// A message not yet sent and not yet durable.
+    fn new(
+        id: u64,
+        accepted_at_ms: u64,
+        expires_at_ms: u64,
+        frame: FrameSlot,
+        status_key: StatusKey,
+    ) -> Self {
+        Self {
+            id,
+            accepted_at_ms,
+            expires_at_ms,
+            frame,
+            status_key,
+            sent_at: None,
+            sent_before: false,
+            durable: false,
+        }
+    }
+}
+
 struct Device {
     app: Arc<str>,
     token: Box<str>,
@@ -1644,27 +1666,15 @@ impl DeliveryCore {
                 record_len: 0,
             });
         }
-        self.timers.insert(
-            self.clock.instant_of(message.expires_at_ms),
-            Timer::Expiry {
-                device,
-                message_id: message.id,
-            },
+        let frame = FrameSlot::Shared(message.clone());
+        let pending = Pending::new(
+            message.id,
+            message.accepted_at_ms,
+            message.expires_at_ms,
+            frame,
+            status_key,
         );
-        self.enqueue(
-            device,
-            Pending {
-                id: message.id,
-                accepted_at_ms: message.accepted_at_ms,
-                expires_at_ms: message.expires_at_ms,
-                frame: FrameSlot::Shared(message.clone()),
-                status_key,
-                sent_at: None,
-                sent_before: false,
-                durable,
-            },
-            now,
-        );
+        self.enqueue(device, Pending { durable, ..pending }, now);
         true
     }
 
@@ -2192,38 +2202,35 @@ impl DeliveryCore {
                 record_len: self.journal.framed.len() - record_at,
             });
         }
-        self.timers.insert(
-            self.clock.instant_of(message.expires_at_ms),
-            Timer::Expiry {
-                device,
-                message_id: message.id,
-            },
-        );
         let online = self.devices[device].conn.is_some();
-        self.enqueue(
-            device,
-            Pending {
-                id: message.id,
-                accepted_at_ms: message.accepted_at_ms,
-                expires_at_ms: message.expires_at_ms,
-                frame: match logged {
-                    Some(span) => FrameSlot::Log(span),
-                    // No copy when the API's buffer is exactly the frame.
-                    None => FrameSlot::Memory(Vec::from(message.frame).into_boxed_slice()),
-                },
-                status_key,
-                sent_at: None,
-                sent_before: false,
-                durable: !self.journal.enabled,
-            },
-            now,
+        let frame = match logged {
+            Some(span) => FrameSlot::Log(span),
+            // No copy when the API's buffer is exactly the frame.
+            None => FrameSlot::Memory(Vec::from(message.frame).into_boxed_slice()),
+        };
+        let pending = Pending::new(
+            message.id,
+            message.accepted_at_ms,
+            message.expires_at_ms,
+            frame,
+            status_key,
         );
+        let durable = !self.journal.enabled;
+        self.enqueue(device, Pending { durable, ..pending }, now);
         Accepted::Queued { online }
     }
 
     /// Appends a message to a device's queue (dropping the oldest unsent one
-    /// past the pending cap) and, when it may be sent now, sends it.
+    /// past the pending cap), arms its expiry and, when it may be sent now,
+    /// sends it.
     fn enqueue(&mut self, device: DeviceId, pending: Pending, now: Instant) {
+        self.timers.insert(
+            self.clock.instant_of(pending.expires_at_ms),
+            Timer::Expiry {
+                device,
+                message_id: pending.id,
+            },
+        );
         let d = &mut self.devices[device];
         if d.queue.len() >= self.limits.max_pending {
             // Drop the oldest message not yet written; if the whole queue is

@@ -685,32 +685,39 @@ async fn message_status(
             ApiError::new(ResultCode::AppIdWrong, "no such appId"),
         );
     };
-    if let Some(user) = user {
-        return match user_status(&state, app_id, &msg_key, user).await {
-            Ok(data) => {
-                state.status_metrics.ok(started);
-                envelope(
-                    200,
-                    "OK",
-                    "",
-                    json!({"Success": true, "ResultMsg": "", "Data": data}),
-                )
-            }
-            Err(e) => error_response(OP, started, e),
-        };
-    }
-    let shard = owner_shard(token.as_bytes(), state.shards.len());
-    let asked = ask(&state, shard, |reply| Command::QueryStatus {
-        app_id,
-        msg_key: msg_key.as_str().into(),
-        token: token.as_str().into(),
-        reply,
-    });
-    let report: Option<StatusReport> = match asked.await {
-        Ok(r) => r,
+    let data = match user {
+        Some(user) => user_status(&state, app_id, &msg_key, user).await,
+        None => token_status(&state, app_id, &msg_key, token).await,
+    };
+    let data = match data {
+        Ok(data) => data,
         Err(e) => return error_response(OP, started, e),
     };
-    let data = match report {
+    state.status_metrics.ok(started);
+    envelope(
+        200,
+        "OK",
+        "",
+        json!({"Success": true, "ResultMsg": "", "Data": data}),
+    )
+}
+
+/// The status of a message for one device token.
+async fn token_status(
+    state: &ApiState,
+    app_id: Arc<str>,
+    msg_key: &str,
+    token: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let shard = owner_shard(token.as_bytes(), state.shards.len());
+    let report: Option<StatusReport> = ask(state, shard, |reply| Command::QueryStatus {
+        app_id,
+        msg_key: msg_key.into(),
+        token: token.into(),
+        reply,
+    })
+    .await?;
+    Ok(match report {
         Some(r) => json!({
             "msgKey": msg_key, "target": token,
             "status": r.status.code(), "statusName": r.status.name(),
@@ -721,14 +728,7 @@ async fn message_status(
             "msgKey": msg_key, "target": token,
             "status": STATUS_UNKNOWN, "statusName": "Unknown",
         }),
-    };
-    state.status_metrics.ok(started);
-    envelope(
-        200,
-        "OK",
-        "",
-        json!({"Success": true, "ResultMsg": "", "Data": data}),
-    )
+    })
 }
 
 /// The status of a message pushed to a user, over every shard's devices

@@ -886,6 +886,17 @@ mod properties {
     }
 }
 
+/// A checkpoint of `core` as one byte string (no log reader: positions unknown).
+fn checkpoint_of(core: &mut DeliveryCore) -> Vec<u8> {
+    let mut checkpoint = Vec::new();
+    core.write_checkpoint(|chunk, _| {
+        checkpoint.extend_from_slice(chunk);
+        Ok::<_, UnreadableFrame>(None)
+    })
+    .unwrap();
+    checkpoint
+}
+
 /// Splits framed log records (length, CRC, kind, payload) and replays each
 /// into `core`.
 fn replay_into(core: &mut DeliveryCore, framed: &[u8], now: Instant) -> usize {
@@ -976,13 +987,7 @@ fn replaying_the_journal_restores_devices_messages_and_statuses() {
 fn a_checkpoint_replays_to_the_same_state_alone_or_after_the_journal() {
     let mut h = Harness::new();
     let (online, offline) = durable_scenario(&mut h);
-    let mut checkpoint = Vec::new();
-    h.core
-        .write_checkpoint(|chunk, _| {
-            checkpoint.extend_from_slice(chunk);
-            Ok::<_, UnreadableFrame>(None)
-        })
-        .unwrap();
+    let checkpoint = checkpoint_of(&mut h.core);
     // Alone (older segments deleted), and after the whole journal (a crash
     // before they were deleted): both are the same state.
     let mut with_journal = h.log.clone();

@@ -411,13 +411,7 @@ fn shared_messages_survive_replay_and_checkpoints() {
     replay_into(&mut after.core, &h.log, h.now);
     assert_shared_restored(&mut after, &seen, &away, broadcast, to_alice);
 
-    let mut checkpoint = Vec::new();
-    h.core
-        .write_checkpoint(|chunk, _| {
-            checkpoint.extend_from_slice(chunk);
-            Ok::<_, UnreadableFrame>(None)
-        })
-        .unwrap();
+    let checkpoint = checkpoint_of(&mut h.core);
     let mut after = h.restarted();
     replay_into(&mut after.core, &checkpoint, h.now);
     assert_shared_restored(&mut after, &seen, &away, broadcast, to_alice);
