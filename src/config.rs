@@ -178,6 +178,13 @@ pub struct App {
     pub app_id: String,
     #[serde(rename = "workspaceId")]
     pub workspace_id: String,
+    /// Templates the app may hold; past it a new one gets 3056.
+    #[serde(rename = "maxTemplates", default = "default_max_templates")]
+    pub max_templates: usize,
+}
+
+fn default_max_templates() -> usize {
+    crate::templates::DEFAULT_MAX_TEMPLATES
 }
 
 impl Default for Config {
@@ -193,6 +200,7 @@ impl Default for Config {
             apps: vec![App {
                 app_id: "demo".into(),
                 workspace_id: "default".into(),
+                max_templates: crate::templates::DEFAULT_MAX_TEMPLATES,
             }],
         }
     }
@@ -373,6 +381,14 @@ impl Config {
             if !seen.insert(&app.app_id) {
                 return invalid(format!("apps: appId {:?} appears twice", app.app_id));
             }
+            if app.max_templates > crate::templates::MAX_MAX_TEMPLATES {
+                return invalid(format!(
+                    "apps: maxTemplates = {} for appId {:?} (allowed 0 ..= {})",
+                    app.max_templates,
+                    app.app_id,
+                    crate::templates::MAX_MAX_TEMPLATES
+                ));
+            }
         }
         Ok(())
     }
@@ -401,5 +417,9 @@ mod tests {
         assert!(Config::from_toml("[delivery]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n").is_err());
         assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
         assert!(Config::from_toml("io = \"poll\"\n").is_err());
+        assert!(
+            Config::from_toml("[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nmaxTemplates = 10001\n")
+                .is_err()
+        );
     }
 }

@@ -45,7 +45,8 @@ fn bad_requests_get_their_result_codes() {
         (json!({"deliveryType": 9}), "3009"),
         (json!({"appId": null}), "3003"),
         (json!({"appId": "nope"}), "3007"),
-        (json!({"content": "x".repeat(3000)}), "3050"),
+        (json!({"content": "x".repeat(3000)}), "3043"),
+        (json!({"extendedParams": {"taskId": "1"}}), "3044"),
         (json!({"pushStyle": 7}), "3028"),
         (json!({"targetMsgkey": {"not-a-device": "k"}}), "3054"),
     ];

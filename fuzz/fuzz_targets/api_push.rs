@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let apps: HashMap<String, Arc<str>> = [("demo".to_string(), Arc::from("demo"))].into();
     if let Ok(request) = push::parse(data, &config, &apps) {
         let mut id = 0;
-        let _ = request.messages(1_700_000_000_000, || {
+        let _ = request.messages(1_700_000_000_000, 0, || {
             id += 1;
             id
         });

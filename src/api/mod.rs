@@ -2,11 +2,14 @@
 //! that shard threads never run HTTP work. Handlers validate (`push`),
 //! route each message to the shard that owns its token, wait for the
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
-//! `ResultCode`, `ResultMessage`, `PushResult`.
+//! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
+//! `templates`, the device registry in `devices`.
 
 mod devices;
+mod fields;
 pub mod push;
 pub mod result_code;
+mod templates;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,10 +35,14 @@ use crate::message::{
 };
 use crate::shard::ShardHandle;
 use crate::store::StorageHealth;
+use crate::templates::TemplateStore;
 use result_code::{ApiError, ResultCode};
 
 /// Largest request body read; larger ones get 413 and 3050.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A multiple push's body: 100 targets, each with its values and extended
+/// params, may need more than `MAX_BODY_BYTES`.
+pub const MAX_MULTIPLE_BODY_BYTES: usize = 256 * 1024;
 /// How long a handler waits for shards before answering 503.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The reference's "unknown" status code.
@@ -47,12 +54,16 @@ struct ApiState {
     shards: Arc<[ShardHandle]>,
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
+    templates: Arc<TemplateStore>,
     push_metrics: OpMetrics,
+    template_push_metrics: OpMetrics,
+    multiple_push_metrics: OpMetrics,
     status_metrics: OpMetrics,
     accepted: metrics::Counter,
 }
 
 impl ApiState {
+    /// Service message ids and task ids, from one sequence.
     fn next_id(&self) -> u64 {
         self.next_message_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -90,6 +101,7 @@ impl HttpServers {
 pub fn serve(
     config: &Config,
     shards: &crate::shard::Shards,
+    templates: Arc<TemplateStore>,
     ready: Arc<AtomicBool>,
     prometheus: PrometheusHandle,
 ) -> anyhow::Result<HttpServers> {
@@ -118,7 +130,10 @@ pub fn serve(
         // id the last run could have issued unless it averaged 65,536 ids
         // per ms (ids of pushes that were never accepted are not logged).
         next_message_id: AtomicU64::new((unix_ms() << 16).max(shards.max_message_id() + 1)),
+        templates,
         push_metrics: OpMetrics::new("push_simple"),
+        template_push_metrics: OpMetrics::new("push_template"),
+        multiple_push_metrics: OpMetrics::new("push_multiple"),
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
     });
@@ -128,6 +143,8 @@ pub fn serve(
     };
     let api = Router::new()
         .route("/v1/push/simple", post(simple_push))
+        .route("/v1/push/template", post(template_push))
+        .route("/v1/push/multiple", post(multiple_push))
         .route(
             "/v1/push/broadcast",
             post(|State(state): State<Arc<ApiState>>, body: Body| {
@@ -148,6 +165,13 @@ pub fn serve(
         .route("/v1/groups/leave-all", registry(Operation::LeaveAllGroups))
         .route("/v1/devices/vendor-token", registry(Operation::VendorToken))
         .route("/v1/devices", get(devices::query))
+        .route("/v1/templates", post(templates::create).get(templates::list))
+        .route(
+            "/v1/templates/{name}",
+            get(templates::read)
+                .put(templates::update)
+                .delete(templates::delete),
+        )
         .with_state(state);
     let admin = crate::admin::router(ready, shards.storage_health(), prometheus);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -278,12 +302,13 @@ fn error_response(op: &'static str, started: Instant, error: ApiError) -> Respon
         data: None,
         targets: None,
     };
-    envelope(error.code.http_status(), &code, &message, result)
+    envelope(error.http_status(), &code, &message, result)
 }
 
 /// Metric handles for the common outcome, registered once: a labelled
 /// `counter!` lookup per request showed in profiles.
 struct OpMetrics {
+    op: &'static str,
     ok: metrics::Counter,
     duration: metrics::Histogram,
 }
@@ -291,6 +316,7 @@ struct OpMetrics {
 impl OpMetrics {
     fn new(op: &'static str) -> Self {
         Self {
+            op,
             ok: metrics::counter!("ringpush_api_requests_total", "op" => op, "result_code" => "OK"),
             duration: metrics::histogram!("ringpush_api_request_duration_seconds", "op" => op),
         }
@@ -310,33 +336,91 @@ fn record(op: &'static str, code: &str, started: Instant) {
 }
 
 async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
-    const OP: &str = "push_simple";
+    let metrics = &state.push_metrics;
     let started = Instant::now();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let bytes = match read_body(body).await {
         Ok(b) => b,
-        Err(_) => {
-            let err = ApiError::new(
-                ResultCode::MsgPayloadTooLong,
-                format!("the request body is over {MAX_BODY_BYTES} bytes"),
-            );
-            let mut response = error_response(OP, started, err);
-            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return response;
-        }
+        Err(e) => return error_response(metrics.op, started, e),
     };
     let request = match push::parse(&bytes, &state.config, &state.apps) {
         Ok(r) => r,
-        Err(e) => return error_response(OP, started, e),
+        Err(e) => return error_response(metrics.op, started, e),
     };
+    deliver(&state, metrics, started, request, 0).await
+}
+
+/// `POST /v1/push/template`: a simple push whose title, content and uri
+/// come from a template.
+async fn template_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+    let metrics = &state.template_push_metrics;
+    let started = Instant::now();
+    let bytes = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return error_response(metrics.op, started, e),
+    };
+    let request = match push::parse_templated(&bytes, &state.config, &state.apps, push::PushKind::Template)
+        .and_then(|push| render(&state, push))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(metrics.op, started, e),
+    };
+    deliver(&state, metrics, started, request, 0).await
+}
+
+/// `POST /v1/push/multiple`: one template, personalised per target, under
+/// one task id.
+async fn multiple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+    let metrics = &state.multiple_push_metrics;
+    let started = Instant::now();
+    let bytes = match read_body_up_to(body, MAX_MULTIPLE_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return error_response(metrics.op, started, e),
+    };
+    let request = match push::parse_templated(&bytes, &state.config, &state.apps, push::PushKind::Multiple)
+        .and_then(|push| render(&state, push))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(metrics.op, started, e),
+    };
+    let task_id = state.next_id();
+    deliver(&state, metrics, started, request, task_id).await
+}
+
+/// Looks up the push's template in its app's templates (3022 when there is
+/// none of that name) and renders it.
+fn render(state: &ApiState, push: push::TemplatedPush) -> Result<push::PushRequest, ApiError> {
+    let template = state
+        .templates
+        .get(push.app_id(), &push.template_name)
+        .ok_or_else(|| {
+            ApiError::new(
+                ResultCode::TemplateNotExist,
+                format!("no template named {:?} in this app", push.template_name),
+            )
+        })?;
+    push.render(&template)
+}
+
+/// Hands a validated push to the shards and answers per target. `task_id`
+/// (0: none) goes into every message and, as a decimal string, into
+/// `PushResult.Data`.
+async fn deliver(
+    state: &ApiState,
+    metrics: &OpMetrics,
+    started: Instant,
+    request: push::PushRequest,
+    task_id: u64,
+) -> Response {
+    let op = metrics.op;
     if let Some(refusal) = state.health.refusal() {
-        return error_response(OP, started, storage_error(refusal));
+        return error_response(op, started, storage_error(refusal));
     }
     if !request.to_tokens() {
-        return shared_push(&state, OP, started, request).await;
+        return shared_push(state, op, started, request, task_id).await;
     }
-    let messages = match request.messages(unix_ms(), || state.next_id()) {
+    let messages = match request.messages(unix_ms(), task_id, || state.next_id()) {
         Ok(m) => m,
-        Err(e) => return error_response(OP, started, e),
+        Err(e) => return error_response(op, started, e),
     };
     let described: Vec<(Box<str>, Box<str>, u64)> = messages
         .iter()
@@ -344,7 +428,7 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
         .collect();
     let outcomes = match route(&state.shards, messages).await {
         Ok(o) => o,
-        Err(e) => return error_response(OP, started, e),
+        Err(e) => return error_response(op, started, e),
     };
     let accepted = outcomes
         .iter()
@@ -370,7 +454,7 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
         let code = ResultCode::DeliveryTokenInvalid;
         let message = format!("{}: no device holds these tokens", code.name());
         let code_text = code.code().to_string();
-        record(OP, &code_text, started);
+        record(op, &code_text, started);
         let result = PushResult {
             success: false,
             result_msg: &message,
@@ -379,14 +463,24 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
         };
         return envelope(code.http_status(), &code_text, &message, result);
     }
-    state.push_metrics.ok(started);
+    metrics.ok(started);
+    let task = task_text(task_id);
     let result = PushResult {
         success: true,
         result_msg: "",
-        data: Some(""),
+        data: Some(&task),
         targets: Some(targets),
     };
     envelope(200, "OK", "", result)
+}
+
+/// A task id as `PushResult.Data` shows it: empty for none.
+fn task_text(task_id: u64) -> String {
+    if task_id == 0 {
+        String::new()
+    } else {
+        task_id.to_string()
+    }
 }
 
 /// `POST /v1/push/broadcast` and `/v1/push/group`.
@@ -406,23 +500,21 @@ async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, body: Body) -> 
     if let Some(refusal) = state.health.refusal() {
         return error_response(op, started, storage_error(refusal));
     }
-    shared_push(&state, op, started, request).await
+    let task_id = state.next_id();
+    shared_push(&state, op, started, request, task_id).await
 }
 
 /// A push stored once and delivered by every shard to its own devices: to
 /// users, a group or a platform. Answers per target for users, and the task
 /// id with how many devices are in the audience now for the others.
+/// `task_id` is 0 for a simple or template push to users.
 async fn shared_push(
     state: &ApiState,
     op: &'static str,
     started: Instant,
-    request: push::SimplePush,
+    request: push::PushRequest,
+    task_id: u64,
 ) -> Response {
-    let task_id = if request.audience == push::AudienceKind::Users {
-        0
-    } else {
-        state.next_id()
-    };
     let messages = match request.shared_messages(unix_ms(), task_id, || state.next_id()) {
         Ok(m) => m,
         Err(e) => return error_response(op, started, e),
@@ -452,10 +544,11 @@ async fn shared_push(
                 },
             })
             .collect();
+        let task = task_text(task_id);
         let result = PushResult {
             success: true,
             result_msg: "",
-            data: Some(""),
+            data: Some(&task),
             targets: Some(targets),
         };
         return envelope(200, "OK", "", result);
@@ -542,11 +635,18 @@ async fn route(shards: &Arc<[ShardHandle]>, messages: Vec<Message>) -> Result<Ve
 
 /// Reads a request body up to `MAX_BODY_BYTES`.
 async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+    read_body_up_to(body, MAX_BODY_BYTES).await
+}
+
+/// Reads a request body of at most `limit` bytes (else 3050 with HTTP
+/// 413).
+async fn read_body_up_to(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             ResultCode::MsgPayloadTooLong,
-            format!("the request body is over {MAX_BODY_BYTES} bytes"),
+            format!("the request body is over {limit} bytes"),
         )
+        .with_http_status(413)
     })
 }
 

@@ -1,10 +1,15 @@
-//! The push requests (`POST /v1/push/simple`, `/v1/push/broadcast`,
-//! `/v1/push/group`): decoding and validating them with the reference's
-//! field names and result codes, and turning them into encoded messages:
-//! one `Message` per device token, or one `SharedMessage` per user, group or
-//! broadcast, which every shard delivers to its own devices. Pure functions
-//! of the request bytes, the config and the clock; the HTTP plumbing is in
-//! `api::mod`.
+//! The push requests: simple (`POST /v1/push/simple`), template
+//! (`/v1/push/template`), multiple (`/v1/push/multiple`), broadcast and group
+//! (`/v1/push/broadcast`, `/v1/push/group`). One validation path checks what
+//! they share (app, taskName, deliveryType, TTL, targets, extendedParams,
+//! notifyType) with the reference's field names and result codes; then each
+//! kind's content: a title and content, or a template name and values. A
+//! template or multiple push comes out as a `TemplatedPush`, which the
+//! handler renders against the template it looked up. Every kind ends as a
+//! `PushRequest`, encoded into one `Message` per device token, or one
+//! `SharedMessage` per user, group or broadcast, which every shard delivers
+//! to its own devices. Pure functions of the request bytes, the config, the
+//! template and the clock; the HTTP plumbing is in `api::mod`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,15 +17,32 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::fields::{self, flag_field, int_field, json_text_field, small_enum, string_field, Field};
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
 use crate::message::{Audience, BindFilter, Message, SharedMessage};
 use crate::protocol::body;
+use crate::templates::Template;
 
-/// Targets per simple push (push-semantics.md §2).
+/// Targets per simple or template push (push-semantics.md §2).
 pub const MAX_TARGETS: usize = 10;
+/// Targets per multiple push.
+pub const MAX_MULTIPLE_TARGETS: usize = 100;
 pub const MAX_MSG_KEY_CHARS: usize = 64;
 pub const MAX_EXTENDED_PARAMS: usize = 20;
+/// A multiple push's per-target extendedParams: fewer than 10.
+pub const MAX_TARGET_EXTENDED_PARAMS: usize = 9;
+/// Extended-param keys the reference reserves for the system ("系统扩展参数");
+/// a request that sets one gets 3044.
+pub const RESERVED_EXTENDED_PARAMS: [&str; 7] = [
+    "notifyType",
+    "action",
+    "silent",
+    "pushType",
+    "templateCode",
+    "channel",
+    "taskId",
+];
 /// The whole message body delivered to a device (push-semantics.md §2).
 pub const MAX_PUSH_BODY_BYTES: usize = 2048;
 /// Tokens we issue are 22 characters; this leaves room without letting an
@@ -33,13 +55,30 @@ pub const MAX_GROUP_BYTES: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushKind {
     Simple,
+    Template,
+    Multiple,
     Broadcast,
     Group,
 }
 
-/// A validated push.
+impl PushKind {
+    /// The code for a message over `MAX_PUSH_BODY_BYTES`. The reference has
+    /// two without saying which is which; going by their names, a simple or
+    /// template push (one content for up to 10 targets) gets 3043
+    /// SINGLE_PUSH_CONTENT_TOO_LONG, every other push 3050
+    /// MSG_PAYLOAD_TOO_LONG (also the code for an oversized request body).
+    fn too_long(self) -> ResultCode {
+        match self {
+            Self::Simple | Self::Template => ResultCode::SinglePushContentTooLong,
+            Self::Multiple | Self::Broadcast | Self::Group => ResultCode::MsgPayloadTooLong,
+        }
+    }
+}
+
+/// A validated push, ready to encode.
 #[derive(Debug, PartialEq)]
-pub struct SimplePush {
+pub struct PushRequest {
+    pub kind: PushKind,
     pub app_id: Arc<str>,
     pub task_name: String,
     /// (token or userId, msgKey) in request order; for a broadcast or a
@@ -48,7 +87,10 @@ pub struct SimplePush {
     /// What the targets are.
     pub audience: AudienceKind,
     pub ttl_secs: u64,
-    pub template: body::Push,
+    /// The message: one for every target, or (multiple push) one per
+    /// target, in `targets` order. Ids, msgKeys and times are set when
+    /// encoding.
+    pub bodies: Vec<body::Push>,
 }
 
 /// What a push's targets name.
@@ -63,6 +105,22 @@ pub enum AudienceKind {
         filter: BindFilter,
     },
     Group(String),
+}
+
+/// A template or multiple push, validated but not rendered: the handler
+/// looks `template_name` up in the app's templates and calls `render`.
+#[derive(Debug, PartialEq)]
+pub struct TemplatedPush {
+    pub template_name: String,
+    /// Everything but the bodies.
+    request: PushRequest,
+    /// Placeholder values: one map for every target of a template push, one
+    /// per target of a multiple push.
+    values: Vec<HashMap<String, String>>,
+    /// Extended params, the same way; a multiple push's are the request's
+    /// merged with the target's (the target's win).
+    params: Vec<HashMap<String, String>>,
+    notify_type: String,
 }
 
 /// Days in the reference's bindPeriod / unBindPeriod codes (4: forever).
@@ -112,6 +170,10 @@ struct Request {
     bind_period: Option<Field>,
     un_bind_period: Option<Field>,
     group_name: Option<Field>,
+    /// Template and multiple pushes.
+    template_name: Option<Field>,
+    template_key_value: Option<Field>,
+    target_msgs: Option<Field>,
 }
 
 /// Validates a simple push.
@@ -119,41 +181,70 @@ pub fn parse(
     bytes: &[u8],
     config: &Config,
     apps: &HashMap<String, Arc<str>>,
-) -> Result<SimplePush, ApiError> {
+) -> Result<PushRequest, ApiError> {
     parse_kind(bytes, config, apps, PushKind::Simple)
 }
 
-/// Validates a push to any endpoint.
+/// Validates a simple, broadcast or group push.
 pub fn parse_kind(
     bytes: &[u8],
     config: &Config,
     apps: &HashMap<String, Arc<str>>,
     kind: PushKind,
-) -> Result<SimplePush, ApiError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ApiError::new(ResultCode::RequestShouldBeUtf8, "the request body must be UTF-8"))?;
-    let req: Request = serde_json::from_str(text).map_err(|e| {
-        ApiError::new(
-            ResultCode::InvalidParam,
-            format!("the body is not a JSON object: {e}"),
-        )
-    })?;
-
-    let app_id = string_field(&req.app_id, "appId")?.unwrap_or_default();
-    let workspace_id = string_field(&req.workspace_id, "workspaceId")?.unwrap_or_default();
-    if app_id.is_empty() || workspace_id.is_empty() {
-        return Err(ApiError::new(
-            ResultCode::NeedAppIdWorkspaceId,
-            "appId and workspaceId are required",
-        ));
+) -> Result<PushRequest, ApiError> {
+    assert!(
+        !matches!(kind, PushKind::Template | PushKind::Multiple),
+        "template and multiple pushes go through parse_templated"
+    );
+    match parse_any(bytes, config, apps, kind)? {
+        Parsed::Ready(request) => Ok(request),
+        Parsed::Templated(_) => unreachable!("only template kinds name a template"),
     }
-    let app = config
-        .apps
-        .iter()
-        .find(|a| a.app_id == app_id && a.workspace_id == workspace_id)
-        .and_then(|a| apps.get(&a.app_id))
-        .ok_or_else(|| ApiError::new(ResultCode::AppIdWrong, "no such appId in that workspaceId"))?;
+}
 
+/// Validates a template push (`kind` Template) or a multiple push
+/// (`Multiple`), up to the template lookup.
+pub fn parse_templated(
+    bytes: &[u8],
+    config: &Config,
+    apps: &HashMap<String, Arc<str>>,
+    kind: PushKind,
+) -> Result<TemplatedPush, ApiError> {
+    assert!(
+        matches!(kind, PushKind::Template | PushKind::Multiple),
+        "simple, broadcast and group pushes go through parse_kind"
+    );
+    match parse_any(bytes, config, apps, kind)? {
+        Parsed::Templated(push) => Ok(push),
+        Parsed::Ready(_) => unreachable!("template kinds name a template"),
+    }
+}
+
+enum Parsed {
+    Ready(PushRequest),
+    Templated(TemplatedPush),
+}
+
+/// What a push delivers, before its bodies are built.
+enum Content {
+    Literal { title: String, content: String },
+    Template(String),
+}
+
+/// The one validation path. Checks run in a fixed order, so a request with
+/// several faults always gets the same code: appId/workspaceId (3003, 3007),
+/// taskName (3019), strategyType, the content (3024 or 3025), deliveryType
+/// (3009, 3030), expiredSeconds (3020, 3026), the targets (3021, 3029, 3055
+/// and per target), extendedParams (3044, 3035), the display fields,
+/// notifyType, templateKeyValue.
+fn parse_any(
+    bytes: &[u8],
+    config: &Config,
+    apps: &HashMap<String, Arc<str>>,
+    kind: PushKind,
+) -> Result<Parsed, ApiError> {
+    let req: Request = fields::decode(bytes)?;
+    let app_id = app(&req, config, apps)?;
     let task_name = string_field(&req.task_name, "taskName")?.unwrap_or_default();
     if task_name.trim().is_empty() {
         return Err(ApiError::new(ResultCode::TaskNameNull, "taskName is required"));
@@ -166,38 +257,178 @@ pub fn parse_kind(
             ));
         }
     }
-    let title = string_field(&req.title, "title")?.unwrap_or_default();
-    let content = string_field(&req.content, "content")?.unwrap_or_default();
-    if title.is_empty() || content.is_empty() {
-        return Err(ApiError::new(
-            ResultCode::PayloadNotEnough,
-            "title and content are required",
-        ));
-    }
+    let content = match kind {
+        PushKind::Template | PushKind::Multiple => {
+            let name = string_field(&req.template_name, "templateName")?.unwrap_or_default();
+            if name.is_empty() {
+                return Err(ApiError::new(
+                    ResultCode::NeedTemplate,
+                    "templateName is required",
+                ));
+            }
+            Content::Template(name)
+        }
+        PushKind::Simple | PushKind::Broadcast | PushKind::Group => {
+            let title = string_field(&req.title, "title")?.unwrap_or_default();
+            let content = string_field(&req.content, "content")?.unwrap_or_default();
+            if title.is_empty() || content.is_empty() {
+                return Err(ApiError::new(
+                    ResultCode::PayloadNotEnough,
+                    "title and content are required",
+                ));
+            }
+            Content::Literal { title, content }
+        }
+    };
+    let delivery_type = delivery_type(&req, kind)?;
+    let ttl_secs = ttl(&req, config)?;
 
-    let delivery_type = match (kind, int_field(&req.delivery_type, "deliveryType")) {
+    let to_users = delivery_type == 3;
+    let audience = match kind {
+        PushKind::Simple | PushKind::Template | PushKind::Multiple if to_users => AudienceKind::Users,
+        PushKind::Simple | PushKind::Template | PushKind::Multiple => AudienceKind::Tokens,
+        PushKind::Broadcast => AudienceKind::Broadcast {
+            platform: delivery_type,
+            filter: bind_filter(&req)?,
+        },
+        PushKind::Group => {
+            let group = string_field(&req.group_name, "groupName")?.unwrap_or_default();
+            if group.is_empty() || group.len() > MAX_GROUP_BYTES {
+                return Err(ApiError::new(
+                    ResultCode::InvalidParam,
+                    format!("groupName is required, at most {MAX_GROUP_BYTES} bytes"),
+                ));
+            }
+            AudienceKind::Group(group)
+        }
+    };
+    let (targets, per_target) = match kind {
+        PushKind::Simple | PushKind::Template => (target_msgkey(req.target_msgkey, &audience)?, None),
+        PushKind::Multiple => {
+            let msgs = target_msgs(req.target_msgs, &audience)?;
+            (msgs.targets, Some(msgs.extras))
+        }
+        PushKind::Broadcast | PushKind::Group => (
+            vec![(String::new(), one_msg_key(&req.msgkey, &req.msg_key_camel)?)],
+            None,
+        ),
+    };
+    let extended_params = extended_params(
+        req.extended_params,
+        "extendedParams",
+        MAX_EXTENDED_PARAMS,
+        ResultCode::ExtendParamTooMuch,
+    )?;
+    let notify_type = string_field(&req.notify_type, "notifyType")?.unwrap_or_default();
+    let request = PushRequest {
+        kind,
+        app_id,
+        task_name,
+        targets,
+        audience,
+        ttl_secs,
+        bodies: Vec::new(),
+    };
+
+    let template_name = match content {
+        Content::Literal { title, content } => {
+            let push_style = small_enum(&req.push_style, "pushStyle", &[0, 1, 2])?;
+            let action = small_enum(&req.push_action, "pushAction", &[0, 1])?;
+            let silent = flag_field(&req.silent, "silent")?;
+            check_notify_type(&notify_type)?;
+            let body = body::Push {
+                title,
+                content,
+                silent,
+                action,
+                uri: string_field(&req.uri, "uri")?.unwrap_or_default(),
+                push_style,
+                icon_urls: json_text_field(req.icon_urls, "iconUrls")?,
+                image_urls: json_text_field(req.image_urls, "imageUrls")?,
+                extended_params,
+                notify_type,
+                ..Default::default()
+            };
+            return Ok(Parsed::Ready(PushRequest {
+                bodies: vec![body],
+                ..request
+            }));
+        }
+        Content::Template(name) => name,
+    };
+    check_notify_type(&notify_type)?;
+    let (values, params) = match per_target {
+        None => {
+            let values = fields::string_map(req.template_key_value).map_err(|()| {
+                ApiError::new(
+                    ResultCode::InvalidParam,
+                    "templateKeyValue must map placeholder names to strings",
+                )
+            })?;
+            (vec![values], vec![extended_params])
+        }
+        Some(per_target) => {
+            let mut values = Vec::with_capacity(per_target.len());
+            let mut params = Vec::with_capacity(per_target.len());
+            for (i, (target_values, target_params)) in per_target.into_iter().enumerate() {
+                let mut merged = extended_params.clone();
+                merged.extend(target_params);
+                if merged.len() > MAX_EXTENDED_PARAMS {
+                    return Err(ApiError::new(
+                        ResultCode::ExtendParamTooMuch,
+                        format!(
+                            "targetMsgs[{i}]: its extendedParams and the request's make {} keys; at most {MAX_EXTENDED_PARAMS}",
+                            merged.len()
+                        ),
+                    ));
+                }
+                values.push(target_values);
+                params.push(merged);
+            }
+            (values, params)
+        }
+    };
+    Ok(Parsed::Templated(TemplatedPush {
+        template_name,
+        request,
+        values,
+        params,
+        notify_type,
+    }))
+}
+
+/// The configured app named by appId and workspaceId.
+fn app(req: &Request, config: &Config, apps: &HashMap<String, Arc<str>>) -> Result<Arc<str>, ApiError> {
+    let app_id = string_field(&req.app_id, "appId")?.unwrap_or_default();
+    let workspace_id = string_field(&req.workspace_id, "workspaceId")?.unwrap_or_default();
+    fields::app(config, apps, &app_id, &workspace_id)
+}
+
+/// 1, 2, 7 (device tokens of a platform) or 3 (users); a group push needs
+/// none.
+fn delivery_type(req: &Request, kind: PushKind) -> Result<u8, ApiError> {
+    match (kind, int_field(&req.delivery_type, "deliveryType")) {
         // A group spans platforms: deliveryType is not needed.
-        (PushKind::Group, _) => 0,
-        (_, Ok(Some(t @ (1 | 2 | 7)))) => t as u8,
-        (PushKind::Simple, Ok(Some(3))) => 3,
-        (PushKind::Broadcast, Ok(Some(3))) => return Err(ApiError::new(
+        (PushKind::Group, _) => Ok(0),
+        (_, Ok(Some(t @ (1 | 2 | 7)))) => Ok(t as u8),
+        (PushKind::Broadcast, Ok(Some(3))) => Err(ApiError::new(
             ResultCode::BroadcastOnlySupportByDevice,
             "a broadcast goes to a platform's devices: deliveryType 1 (Android), 2 (iOS) or 7 (HarmonyOS)",
         )),
-        (_, Ok(Some(other))) => {
-            return Err(ApiError::new(
-                ResultCode::DeliveryTypeNotSupported,
-                format!("deliveryType {other}: use 1 (Android), 2 (iOS), 3 (user) or 7 (HarmonyOS)"),
-            ))
-        }
-        (_, Ok(None) | Err(_)) => {
-            return Err(ApiError::new(
-                ResultCode::DeliveryTypeNotSupported,
-                "deliveryType is required: 1 (Android), 2 (iOS), 3 (user) or 7 (HarmonyOS)",
-            ))
-        }
-    };
+        (_, Ok(Some(3))) => Ok(3),
+        (_, Ok(Some(other))) => Err(ApiError::new(
+            ResultCode::DeliveryTypeNotSupported,
+            format!("deliveryType {other}: use 1 (Android), 2 (iOS), 3 (user) or 7 (HarmonyOS)"),
+        )),
+        (_, Ok(None) | Err(_)) => Err(ApiError::new(
+            ResultCode::DeliveryTypeNotSupported,
+            "deliveryType is required: 1 (Android), 2 (iOS), 3 (user) or 7 (HarmonyOS)",
+        )),
+    }
+}
 
+/// expiredSeconds within `delivery.min_ttl_secs ..= max_ttl_secs`.
+fn ttl(req: &Request, config: &Config) -> Result<u64, ApiError> {
     let ttl_secs = match int_field(&req.expired_seconds, "expiredSeconds") {
         Ok(Some(s)) if s >= config.delivery.min_ttl_secs as i64 => s as u64,
         _ => {
@@ -216,99 +447,47 @@ pub fn parse_kind(
             format!("expiredSeconds must be at most {}", config.delivery.max_ttl_secs),
         ));
     }
+    Ok(ttl_secs)
+}
 
-    let (targets, audience) = match kind {
-        PushKind::Simple => {
-            let audience = if delivery_type == 3 {
-                AudienceKind::Users
-            } else {
-                AudienceKind::Tokens
-            };
-            (targets(req.target_msgkey, &audience)?, audience)
-        }
-        PushKind::Broadcast => {
-            let push_status = int_field(&req.push_status, "pushStatus")?.unwrap_or(0);
-            let bind_period = int_field(&req.bind_period, "bindPeriod")?;
-            let unbind_period = int_field(&req.un_bind_period, "unBindPeriod")?;
-            let filter = match push_status {
-                0 => BindFilter::Bound {
-                    within_ms: period(bind_period.unwrap_or(4), "bindPeriod")?,
-                },
-                1 => BindFilter::Any {
-                    unbound_within_ms: period(unbind_period.unwrap_or(4), "unBindPeriod")?,
-                },
-                2 => BindFilter::Unbound {
-                    within_ms: period(unbind_period.unwrap_or(4), "unBindPeriod")?,
-                },
-                _ => {
-                    return Err(ApiError::new(
-                        ResultCode::InvalidParam,
-                        "pushStatus must be 0 (bound users), 1 (all) or 2 (unbound)",
-                    ))
-                }
-            };
-            let audience = AudienceKind::Broadcast {
-                platform: delivery_type,
-                filter,
-            };
-            (vec![(String::new(), one_msg_key(&req)?)], audience)
-        }
-        PushKind::Group => {
-            let group = string_field(&req.group_name, "groupName")?.unwrap_or_default();
-            if group.is_empty() || group.len() > MAX_GROUP_BYTES {
-                return Err(ApiError::new(
-                    ResultCode::InvalidParam,
-                    format!("groupName is required, at most {MAX_GROUP_BYTES} bytes"),
-                ));
-            }
-            (
-                vec![(String::new(), one_msg_key(&req)?)],
-                AudienceKind::Group(group),
-            )
-        }
-    };
-    let extended_params = extended_params(req.extended_params)?;
-    let push_style = small_enum(&req.push_style, "pushStyle", &[0, 1, 2])?;
-    let action = small_enum(&req.push_action, "pushAction", &[0, 1])?;
-    let silent = match &req.silent {
-        Some(Field::Bool(b)) => *b,
-        other => small_enum(other, "silent", &[0, 1])? == 1,
-    };
-    let notify_type = string_field(&req.notify_type, "notifyType")?.unwrap_or_default();
-    if !matches!(notify_type.as_str(), "" | "transparent" | "notify") {
-        return Err(ApiError::new(
+/// A broadcast's pushStatus with its bindPeriod or unBindPeriod.
+fn bind_filter(req: &Request) -> Result<BindFilter, ApiError> {
+    let push_status = int_field(&req.push_status, "pushStatus")?.unwrap_or(0);
+    let bind_period = int_field(&req.bind_period, "bindPeriod")?;
+    let unbind_period = int_field(&req.un_bind_period, "unBindPeriod")?;
+    match push_status {
+        0 => Ok(BindFilter::Bound {
+            within_ms: period(bind_period.unwrap_or(4), "bindPeriod")?,
+        }),
+        1 => Ok(BindFilter::Any {
+            unbound_within_ms: period(unbind_period.unwrap_or(4), "unBindPeriod")?,
+        }),
+        2 => Ok(BindFilter::Unbound {
+            within_ms: period(unbind_period.unwrap_or(4), "unBindPeriod")?,
+        }),
+        _ => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            "pushStatus must be 0 (bound users), 1 (all) or 2 (unbound)",
+        )),
+    }
+}
+
+fn check_notify_type(notify_type: &str) -> Result<(), ApiError> {
+    if matches!(notify_type, "" | "transparent" | "notify") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             ResultCode::InvalidParam,
             "notifyType must be transparent or notify",
-        ));
+        ))
     }
-    let template = body::Push {
-        title,
-        content,
-        silent,
-        action,
-        uri: string_field(&req.uri, "uri")?.unwrap_or_default(),
-        push_style,
-        icon_urls: json_text_field(req.icon_urls, "iconUrls")?,
-        image_urls: json_text_field(req.image_urls, "imageUrls")?,
-        extended_params,
-        notify_type,
-        ..Default::default()
-    };
-    Ok(SimplePush {
-        app_id: app.clone(),
-        task_name,
-        targets,
-        audience,
-        ttl_secs,
-        template,
-    })
 }
 
 /// The msgKey of a broadcast or group push.
-fn one_msg_key(req: &Request) -> Result<String, ApiError> {
-    let key = match string_field(&req.msgkey, "msgkey")? {
+fn one_msg_key(msgkey: &Option<Field>, msg_key_camel: &Option<Field>) -> Result<String, ApiError> {
+    let key = match string_field(msgkey, "msgkey")? {
         Some(key) => key,
-        None => string_field(&req.msg_key_camel, "msgKey")?.unwrap_or_default(),
+        None => string_field(msg_key_camel, "msgKey")?.unwrap_or_default(),
     };
     check_msg_key(key)
 }
@@ -323,18 +502,301 @@ fn check_msg_key(msg_key: String) -> Result<String, ApiError> {
     Ok(msg_key)
 }
 
-impl SimplePush {
+/// A msgKey given as a string or an integer.
+fn msg_key_value(field: Field) -> Result<String, ApiError> {
+    let msg_key = match field {
+        Field::Str(s) => s,
+        Field::Int(n) => n.to_string(),
+        _ => {
+            return Err(ApiError::new(
+                ResultCode::InvalidParam,
+                "a msgKey must be a string",
+            ))
+        }
+    };
+    check_msg_key(msg_key)
+}
+
+/// A device token (3001 empty, 3054 too long) or a userId (3012 empty, 3028
+/// too long).
+fn check_target(target: &str, audience: &AudienceKind) -> Result<(), ApiError> {
+    if *audience == AudienceKind::Users {
+        if target.is_empty() {
+            return Err(ApiError::new(ResultCode::NeedUserId, "a target userId is empty"));
+        }
+        if target.chars().count() > super::devices::MAX_USER_ID_CHARS {
+            return Err(ApiError::new(
+                ResultCode::InvalidParam,
+                format!(
+                    "a target userId is over {} characters",
+                    super::devices::MAX_USER_ID_CHARS
+                ),
+            ));
+        }
+    } else if target.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::NeedDeliveryToken,
+            "a target token is empty",
+        ));
+    } else if target.chars().count() > MAX_TOKEN_CHARS {
+        return Err(ApiError::new(
+            ResultCode::DeliveryTokenInvalid,
+            "a target token is too long",
+        ));
+    }
+    Ok(())
+}
+
+/// `targetMsgkey` of a simple or template push: `{target: msgKey}`.
+fn target_msgkey(field: Option<Field>, audience: &AudienceKind) -> Result<Vec<(String, String)>, ApiError> {
+    let map = match fields::map_or_json_string(field) {
+        Ok(Some(map)) => map,
+        Ok(None) => {
+            return Err(ApiError::new(
+                ResultCode::TokenOrUserIdNull,
+                "targetMsgkey is required",
+            ))
+        }
+        Err(()) => {
+            return Err(ApiError::new(
+                ResultCode::InvalidParam,
+                "targetMsgkey must be an object {token: msgKey}",
+            ))
+        }
+    };
+    if map.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::TokenOrUserIdNull,
+            "targetMsgkey has no target",
+        ));
+    }
+    if map.len() > MAX_TARGETS {
+        return Err(ApiError::new(
+            ResultCode::SinglePushTargetTooMuch,
+            format!("targetMsgkey has {} targets; at most {MAX_TARGETS}", map.len()),
+        ));
+    }
+    map.into_iter()
+        .map(|(target, msg_key)| {
+            check_target(&target, audience)?;
+            Ok((target, msg_key_value(msg_key)?))
+        })
+        .collect()
+}
+
+/// The targets of a multiple push, and per target its placeholder values
+/// and its own extendedParams.
+struct TargetMsgs {
+    targets: Vec<(String, String)>,
+    extras: Vec<(HashMap<String, String>, HashMap<String, String>)>,
+}
+
+/// `targetMsgs` of a multiple push: a list (or a string holding one) of
+/// `{target, msgKey, templateKeyValue, extendedParams}`, 1 to 100 entries.
+fn target_msgs(field: Option<Field>, audience: &AudienceKind) -> Result<TargetMsgs, ApiError> {
+    let items = match fields::list_or_json_string(field) {
+        Ok(Some(items)) => items,
+        Ok(None) => {
+            return Err(ApiError::new(
+                ResultCode::TokenOrUserIdNull,
+                "targetMsgs is required",
+            ))
+        }
+        Err(()) => {
+            return Err(ApiError::new(
+                ResultCode::InvalidParam,
+                "targetMsgs must be a list of {target, msgKey, templateKeyValue, extendedParams}",
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::TokenOrUserIdNull,
+            "targetMsgs has no target",
+        ));
+    }
+    if items.len() > MAX_MULTIPLE_TARGETS {
+        return Err(ApiError::new(
+            ResultCode::MultipleTargetNumberTooMuch,
+            format!(
+                "targetMsgs has {} targets; at most {MAX_MULTIPLE_TARGETS}",
+                items.len()
+            ),
+        ));
+    }
+    let mut targets = Vec::with_capacity(items.len());
+    let mut extras = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = |e: ApiError| ApiError::new(e.code, format!("targetMsgs[{i}]: {}", e.reason));
+        let Field::Map(entries) = item else {
+            return Err(at(ApiError::new(
+                ResultCode::InvalidParam,
+                "must be an object {target, msgKey, templateKeyValue, extendedParams}",
+            )));
+        };
+        let (mut target, mut msg_key, mut values, mut params) = (None, None, None, None);
+        for (key, value) in entries {
+            match key.as_str() {
+                "target" => target = Some(value),
+                "msgKey" => msg_key = Some(value),
+                "templateKeyValue" => values = Some(value),
+                "extendedParams" => params = Some(value),
+                _ => {}
+            }
+        }
+        let target = string_field(&target, "target").map_err(at)?.unwrap_or_default();
+        check_target(&target, audience).map_err(at)?;
+        let msg_key = msg_key_value(msg_key.unwrap_or(Field::Null)).map_err(at)?;
+        let values = fields::string_map(values).map_err(|()| {
+            at(ApiError::new(
+                ResultCode::InvalidParam,
+                "templateKeyValue must map placeholder names to strings",
+            ))
+        })?;
+        let params = extended_params(
+            params,
+            "extendedParams",
+            MAX_TARGET_EXTENDED_PARAMS,
+            ResultCode::MultipleInnerExtendParamTooMuch,
+        )
+        .map_err(at)?;
+        targets.push((target, msg_key));
+        extras.push((values, params));
+    }
+    Ok(TargetMsgs { targets, extras })
+}
+
+/// A string map of at most `max` keys (else `too_many`), none empty or
+/// reserved (3044).
+fn extended_params(
+    field: Option<Field>,
+    what: &str,
+    max: usize,
+    too_many: ResultCode,
+) -> Result<HashMap<String, String>, ApiError> {
+    let params = fields::string_map(field).map_err(|()| {
+        ApiError::new(
+            ResultCode::InvalidExtendParam,
+            format!("{what} must map strings to strings"),
+        )
+    })?;
+    if params.len() > max {
+        return Err(ApiError::new(
+            too_many,
+            format!("{what} has {} keys; at most {max}", params.len()),
+        ));
+    }
+    if params.contains_key("") {
+        return Err(ApiError::new(
+            ResultCode::InvalidExtendParam,
+            format!("{what} has an empty key"),
+        ));
+    }
+    if let Some(key) = RESERVED_EXTENDED_PARAMS.iter().find(|k| params.contains_key(**k)) {
+        return Err(ApiError::new(
+            ResultCode::InvalidExtendParam,
+            format!(
+                "{what}: {key} is reserved for the system (so are {})",
+                RESERVED_EXTENDED_PARAMS.join(", ")
+            ),
+        ));
+    }
+    Ok(params)
+}
+
+impl TemplatedPush {
+    pub fn app_id(&self) -> &Arc<str> {
+        &self.request.app_id
+    }
+
+    /// Builds the messages from `template`: every placeholder of its title,
+    /// content and uri needs a value (3023 names those that have none; extra
+    /// values are ignored), and the rendered title and content must not be
+    /// empty (3024). The other display fields are the template's.
+    pub fn render(self, template: &Template) -> Result<PushRequest, ApiError> {
+        let placeholders = template.placeholders();
+        let multiple = self.request.kind == PushKind::Multiple;
+        let mut bodies = Vec::with_capacity(self.values.len());
+        for (i, (values, params)) in self.values.iter().zip(self.params).enumerate() {
+            let place = || {
+                if multiple {
+                    format!("targetMsgs[{i}] (target {}): ", self.request.targets[i].0)
+                } else {
+                    String::new()
+                }
+            };
+            let missing: Vec<&str> = placeholders
+                .iter()
+                .copied()
+                .filter(|name| !values.contains_key(*name))
+                .collect();
+            if !missing.is_empty() {
+                return Err(ApiError::new(
+                    ResultCode::TemplateKvNotEnough,
+                    format!(
+                        "{}templateKeyValue has no value for {} (template {:?} needs {})",
+                        place(),
+                        missing.join(", "),
+                        template.draft.name,
+                        placeholders.join(", ")
+                    ),
+                ));
+            }
+            let value = |name: &str| values.get(name).map(String::as_str);
+            let rendered = |text: &crate::templates::text::Text| {
+                text.render(value).expect("every placeholder has a value")
+            };
+            let title = rendered(&template.title);
+            let content = rendered(&template.content);
+            if title.is_empty() || content.is_empty() {
+                return Err(ApiError::new(
+                    ResultCode::PayloadNotEnough,
+                    format!(
+                        "{}the rendered title or content is empty (its placeholders' values are empty)",
+                        place()
+                    ),
+                ));
+            }
+            let d = &template.draft;
+            bodies.push(body::Push {
+                title,
+                content,
+                uri: rendered(&template.uri),
+                silent: d.silent,
+                action: d.action,
+                push_style: d.push_style,
+                icon_urls: d.icon_urls.clone(),
+                image_urls: d.image_urls.clone(),
+                extended_params: params,
+                notify_type: self.notify_type.clone(),
+                ..Default::default()
+            });
+        }
+        Ok(PushRequest {
+            bodies,
+            ..self.request
+        })
+    }
+}
+
+impl PushRequest {
     /// Whether the targets are device tokens (else the push is stored once
     /// and every shard delivers it: `shared_messages`).
     pub fn to_tokens(&self) -> bool {
         self.audience == AudienceKind::Tokens
     }
 
-    /// One message per token, its Push frame encoded once here. `next_id`
-    /// hands out service message ids.
-    pub fn messages(&self, now_ms: u64, next_id: impl FnMut() -> u64) -> Result<Vec<Message>, ApiError> {
+    /// One message per token, its Push frame encoded once here. `task_id`
+    /// (0: none) goes into every frame; `next_id` hands out service message
+    /// ids.
+    pub fn messages(
+        &self,
+        now_ms: u64,
+        task_id: u64,
+        next_id: impl FnMut() -> u64,
+    ) -> Result<Vec<Message>, ApiError> {
         let expires_at_ms = now_ms + self.ttl_secs * 1000;
-        self.frames(now_ms, 0, next_id, |(token, msg_key), id, frame| Message {
+        self.frames(now_ms, task_id, next_id, |(token, msg_key), id, frame| Message {
             id,
             app_id: self.app_id.clone(),
             token: token.as_str().into(),
@@ -376,7 +838,8 @@ impl SimplePush {
         })
     }
 
-    /// Encodes each target's Push frame and builds what carries it.
+    /// Encodes each target's Push frame (refusing one over
+    /// `MAX_PUSH_BODY_BYTES`) and builds what carries it.
     fn frames<T>(
         &self,
         now_ms: u64,
@@ -384,275 +847,42 @@ impl SimplePush {
         mut next_id: impl FnMut() -> u64,
         mut build: impl FnMut(&(String, String), u64, Bytes) -> T,
     ) -> Result<Vec<T>, ApiError> {
-        let mut push = self.template.clone();
-        push.accepted_at_ms = now_ms;
-        push.expires_at_ms = now_ms + self.ttl_secs * 1000;
-        if task_id != 0 {
-            push.task_id = task_id.to_string();
-        }
+        let one_body = self.bodies.len() == 1;
+        debug_assert!(one_body || self.bodies.len() == self.targets.len());
+        let stamp = |mut push: body::Push| {
+            push.accepted_at_ms = now_ms;
+            push.expires_at_ms = now_ms + self.ttl_secs * 1000;
+            if task_id != 0 {
+                push.task_id = task_id.to_string();
+            }
+            push
+        };
+        let mut push = stamp(self.bodies[0].clone());
         self.targets
             .iter()
-            .map(|target| {
+            .enumerate()
+            .map(|(i, target)| {
+                if !one_body && i > 0 {
+                    push = stamp(self.bodies[i].clone());
+                }
                 push.id = next_id();
                 push.msg_key.clone_from(&target.1);
                 let frame = crate::protocol::encode_push(&push);
                 let body_len = frame.len() - crate::protocol::HEADER_LEN;
                 if body_len > MAX_PUSH_BODY_BYTES {
+                    let whom = if target.0.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" to {}", target.0)
+                    };
                     return Err(ApiError::new(
-                        ResultCode::MsgPayloadTooLong,
-                        format!("the message is {body_len} bytes; at most {MAX_PUSH_BODY_BYTES}"),
+                        self.kind.too_long(),
+                        format!("the message{whom} is {body_len} bytes; at most {MAX_PUSH_BODY_BYTES}"),
                     ));
                 }
                 Ok(build(target, push.id, Bytes::from(frame)))
             })
             .collect()
-    }
-}
-
-fn targets(field: Option<Field>, audience: &AudienceKind) -> Result<Vec<(String, String)>, ApiError> {
-    let map = match map_or_json_string(field) {
-        Ok(Some(map)) => map,
-        Ok(None) => {
-            return Err(ApiError::new(
-                ResultCode::TokenOrUserIdNull,
-                "targetMsgkey is required",
-            ))
-        }
-        Err(()) => {
-            return Err(ApiError::new(
-                ResultCode::InvalidParam,
-                "targetMsgkey must be an object {token: msgKey}",
-            ))
-        }
-    };
-    if map.is_empty() {
-        return Err(ApiError::new(
-            ResultCode::TokenOrUserIdNull,
-            "targetMsgkey has no target",
-        ));
-    }
-    if map.len() > MAX_TARGETS {
-        return Err(ApiError::new(
-            ResultCode::SinglePushTargetTooMuch,
-            format!("targetMsgkey has {} targets; at most {MAX_TARGETS}", map.len()),
-        ));
-    }
-    map.into_iter()
-        .map(|(token, msg_key)| {
-            if *audience == AudienceKind::Users {
-                if token.is_empty() {
-                    return Err(ApiError::new(ResultCode::NeedUserId, "a target userId is empty"));
-                }
-                if token.chars().count() > super::devices::MAX_USER_ID_CHARS {
-                    return Err(ApiError::new(
-                        ResultCode::InvalidParam,
-                        format!(
-                            "a target userId is over {} characters",
-                            super::devices::MAX_USER_ID_CHARS
-                        ),
-                    ));
-                }
-            } else if token.is_empty() {
-                return Err(ApiError::new(
-                    ResultCode::NeedDeliveryToken,
-                    "a target token is empty",
-                ));
-            } else if token.chars().count() > MAX_TOKEN_CHARS {
-                return Err(ApiError::new(
-                    ResultCode::DeliveryTokenInvalid,
-                    "a target token is too long",
-                ));
-            }
-            let msg_key = match msg_key {
-                Field::Str(s) => s,
-                Field::Int(n) => n.to_string(),
-                _ => {
-                    return Err(ApiError::new(
-                        ResultCode::InvalidParam,
-                        "a msgKey must be a string",
-                    ))
-                }
-            };
-            Ok((token, check_msg_key(msg_key)?))
-        })
-        .collect()
-}
-
-fn extended_params(field: Option<Field>) -> Result<HashMap<String, String>, ApiError> {
-    let invalid = || {
-        ApiError::new(
-            ResultCode::InvalidExtendParam,
-            "extendedParams must map strings to strings",
-        )
-    };
-    let Some(map) = map_or_json_string(field).map_err(|()| invalid())? else {
-        return Ok(HashMap::new());
-    };
-    if map.len() > MAX_EXTENDED_PARAMS {
-        return Err(ApiError::new(
-            ResultCode::ExtendParamTooMuch,
-            format!(
-                "extendedParams has {} keys; at most {MAX_EXTENDED_PARAMS}",
-                map.len()
-            ),
-        ));
-    }
-    map.into_iter()
-        .map(|(k, v)| match v {
-            Field::Str(s) => Ok((k, s)),
-            Field::Int(n) => Ok((k, n.to_string())),
-            Field::Float(n) => Ok((k, n.to_string())),
-            Field::Bool(b) => Ok((k, b.to_string())),
-            _ => Err(invalid()),
-        })
-        .collect()
-}
-
-/// The reference's SDKs send maps either as JSON objects or as strings that
-/// hold one; both are accepted. `Err(())` when present but neither.
-fn map_or_json_string(field: Option<Field>) -> Result<Option<Vec<(String, Field)>>, ()> {
-    match field {
-        None | Some(Field::Null) => Ok(None),
-        Some(Field::Map(m)) => Ok(Some(m)),
-        Some(Field::Str(s)) if s.trim().is_empty() => Ok(None),
-        Some(Field::Str(s)) => match serde_json::from_str(&s) {
-            Ok(Field::Map(m)) => Ok(Some(m)),
-            _ => Err(()),
-        },
-        Some(_) => Err(()),
-    }
-}
-
-fn string_field(field: &Option<Field>, name: &str) -> Result<Option<String>, ApiError> {
-    match field {
-        None | Some(Field::Null) => Ok(None),
-        Some(Field::Str(s)) => Ok(Some(s.clone())),
-        Some(Field::Int(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(ApiError::new(
-            ResultCode::InvalidParam,
-            format!("{name} must be a string"),
-        )),
-    }
-}
-
-/// Integers arrive as JSON numbers or numeric strings (the reference's Long
-/// fields).
-fn int_field(field: &Option<Field>, name: &str) -> Result<Option<i64>, ApiError> {
-    let invalid = || ApiError::new(ResultCode::InvalidParam, format!("{name} must be an integer"));
-    match field {
-        None | Some(Field::Null) => Ok(None),
-        Some(Field::Int(n)) => Ok(Some(*n)),
-        Some(Field::Str(s)) if s.trim().is_empty() => Ok(None),
-        Some(Field::Str(s)) => s.trim().parse().map(Some).map_err(|_| invalid()),
-        Some(_) => Err(invalid()),
-    }
-}
-
-fn small_enum(field: &Option<Field>, name: &str, allowed: &[u32]) -> Result<u32, ApiError> {
-    let value = int_field(field, name)?.unwrap_or(0);
-    u32::try_from(value)
-        .ok()
-        .filter(|v| allowed.contains(v))
-        .ok_or_else(|| {
-            ApiError::new(
-                ResultCode::InvalidParam,
-                format!("{name} must be one of {allowed:?}"),
-            )
-        })
-}
-
-/// `imageUrls`/`iconUrls`: a JSON string (as the reference sends) or an
-/// object, passed to the device as JSON text.
-fn json_text_field(field: Option<Field>, name: &str) -> Result<String, ApiError> {
-    match field {
-        None | Some(Field::Null) => Ok(String::new()),
-        Some(Field::Str(s)) => Ok(s),
-        Some(Field::Map(m)) => {
-            let object: serde_json::Map<String, serde_json::Value> =
-                m.into_iter().map(|(k, v)| (k, v.into_json())).collect();
-            Ok(serde_json::Value::Object(object).to_string())
-        }
-        Some(_) => Err(ApiError::new(
-            ResultCode::InvalidParam,
-            format!("{name} must be a JSON object"),
-        )),
-    }
-}
-
-/// Any JSON value, decoded without building a `serde_json::Value` tree for
-/// the common cases (strings, integers, flat maps).
-#[derive(Debug, PartialEq)]
-enum Field {
-    Null,
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-    Map(Vec<(String, Field)>),
-    /// An array: never valid for our fields, so its contents are skipped.
-    List,
-}
-
-impl Field {
-    fn into_json(self) -> serde_json::Value {
-        match self {
-            Field::Null | Field::List => serde_json::Value::Null,
-            Field::Str(s) => s.into(),
-            Field::Int(n) => n.into(),
-            Field::Float(n) => n.into(),
-            Field::Bool(b) => b.into(),
-            Field::Map(m) => {
-                serde_json::Value::Object(m.into_iter().map(|(k, v)| (k, v.into_json())).collect())
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Field {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-        impl<'de> serde::de::Visitor<'de> for FieldVisitor {
-            type Value = Field;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Field, E> {
-                Ok(Field::Null)
-            }
-            fn visit_none<E>(self) -> Result<Field, E> {
-                Ok(Field::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Field, E> {
-                Ok(Field::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Field, E> {
-                Ok(Field::Int(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Field, E> {
-                Ok(i64::try_from(v).map_or(Field::Float(v as f64), Field::Int))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Field, E> {
-                Ok(Field::Float(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
-                Ok(Field::Str(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Field, E> {
-                Ok(Field::Str(v))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Field::List)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(4).min(32));
-                while let Some((k, v)) = map.next_entry::<String, Field>()? {
-                    entries.push((k, v));
-                }
-                Ok(Field::Map(entries))
-            }
-        }
-        deserializer.deserialize_any(FieldVisitor)
     }
 }
 
@@ -678,7 +908,7 @@ mod tests {
         })
     }
 
-    fn check(change: impl FnOnce(&mut Map<String, Value>)) -> Result<SimplePush, i32> {
+    fn check(change: impl FnOnce(&mut Map<String, Value>)) -> Result<PushRequest, i32> {
         let config = Config::default();
         let mut req = base();
         change(req.as_object_mut().unwrap());
@@ -697,9 +927,9 @@ mod tests {
         .unwrap();
         assert_eq!(push.targets, [("tok".to_string(), "k".to_string())]);
         assert_eq!(push.ttl_secs, 300);
-        assert!(push.template.silent);
-        assert_eq!(push.template.push_style, 2);
-        assert_eq!(push.template.extended_params["n"], "2");
+        assert!(push.bodies[0].silent);
+        assert_eq!(push.bodies[0].push_style, 2);
+        assert_eq!(push.bodies[0].extended_params["n"], "2");
     }
 
     #[test]
@@ -800,6 +1030,14 @@ mod tests {
                 3028,
             ),
             (Box::new(|r| drop(r.insert("title".into(), json!(["x"])))), 3028),
+            (
+                Box::new(|r| drop(r.insert("extendedParams".into(), json!({"taskId": "1"})))),
+                3044,
+            ),
+            (
+                Box::new(|r| drop(r.insert("extendedParams".into(), json!({"": "v"})))),
+                3044,
+            ),
         ];
         for (i, (change, want)) in cases.into_iter().enumerate() {
             assert_eq!(check(change).map(|_| ()), Err(want), "case {i}");
@@ -874,12 +1112,12 @@ mod tests {
         let push = check(|r| drop(r.insert("content".into(), json!("x".repeat(3000))))).unwrap();
         let mut id = 0;
         let err = push
-            .messages(1, || {
+            .messages(1, 0, || {
                 id += 1;
                 id
             })
             .unwrap_err();
-        assert_eq!(err.code.code(), 3050);
+        assert_eq!(err.code.code(), 3043);
     }
 
     #[test]
@@ -887,7 +1125,7 @@ mod tests {
         let push = check(|r| drop(r.insert("targetMsgkey".into(), json!({"a": "ka", "b": "kb"})))).unwrap();
         let mut id = 10;
         let messages = push
-            .messages(5_000, || {
+            .messages(5_000, 0, || {
                 id += 1;
                 id
             })
@@ -904,5 +1142,262 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn template() -> Template {
+        crate::templates::validate(
+            crate::templates::Draft {
+                name: "prize".into(),
+                title: "Hi #name#".into(),
+                content: "#name#, you won #money#".into(),
+                uri: "app://prize/#money#".into(),
+                push_style: 1,
+                silent: true,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap()
+    }
+
+    fn templated(kind: PushKind, body: &Value) -> Result<TemplatedPush, i32> {
+        let config = Config::default();
+        parse_templated(body.to_string().as_bytes(), &config, &apps(&config), kind).map_err(|e| e.code.code())
+    }
+
+    fn template_base() -> Value {
+        json!({
+            "appId": "demo", "workspaceId": "default", "taskName": "t",
+            "templateName": "prize", "templateKeyValue": "{\"name\":\"Ann\",\"money\":200}",
+            "deliveryType": 1, "targetMsgkey": {"tok": "k"}, "expiredSeconds": 300,
+            "extendedParams": {"orderId": "7"},
+        })
+    }
+
+    fn multiple_base() -> Value {
+        json!({
+            "appId": "demo", "workspaceId": "default", "taskName": "t",
+            "templateName": "prize", "deliveryType": 1, "expiredSeconds": 300,
+            "extendedParams": {"campaign": "spring", "orderId": "0"},
+            "targetMsgs": [
+                {"target": "a", "msgKey": "ka", "templateKeyValue": {"name": "Ann", "money": "1"},
+                 "extendedParams": {"orderId": "1"}},
+                {"target": "b", "msgKey": 2, "templateKeyValue": "{\"name\":\"Bob\",\"money\":\"2\"}"},
+            ],
+        })
+    }
+
+    fn decoded(frame: &Bytes) -> body::Push {
+        match decode_slice(frame, 4096).unwrap().unwrap().0 {
+            Frame::Push(p) => *p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_template_push_renders_the_template() {
+        let push = templated(PushKind::Template, &template_base()).unwrap();
+        assert_eq!(push.template_name, "prize");
+        let request = push.render(&template()).unwrap();
+        assert_eq!(request.bodies.len(), 1);
+        let messages = request.messages(1_000, 0, || 5).unwrap();
+        let p = decoded(&messages[0].frame);
+        assert_eq!(
+            (p.title.as_str(), p.content.as_str(), p.uri.as_str()),
+            ("Hi Ann", "Ann, you won 200", "app://prize/200")
+        );
+        assert!(p.silent);
+        assert_eq!(p.push_style, 1);
+        assert_eq!(p.extended_params["orderId"], "7");
+        assert_eq!(p.task_id, "", "a template push has no task");
+    }
+
+    #[test]
+    fn a_missing_value_is_3023_and_names_the_placeholder() {
+        let mut body = template_base();
+        body["templateKeyValue"] = json!({"name": "Ann", "extra": "ignored"});
+        let err = templated(PushKind::Template, &body)
+            .unwrap()
+            .render(&template())
+            .unwrap_err();
+        assert_eq!(err.code.code(), 3023);
+        assert!(err.reason.contains("money"), "{}", err.reason);
+        let mut bare = template();
+        bare.title = crate::templates::text::Text::parse("#name#").unwrap();
+        body["templateKeyValue"] = json!({"name": "", "money": "1"});
+        let err = templated(PushKind::Template, &body)
+            .unwrap()
+            .render(&bare)
+            .unwrap_err();
+        assert_eq!(err.code.code(), 3024, "the rendered title would be empty");
+    }
+
+    #[test]
+    fn template_push_result_codes() {
+        let cases: Vec<(Value, i32)> = vec![
+            (json!({"templateName": null}), 3025),
+            (json!({"templateName": ""}), 3025),
+            (json!({"templateKeyValue": [1]}), 3028),
+            (json!({"templateKeyValue": {"a": {"b": 1}}}), 3028),
+            (json!({"targetMsgkey": {}}), 3021),
+            (json!({"extendedParams": {"channel": "x"}}), 3044),
+            (json!({"deliveryType": 9}), 3009),
+            (json!({"notifyType": "loud"}), 3028),
+        ];
+        for (change, want) in cases {
+            let mut body = template_base();
+            for (k, v) in change.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            assert_eq!(
+                templated(PushKind::Template, &body).map(|_| ()),
+                Err(want),
+                "{change}"
+            );
+        }
+        // The rendered message is what is measured.
+        let mut body = template_base();
+        body["templateKeyValue"] = json!({"name": "n".repeat(1500), "money": "1"});
+        let request = templated(PushKind::Template, &body)
+            .unwrap()
+            .render(&template())
+            .unwrap();
+        assert_eq!(request.messages(1, 0, || 1).unwrap_err().code.code(), 3043);
+    }
+
+    #[test]
+    fn a_multiple_push_renders_each_target_and_carries_the_task() {
+        let push = templated(PushKind::Multiple, &multiple_base()).unwrap();
+        let request = push.render(&template()).unwrap();
+        assert_eq!(
+            request.targets,
+            [("a".into(), "ka".into()), ("b".into(), "2".into())]
+        );
+        let mut id = 0;
+        let messages = request
+            .messages(1_000, 99, || {
+                id += 1;
+                id
+            })
+            .unwrap();
+        let (a, b) = (decoded(&messages[0].frame), decoded(&messages[1].frame));
+        assert_eq!(
+            (a.title.as_str(), a.content.as_str()),
+            ("Hi Ann", "Ann, you won 1")
+        );
+        assert_eq!(
+            (b.title.as_str(), b.content.as_str()),
+            ("Hi Bob", "Bob, you won 2")
+        );
+        assert_eq!((a.id, b.id), (1, 2));
+        assert_eq!((a.task_id.as_str(), b.task_id.as_str()), ("99", "99"));
+        assert_eq!((a.msg_key.as_str(), b.msg_key.as_str()), ("ka", "2"));
+        assert_eq!(a.extended_params["orderId"], "1", "the target's param wins");
+        assert_eq!(b.extended_params["orderId"], "0");
+        assert_eq!(b.extended_params["campaign"], "spring");
+        // A list sent as a JSON string is the same request.
+        let mut as_string = multiple_base();
+        as_string["targetMsgs"] = json!(multiple_base()["targetMsgs"].to_string());
+        let again = templated(PushKind::Multiple, &as_string).unwrap();
+        assert_eq!(again, templated(PushKind::Multiple, &multiple_base()).unwrap());
+    }
+
+    #[test]
+    fn multiple_push_result_codes() {
+        let target = |i: usize| json!({"target": format!("t{i}"), "msgKey": format!("k{i}")});
+        let hundred: Vec<Value> = (0..100).map(target).collect();
+        let too_many: Vec<Value> = (0..101).map(target).collect();
+        let nine: Map<String, Value> = (0..9).map(|i| (format!("p{i}"), json!("v"))).collect();
+        let ten: Map<String, Value> = (0..10).map(|i| (format!("p{i}"), json!("v"))).collect();
+        let twenty: Map<String, Value> = (0..20).map(|i| (format!("q{i}"), json!("v"))).collect();
+        let cases: Vec<(Value, Result<(), i32>)> = vec![
+            (json!({"targetMsgs": hundred}), Ok(())),
+            (json!({"targetMsgs": too_many}), Err(3055)),
+            (json!({"targetMsgs": null}), Err(3021)),
+            (json!({"targetMsgs": []}), Err(3021)),
+            (json!({"targetMsgs": "[]"}), Err(3021)),
+            (json!({"targetMsgs": {"a": "k"}}), Err(3028)),
+            (json!({"targetMsgs": ["x"]}), Err(3028)),
+            (json!({"targetMsgs": [{"msgKey": "k"}]}), Err(3001)),
+            (
+                json!({"deliveryType": 3, "targetMsgs": [{"msgKey": "k"}]}),
+                Err(3012),
+            ),
+            (json!({"targetMsgs": [{"target": "t"}]}), Err(3028)),
+            (
+                json!({"targetMsgs": [{"target": "t", "msgKey": "k".repeat(65)}]}),
+                Err(3028),
+            ),
+            (
+                json!({"targetMsgs": [{"target": "t".repeat(129), "msgKey": "k"}]}),
+                Err(3054),
+            ),
+            (
+                json!({"targetMsgs": [{"target": "t", "msgKey": "k", "templateKeyValue": "nope"}]}),
+                Err(3028),
+            ),
+            (
+                json!({"extendedParams": null, "targetMsgs": [{"target": "t", "msgKey": "k", "extendedParams": nine}]}),
+                Ok(()),
+            ),
+            (
+                json!({"targetMsgs": [{"target": "t", "msgKey": "k", "extendedParams": ten}]}),
+                Err(3049),
+            ),
+            (
+                json!({"targetMsgs": [{"target": "t", "msgKey": "k", "extendedParams": {"taskId": "1"}}]}),
+                Err(3044),
+            ),
+            (
+                json!({"extendedParams": twenty, "targetMsgs": [{"target": "t", "msgKey": "k", "extendedParams": {"x": "1"}}]}),
+                Err(3035),
+            ),
+            (json!({"templateName": null}), Err(3025)),
+            (json!({"strategyType": 1}), Err(3028)),
+            (json!({"expiredSeconds": 0}), Err(3020)),
+        ];
+        for (change, want) in cases {
+            let mut body = multiple_base();
+            for (k, v) in change.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let got = templated(PushKind::Multiple, &body).map(|_| ());
+            assert_eq!(got, want, "{change}");
+        }
+        let mut body = multiple_base();
+        body["targetMsgs"][1]["templateKeyValue"] = json!({"name": "Bob"});
+        let err = templated(PushKind::Multiple, &body)
+            .unwrap()
+            .render(&template())
+            .unwrap_err();
+        assert_eq!(err.code.code(), 3023);
+        assert!(
+            err.reason.contains("targetMsgs[1]") && err.reason.contains("money"),
+            "{}",
+            err.reason
+        );
+        body["targetMsgs"][1]["templateKeyValue"] = json!({"name": "n".repeat(1500), "money": "1"});
+        let request = templated(PushKind::Multiple, &body)
+            .unwrap()
+            .render(&template())
+            .unwrap();
+        let err = request.messages(1, 7, || 1).unwrap_err();
+        assert_eq!(err.code.code(), 3050);
+        assert!(err.reason.contains("to b"), "{}", err.reason);
+    }
+
+    #[test]
+    fn users_are_targets_of_template_and_multiple_pushes() {
+        let mut body = multiple_base();
+        body["deliveryType"] = json!(3);
+        let request = templated(PushKind::Multiple, &body)
+            .unwrap()
+            .render(&template())
+            .unwrap();
+        assert_eq!(request.audience, AudienceKind::Users);
+        let shared = request.shared_messages(1_000, 42, || 3).unwrap();
+        assert_eq!(shared[1].audience, Audience::User("b".into()));
+        assert_eq!(shared[1].task_id, 42);
+        assert_eq!(decoded(&shared[1].frame).title, "Hi Bob");
     }
 }

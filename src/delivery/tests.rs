@@ -72,6 +72,7 @@ fn config() -> Config {
     c.apps.push(App {
         app_id: "other".into(),
         workspace_id: "default".into(),
+        max_templates: 0,
     });
     c
 }

@@ -275,12 +275,17 @@ impl Device {
         }
     }
 
-    /// Connects and completes the handshake.
+    /// Connects as a device of app `demo` and completes the handshake.
     pub fn connect(addr: SocketAddr, token: &str) -> Device {
+        Self::connect_app(addr, "demo", token)
+    }
+
+    /// Connects as a device of `app_id` and completes the handshake.
+    pub fn connect_app(addr: SocketAddr, app_id: &str, token: &str) -> Device {
         let mut device = Self::raw(addr);
         device.send(&Frame::Hello(body::Hello {
             protocol_version: PROTOCOL_VERSION,
-            app_id: "demo".into(),
+            app_id: app_id.into(),
             platform: 1,
             token: token.into(),
         }));
