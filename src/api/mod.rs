@@ -1,9 +1,12 @@
 //! The HTTP push API and the admin endpoints, on their own tokio runtime so
-//! that shard threads never run HTTP work. Handlers validate (`push`),
-//! route each message to the shard that owns its token, wait for the
-//! shard's answer, and reply in the reference's envelope: `RequestId`,
+//! that shard threads never run HTTP work. Every handler starts with
+//! `admit` (body read, request authenticated by `auth`), then validates
+//! (`push`) with the `appId` it acts for checked against the caller, routes
+//! each message to the shard that owns its token, waits for the shard's
+//! answer, and replies in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`.
 
+pub mod auth;
 pub mod push;
 pub mod result_code;
 
@@ -13,12 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use auth::{AppRegistry, AuthenticatedApp};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
@@ -39,7 +43,7 @@ const STATUS_UNKNOWN: i64 = 99_999_999;
 
 struct ApiState {
     config: Config,
-    apps: HashMap<String, Arc<str>>,
+    auth: Arc<AppRegistry>,
     shards: Arc<[ShardHandle]>,
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
@@ -101,12 +105,10 @@ pub fn serve(
     let admin_listener = runtime.block_on(tokio::net::TcpListener::bind(config.listen.admin))?;
     let api_addr = api_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let registry = AppRegistry::new(&config.apps, config.limits.api_nonces_per_app)?;
+    warn_about_unsigned_apps(&registry, api_addr);
     let state = Arc::new(ApiState {
-        apps: config
-            .apps
-            .iter()
-            .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
-            .collect(),
+        auth: Arc::new(registry),
         config: config.clone(),
         shards: shards.handles(),
         health: shards.storage_health(),
@@ -145,6 +147,27 @@ pub fn serve(
     })
 }
 
+/// Unsigned requests are for local demos: say so at every start, louder when
+/// the API is reachable from other machines.
+fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
+    for app in registry.apps().filter(|a| a.allows_unsigned()) {
+        if api_addr.ip().is_loopback() {
+            tracing::warn!(
+                app = %app.id,
+                "app accepts unsigned API requests (allowUnsigned = true): any local process can push as it; \
+                 give it an apiSecret or publicKey and remove allowUnsigned outside local demos"
+            );
+        } else {
+            tracing::warn!(
+                app = %app.id,
+                api = %api_addr,
+                "app accepts unsigned API requests (allowUnsigned = true) on a non-loopback address: \
+                 anyone who can reach the API can push as it; this is for local demos only"
+            );
+        }
+    }
+}
+
 fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(
@@ -159,6 +182,10 @@ fn describe_metrics() {
     describe_counter!(
         "ringpush_messages_accepted_total",
         "Messages the API accepted and a shard queued"
+    );
+    describe_counter!(
+        "ringpush_api_auth_failures_total",
+        "API requests refused by authentication, by reason"
     );
 }
 
@@ -238,7 +265,15 @@ fn envelope<T: Serialize>(status: u16, code: &str, message: &str, push_result: T
         push_result,
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 9110 §15.5.2: a 401 names the scheme to use.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("X-Ringpush-Signature"),
+        );
+    }
+    response
 }
 
 fn error_response(op: &'static str, started: Instant, error: ApiError) -> Response {
@@ -282,9 +317,18 @@ fn record(op: &'static str, code: &str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
-    const OP: &str = "push_simple";
-    let started = Instant::now();
+/// The start of every API handler: reads the body (at most
+/// `MAX_BODY_BYTES`) and authenticates the request (`auth::authenticate`).
+/// The handler must then pass the `appId` it acts for through
+/// `AuthenticatedApp::check_app` (or take `default_app`). A refusal comes
+/// back as the finished error response, counted under `op`.
+async fn admit(
+    state: &ApiState,
+    op: &'static str,
+    started: Instant,
+    request: Request,
+) -> Result<(AuthenticatedApp, Bytes), Response> {
+    let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -292,12 +336,25 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
                 ResultCode::MsgPayloadTooLong,
                 format!("the request body is over {MAX_BODY_BYTES} bytes"),
             );
-            let mut response = error_response(OP, started, err);
+            let mut response = error_response(op, started, err);
             *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return response;
+            return Err(response);
         }
     };
-    let request = match push::parse(&bytes, &state.config, &state.apps) {
+    match auth::authenticate(&state.auth, &parts, &bytes, unix_ms()) {
+        Ok(caller) => Ok((caller, bytes)),
+        Err(e) => Err(error_response(op, started, e)),
+    }
+}
+
+async fn simple_push(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    const OP: &str = "push_simple";
+    let started = Instant::now();
+    let (caller, bytes) = match admit(&state, OP, started, request).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let request = match push::parse(&bytes, &state.config, &caller) {
         Ok(r) => r,
         Err(e) => return error_response(OP, started, e),
     };
@@ -422,9 +479,14 @@ async fn message_status(
     State(state): State<Arc<ApiState>>,
     Path(msg_key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Response {
     const OP: &str = "message_status";
     let started = Instant::now();
+    let caller = match admit(&state, OP, started, request).await {
+        Ok((caller, _)) => caller,
+        Err(response) => return response,
+    };
     let Some(token) = query.get("target").filter(|t| !t.is_empty()) else {
         return error_response(
             OP,
@@ -432,24 +494,14 @@ async fn message_status(
             ApiError::new(ResultCode::TokenOrUserIdNull, "target is required"),
         );
     };
+    // Without appId: the signing app, or the only configured one.
     let app = match query.get("appId") {
-        Some(app) => state.apps.get(app).cloned(),
-        // One configured app needs no naming.
-        None if state.apps.len() == 1 => state.apps.values().next().cloned(),
-        None => {
-            return error_response(
-                OP,
-                started,
-                ApiError::new(ResultCode::NeedAppIdWorkspaceId, "appId is required"),
-            )
-        }
+        Some(app_id) => caller.check_app(app_id),
+        None => caller.default_app(),
     };
-    let Some(app_id) = app else {
-        return error_response(
-            OP,
-            started,
-            ApiError::new(ResultCode::AppIdWrong, "no such appId"),
-        );
+    let app_id = match app {
+        Ok(app) => app.id.clone(),
+        Err(e) => return error_response(OP, started, e),
     };
     let shard = owner_shard(token.as_bytes(), state.shards.len());
     let (reply, answer) = oneshot::channel();

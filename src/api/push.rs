@@ -1,7 +1,8 @@
 //! Simple push (`POST /v1/push/simple`): decoding and validating the request
 //! with the reference's field names and result codes, and turning it into
 //! one encoded `Message` per target. Pure functions of the request bytes, the
-//! config and the clock; the HTTP plumbing is in `api::mod`.
+//! authenticated caller, the config and the clock; the HTTP plumbing is in
+//! `api::mod`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::auth::AuthenticatedApp;
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
 use crate::message::Message;
@@ -60,11 +62,8 @@ struct Request {
     strategy_type: Option<Field>,
 }
 
-pub fn parse(
-    bytes: &[u8],
-    config: &Config,
-    apps: &HashMap<String, Arc<str>>,
-) -> Result<SimplePush, ApiError> {
+/// `caller` decides which app the request may push for (8014 for another).
+pub fn parse(bytes: &[u8], config: &Config, caller: &AuthenticatedApp) -> Result<SimplePush, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::new(ResultCode::RequestShouldBeUtf8, "the request body must be UTF-8"))?;
     let req: Request = serde_json::from_str(text).map_err(|e| {
@@ -82,12 +81,13 @@ pub fn parse(
             "appId and workspaceId are required",
         ));
     }
-    let app = config
-        .apps
-        .iter()
-        .find(|a| a.app_id == app_id && a.workspace_id == workspace_id)
-        .and_then(|a| apps.get(&a.app_id))
-        .ok_or_else(|| ApiError::new(ResultCode::AppIdWrong, "no such appId in that workspaceId"))?;
+    let app = caller.check_app(&app_id)?;
+    if *app.workspace_id != *workspace_id {
+        return Err(ApiError::new(
+            ResultCode::AppIdWrong,
+            "no such appId in that workspaceId",
+        ));
+    }
 
     let task_name = string_field(&req.task_name, "taskName")?.unwrap_or_default();
     if task_name.trim().is_empty() {
@@ -180,7 +180,7 @@ pub fn parse(
         ..Default::default()
     };
     Ok(SimplePush {
-        app_id: app.clone(),
+        app_id: app.id.clone(),
         task_name,
         targets,
         ttl_secs,
@@ -470,12 +470,10 @@ mod tests {
     use crate::protocol::Frame;
     use serde_json::{json, Map, Value};
 
-    fn apps(config: &Config) -> HashMap<String, Arc<str>> {
-        config
-            .apps
-            .iter()
-            .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
-            .collect()
+    /// An unsigned caller: the default config's demo app allows it.
+    fn caller(config: &Config) -> AuthenticatedApp {
+        let registry = crate::api::auth::AppRegistry::new(&config.apps, 16).unwrap();
+        AuthenticatedApp::unsigned(Arc::new(registry))
     }
 
     fn base() -> Value {
@@ -490,7 +488,7 @@ mod tests {
         let config = Config::default();
         let mut req = base();
         change(req.as_object_mut().unwrap());
-        parse(req.to_string().as_bytes(), &config, &apps(&config)).map_err(|e| e.code.code())
+        parse(req.to_string().as_bytes(), &config, &caller(&config)).map_err(|e| e.code.code())
     }
 
     #[test]
@@ -521,7 +519,7 @@ mod tests {
                 Box::new(|r| drop(r.insert("workspaceId".into(), json!("")))),
                 3003,
             ),
-            (Box::new(|r| drop(r.insert("appId".into(), json!("nope")))), 3007),
+            (Box::new(|r| drop(r.insert("appId".into(), json!("nope")))), 8014),
             (
                 Box::new(|r| drop(r.insert("workspaceId".into(), json!("other")))),
                 3007,
@@ -617,13 +615,13 @@ mod tests {
     #[test]
     fn non_utf8_and_non_json_bodies() {
         let config = Config::default();
-        let apps = apps(&config);
+        let caller = caller(&config);
         assert_eq!(
-            parse(&[0xFF, 0xFE], &config, &apps).unwrap_err().code.code(),
+            parse(&[0xFF, 0xFE], &config, &caller).unwrap_err().code.code(),
             3031
         );
-        assert_eq!(parse(b"{nope", &config, &apps).unwrap_err().code.code(), 3028);
-        assert_eq!(parse(b"[1]", &config, &apps).unwrap_err().code.code(), 3028);
+        assert_eq!(parse(b"{nope", &config, &caller).unwrap_err().code.code(), 3028);
+        assert_eq!(parse(b"[1]", &config, &caller).unwrap_err().code.code(), 3028);
     }
 
     #[test]

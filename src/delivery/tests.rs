@@ -67,10 +67,7 @@ impl RecordReader for MemorySegments {
 
 fn config() -> Config {
     let mut c = Config::default();
-    c.apps.push(App {
-        app_id: "other".into(),
-        workspace_id: "default".into(),
-    });
+    c.apps.push(App::new("other", "default"));
     c
 }
 
