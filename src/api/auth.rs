@@ -492,9 +492,8 @@ pub fn verify(
             NonceRefusal::Replayed => registry.refuse(
                 Failure::ReplayedNonce,
                 format!(
-                    "{HEADER_NONCE} was already used by a request in the last {} s; use a new random \
-                     nonce for every request",
-                    2 * MAX_CLOCK_SKEW_MS / 1000
+                    "{HEADER_NONCE} was already used by a recent request of this app (a replay?); \
+                     use a new random nonce for every request"
                 ),
             ),
             NonceRefusal::Full => registry.refuse(
