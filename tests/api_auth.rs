@@ -307,6 +307,31 @@ fn a_full_nonce_cache_answers_503_and_still_refuses_replays() {
 }
 
 #[test]
+fn a_request_seen_before_a_restart_cannot_be_replayed_after_it() {
+    let dir = Daemon::scratch_dir("auth-restart-replay");
+    let path = "/v1/messages/k?target=t";
+    let mut d = Daemon::start_in(&dir, "");
+    let headers = common::sign(&signer("demo", common::TEST_APP_SECRET), "GET", path, "");
+    assert_eq!(d.http_with("GET", path, &headers, "").0, 200);
+    d.terminate();
+    drop(d);
+    let d = Daemon::start_in(&dir, "");
+    let (status, json) = d.http_with("GET", path, &headers, "");
+    assert_eq!((status, code(&json)), (401, "-1"), "{json}");
+    assert!(
+        json["ResultMessage"]
+            .as_str()
+            .unwrap()
+            .contains("before this server started"),
+        "{json}"
+    );
+    // Signed now, the same request passes.
+    assert_eq!(d.http("GET", path, "").0, 200);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_quick_start_demo_app_takes_unsigned_requests() {
     // The embedded default config's app, as the README's curl uses it.
     let d = Daemon::start(

@@ -191,6 +191,9 @@ impl RegisteredApp {
 /// Every configured app by id, with the failure counters.
 pub struct AppRegistry {
     apps: HashMap<Box<str>, Arc<RegisteredApp>>,
+    /// Timestamps before this are refused: nonces live in memory only, so
+    /// a request seen before a restart could otherwise be replayed after it.
+    not_before_ms: u64,
     failures: [metrics::Counter; Failure::ALL.len()],
 }
 
@@ -231,9 +234,19 @@ impl AppRegistry {
         }
         Ok(Self {
             apps: registered,
+            not_before_ms: 0,
             failures: Failure::ALL
                 .map(|f| metrics::counter!("ringpush_api_auth_failures_total", "reason" => f.label())),
         })
+    }
+
+    /// Refuses requests stamped before `started_ms` (the daemon's start):
+    /// the nonces of earlier requests were not kept across the restart. A
+    /// sender whose clock lags by L is refused only for the first L after a
+    /// start.
+    pub fn refuse_timestamps_before(mut self, started_ms: u64) -> Self {
+        self.not_before_ms = started_ms;
+        self
     }
 
     pub fn get(&self, app_id: &str) -> Option<&Arc<RegisteredApp>> {
@@ -427,6 +440,15 @@ pub fn verify(
                  (it is in milliseconds; is the sender's clock synchronised?)",
                 skew_ms as f64 / 1000.0,
                 MAX_CLOCK_SKEW_MS / 1000
+            ),
+        ));
+    }
+    if timestamp_ms < registry.not_before_ms {
+        return Err(registry.refuse(
+            Failure::ClockSkew,
+            format!(
+                "{HEADER_TIMESTAMP} is before this server started: nonces are not kept across a \
+                 restart, so such requests could be replays; sign again with the current time"
             ),
         ));
     }

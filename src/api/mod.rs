@@ -105,7 +105,8 @@ pub fn serve(
     let admin_listener = runtime.block_on(tokio::net::TcpListener::bind(config.listen.admin))?;
     let api_addr = api_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let registry = AppRegistry::new(&config.apps, config.limits.api_nonces_per_app)?;
+    let registry =
+        AppRegistry::new(&config.apps, config.limits.api_nonces_per_app)?.refuse_timestamps_before(unix_ms());
     warn_about_unsigned_apps(&registry, api_addr);
     let state = Arc::new(ApiState {
         auth: Arc::new(registry),

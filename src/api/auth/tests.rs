@@ -234,6 +234,29 @@ fn more_than_300_seconds_of_skew_either_way_is_refused() {
 }
 
 #[test]
+fn requests_stamped_before_the_start_are_refused() {
+    let registry = Arc::new(
+        AppRegistry::new(&apps(), 10)
+            .unwrap()
+            .refuse_timestamps_before(NOW),
+    );
+    let mut req = Req::new("hmac-app");
+    req.timestamp = (NOW - 1).to_string();
+    let err = req
+        .verify_with(&registry, &req.hmac(SECRET), NOW + 1_000)
+        .unwrap_err();
+    assert_eq!(err.failure, Failure::ClockSkew);
+    assert!(
+        err.reason.contains("before this server started"),
+        "{}",
+        err.reason
+    );
+    req.timestamp = NOW.to_string();
+    req.verify_with(&registry, &req.hmac(SECRET), NOW + 1_000)
+        .unwrap();
+}
+
+#[test]
 fn a_replayed_request_is_refused() {
     let registry = registry();
     let req = Req::new("hmac-app");
