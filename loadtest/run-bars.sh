@@ -9,10 +9,15 @@ secs=${1:-30}
 cargo build --release --workspace -q
 bench=./target/release/ringpush-bench
 out=$(mktemp -d)
+# The production path: the bench signs every push (HMAC-SHA256) for an app
+# that refuses unsigned requests.
+RINGPUSH_BENCH_APP_SECRET=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+export RINGPUSH_BENCH_APP_SECRET
 
 run_server() {
   rm -rf "$out/data"
-  printf 'io = "%s"\n[durability]\ndata_dir = "%s/data"\n' "$1" "$out" > "$out/$1.toml"
+  printf 'io = "%s"\n[durability]\ndata_dir = "%s/data"\n[[apps]]\nappId = "demo"\nworkspaceId = "default"\napiSecret = "%s"\n' \
+    "$1" "$out" "$RINGPUSH_BENCH_APP_SECRET" > "$out/$1.toml"
   ./target/release/ringpush --config "$out/$1.toml" >"$out/$1.ready" 2>"$out/$1.log" &
   server=$!
   for _ in $(seq 100); do grep -q 'ringpush ready' "$out/$1.ready" 2>/dev/null && return; sleep 0.1; done

@@ -12,12 +12,16 @@ secs=${1:-10}
 cargo build --release --workspace -q
 bench=./target/release/ringpush-bench
 out=$(mktemp -d)
+# The production path: the bench signs every push (HMAC-SHA256) for an app
+# that refuses unsigned requests.
+RINGPUSH_BENCH_APP_SECRET=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+export RINGPUSH_BENCH_APP_SECRET
 common=(--devices 1000 --offline --payload-bytes 200 --json)
 
 run_server() { # mode
   rm -rf "$out/data"
-  printf 'shards = 2\n[delivery]\nmax_pending_per_device = 100000\n[durability]\ndata_dir = "%s/data"\nfsync = "%s"\n' \
-    "$out" "$1" >"$out/$1.toml"
+  printf 'shards = 2\n[delivery]\nmax_pending_per_device = 100000\n[durability]\ndata_dir = "%s/data"\nfsync = "%s"\n[[apps]]\nappId = "demo"\nworkspaceId = "default"\napiSecret = "%s"\n' \
+    "$out" "$1" "$RINGPUSH_BENCH_APP_SECRET" >"$out/$1.toml"
   start=$(date +%s.%N)
   ./target/release/ringpush --config "$out/$1.toml" >"$out/ready" 2>>"$out/$1.log" &
   server=$!

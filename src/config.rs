@@ -75,6 +75,10 @@ pub struct Limits {
     pub recv_buffer_bytes: u32,
     /// Commands queued from the API to one shard before the API answers 503.
     pub shard_queue: usize,
+    /// Request nonces remembered per app for replay detection (each for at
+    /// most twice the allowed clock skew); past it signed requests of that
+    /// app are refused until older nonces expire.
+    pub api_nonces_per_app: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -171,21 +175,92 @@ impl Durability {
     }
 }
 
+/// An app (tenant) and its API credentials. Keys are camelCase, like the
+/// reference's `appId`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct App {
-    #[serde(rename = "appId")]
     pub app_id: String,
-    #[serde(rename = "workspaceId")]
     pub workspace_id: String,
+    /// HMAC-SHA256 key for request signatures (at least 16 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_secret: Option<Secret>,
+    /// PEM SubjectPublicKeyInfo ("BEGIN PUBLIC KEY") of an RSA key of at least
+    /// 2048 bits, for RSA-SHA256 request signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// false: every API call for this app is refused with 3032.
+    #[serde(default = "enabled")]
+    pub api_enabled: bool,
+    /// Where delivery receipts go (http or https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_url: Option<String>,
+    /// Accept API requests without a signature. For local demos only.
+    #[serde(default)]
+    pub allow_unsigned: bool,
     /// Templates the app may hold; past it a new one gets 3056.
-    #[serde(rename = "maxTemplates", default = "default_max_templates")]
+    #[serde(default = "default_max_templates")]
     pub max_templates: usize,
 }
 
 fn default_max_templates() -> usize {
     crate::templates::DEFAULT_MAX_TEMPLATES
 }
+
+fn enabled() -> bool {
+    true
+}
+
+impl App {
+    /// An app with its API on and no credentials: give it one (or
+    /// `allow_unsigned`) before `Config::validate`.
+    pub fn new(app_id: impl Into<String>, workspace_id: impl Into<String>) -> Self {
+        Self {
+            app_id: app_id.into(),
+            workspace_id: workspace_id.into(),
+            api_secret: None,
+            public_key: None,
+            api_enabled: true,
+            receipt_url: None,
+            allow_unsigned: false,
+            max_templates: crate::templates::DEFAULT_MAX_TEMPLATES,
+        }
+    }
+}
+
+/// A credential from the config file. Its Debug and Serialize show
+/// `<redacted>`, so neither logs nor `check-config` print it (and the
+/// placeholder is too short to be accepted back as a secret).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub const REDACTED: &'static str = "<redacted>";
+
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(Self::REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Self::REDACTED)
+    }
+}
+
+/// Shortest `apiSecret`: 128 bits, even when it is ASCII text.
+pub const MIN_API_SECRET_BYTES: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -197,10 +272,11 @@ impl Default for Config {
             limits: Limits::default(),
             delivery: Delivery::default(),
             durability: Durability::default(),
+            // The demo app takes unsigned requests so that the README's
+            // curl works on the default loopback API address.
             apps: vec![App {
-                app_id: "demo".into(),
-                workspace_id: "default".into(),
-                max_templates: crate::templates::DEFAULT_MAX_TEMPLATES,
+                allow_unsigned: true,
+                ..App::new("demo", "default")
             }],
         }
     }
@@ -226,6 +302,7 @@ impl Default for Limits {
             recv_buffers: 1024,
             recv_buffer_bytes: 4096,
             shard_queue: 65_536,
+            api_nonces_per_app: 2_000_000,
         }
     }
 }
@@ -355,8 +432,11 @@ impl Config {
                 l.max_outbound_bytes
             ));
         }
-        if l.shard_queue == 0 || l.max_connections_per_shard == 0 {
-            return invalid("limits.shard_queue and limits.max_connections_per_shard must be > 0".into());
+        if l.shard_queue == 0 || l.max_connections_per_shard == 0 || l.api_nonces_per_app == 0 {
+            return invalid(
+                "limits.shard_queue, limits.max_connections_per_shard and limits.api_nonces_per_app must be > 0"
+                    .into(),
+            );
         }
         if d.min_ttl_secs == 0 || d.min_ttl_secs > d.max_ttl_secs {
             return invalid(format!(
@@ -381,16 +461,56 @@ impl Config {
             if !seen.insert(&app.app_id) {
                 return invalid(format!("apps: appId {:?} appears twice", app.app_id));
             }
-            if app.max_templates > crate::templates::MAX_MAX_TEMPLATES {
-                return invalid(format!(
-                    "apps: maxTemplates = {} for appId {:?} (allowed 0 ..= {})",
-                    app.max_templates,
-                    app.app_id,
-                    crate::templates::MAX_MAX_TEMPLATES
+            app.validate()
+                .map_err(|e| ConfigError::Invalid(format!("apps: appId {:?}: {e}", app.app_id)))?;
+        }
+        Ok(())
+    }
+}
+
+impl App {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_templates > crate::templates::MAX_MAX_TEMPLATES {
+            return Err(format!(
+                "maxTemplates = {} (allowed 0 ..= {})",
+                self.max_templates,
+                crate::templates::MAX_MAX_TEMPLATES
+            ));
+        }
+        if let Some(secret) = &self.api_secret {
+            if secret.expose().len() < MIN_API_SECRET_BYTES {
+                return Err(format!(
+                    "apiSecret must be at least {MIN_API_SECRET_BYTES} bytes (use random bytes, e.g. `openssl rand -base64 32`)"
                 ));
             }
         }
+        if let Some(pem) = &self.public_key {
+            crate::api::auth::rsa_public_key_from_pem(pem).map_err(|e| format!("publicKey: {e}"))?;
+        }
+        if self.api_secret.is_none() && self.public_key.is_none() && !self.allow_unsigned {
+            return Err(
+                "no API credential: set apiSecret (HMAC-SHA256) or publicKey (RSA-SHA256), \
+                 or allowUnsigned = true for a local demo"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.receipt_url {
+            validate_http_url(url).map_err(|e| format!("receiptUrl {url:?}: {e}"))?;
+        }
         Ok(())
+    }
+}
+
+/// An absolute http or https URL with a host.
+fn validate_http_url(url: &str) -> Result<(), &'static str> {
+    let uri: axum::http::Uri = url.parse().map_err(|_| "not a URL")?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("must start with http:// or https://"),
+    }
+    match uri.host() {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err("has no host"),
     }
 }
 
@@ -417,9 +537,85 @@ mod tests {
         assert!(Config::from_toml("[delivery]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n").is_err());
         assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
         assert!(Config::from_toml("io = \"poll\"\n").is_err());
+        assert!(Config::from_toml(
+            "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\nmaxTemplates = 10001\n"
+        )
+        .is_err());
+    }
+
+    fn app_error(keys: &str) -> String {
+        let text = format!("[[apps]]\nappId = \"shop\"\nworkspaceId = \"prod\"\n{keys}\n");
+        match Config::from_toml(&text) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn apps_need_a_credential_unless_they_allow_unsigned() {
+        let err = app_error("");
         assert!(
-            Config::from_toml("[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nmaxTemplates = 10001\n")
-                .is_err()
+            err.contains("\"shop\"") && err.contains("no API credential"),
+            "{err}"
         );
+        assert_eq!(app_error("allowUnsigned = true"), "");
+        assert_eq!(app_error("apiSecret = \"0123456789abcdef\""), "");
+        let key = include_str!("../tests/fixtures/rsa-2048-public.pem");
+        assert_eq!(app_error(&format!("publicKey = \"\"\"\n{key}\"\"\"")), "");
+    }
+
+    #[test]
+    fn bad_app_credentials_and_urls_are_refused_with_their_key() {
+        let short = app_error("apiSecret = \"0123456789abcde\"");
+        assert!(short.contains("apiSecret must be at least 16 bytes"), "{short}");
+        // The redaction placeholder can never be taken back as a secret.
+        assert!(!app_error(&format!("apiSecret = {:?}", Secret::REDACTED)).is_empty());
+        let small = include_str!("../tests/fixtures/rsa-1024-public.pem");
+        let err = app_error(&format!("publicKey = \"\"\"\n{small}\"\"\""));
+        assert!(err.contains("publicKey") && err.contains("1024 bits"), "{err}");
+        let ec = include_str!("../tests/fixtures/ec-p256-public.pem");
+        assert!(app_error(&format!("publicKey = \"\"\"\n{ec}\"\"\"")).contains("not an RSA key"));
+        for url in [
+            "ftp://x.example/r",
+            "shop.example/receipts",
+            "https://",
+            "http:// spaces",
+        ] {
+            let err = app_error(&format!("allowUnsigned = true\nreceiptUrl = {url:?}"));
+            assert!(err.contains("receiptUrl"), "{url}: {err}");
+        }
+        assert_eq!(
+            app_error("allowUnsigned = true\nreceiptUrl = \"https://shop.example:8443/push/receipts?x=1\""),
+            ""
+        );
+        assert!(app_error("allowUnsigned = true\napikey = 1").contains("apikey"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_serialized_config() {
+        let secret = "a-very-secret-value-0123456789";
+        let text = format!("[[apps]]\nappId = \"shop\"\nworkspaceId = \"prod\"\napiSecret = \"{secret}\"\n");
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            config.apps[0].api_secret.as_ref().unwrap().expose(),
+            secret.as_bytes()
+        );
+        let debug = format!("{config:?}");
+        let toml = toml::to_string_pretty(&config).unwrap();
+        for shown in [&debug, &toml] {
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains(Secret::REDACTED), "{shown}");
+        }
+    }
+
+    #[test]
+    fn new_app_keys_have_their_defaults() {
+        let config =
+            Config::from_toml("[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n")
+                .unwrap();
+        let app = &config.apps[0];
+        assert!(app.api_enabled && app.api_secret.is_none() && app.public_key.is_none());
+        assert!(app.receipt_url.is_none());
+        assert!(Config::from_toml("").unwrap().apps[0].allow_unsigned);
     }
 }

@@ -604,14 +604,12 @@ mod tests {
     fn apps(limit: usize) -> Vec<App> {
         vec![
             App {
-                app_id: "demo".into(),
-                workspace_id: "default".into(),
                 max_templates: limit,
+                ..App::new("demo", "default")
             },
             App {
-                app_id: "a/b c".into(),
-                workspace_id: "default".into(),
                 max_templates: limit,
+                ..App::new("a/b c", "default")
             },
         ]
     }

@@ -120,7 +120,7 @@ fn broadcast_filters_and_result_codes() {
         "3028"
     );
     assert_eq!(code(&broadcast(&d, "", json!({}))), "3028");
-    assert_eq!(code(&broadcast(&d, "b", json!({"appId": "nope"}))), "3007");
+    assert_eq!(code(&broadcast(&d, "b", json!({"appId": "nope"}))), "8014");
     assert_eq!(code(&broadcast(&d, "b", json!({"expiredSeconds": 0}))), "3020");
     assert_eq!(code(&broadcast(&d, "b", json!({"title": ""}))), "3024");
 }
@@ -309,7 +309,7 @@ fn registry_result_codes_and_the_device_query() {
             &token,
             json!({"userId": "a", "appId": "nope"})
         )),
-        "3007"
+        "8014"
     );
     assert_eq!(
         code(&registry(&d, "/v1/users/bind", &token, json!({"userId": 5}))),

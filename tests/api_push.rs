@@ -44,7 +44,10 @@ fn bad_requests_get_their_result_codes() {
         (json!({"extendedParams": params}), "3035"),
         (json!({"deliveryType": 9}), "3009"),
         (json!({"appId": null}), "3003"),
-        (json!({"appId": "nope"}), "3007"),
+        // An app the caller may not act for (here: none such) is 8014;
+        // a known app in the wrong workspace is 3007.
+        (json!({"appId": "nope"}), "8014"),
+        (json!({"workspaceId": "other"}), "3007"),
         (json!({"content": "x".repeat(3000)}), "3043"),
         (json!({"extendedParams": {"taskId": "1"}}), "3044"),
         (json!({"pushStyle": 7}), "3028"),

@@ -12,9 +12,12 @@ use std::net::{SocketAddr, TcpStream};
 use common::{Daemon, Device, PATIENCE};
 use serde_json::{json, Value};
 
-/// Two apps; `demo` may hold 3 templates.
+/// Two apps with the secrets the HTTP helpers sign with; `demo` may hold 3
+/// templates.
 const APPS: &str = "[[apps]]\nappId = \"demo\"\nworkspaceId = \"default\"\nmaxTemplates = 3\n\
-                    [[apps]]\nappId = \"other\"\nworkspaceId = \"ws2\"\n";
+                    apiSecret = \"integration-tests-demo-app-secret\"\n\
+                    [[apps]]\nappId = \"other\"\nworkspaceId = \"ws2\"\n\
+                    apiSecret = \"integration-tests-other-app-secret\"\n";
 
 fn start(backend: &str) -> Daemon {
     Daemon::start(backend, APPS)

@@ -3,18 +3,23 @@
 //! code or messages, never a panic, and every message within the body limit.
 #![no_main]
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use ringpush::api::auth::{AppRegistry, AuthenticatedApp};
 use ringpush::api::push::{self, PushKind, MAX_PUSH_BODY_BYTES};
 use ringpush::config::Config;
 use ringpush::protocol::HEADER_LEN;
 use ringpush::templates::{validate, Draft};
 
 fuzz_target!(|data: &[u8]| {
-    let config = Config::default();
-    let apps: HashMap<String, Arc<str>> = [("demo".to_string(), Arc::from("demo"))].into();
+    static CALLER: OnceLock<(Config, AuthenticatedApp)> = OnceLock::new();
+    // The default config's demo app takes unsigned requests.
+    let (config, caller) = CALLER.get_or_init(|| {
+        let config = Config::default();
+        let registry = AppRegistry::new(&config.apps, 1).expect("the default apps load");
+        (config, AuthenticatedApp::unsigned(Arc::new(registry)))
+    });
     let template = validate(
         Draft {
             name: "prize".into(),
@@ -27,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     )
     .expect("a valid template");
     for kind in [PushKind::Multiple, PushKind::Template] {
-        let Ok(templated) = push::parse_templated(data, &config, &apps, kind) else {
+        let Ok(templated) = push::parse_templated(data, config, caller, kind) else {
             continue;
         };
         let Ok(request) = templated.render(&template) else {

@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use devices::{DeviceConfig, Shared};
+use ringpush::api::auth::HmacSigner;
 use stats::{Counters, Summary};
 
 #[derive(Parser, Debug)]
@@ -38,6 +39,11 @@ struct Args {
     api_addr: SocketAddr,
     #[arg(long, default_value = "demo")]
     app: String,
+    /// The app's apiSecret: pushes are signed with HMAC-SHA256. Without it
+    /// they go unsigned (the demo app of the default config takes them).
+    /// Prefer the environment variable: a command line is visible in ps.
+    #[arg(long, env = "RINGPUSH_BENCH_APP_SECRET", hide_env_values = true)]
+    app_secret: Option<String>,
     #[arg(long, default_value = "default")]
     workspace: String,
     /// Source addresses for device connections: a range `A-B`, a comma list,
@@ -204,6 +210,10 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         }
     }
 
+    let signer = args
+        .app_secret
+        .as_ref()
+        .map(|secret| Arc::new(HmacSigner::new(args.app.as_str(), secret.as_bytes())));
     let mut push_errors = std::collections::BTreeMap::new();
     if args.broadcasts > 0 {
         record.store(true, Ordering::SeqCst);
@@ -217,7 +227,14 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
                 "deliveryType": 1, "pushStatus": 1, "unBindPeriod": 4,
                 "msgkey": stats::msg_key(i, stats::unix_micros()), "expiredSeconds": args.ttl,
             });
-            let (status, answer) = client.post("/v1/push/broadcast", &body.to_string())?;
+            const PATH: &str = "/v1/push/broadcast";
+            let body = body.to_string();
+            let mut headers = String::new();
+            if let Some(signer) = &signer {
+                let nonce = format!("bc{:x}-{i:x}", stats::unix_micros());
+                pusher::sign_into(&mut headers, signer, PATH, &body, &nonce);
+            }
+            let (status, answer) = client.post(PATH, &headers, &body)?;
             if status != 200 {
                 *push_errors.entry(format!("broadcast_{status}")).or_default() += 1;
                 eprintln!("broadcast {i}: HTTP {status}: {answer}");
@@ -249,6 +266,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
                 api_addr: args.api_addr,
                 app: args.app.clone(),
                 workspace: args.workspace.clone(),
+                signer: signer.clone(),
                 rate: args.push_rate as f64 / args.push_connections.max(1) as f64,
                 targets_per_request: args.targets_per_request.clamp(1, 10),
                 ttl_secs: args.ttl,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use ringpush::api::auth::HmacSigner;
 
 use crate::devices::Shared;
 use crate::stats::{self, Counters};
@@ -19,6 +20,8 @@ pub struct PushConfig {
     pub api_addr: SocketAddr,
     pub app: String,
     pub workspace: String,
+    /// Signs every push (the HMAC key is prepared once); `None`: unsigned.
+    pub signer: Option<Arc<HmacSigner>>,
     /// Messages per second for this connection.
     pub rate: f64,
     pub targets_per_request: usize,
@@ -62,6 +65,10 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> PushOutcome {
     let mut rng = config.seed | 1;
     let mut sequence = config.seed << 40;
     let mut request = 0u64;
+    // Unique across connections (seed) and runs (start time) while the
+    // server remembers nonces.
+    let nonce_prefix = format!("b{:x}-{:x}-", stats::unix_micros(), config.seed);
+    let mut auth_headers = String::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let due = start + interval.mul_f64(request as f64);
         if due >= config.until {
@@ -91,8 +98,14 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> PushOutcome {
             "targetMsgkey": targets, "expiredSeconds": config.ttl_secs,
         })
         .to_string();
+        const PATH: &str = "/v1/push/simple";
+        auth_headers.clear();
+        if let Some(signer) = &config.signer {
+            let nonce = format!("{nonce_prefix}{request:x}");
+            sign_into(&mut auth_headers, signer, PATH, &body, &nonce);
+        }
         Counters::add(&shared.counters.requests_sent, 1);
-        let answer = client.post("/v1/push/simple", &body);
+        let answer = client.post(PATH, &auth_headers, &body);
         if config.record_after.load(Ordering::Relaxed) {
             let _ = api_latency.record((due.elapsed().as_micros() as u64).max(1));
         }
@@ -119,6 +132,18 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> PushOutcome {
     PushOutcome { errors, api_latency }
 }
 
+/// Appends the authentication header lines (each ending in CRLF) of a
+/// POST of `body` to `path`, signed now with `nonce`.
+pub fn sign_into(headers: &mut String, signer: &HmacSigner, path: &str, body: &str, nonce: &str) {
+    let signed = signer.sign("POST", path, body.as_bytes(), stats::unix_micros() / 1000, nonce);
+    for (name, value) in signed.pairs() {
+        headers.push_str(name);
+        headers.push_str(": ");
+        headers.push_str(value);
+        headers.push_str("\r\n");
+    }
+}
+
 /// A minimal keep-alive HTTP/1.1 client: enough for JSON POSTs with
 /// Content-Length responses, which is what the push API sends.
 pub struct HttpClient {
@@ -137,9 +162,10 @@ impl HttpClient {
         })
     }
 
-    pub fn post(&mut self, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    /// `headers`: extra header lines, each ending in CRLF.
+    pub fn post(&mut self, path: &str, headers: &str, body: &str) -> std::io::Result<(u16, String)> {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n",
             self.host,
             body.len()
         );

@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::AuthenticatedApp;
 use super::result_code::{ApiError, ResultCode};
-use super::{ask, ask_all, error_response, read_body, record, resolve_app, ApiState};
+use super::{admit, ask, ask_all, error_response, record, resolve_app, ApiState};
 use crate::message::{owner_shard, Command, DeviceLookup, DeviceReport, RegistryChange};
 
 /// Longest userId (the reference's tag tools allow 60 characters).
@@ -63,11 +63,11 @@ impl Operation {
 /// Validates a registry request into (app, token, change).
 fn parse(
     bytes: &[u8],
-    state: &ApiState,
+    caller: &AuthenticatedApp,
     operation: Operation,
 ) -> Result<(Arc<str>, String, RegistryChange), ApiError> {
     let req: RegistryRequest = super::json_body(bytes)?;
-    let app = resolve_app(state, req.app_id.as_deref(), req.workspace_id.as_deref())?;
+    let app = resolve_app(caller, req.app_id.as_deref(), req.workspace_id.as_deref())?;
     let token = req.delivery_token.unwrap_or_default();
     if token.is_empty() {
         return Err(ApiError::new(
@@ -112,12 +112,12 @@ fn parse(
 }
 
 /// `POST /v1/users/bind` and its siblings: one registry change.
-pub(super) async fn change(state: Arc<ApiState>, operation: Operation, body: Body) -> Response {
+pub(super) async fn change(state: Arc<ApiState>, operation: Operation, request: Request) -> Response {
     let op = operation.name();
     let started = Instant::now();
     let result = async {
-        let bytes = read_body(body).await?;
-        let (app_id, token, change) = parse(&bytes, &state, operation)?;
+        let (caller, bytes) = admit(&state, request).await?;
+        let (app_id, token, change) = parse(&bytes, &caller, operation)?;
         let shard = owner_shard(token.as_bytes(), state.shards.len());
         let code = ask(&state, shard, |reply| Command::Registry {
             app_id,
@@ -155,12 +155,14 @@ pub(super) async fn change(state: Arc<ApiState>, operation: Operation, body: Bod
 pub(super) async fn query(
     State(state): State<Arc<ApiState>>,
     Query(query): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Response {
     const OP: &str = "device_query";
     let started = Instant::now();
     let result = async {
+        let (caller, _) = admit(&state, request).await?;
         let app_id = resolve_app(
-            &state,
+            &caller,
             query.get("appId").map(String::as_str),
             query.get("workspaceId").map(String::as_str),
         )?;

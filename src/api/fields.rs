@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::auth::AuthenticatedApp;
 use super::result_code::{ApiError, ResultCode};
-use crate::config::Config;
 
 /// The body as JSON of type `T`: 3031 when it is not UTF-8, 3028 when it is
 /// not the expected JSON.
@@ -25,27 +25,25 @@ pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiEr
     })
 }
 
-/// The configured app named by appId and workspaceId: 3003 when either is
-/// missing, 3007 when no app has both.
-pub(super) fn app(
-    config: &Config,
-    apps: &HashMap<String, Arc<str>>,
-    app_id: &str,
-    workspace_id: &str,
-) -> Result<Arc<str>, ApiError> {
+/// The app named by appId and workspaceId, if the caller may act for it:
+/// 3003 when either is missing, 8014 (or -1, 3032) from `check_app` when the
+/// caller may not act for that app, 3007 when the app is in another
+/// workspace.
+pub(super) fn app(caller: &AuthenticatedApp, app_id: &str, workspace_id: &str) -> Result<Arc<str>, ApiError> {
     if app_id.is_empty() || workspace_id.is_empty() {
         return Err(ApiError::new(
             ResultCode::NeedAppIdWorkspaceId,
             "appId and workspaceId are required",
         ));
     }
-    config
-        .apps
-        .iter()
-        .find(|a| a.app_id == app_id && a.workspace_id == workspace_id)
-        .and_then(|a| apps.get(&a.app_id))
-        .cloned()
-        .ok_or_else(|| ApiError::new(ResultCode::AppIdWrong, "no such appId in that workspaceId"))
+    let app = caller.check_app(app_id)?;
+    if *app.workspace_id != *workspace_id {
+        return Err(ApiError::new(
+            ResultCode::AppIdWrong,
+            "no such appId in that workspaceId",
+        ));
+    }
+    Ok(app.id.clone())
 }
 
 /// The reference's SDKs send maps either as JSON objects or as strings that

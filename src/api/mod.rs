@@ -3,8 +3,11 @@
 //! route each message to the shard that owns its token, wait for the
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
-//! `templates`, the device registry in `devices`.
+//! `templates`, the device registry in `devices`. Every handler starts
+//! with `admit` (body read, request authenticated by `auth`) and checks the
+//! `appId` it acts for against the caller.
 
+pub mod auth;
 mod devices;
 mod fields;
 pub mod push;
@@ -17,12 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use auth::{AppRegistry, AuthenticatedApp};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::json;
@@ -50,7 +54,7 @@ const STATUS_UNKNOWN: i64 = 99_999_999;
 
 struct ApiState {
     config: Config,
-    apps: HashMap<String, Arc<str>>,
+    auth: Arc<AppRegistry>,
     shards: Arc<[ShardHandle]>,
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
@@ -117,12 +121,11 @@ pub fn serve(
     let admin_listener = runtime.block_on(tokio::net::TcpListener::bind(config.listen.admin))?;
     let api_addr = api_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let registry =
+        AppRegistry::new(&config.apps, config.limits.api_nonces_per_app)?.refuse_timestamps_before(unix_ms());
+    warn_about_unsigned_apps(&registry, api_addr);
     let state = Arc::new(ApiState {
-        apps: config
-            .apps
-            .iter()
-            .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
-            .collect(),
+        auth: Arc::new(registry),
         config: config.clone(),
         shards: shards.handles(),
         health: shards.storage_health(),
@@ -139,7 +142,9 @@ pub fn serve(
     });
     use devices::Operation;
     let registry = |operation: Operation| {
-        post(move |State(state): State<Arc<ApiState>>, body: Body| devices::change(state, operation, body))
+        post(move |State(state): State<Arc<ApiState>>, request: Request| {
+            devices::change(state, operation, request)
+        })
     };
     let api = Router::new()
         .route("/v1/push/simple", post(simple_push))
@@ -147,14 +152,14 @@ pub fn serve(
         .route("/v1/push/multiple", post(multiple_push))
         .route(
             "/v1/push/broadcast",
-            post(|State(state): State<Arc<ApiState>>, body: Body| {
-                fanout_push(state, push::PushKind::Broadcast, body)
+            post(|State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Broadcast, request)
             }),
         )
         .route(
             "/v1/push/group",
-            post(|State(state): State<Arc<ApiState>>, body: Body| {
-                fanout_push(state, push::PushKind::Group, body)
+            post(|State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Group, request)
             }),
         )
         .route("/v1/messages/{msg_key}", get(message_status))
@@ -196,6 +201,27 @@ pub fn serve(
     })
 }
 
+/// Unsigned requests are for local demos: say so at every start, louder when
+/// the API is reachable from other machines.
+fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
+    for app in registry.apps().filter(|a| a.allows_unsigned()) {
+        if api_addr.ip().is_loopback() {
+            tracing::warn!(
+                app = %app.id,
+                "app accepts unsigned API requests (allowUnsigned = true): any local process can push as it; \
+                 give it an apiSecret or publicKey and remove allowUnsigned outside local demos"
+            );
+        } else {
+            tracing::warn!(
+                app = %app.id,
+                api = %api_addr,
+                "app accepts unsigned API requests (allowUnsigned = true) on a non-loopback address: \
+                 anyone who can reach the API can push as it; this is for local demos only"
+            );
+        }
+    }
+}
+
 fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(
@@ -210,6 +236,10 @@ fn describe_metrics() {
     describe_counter!(
         "ringpush_messages_accepted_total",
         "Messages the API accepted and a shard queued"
+    );
+    describe_counter!(
+        "ringpush_api_auth_failures_total",
+        "API requests refused by authentication, by reason"
     );
 }
 
@@ -289,7 +319,15 @@ fn envelope<T: Serialize>(status: u16, code: &str, message: &str, push_result: T
         push_result,
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 9110 §15.5.2: a 401 names the scheme to use.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("X-Ringpush-Signature"),
+        );
+    }
+    response
 }
 
 fn error_response(op: &'static str, started: Instant, error: ApiError) -> Response {
@@ -335,14 +373,13 @@ fn record(op: &'static str, code: &str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+async fn simple_push(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let metrics = &state.push_metrics;
     let started = Instant::now();
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return error_response(metrics.op, started, e),
-    };
-    let request = match push::parse(&bytes, &state.config, &state.apps) {
+    let request = match admit(&state, request)
+        .await
+        .and_then(|(caller, bytes)| push::parse(&bytes, &state.config, &caller))
+    {
         Ok(r) => r,
         Err(e) => return error_response(metrics.op, started, e),
     };
@@ -351,14 +388,14 @@ async fn simple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response
 
 /// `POST /v1/push/template`: a simple push whose title, content and uri
 /// come from a template.
-async fn template_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+async fn template_push(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let metrics = &state.template_push_metrics;
     let started = Instant::now();
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return error_response(metrics.op, started, e),
-    };
-    let request = match push::parse_templated(&bytes, &state.config, &state.apps, push::PushKind::Template)
+    let request = match admit(&state, request)
+        .await
+        .and_then(|(caller, bytes)| {
+            push::parse_templated(&bytes, &state.config, &caller, push::PushKind::Template)
+        })
         .and_then(|push| render(&state, push))
     {
         Ok(r) => r,
@@ -369,14 +406,14 @@ async fn template_push(State(state): State<Arc<ApiState>>, body: Body) -> Respon
 
 /// `POST /v1/push/multiple`: one template, personalised per target, under
 /// one task id.
-async fn multiple_push(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+async fn multiple_push(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let metrics = &state.multiple_push_metrics;
     let started = Instant::now();
-    let bytes = match read_body_up_to(body, MAX_MULTIPLE_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(e) => return error_response(metrics.op, started, e),
-    };
-    let request = match push::parse_templated(&bytes, &state.config, &state.apps, push::PushKind::Multiple)
+    let request = match admit_up_to(&state, request, MAX_MULTIPLE_BODY_BYTES)
+        .await
+        .and_then(|(caller, bytes)| {
+            push::parse_templated(&bytes, &state.config, &caller, push::PushKind::Multiple)
+        })
         .and_then(|push| render(&state, push))
     {
         Ok(r) => r,
@@ -484,15 +521,15 @@ fn task_text(task_id: u64) -> String {
 }
 
 /// `POST /v1/push/broadcast` and `/v1/push/group`.
-async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, body: Body) -> Response {
+async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, request: Request) -> Response {
     let op = match kind {
         push::PushKind::Broadcast => "push_broadcast",
         _ => "push_group",
     };
     let started = Instant::now();
-    let request = match read_body(body)
+    let request = match admit(&state, request)
         .await
-        .and_then(|bytes| push::parse_kind(&bytes, &state.config, &state.apps, kind))
+        .and_then(|(caller, bytes)| push::parse_kind(&bytes, &state.config, &caller, kind))
     {
         Ok(r) => r,
         Err(e) => return error_response(op, started, e),
@@ -633,21 +670,31 @@ async fn route(shards: &Arc<[ShardHandle]>, messages: Vec<Message>) -> Result<Ve
     Ok(outcomes)
 }
 
-/// Reads a request body up to `MAX_BODY_BYTES`.
-async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
-    read_body_up_to(body, MAX_BODY_BYTES).await
+/// The start of every API handler: reads the body (at most
+/// `MAX_BODY_BYTES`) and authenticates the request (`auth::authenticate`).
+/// The handler must then pass the `appId` it acts for through
+/// `AuthenticatedApp::check_app` (`fields::app`, `resolve_app`) or take
+/// `default_app` before it reads or changes that app's data.
+async fn admit(state: &ApiState, request: Request) -> Result<(AuthenticatedApp, Bytes), ApiError> {
+    admit_up_to(state, request, MAX_BODY_BYTES).await
 }
 
-/// Reads a request body of at most `limit` bytes (else 3050 with HTTP
-/// 413).
-async fn read_body_up_to(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// `admit` for a body of at most `limit` bytes (else 3050 with HTTP 413).
+async fn admit_up_to(
+    state: &ApiState,
+    request: Request,
+    limit: usize,
+) -> Result<(AuthenticatedApp, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             ResultCode::MsgPayloadTooLong,
             format!("the request body is over {limit} bytes"),
         )
         .with_http_status(413)
-    })
+    })?;
+    let caller = auth::authenticate(&state.auth, &parts, &bytes, unix_ms())?;
+    Ok((caller, bytes))
 }
 
 /// Decodes a UTF-8 JSON body into `T` (3031 when not UTF-8, 3028 when not
@@ -658,30 +705,14 @@ fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
     serde_json::from_str(text).map_err(|e| ApiError::new(ResultCode::InvalidParam, format!("the body: {e}")))
 }
 
-/// The configured app named by `appId` and `workspaceId` (3003 when either
-/// is missing, 3007 when there is no such app in that workspace).
+/// The app named by `appId` and `workspaceId` if the caller may act for it
+/// (`fields::app`: 3003, 8014, 3007).
 fn resolve_app(
-    state: &ApiState,
+    caller: &AuthenticatedApp,
     app_id: Option<&str>,
     workspace_id: Option<&str>,
 ) -> Result<Arc<str>, ApiError> {
-    let (Some(app_id), Some(workspace_id)) = (
-        app_id.filter(|a| !a.is_empty()),
-        workspace_id.filter(|w| !w.is_empty()),
-    ) else {
-        return Err(ApiError::new(
-            ResultCode::NeedAppIdWorkspaceId,
-            "appId and workspaceId are required",
-        ));
-    };
-    state
-        .config
-        .apps
-        .iter()
-        .find(|a| a.app_id == app_id && a.workspace_id == workspace_id)
-        .and_then(|a| state.apps.get(&a.app_id))
-        .cloned()
-        .ok_or_else(|| ApiError::new(ResultCode::AppIdWrong, "no such appId in that workspaceId"))
+    fields::app(caller, app_id.unwrap_or(""), workspace_id.unwrap_or(""))
 }
 
 /// Sends one command to one shard and waits for its answer.
@@ -752,9 +783,14 @@ async fn message_status(
     State(state): State<Arc<ApiState>>,
     Path(msg_key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Response {
     const OP: &str = "message_status";
     let started = Instant::now();
+    let caller = match admit(&state, request).await {
+        Ok((caller, _)) => caller,
+        Err(e) => return error_response(OP, started, e),
+    };
     let user = query.get("userId").filter(|u| !u.is_empty());
     let Some(token) = query.get("target").filter(|t| !t.is_empty()).or(user) else {
         return error_response(
@@ -766,24 +802,14 @@ async fn message_status(
             ),
         );
     };
+    // Without appId: the signing app, or the only configured one.
     let app = match query.get("appId") {
-        Some(app) => state.apps.get(app).cloned(),
-        // One configured app needs no naming.
-        None if state.apps.len() == 1 => state.apps.values().next().cloned(),
-        None => {
-            return error_response(
-                OP,
-                started,
-                ApiError::new(ResultCode::NeedAppIdWorkspaceId, "appId is required"),
-            )
-        }
+        Some(app_id) => caller.check_app(app_id),
+        None => caller.default_app(),
     };
-    let Some(app_id) = app else {
-        return error_response(
-            OP,
-            started,
-            ApiError::new(ResultCode::AppIdWrong, "no such appId"),
-        );
+    let app_id = match app {
+        Ok(app) => app.id.clone(),
+        Err(e) => return error_response(OP, started, e),
     };
     let data = match user {
         Some(user) => user_status(&state, app_id, &msg_key, user).await,

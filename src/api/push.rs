@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::auth::AuthenticatedApp;
 use super::fields::{self, flag_field, int_field, json_text_field, small_enum, string_field, Field};
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
@@ -177,26 +178,22 @@ struct Request {
 }
 
 /// Validates a simple push.
-pub fn parse(
-    bytes: &[u8],
-    config: &Config,
-    apps: &HashMap<String, Arc<str>>,
-) -> Result<PushRequest, ApiError> {
-    parse_kind(bytes, config, apps, PushKind::Simple)
+pub fn parse(bytes: &[u8], config: &Config, caller: &AuthenticatedApp) -> Result<PushRequest, ApiError> {
+    parse_kind(bytes, config, caller, PushKind::Simple)
 }
 
 /// Validates a simple, broadcast or group push.
 pub fn parse_kind(
     bytes: &[u8],
     config: &Config,
-    apps: &HashMap<String, Arc<str>>,
+    caller: &AuthenticatedApp,
     kind: PushKind,
 ) -> Result<PushRequest, ApiError> {
     assert!(
         !matches!(kind, PushKind::Template | PushKind::Multiple),
         "template and multiple pushes go through parse_templated"
     );
-    match parse_any(bytes, config, apps, kind)? {
+    match parse_any(bytes, config, caller, kind)? {
         Parsed::Ready(request) => Ok(request),
         Parsed::Templated(_) => unreachable!("only template kinds name a template"),
     }
@@ -207,14 +204,14 @@ pub fn parse_kind(
 pub fn parse_templated(
     bytes: &[u8],
     config: &Config,
-    apps: &HashMap<String, Arc<str>>,
+    caller: &AuthenticatedApp,
     kind: PushKind,
 ) -> Result<TemplatedPush, ApiError> {
     assert!(
         matches!(kind, PushKind::Template | PushKind::Multiple),
         "simple, broadcast and group pushes go through parse_kind"
     );
-    match parse_any(bytes, config, apps, kind)? {
+    match parse_any(bytes, config, caller, kind)? {
         Parsed::Templated(push) => Ok(push),
         Parsed::Ready(_) => unreachable!("template kinds name a template"),
     }
@@ -240,11 +237,11 @@ enum Content {
 fn parse_any(
     bytes: &[u8],
     config: &Config,
-    apps: &HashMap<String, Arc<str>>,
+    caller: &AuthenticatedApp,
     kind: PushKind,
 ) -> Result<Parsed, ApiError> {
     let req: Request = fields::decode(bytes)?;
-    let app_id = app(&req, config, apps)?;
+    let app_id = app(&req, caller)?;
     let task_name = string_field(&req.task_name, "taskName")?.unwrap_or_default();
     if task_name.trim().is_empty() {
         return Err(ApiError::new(ResultCode::TaskNameNull, "taskName is required"));
@@ -398,10 +395,10 @@ fn parse_any(
 }
 
 /// The configured app named by appId and workspaceId.
-fn app(req: &Request, config: &Config, apps: &HashMap<String, Arc<str>>) -> Result<Arc<str>, ApiError> {
+fn app(req: &Request, caller: &AuthenticatedApp) -> Result<Arc<str>, ApiError> {
     let app_id = string_field(&req.app_id, "appId")?.unwrap_or_default();
     let workspace_id = string_field(&req.workspace_id, "workspaceId")?.unwrap_or_default();
-    fields::app(config, apps, &app_id, &workspace_id)
+    fields::app(caller, &app_id, &workspace_id)
 }
 
 /// 1, 2, 7 (device tokens of a platform) or 3 (users); a group push needs
@@ -892,12 +889,10 @@ mod tests {
     use crate::protocol::{decode_slice, Frame};
     use serde_json::{json, Map, Value};
 
-    fn apps(config: &Config) -> HashMap<String, Arc<str>> {
-        config
-            .apps
-            .iter()
-            .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
-            .collect()
+    /// An unsigned caller: the default config's demo app allows it.
+    fn caller(config: &Config) -> AuthenticatedApp {
+        let registry = crate::api::auth::AppRegistry::new(&config.apps, 16).unwrap();
+        AuthenticatedApp::unsigned(Arc::new(registry))
     }
 
     fn base() -> Value {
@@ -912,7 +907,7 @@ mod tests {
         let config = Config::default();
         let mut req = base();
         change(req.as_object_mut().unwrap());
-        parse(req.to_string().as_bytes(), &config, &apps(&config)).map_err(|e| e.code.code())
+        parse(req.to_string().as_bytes(), &config, &caller(&config)).map_err(|e| e.code.code())
     }
 
     #[test]
@@ -943,7 +938,7 @@ mod tests {
                 Box::new(|r| drop(r.insert("workspaceId".into(), json!("")))),
                 3003,
             ),
-            (Box::new(|r| drop(r.insert("appId".into(), json!("nope")))), 3007),
+            (Box::new(|r| drop(r.insert("appId".into(), json!("nope")))), 8014),
             (
                 Box::new(|r| drop(r.insert("workspaceId".into(), json!("other")))),
                 3007,
@@ -1047,7 +1042,7 @@ mod tests {
     #[test]
     fn user_broadcast_and_group_pushes() {
         let config = Config::default();
-        let apps = apps(&config);
+        let apps = caller(&config);
         let mut users = base();
         users["deliveryType"] = json!(3);
         users["targetMsgkey"] = json!({"alice": "k1"});
@@ -1098,13 +1093,13 @@ mod tests {
     #[test]
     fn non_utf8_and_non_json_bodies() {
         let config = Config::default();
-        let apps = apps(&config);
+        let caller = caller(&config);
         assert_eq!(
-            parse(&[0xFF, 0xFE], &config, &apps).unwrap_err().code.code(),
+            parse(&[0xFF, 0xFE], &config, &caller).unwrap_err().code.code(),
             3031
         );
-        assert_eq!(parse(b"{nope", &config, &apps).unwrap_err().code.code(), 3028);
-        assert_eq!(parse(b"[1]", &config, &apps).unwrap_err().code.code(), 3028);
+        assert_eq!(parse(b"{nope", &config, &caller).unwrap_err().code.code(), 3028);
+        assert_eq!(parse(b"[1]", &config, &caller).unwrap_err().code.code(), 3028);
     }
 
     #[test]
@@ -1162,7 +1157,8 @@ mod tests {
 
     fn templated(kind: PushKind, body: &Value) -> Result<TemplatedPush, i32> {
         let config = Config::default();
-        parse_templated(body.to_string().as_bytes(), &config, &apps(&config), kind).map_err(|e| e.code.code())
+        parse_templated(body.to_string().as_bytes(), &config, &caller(&config), kind)
+            .map_err(|e| e.code.code())
     }
 
     fn template_base() -> Value {

@@ -22,6 +22,7 @@ pub enum ResultCode {
     SinglePushTargetTooMuch,
     BroadcastOnlySupportByDevice,
     RequestShouldBeUtf8,
+    RestApiSwitchNotOpen,
     ExtendParamTooMuch,
     TemplateAlreadyExist,
     TemplateNameNull,
@@ -37,6 +38,7 @@ pub enum ResultCode {
     DeliveryTokenInvalid,
     MultipleTargetNumberTooMuch,
     TemplateNumTooMuch,
+    AccountNoPermission,
     SystemError,
     StorageFailed,
     StorageFull,
@@ -44,7 +46,7 @@ pub enum ResultCode {
 
 impl ResultCode {
     /// Every code, in the enum's (and the numbers') order.
-    pub const ALL: [ResultCode; 36] = [
+    pub const ALL: [ResultCode; 38] = [
         Self::SignatureMismatch,
         Self::NeedDeliveryToken,
         Self::NeedAppIdWorkspaceId,
@@ -63,6 +65,7 @@ impl ResultCode {
         Self::SinglePushTargetTooMuch,
         Self::BroadcastOnlySupportByDevice,
         Self::RequestShouldBeUtf8,
+        Self::RestApiSwitchNotOpen,
         Self::ExtendParamTooMuch,
         Self::TemplateAlreadyExist,
         Self::TemplateNameNull,
@@ -78,6 +81,7 @@ impl ResultCode {
         Self::DeliveryTokenInvalid,
         Self::MultipleTargetNumberTooMuch,
         Self::TemplateNumTooMuch,
+        Self::AccountNoPermission,
         Self::SystemError,
         Self::StorageFailed,
         Self::StorageFull,
@@ -103,6 +107,7 @@ impl ResultCode {
             Self::SinglePushTargetTooMuch => 3029,
             Self::BroadcastOnlySupportByDevice => 3030,
             Self::RequestShouldBeUtf8 => 3031,
+            Self::RestApiSwitchNotOpen => 3032,
             Self::ExtendParamTooMuch => 3035,
             Self::TemplateAlreadyExist => 3036,
             Self::TemplateNameNull => 3037,
@@ -118,6 +123,7 @@ impl ResultCode {
             Self::DeliveryTokenInvalid => 3054,
             Self::MultipleTargetNumberTooMuch => 3055,
             Self::TemplateNumTooMuch => 3056,
+            Self::AccountNoPermission => 8014,
             Self::SystemError => 9000,
             Self::StorageFailed => 9001,
             Self::StorageFull => 9002,
@@ -144,6 +150,7 @@ impl ResultCode {
             Self::SinglePushTargetTooMuch => "SINGLE_PUSH_TARGET_TOO_MUCH",
             Self::BroadcastOnlySupportByDevice => "BROADCAST_ONLY_SUPPORT_BY_DEVICE",
             Self::RequestShouldBeUtf8 => "REQUEST_SHOULD_BE_UTF8",
+            Self::RestApiSwitchNotOpen => "REST_API_SWITCH_NOT_OPEN",
             Self::ExtendParamTooMuch => "EXTEND_PARAM_TOO_MUCH",
             Self::TemplateAlreadyExist => "TEMPLATE_ALREADY_EXIST",
             Self::TemplateNameNull => "TEMPLATE_NAME_NULL",
@@ -159,6 +166,7 @@ impl ResultCode {
             Self::DeliveryTokenInvalid => "DELIVERYTOKEN_INVALID",
             Self::MultipleTargetNumberTooMuch => "MULTIPLE_TARGET_NUMBER_TOO_MUCH",
             Self::TemplateNumTooMuch => "TEMPLATE_NUM_TOO_MUCH",
+            Self::AccountNoPermission => "ACCOUNT_NO_PERMISSION",
             Self::SystemError => "SYSTEM_ERROR",
             Self::StorageFailed => "STORAGE_FAILED",
             Self::StorageFull => "STORAGE_FULL",
@@ -172,7 +180,7 @@ impl ResultCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::SignatureMismatch => 401,
-            Self::AppIdWrong => 403,
+            Self::AppIdWrong | Self::RestApiSwitchNotOpen | Self::AccountNoPermission => 403,
             Self::TemplateNotExist => 404,
             Self::TemplateAlreadyExist | Self::TemplateNumTooMuch => 409,
             Self::SystemError | Self::StorageFailed => 503,

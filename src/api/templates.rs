@@ -10,17 +10,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::AuthenticatedApp;
 use super::fields::{self, flag_field, json_text_field, small_enum, string_field, Field};
 use super::result_code::{ApiError, ResultCode};
-use super::{envelope, error_response, read_body, record, resolve_app, ApiState};
-use crate::config::Config;
+use super::{admit, envelope, error_response, record, resolve_app, ApiState};
 use crate::message::unix_ms;
 use crate::templates::{Draft, Template, TemplateError, TemplateStore};
 
@@ -54,14 +53,13 @@ struct TemplateRequest {
 /// the name in the body but not change it: templates are not renamed.
 pub(super) fn parse_draft(
     bytes: &[u8],
-    config: &Config,
-    apps: &HashMap<String, Arc<str>>,
+    caller: &AuthenticatedApp,
     path_name: Option<&str>,
 ) -> Result<(Arc<str>, Draft), ApiError> {
     let req: TemplateRequest = fields::decode(bytes)?;
     let app_id = string_field(&req.app_id, "appId")?.unwrap_or_default();
     let workspace_id = string_field(&req.workspace_id, "workspaceId")?.unwrap_or_default();
-    let app = fields::app(config, apps, &app_id, &workspace_id)?;
+    let app = fields::app(caller, &app_id, &workspace_id)?;
     let body_name = string_field(&req.template_name, "templateName")?;
     let name = match (path_name, body_name) {
         (None, name) => name.unwrap_or_default(),
@@ -161,9 +159,9 @@ async fn change(
 }
 
 /// The app named by the query's appId and workspaceId.
-fn query_app(state: &ApiState, query: &HashMap<String, String>) -> Result<Arc<str>, ApiError> {
+fn query_app(caller: &AuthenticatedApp, query: &HashMap<String, String>) -> Result<Arc<str>, ApiError> {
     resolve_app(
-        state,
+        caller,
         query.get("appId").map(String::as_str),
         query.get("workspaceId").map(String::as_str),
     )
@@ -180,12 +178,12 @@ fn path_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiErr
 }
 
 /// `POST /v1/templates`.
-pub(super) async fn create(State(state): State<Arc<ApiState>>, body: Body) -> Response {
+pub(super) async fn create(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     const OP: &str = "template_create";
     let started = Instant::now();
     let result = async {
-        let bytes = read_body(body).await?;
-        let (app, draft) = parse_draft(&bytes, &state.config, &state.apps, None)?;
+        let (caller, bytes) = admit(&state, request).await?;
+        let (app, draft) = parse_draft(&bytes, &caller, None)?;
         change(&state, move |store| store.create(&app, draft, unix_ms())).await
     }
     .await;
@@ -199,14 +197,14 @@ pub(super) async fn create(State(state): State<Arc<ApiState>>, body: Body) -> Re
 pub(super) async fn update(
     State(state): State<Arc<ApiState>>,
     path: Result<Path<String>, PathRejection>,
-    body: Body,
+    request: Request,
 ) -> Response {
     const OP: &str = "template_update";
     let started = Instant::now();
     let result = async {
         let name = path_name(path)?;
-        let bytes = read_body(body).await?;
-        let (app, draft) = parse_draft(&bytes, &state.config, &state.apps, Some(&name))?;
+        let (caller, bytes) = admit(&state, request).await?;
+        let (app, draft) = parse_draft(&bytes, &caller, Some(&name))?;
         change(&state, move |store| store.update(&app, draft, unix_ms())).await
     }
     .await;
@@ -222,12 +220,14 @@ pub(super) async fn delete(
     State(state): State<Arc<ApiState>>,
     path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Response {
     const OP: &str = "template_delete";
     let started = Instant::now();
     let result = async {
         let name = path_name(path)?;
-        let app = query_app(&state, &query)?;
+        let (caller, _) = admit(&state, request).await?;
+        let app = query_app(&caller, &query)?;
         change(&state, move |store| store.delete(&app, &name)).await
     }
     .await;
@@ -242,18 +242,22 @@ pub(super) async fn read(
     State(state): State<Arc<ApiState>>,
     path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Response {
     const OP: &str = "template_read";
     let started = Instant::now();
-    let result = path_name(path).and_then(|name| {
-        let app = query_app(&state, &query)?;
+    let result = async {
+        let name = path_name(path)?;
+        let (caller, _) = admit(&state, request).await?;
+        let app = query_app(&caller, &query)?;
         state.templates.get(&app, &name).ok_or_else(|| {
             ApiError::new(
                 ResultCode::TemplateNotExist,
                 format!("no template named {name:?} in this app"),
             )
         })
-    });
+    }
+    .await;
     match result {
         Ok(template) => answer(OP, started, template_json(&template)),
         Err(e) => error_response(OP, started, e),
@@ -265,11 +269,13 @@ pub(super) async fn read(
 pub(super) async fn list(
     State(state): State<Arc<ApiState>>,
     Query(query): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Response {
     const OP: &str = "template_list";
     let started = Instant::now();
-    let result = (|| {
-        let app = query_app(&state, &query)?;
+    let result = async {
+        let (caller, _) = admit(&state, request).await?;
+        let app = query_app(&caller, &query)?;
         let page_number = page_param(&query, "pageNumber", 1, usize::MAX)?;
         let page_size = page_param(&query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let all = state.templates.list(&app);
@@ -283,7 +289,8 @@ pub(super) async fn list(
             "total": all.len(), "pageNumber": page_number, "pageSize": page_size,
             "templates": page,
         }))
-    })();
+    }
+    .await;
     match result {
         Ok(data) => answer(OP, started, data),
         Err(e) => error_response(OP, started, e),
@@ -311,26 +318,22 @@ fn page_param(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::App;
+    use crate::config::{App, Config};
 
-    fn config() -> (Config, HashMap<String, Arc<str>>) {
+    /// An unsigned caller; both apps take unsigned requests.
+    fn caller() -> AuthenticatedApp {
         let mut config = Config::default();
         config.apps.push(App {
-            app_id: "other".into(),
-            workspace_id: "ws".into(),
             max_templates: 1,
+            allow_unsigned: true,
+            ..App::new("other", "ws")
         });
-        let apps = config
-            .apps
-            .iter()
-            .map(|a| (a.app_id.clone(), Arc::from(a.app_id.as_str())))
-            .collect();
-        (config, apps)
+        let registry = crate::api::auth::AppRegistry::new(&config.apps, 16).unwrap();
+        AuthenticatedApp::unsigned(Arc::new(registry))
     }
 
     fn parse(body: Value, path: Option<&str>) -> Result<(Arc<str>, Draft), i32> {
-        let (config, apps) = config();
-        parse_draft(body.to_string().as_bytes(), &config, &apps, path).map_err(|e| e.code.code())
+        parse_draft(body.to_string().as_bytes(), &caller(), path).map_err(|e| e.code.code())
     }
 
     #[test]
@@ -389,18 +392,9 @@ mod tests {
                 .name,
             "p"
         );
-        let (config, apps) = config();
-        assert_eq!(
-            parse_draft(&[0xff], &config, &apps, None)
-                .unwrap_err()
-                .code
-                .code(),
-            3031
-        );
-        assert_eq!(
-            parse_draft(b"[", &config, &apps, None).unwrap_err().code.code(),
-            3028
-        );
+        let caller = caller();
+        assert_eq!(parse_draft(&[0xff], &caller, None).unwrap_err().code.code(), 3031);
+        assert_eq!(parse_draft(b"[", &caller, None).unwrap_err().code.code(), 3028);
     }
 
     #[test]

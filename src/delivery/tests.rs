@@ -70,9 +70,8 @@ impl RecordReader for MemorySegments {
 fn config() -> Config {
     let mut c = Config::default();
     c.apps.push(App {
-        app_id: "other".into(),
-        workspace_id: "default".into(),
         max_templates: 0,
+        ..App::new("other", "default")
     });
     c
 }

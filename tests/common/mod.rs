@@ -2,6 +2,15 @@
 //! binary on 127.0.0.1 ephemeral ports with a config of the test's choosing,
 //! and gives tests a blocking device client and a minimal HTTP client. Waits
 //! are bounded polls for a condition, never sleeps that hope for the best.
+//!
+//! API signing is on in every test: unless the test's config has its own
+//! `[[apps]]`, the daemon gets `SIGNED_DEMO_APP` (the demo app with an
+//! apiSecret, unsigned requests refused), and `raw_http`/`http` sign every
+//! request as the app it names (`appId` in the query or the JSON body;
+//! `TEST_APP` when none) with that app's `test_app_secret`, so a test with
+//! several apps configures each with its secret. `send_http` sends exactly
+//! the headers it is given, for tests of unsigned, wrongly signed or
+//! cross-app requests.
 
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -11,6 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringpush::api::auth::HmacSigner;
 use ringpush::protocol::{body, decode_slice, Frame, PROTOCOL_VERSION};
 
 /// Upper bound for anything the daemon should do "at once"; generous so a
@@ -18,6 +28,12 @@ use ringpush::protocol::{body, decode_slice, Frame, PROTOCOL_VERSION};
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
+
+/// The app the HTTP helpers sign as, and its secret.
+pub const TEST_APP: &str = "demo";
+pub const TEST_APP_SECRET: &str = "integration-tests-demo-app-secret";
+/// The `[[apps]]` entry every test daemon gets unless its config has one.
+pub const SIGNED_DEMO_APP: &str = "[[apps]]\nappId = \"demo\"\nworkspaceId = \"default\"\napiSecret = \"integration-tests-demo-app-secret\"\n";
 
 pub struct Daemon {
     child: Child,
@@ -83,8 +99,13 @@ impl Daemon {
     ) -> Result<Daemon, String> {
         let dir = dir.to_path_buf();
         let (top, sections) = split_top_level(config);
+        let sections = if sections.contains("[[apps]]") {
+            sections
+        } else {
+            format!("{sections}\n{SIGNED_DEMO_APP}")
+        };
         let sections = if sections.contains("[durability]") {
-            sections.to_string()
+            sections
         } else {
             format!(
                 "{sections}\n[durability]\ndata_dir = \"{}\"\nfsync = \"never\"\n",
@@ -180,8 +201,22 @@ impl Daemon {
         Device::connect(self.device, token)
     }
 
+    /// A request signed as the app it names (`TEST_APP` when none).
     pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
         http(self.api, method, path, body)
+    }
+
+    /// A request with exactly `headers` (none: unsigned).
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = send_http(self.api, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}"));
+        (status, json_of(status, &text))
     }
 
     /// Simple push of one message; returns the response JSON.
@@ -361,7 +396,36 @@ impl Device {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// The apiSecret tests give app `app_id`.
+pub fn test_app_secret(app_id: &str) -> String {
+    if app_id == TEST_APP {
+        TEST_APP_SECRET.to_string()
+    } else {
+        format!("integration-tests-{app_id}-app-secret")
+    }
+}
+
+/// The app a request names: `appId` in the query, else in the JSON body,
+/// else `TEST_APP`.
+fn named_app(path: &str, body: &str) -> String {
+    let in_query = path.split_once('?').and_then(|(_, query)| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("appId=").map(str::to_string))
+    });
+    let in_body = || {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("appId")?.as_str().map(str::to_string))
+    };
+    in_query
+        .or_else(in_body)
+        .filter(|app| !app.is_empty())
+        .unwrap_or_else(|| TEST_APP.to_string())
+}
+
+/// One HTTP/1.1 request with `Connection: close`, signed as the app it
+/// names; returns status and body.
 pub fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     try_raw_http(addr, method, path, body).unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}"))
 }
@@ -373,13 +437,57 @@ pub fn try_raw_http(
     path: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    let app = named_app(path, body);
+    let signer = HmacSigner::new(app.as_str(), test_app_secret(&app).as_bytes());
+    send_http(addr, method, path, &sign(&signer, method, path, body), body)
+}
+
+/// The authentication headers of one request: now, and a nonce never used
+/// before by this process (nor, in practice, by another).
+pub fn sign(signer: &HmacSigner, method: &str, path: &str, body: &str) -> Vec<(String, String)> {
+    signer
+        .sign(method, path, body.as_bytes(), now_ms(), &fresh_nonce())
+        .pairs()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+pub fn fresh_nonce() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("t{:x}-{n:x}-{nanos:x}", std::process::id())
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One HTTP/1.1 request with exactly the given extra headers.
+pub fn send_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(PATIENCE))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
-    )?;
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "incomplete HTTP response");
@@ -412,6 +520,9 @@ fn dechunk(mut body: &str) -> String {
 
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     let (status, text) = raw_http(addr, method, path, body);
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?} is not JSON: {e}"));
-    (status, json)
+    (status, json_of(status, &text))
+}
+
+fn json_of(status: u16, text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{status} {text:?} is not JSON: {e}"))
 }
