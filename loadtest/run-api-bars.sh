@@ -5,43 +5,26 @@
 # share the machine; the server runs the default durability (fsync always)
 # on a fresh data directory per run, and every push is signed.
 # Usage: loadtest/run-api-bars.sh [SECONDS]   (default 20)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 secs=${1:-20}
-cargo build --release --workspace -q
-bench=./target/release/ringpush-bench
-out=$(mktemp -d)
-RINGPUSH_BENCH_APP_SECRET=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
-export RINGPUSH_BENCH_APP_SECRET
-
-run_server() {
-  rm -rf "$out/data"
-  printf 'io = "%s"\n[delivery]\nmax_pending_per_device = 100000\n[durability]\ndata_dir = "%s/data"\n[[apps]]\nappId = "demo"\nworkspaceId = "default"\napiSecret = "%s"\n' \
-    "$1" "$out" "$RINGPUSH_BENCH_APP_SECRET" > "$out/$1.toml"
-  ./target/release/ringpush --config "$out/$1.toml" >"$out/$1.ready" 2>"$out/$1.log" &
-  server=$!
-  for _ in $(seq 100); do grep -q 'ringpush ready' "$out/$1.ready" 2>/dev/null && return; sleep 0.1; done
-  echo "server did not start" >&2; exit 1
-}
-stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
+source "$(dirname "$0")/bench-env.sh"
 
 for b in uring epoll; do
-  run_server $b
+  run_server $b "io = \"$b\"\n[delivery]\nmax_pending_per_device = 100000"
   $bench --devices 19000 --threads 8 --broadcasts 10 --broadcast-interval-ms 500 --payload-bytes 200 \
     --json >"$out/$b-broadcast.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\"\n[delivery]\nmax_pending_per_device = 100000"
   $bench --devices 10000 --threads 2 --push-kind multiple --targets-per-request 100 --push-rate 50000 \
     --push-connections 4 --duration "$secs" --warmup 3 --json >"$out/$b-multiple.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\"\n[delivery]\nmax_pending_per_device = 100000"
   $bench --devices 10000 --threads 2 --push-kind multiple --targets-per-request 100 --push-rate 100000 \
     --push-connections 4 --duration "$secs" --warmup 3 --json >"$out/$b-multiple-max.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\"\n[delivery]\nmax_pending_per_device = 100000"
   $bench --devices 19000 --threads 4 --offline-broadcasts 10 --catch-up --server-pid "$server" \
     --json >"$out/$b-catchup.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\"\n[delivery]\nmax_pending_per_device = 100000"
   $bench --devices 100 --offline-broadcasts 2000 --payload-bytes 200 --server-pid "$server" \
     --json >"$out/$b-mem100.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\"\n[delivery]\nmax_pending_per_device = 100000"
   $bench --devices 19000 --threads 4 --offline-broadcasts 2000 --payload-bytes 200 --server-pid "$server" \
     --json >"$out/$b-mem19k.json" 2>/dev/null || true
   stop_server
@@ -75,4 +58,3 @@ for name, s, path, fmt in rows:
     except Exception as ex:
         print(f"| {name} | n/a | n/a | ({ex!r}) |")
 PY
-rm -rf "$out"
