@@ -40,6 +40,10 @@ const LIMITS: [&str; 9] = [
     "enum",
 ];
 
+/// Stands for a path parameter's value that is replaced by `%FF` once
+/// encoded.
+const NOT_UTF8: &str = "not-utf-8";
+
 fn spec() -> Value {
     let text = std::fs::read_to_string(SPEC).expect("read docs/openapi.yaml");
     serde_norway::from_str(&text).unwrap_or_else(|e| panic!("docs/openapi.yaml: {e}"))
@@ -447,6 +451,19 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
     // Query parameter violations.
     for p in &params {
         let name = p["name"].as_str().unwrap();
+        if p["in"] == "path" {
+            // Percent-decoding must give UTF-8; the answer to one that does
+            // not is still an envelope.
+            let mut values = real_query.clone();
+            values.insert(name, NOT_UTF8.to_string());
+            let target = target(&values).replace(&encode(NOT_UTF8), "%FF");
+            out.push(request(
+                format!("not UTF-8 ({name})"),
+                target,
+                String::new(),
+                Expect::Refused,
+            ));
+        }
         let s = schema::deref(spec, &p["schema"]);
         let code = |kw: &str| {
             s.pointer(&format!("/x-result-code/{kw}"))

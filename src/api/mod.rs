@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auth::{AppRegistry, AuthenticatedApp};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -880,7 +881,7 @@ fn overloaded() -> ApiError {
 
 async fn message_status(
     State(state): State<Arc<ApiState>>,
-    Path(msg_key): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
     request: Request,
 ) -> Response {
@@ -889,6 +890,15 @@ async fn message_status(
     let caller = match admit(&state, request).await {
         Ok((caller, _)) => caller,
         Err(e) => return error_response(OP, started, e),
+    };
+    // Axum's own rejection (a msgKey that is not UTF-8) would be plain text,
+    // outside the envelope.
+    let msg_key = match path {
+        Ok(Path(msg_key)) => msg_key,
+        Err(e) => {
+            let error = ApiError::new(ResultCode::InvalidParam, format!("the msgKey in the path: {e}"));
+            return error_response(OP, started, error);
+        }
     };
     let user = query.get("userId").filter(|u| !u.is_empty());
     let Some(token) = query.get("target").filter(|t| !t.is_empty()).or(user) else {
