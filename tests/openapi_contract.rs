@@ -505,6 +505,17 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
         .op
         .pointer("/requestBody/content/application~1json/schema")
         .map(|s| schema::deref(spec, s));
+    if let Some(body_schema) = body_schema {
+        let code = body_schema.pointer("/x-result-code/type").and_then(Value::as_str);
+        for (what, body) in [
+            ("a body that is not an object", "[1]"),
+            ("a body that is not JSON", "{\"appId\":"),
+        ] {
+            let expect = code.map_or(Expect::Refused, |c| Expect::Code(c.to_string()));
+            out.push(request(what.into(), target(&real_query), body.into(), expect));
+            derived += 1;
+        }
+    }
     for (example_name, example) in &examples {
         let Some(body_schema) = body_schema else { break };
         let example = real(example);
