@@ -448,7 +448,7 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
         .collect();
 
     let mut derived = 0;
-    // Query parameter violations.
+    // Parameter violations.
     for p in &params {
         let name = p["name"].as_str().unwrap();
         if p["in"] == "path" {
