@@ -5,7 +5,8 @@
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
 //! `templates`, the device registry in `devices`. Every handler starts
 //! with `admit` (body read, request authenticated by `auth`) and checks the
-//! `appId` it acts for against the caller.
+//! `appId` it acts for against the caller. `ROUTES` lists every endpoint;
+//! `docs/openapi.yaml` must describe exactly those.
 
 pub mod auth;
 mod devices;
@@ -21,10 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auth::{AppRegistry, AuthenticatedApp};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -51,6 +53,136 @@ pub const MAX_MULTIPLE_BODY_BYTES: usize = 256 * 1024;
 const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The reference's "unknown" status code.
 const STATUS_UNKNOWN: i64 = 99_999_999;
+
+/// One endpoint of the push API.
+pub struct Route {
+    pub method: Method,
+    /// In axum's syntax, which is OpenAPI's: `{name}` for a parameter.
+    pub path: &'static str,
+    /// The handler, routed for exactly the filter it is given.
+    handler: fn(MethodFilter) -> MethodRouter<Arc<ApiState>>,
+}
+
+impl Route {
+    fn handler(&self) -> MethodRouter<Arc<ApiState>> {
+        let filter = MethodFilter::try_from(self.method.clone()).expect("ROUTES name standard methods");
+        (self.handler)(filter)
+    }
+}
+
+/// Every endpoint the API listener serves, and the only source of its
+/// router: `tests/openapi_contract.rs` checks that `docs/openapi.yaml`
+/// describes exactly these, so a new endpoint goes here and into the spec.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::POST,
+        path: "/v1/push/simple",
+        handler: |m| on(m, simple_push),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/template",
+        handler: |m| on(m, template_push),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/multiple",
+        handler: |m| on(m, multiple_push),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/broadcast",
+        handler: |m| {
+            on(m, |State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Broadcast, request)
+            })
+        },
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/group",
+        handler: |m| {
+            on(m, |State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Group, request)
+            })
+        },
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/messages/{msgKey}",
+        handler: |m| on(m, message_status),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/users/bind",
+        handler: |m| registry(m, devices::Operation::Bind),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/users/unbind",
+        handler: |m| registry(m, devices::Operation::Unbind),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/groups/join",
+        handler: |m| registry(m, devices::Operation::JoinGroup),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/groups/leave",
+        handler: |m| registry(m, devices::Operation::LeaveGroup),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/groups/leave-all",
+        handler: |m| registry(m, devices::Operation::LeaveAllGroups),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/devices/vendor-token",
+        handler: |m| registry(m, devices::Operation::VendorToken),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/devices",
+        handler: |m| on(m, devices::query),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/templates",
+        handler: |m| on(m, templates::create),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/templates",
+        handler: |m| on(m, templates::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/templates/{templateName}",
+        handler: |m| on(m, templates::read),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/v1/templates/{templateName}",
+        handler: |m| on(m, templates::update),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/templates/{templateName}",
+        handler: |m| on(m, templates::delete),
+    },
+];
+
+/// A device registry change endpoint.
+fn registry(filter: MethodFilter, operation: devices::Operation) -> MethodRouter<Arc<ApiState>> {
+    on(
+        filter,
+        move |State(state): State<Arc<ApiState>>, request: Request| {
+            devices::change(state, operation, request)
+        },
+    )
+}
 
 struct ApiState {
     config: Config,
@@ -140,43 +272,11 @@ pub fn serve(
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
     });
-    use devices::Operation;
-    let registry = |operation: Operation| {
-        post(move |State(state): State<Arc<ApiState>>, request: Request| {
-            devices::change(state, operation, request)
+    let api = ROUTES
+        .iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, route.handler())
         })
-    };
-    let api = Router::new()
-        .route("/v1/push/simple", post(simple_push))
-        .route("/v1/push/template", post(template_push))
-        .route("/v1/push/multiple", post(multiple_push))
-        .route(
-            "/v1/push/broadcast",
-            post(|State(state): State<Arc<ApiState>>, request: Request| {
-                fanout_push(state, push::PushKind::Broadcast, request)
-            }),
-        )
-        .route(
-            "/v1/push/group",
-            post(|State(state): State<Arc<ApiState>>, request: Request| {
-                fanout_push(state, push::PushKind::Group, request)
-            }),
-        )
-        .route("/v1/messages/{msg_key}", get(message_status))
-        .route("/v1/users/bind", registry(Operation::Bind))
-        .route("/v1/users/unbind", registry(Operation::Unbind))
-        .route("/v1/groups/join", registry(Operation::JoinGroup))
-        .route("/v1/groups/leave", registry(Operation::LeaveGroup))
-        .route("/v1/groups/leave-all", registry(Operation::LeaveAllGroups))
-        .route("/v1/devices/vendor-token", registry(Operation::VendorToken))
-        .route("/v1/devices", get(devices::query))
-        .route("/v1/templates", post(templates::create).get(templates::list))
-        .route(
-            "/v1/templates/{name}",
-            get(templates::read)
-                .put(templates::update)
-                .delete(templates::delete),
-        )
         .with_state(state);
     let admin = crate::admin::router(ready, shards.storage_health(), prometheus);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -781,7 +881,7 @@ fn overloaded() -> ApiError {
 
 async fn message_status(
     State(state): State<Arc<ApiState>>,
-    Path(msg_key): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
     request: Request,
 ) -> Response {
@@ -790,6 +890,15 @@ async fn message_status(
     let caller = match admit(&state, request).await {
         Ok((caller, _)) => caller,
         Err(e) => return error_response(OP, started, e),
+    };
+    // Axum's own rejection (a msgKey that is not UTF-8) would be plain text,
+    // outside the envelope.
+    let msg_key = match path {
+        Ok(Path(msg_key)) => msg_key,
+        Err(e) => {
+            let error = ApiError::new(ResultCode::InvalidParam, format!("the msgKey in the path: {e}"));
+            return error_response(OP, started, error);
+        }
     };
     let user = query.get("userId").filter(|u| !u.is_empty());
     let Some(token) = query.get("target").filter(|t| !t.is_empty()).or(user) else {
