@@ -333,6 +333,10 @@ enum Answer {
     Push(PushReply, Vec<Accepted>),
     Publish(PublishReply, Vec<SharedOutcome>),
     Registry(RegistryReply, i32),
+    /// A query's answer, prepared when it was asked: it may show changes of
+    /// this iteration (an Ack, a bind), which nobody may see before they
+    /// are in the log. Sent whatever the commit's outcome: it is a read.
+    Query(Box<dyn FnOnce() + Send>),
 }
 
 impl Answer {
@@ -342,6 +346,7 @@ impl Answer {
             Answer::Push(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Publish(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Registry(reply, code) => drop(reply.send(result.map(|()| code))),
+            Answer::Query(send) => send(),
         }
     }
 }
@@ -2060,7 +2065,8 @@ impl DeliveryCore {
                 lookup,
                 reply,
             } => {
-                let _ = reply.send(self.query_devices(&app_id, &lookup, now));
+                let report = self.query_devices(&app_id, &lookup, now);
+                self.answer_query(move || drop(reply.send(report)));
             }
             Command::QueryUserStatus {
                 app_id,
@@ -2068,7 +2074,8 @@ impl DeliveryCore {
                 user_id,
                 reply,
             } => {
-                let _ = reply.send(self.user_status(&app_id, &msg_key, &user_id));
+                let report = self.user_status(&app_id, &msg_key, &user_id);
+                self.answer_query(move || drop(reply.send(report)));
             }
             Command::QueryStatus {
                 app_id,
@@ -2086,8 +2093,18 @@ impl DeliveryCore {
                         expires_at_ms: r.expires_at_ms,
                         acked_at_ms: (r.acked_at_ms != 0).then_some(r.acked_at_ms),
                     });
-                let _ = reply.send(report);
+                self.answer_query(move || drop(reply.send(report)));
             }
+        }
+    }
+
+    /// Sends a query's answer now, or after the commit when this iteration
+    /// has changes not yet in the log (see `Answer::Query`).
+    fn answer_query(&mut self, send: impl FnOnce() + Send + 'static) {
+        if self.journal.records == 0 {
+            send();
+        } else {
+            self.journal.replies.push(Answer::Query(Box::new(send)));
         }
     }
 

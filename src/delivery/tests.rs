@@ -266,7 +266,13 @@ impl Harness {
             },
             self.now,
         );
-        rx.try_recv().unwrap().map(|r| r.status)
+        // Held until this iteration's changes are durable, as the shard
+        // loop would commit them.
+        let answer = rx.try_recv().or_else(|_| {
+            self.commit();
+            rx.try_recv()
+        });
+        answer.unwrap().map(|r| r.status)
     }
 
     fn ack(&mut self, conn: ConnId, ids: &[u64]) {
@@ -330,6 +336,31 @@ fn online_device_gets_the_push_and_its_ack_is_recorded() {
     h.ack(conn, &[id]);
     assert_eq!(h.status(&w.token, "k1"), Some(Status::Acked));
     assert_eq!(h.core.pending_count(), 0);
+}
+
+#[test]
+fn a_status_query_waits_until_the_ack_it_shows_is_durable() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    let (id, _) = h.push(&w.token, "k1", 60);
+    h.output(conn);
+    h.commit();
+    h.ack(conn, &[id]);
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    let query = |reply| Command::QueryStatus {
+        app_id: "demo".into(),
+        msg_key: "k1".into(),
+        token: w.token.as_str().into(),
+        reply,
+    };
+    h.core.on_command(query(reply), h.now);
+    assert!(rx.try_recv().is_err(), "answered before the ack is in the log");
+    h.commit();
+    assert_eq!(rx.try_recv().unwrap().unwrap().status, Status::Acked);
+    // With nothing uncommitted a query is answered at once.
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    h.core.on_command(query(reply), h.now);
+    assert_eq!(rx.try_recv().unwrap().unwrap().status, Status::Acked);
 }
 
 #[test]
