@@ -359,7 +359,7 @@ impl Entry<'_> {
                     parts: r.u32()?,
                     digests: r.bytes()?,
                 };
-                if entry.digests.len() % 8 != 0 || entry.part >= entry.parts {
+                if !entry.digests.len().is_multiple_of(8) || entry.part >= entry.parts {
                     return Err(format!(
                         "tag user set part {} of {} with {} bytes",
                         entry.part,
@@ -678,7 +678,7 @@ mod tests {
         let digests: Vec<u64> = (0..250_001).collect();
         let mut out = Vec::new();
         assert_eq!(TagUsersEntry::write_set(&mut out, 9, &digests), 3);
-        assert!(TAG_USERS_PER_RECORD * 8 + 64 <= crate::log::MAX_RECORD);
+        const { assert!(TAG_USERS_PER_RECORD * 8 + 64 <= crate::log::MAX_RECORD) };
         let payload = &out[9..9 + 8 + 4 + 4 + 4 + 7];
         assert!(
             Entry::decode(KIND_TAG_USERS, payload).is_err(),

@@ -3,7 +3,7 @@
 //! route each message to the shard that owns its token, wait for the
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
-//! `templates`, the device registry in `devices`. Every handler starts
+//! `templates`, tag management in `tags`, the device registry in `devices`. Every handler starts
 //! with `admit` (body read, request authenticated by `auth`) and checks the
 //! `appId` it acts for against the caller.
 
@@ -12,6 +12,7 @@ mod devices;
 mod fields;
 pub mod push;
 pub mod result_code;
+pub mod tags;
 mod templates;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use crate::message::{
 };
 use crate::shard::ShardHandle;
 use crate::store::StorageHealth;
+use crate::tags::TagStore;
 use crate::templates::TemplateStore;
 use result_code::{ApiError, ResultCode};
 
@@ -59,6 +61,10 @@ struct ApiState {
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
     templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
+    /// Largest tag request body: the largest `maxTagUsers` of any app in
+    /// JSON (`tags::body_limit`).
+    tag_body_limit: usize,
     push_metrics: OpMetrics,
     template_push_metrics: OpMetrics,
     multiple_push_metrics: OpMetrics,
@@ -106,6 +112,7 @@ pub fn serve(
     config: &Config,
     shards: &crate::shard::Shards,
     templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
     ready: Arc<AtomicBool>,
     prometheus: PrometheusHandle,
 ) -> anyhow::Result<HttpServers> {
@@ -134,6 +141,8 @@ pub fn serve(
         // per ms (ids of pushes that were never accepted are not logged).
         next_message_id: AtomicU64::new((unix_ms() << 16).max(shards.max_message_id() + 1)),
         templates,
+        tags,
+        tag_body_limit: tags::body_limit(&config.apps),
         push_metrics: OpMetrics::new("push_simple"),
         template_push_metrics: OpMetrics::new("push_template"),
         multiple_push_metrics: OpMetrics::new("push_multiple"),
@@ -162,6 +171,12 @@ pub fn serve(
                 fanout_push(state, push::PushKind::Group, request)
             }),
         )
+        .route(
+            "/v1/push/tag",
+            post(|State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Tag, request)
+            }),
+        )
         .route("/v1/messages/{msg_key}", get(message_status))
         .route("/v1/users/bind", registry(Operation::Bind))
         .route("/v1/users/unbind", registry(Operation::Unbind))
@@ -176,6 +191,14 @@ pub fn serve(
             get(templates::read)
                 .put(templates::update)
                 .delete(templates::delete),
+        )
+        .route("/v1/tags", post(tags::create).get(tags::list))
+        .route(
+            "/v1/tags/{name}",
+            get(tags::read)
+                .put(tags::replace)
+                .patch(tags::change_users)
+                .delete(tags::delete),
         )
         .with_state(state);
     let admin = crate::admin::router(ready, shards.storage_health(), prometheus);
@@ -438,6 +461,22 @@ fn render(state: &ApiState, push: push::TemplatedPush) -> Result<push::PushReque
     push.render(&template)
 }
 
+/// Gives a tag push its tag's users as they are now (3102 when the app has
+/// no tag of that name); other pushes pass through.
+fn resolve_tag(state: &ApiState, mut request: push::PushRequest) -> Result<push::PushRequest, ApiError> {
+    let Some(name) = request.tag_name() else {
+        return Ok(request);
+    };
+    let tag = state.tags.get(&request.app_id, name).ok_or_else(|| {
+        ApiError::new(
+            ResultCode::TagNotExist,
+            format!("no tag named {name:?} in this app"),
+        )
+    })?;
+    request.resolve_tag(tag.users.clone());
+    Ok(request)
+}
+
 /// Hands a validated push to the shards and answers per target. `task_id`
 /// (0: none) goes into every message and, as a decimal string, into
 /// `PushResult.Data`.
@@ -520,16 +559,23 @@ fn task_text(task_id: u64) -> String {
     }
 }
 
-/// `POST /v1/push/broadcast` and `/v1/push/group`.
+/// `POST /v1/push/broadcast`, `/v1/push/group` and `/v1/push/tag`, each
+/// with a title and content or by template.
 async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, request: Request) -> Response {
     let op = match kind {
         push::PushKind::Broadcast => "push_broadcast",
+        push::PushKind::Tag => "push_tag",
         _ => "push_group",
     };
     let started = Instant::now();
     let request = match admit(&state, request)
         .await
-        .and_then(|(caller, bytes)| push::parse_kind(&bytes, &state.config, &caller, kind))
+        .and_then(|(caller, bytes)| push::parse_fanout(&bytes, &state.config, &caller, kind))
+        .and_then(|parsed| match parsed {
+            push::Parsed::Ready(request) => Ok(request),
+            push::Parsed::Templated(push) => render(&state, push),
+        })
+        .and_then(|request| resolve_tag(&state, request))
     {
         Ok(r) => r,
         Err(e) => return error_response(op, started, e),
@@ -591,18 +637,22 @@ async fn shared_push(
         return envelope(200, "OK", "", result);
     }
     let (message, outcome) = (&messages[0], outcomes[0]);
+    // How many userIds the tag held (a tag push only).
+    let tag_users = match &message.audience {
+        crate::message::Audience::Tag { users, .. } => Some(users.len()),
+        _ => None,
+    };
     let task = task_id.to_string();
-    envelope(
-        200,
-        "OK",
-        "",
-        json!({
-            "Success": true, "ResultMsg": "", "Data": task,
-            "MessageId": message.id.to_string(),
-            "Duplicate": outcome.duplicate,
-            "Devices": outcome.matched, "Online": outcome.online,
-        }),
-    )
+    let mut result = json!({
+        "Success": true, "ResultMsg": "", "Data": task,
+        "MessageId": message.id.to_string(),
+        "Duplicate": outcome.duplicate,
+        "Devices": outcome.matched, "Online": outcome.online,
+    });
+    if let Some(users) = tag_users {
+        result["Users"] = users.into();
+    }
+    envelope(200, "OK", "", result)
 }
 
 /// Hands shared messages to every shard; sums what the shards did with
