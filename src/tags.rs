@@ -274,18 +274,15 @@ impl TagStore {
     }
 
     /// The app's tags, newest first (as the reference's console lists
-    /// them), then by name.
+    /// them; ids increase with creation, so they order tags made in the
+    /// same millisecond).
     pub fn list(&self, app_id: &str) -> Vec<Arc<Tag>> {
         let Some(app) = self.apps.get(app_id) else {
             return Vec::new();
         };
         let snapshot = app.snapshot.read().clone();
         let mut all: Vec<Arc<Tag>> = snapshot.values().cloned().collect();
-        all.sort_by(|a, b| {
-            b.created_at_ms
-                .cmp(&a.created_at_ms)
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        all.sort_by(|a, b| (b.created_at_ms, b.id).cmp(&(a.created_at_ms, a.id)));
         all
     }
 
