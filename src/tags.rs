@@ -282,7 +282,7 @@ impl TagStore {
         };
         let snapshot = app.snapshot.read().clone();
         let mut all: Vec<Arc<Tag>> = snapshot.values().cloned().collect();
-        all.sort_by(|a, b| (b.created_at_ms, b.id).cmp(&(a.created_at_ms, a.id)));
+        all.sort_by_key(|t| std::cmp::Reverse((t.created_at_ms, t.id)));
         all
     }
 
