@@ -556,6 +556,26 @@ mod tests {
     }
 
     #[test]
+    fn tag_limits_are_bounded() {
+        let app = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n{extra}\n"
+            ))
+        };
+        assert_eq!(app("").unwrap().apps[0].max_tag_users, 500_000);
+        assert!(app("maxTags = 0\nmaxTagUsers = 5000000").is_ok());
+        assert!(app("maxTags = 100001")
+            .unwrap_err()
+            .to_string()
+            .contains("maxTags"));
+        assert!(app("maxTagUsers = 0")
+            .unwrap_err()
+            .to_string()
+            .contains("maxTagUsers"));
+        assert!(app("maxTagUsers = 5000001").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_toml("[delivery]\nheartbeat = 5\n")
             .unwrap_err()
