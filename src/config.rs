@@ -201,6 +201,21 @@ pub struct App {
     /// Templates the app may hold; past it a new one gets 3056.
     #[serde(default = "default_max_templates")]
     pub max_templates: usize,
+    /// Tags the app may hold; past it a new one gets 3103.
+    #[serde(default = "default_max_tags")]
+    pub max_tags: usize,
+    /// userIds one tag may hold (after duplicates are removed); past it a
+    /// change gets 3028.
+    #[serde(default = "default_max_tag_users")]
+    pub max_tag_users: usize,
+}
+
+fn default_max_tags() -> usize {
+    crate::tags::DEFAULT_MAX_TAGS
+}
+
+fn default_max_tag_users() -> usize {
+    crate::tags::DEFAULT_MAX_TAG_USERS
 }
 
 fn default_max_templates() -> usize {
@@ -224,6 +239,8 @@ impl App {
             receipt_url: None,
             allow_unsigned: false,
             max_templates: crate::templates::DEFAULT_MAX_TEMPLATES,
+            max_tags: crate::tags::DEFAULT_MAX_TAGS,
+            max_tag_users: crate::tags::DEFAULT_MAX_TAG_USERS,
         }
     }
 }
@@ -477,6 +494,20 @@ impl App {
                 crate::templates::MAX_MAX_TEMPLATES
             ));
         }
+        if self.max_tags > crate::tags::MAX_MAX_TAGS {
+            return Err(format!(
+                "maxTags = {} (allowed 0 ..= {})",
+                self.max_tags,
+                crate::tags::MAX_MAX_TAGS
+            ));
+        }
+        if !(1..=crate::tags::MAX_MAX_TAG_USERS).contains(&self.max_tag_users) {
+            return Err(format!(
+                "maxTagUsers = {} (allowed 1 ..= {})",
+                self.max_tag_users,
+                crate::tags::MAX_MAX_TAG_USERS
+            ));
+        }
         if let Some(secret) = &self.api_secret {
             if secret.expose().len() < MIN_API_SECRET_BYTES {
                 return Err(format!(
@@ -522,6 +553,26 @@ mod tests {
     fn shipped_file_matches_the_defaults() {
         let text = include_str!("../config/ringpush.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn tag_limits_are_bounded() {
+        let app = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n{extra}\n"
+            ))
+        };
+        assert_eq!(app("").unwrap().apps[0].max_tag_users, 500_000);
+        assert!(app("maxTags = 0\nmaxTagUsers = 5000000").is_ok());
+        assert!(app("maxTags = 100001")
+            .unwrap_err()
+            .to_string()
+            .contains("maxTags"));
+        assert!(app("maxTagUsers = 0")
+            .unwrap_err()
+            .to_string()
+            .contains("maxTagUsers"));
+        assert!(app("maxTagUsers = 5000001").is_err());
     }
 
     #[test]

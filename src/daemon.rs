@@ -25,6 +25,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::delivery::describe_metrics();
     crate::store::describe_metrics();
     crate::templates::describe_metrics();
+    crate::tags::describe_metrics();
     let shards = crate::shard::start(&config).context("starting shards")?;
     // After the shards: the data directory's LOCK is held by then.
     let templates = match crate::templates::TemplateStore::open(&config) {
@@ -34,8 +35,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             return Err(e.context("loading the templates"));
         }
     };
+    let tags = match crate::tags::TagStore::open(&config) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            shards.stop();
+            return Err(e.context("loading the tags"));
+        }
+    };
     let ready = Arc::new(AtomicBool::new(false));
-    let api = crate::api::serve(&config, &shards, templates, ready.clone(), prometheus)
+    let api = crate::api::serve(&config, &shards, templates, tags, ready.clone(), prometheus)
         .context("starting the HTTP servers")?;
     ready.store(true, Ordering::SeqCst);
     // The integration tests and operators' scripts read this line; keep its

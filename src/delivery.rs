@@ -16,7 +16,7 @@
 //! start, `replay` rebuilds this same structure from the log, and
 //! `write_checkpoint` restates the live state so older segments can go.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
@@ -27,12 +27,14 @@ use metrics::{Counter, Gauge, Histogram};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry};
+use crate::journal::{
+    AcceptedEntry, AudienceEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry, TagUsersEntry,
+};
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
     RegistryChange, RegistryReply, SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal,
-    UserStatusReport,
+    TagUsers, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
@@ -326,6 +328,9 @@ struct Journal {
     accepted: Vec<JournaledMessage>,
     /// Shared messages stored since the last commit: forgotten if it fails.
     published: Vec<u64>,
+    /// Tag user sets written since the last commit: not in the log if it
+    /// fails.
+    sets: Vec<u64>,
 }
 
 /// An API command's answer, held until its changes are durable.
@@ -349,6 +354,16 @@ impl Answer {
             Answer::Query(send) => send(),
         }
     }
+}
+
+/// A tag user set being read back from the log.
+enum ReplayedSet {
+    Partial {
+        next: u32,
+        parts: u32,
+        digests: Vec<u64>,
+    },
+    Whole(Arc<TagUsers>),
 }
 
 struct JournaledMessage {
@@ -686,8 +701,14 @@ pub struct DeliveryCore {
     /// Where frames kept in the log are read back from; `None`: all in memory.
     log_reader: Option<Box<dyn RecordReader>>,
     read_buf: Vec<u8>,
-    /// Broadcasts, group and user messages, once each.
+    /// Broadcasts, group, user and tag messages, once each.
     fanout: FanoutStore,
+    /// Ids of the tag user sets the live log holds (since the last
+    /// checkpoint, or restated by it): a tag message whose set is here
+    /// names it without writing it again.
+    logged_sets: HashSet<u64>,
+    /// While replaying: tag user sets read so far, whole or in part.
+    replayed_sets: HashMap<u64, ReplayedSet>,
     /// Devices bound to a user, by `user_digest` (check the device's user:
     /// digests may collide).
     users: HashMap<u64, Vec<DeviceId>>,
@@ -766,6 +787,8 @@ impl DeliveryCore {
             log_reader: None,
             read_buf: Vec::new(),
             fanout: FanoutStore::new(d.max_shared_messages_per_shard),
+            logged_sets: HashSet::new(),
+            replayed_sets: HashMap::new(),
             users: HashMap::new(),
             next_fanout_sweep: now,
             scratch_devices: Vec::new(),
@@ -827,6 +850,9 @@ impl DeliveryCore {
         let accepted = std::mem::take(&mut journal.accepted);
         let replies = std::mem::take(&mut journal.replies);
         let published = std::mem::take(&mut journal.published);
+        if result.is_ok() {
+            journal.sets.clear();
+        }
         match result {
             Ok(written_at) => {
                 let to_log = if self.log_reader.is_some() {
@@ -864,6 +890,9 @@ impl DeliveryCore {
                 }
                 for id in published {
                     self.fanout.remove(id);
+                }
+                for set in std::mem::take(&mut self.journal.sets) {
+                    self.logged_sets.remove(&set);
                 }
                 self.metrics.shared_stored.set(self.fanout.len() as f64);
                 for answer in replies {
@@ -956,10 +985,31 @@ impl DeliveryCore {
             } => self.replay_finished(token, message_id, status, at_ms, now),
             Entry::Shared(m) => {
                 self.max_message_id = self.max_message_id.max(m.message_id);
+                let audience = match m.audience {
+                    AudienceEntry::Audience(Audience::Tag { .. }) => {
+                        return Err(format!("message {} names a tag without its set", m.message_id))
+                    }
+                    AudienceEntry::Audience(audience) => audience,
+                    AudienceEntry::Tag { name, set_id, users } => {
+                        let set = match self.replayed_sets.get(&set_id) {
+                            Some(ReplayedSet::Whole(set)) if set.len() as u64 == users => set.clone(),
+                            _ => {
+                                return Err(format!(
+                                    "tag message {} names user set {set_id:016x} ({users} users), which the log does not hold before it",
+                                    m.message_id
+                                ))
+                            }
+                        };
+                        Audience::Tag {
+                            name: name.into(),
+                            users: set,
+                        }
+                    }
+                };
                 let message = Arc::new(SharedMessage {
                     id: m.message_id,
                     app_id: self.app_arc(m.app),
-                    audience: m.audience,
+                    audience,
                     msg_key: m.msg_key.into(),
                     task_id: m.task_id,
                     accepted_at_ms: m.accepted_at_ms,
@@ -973,6 +1023,7 @@ impl DeliveryCore {
                     Err(Refused::Full) => self.metrics.shared_refused.increment(1),
                 }
             }
+            Entry::TagUsers(part) => self.replay_tag_users(&part)?,
             Entry::FinalStatus(f) => {
                 let key = StatusKey::from_u128(f.key);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
@@ -992,8 +1043,61 @@ impl DeliveryCore {
         Ok(())
     }
 
+    /// Gathers a tag user set's parts; the last one makes it whole. A set
+    /// cut short by a crash is replaced by the next copy of it in the log.
+    fn replay_tag_users(&mut self, part: &TagUsersEntry<'_>) -> Result<(), String> {
+        // A set restated by a checkpoint after the journal wrote it: the
+        // same contents (the id is their digest), already whole.
+        if let Some(ReplayedSet::Whole(_)) = self.replayed_sets.get(&part.set_id) {
+            return Ok(());
+        }
+        let damaged = || {
+            format!(
+                "tag user set {:016x}: part {} of {} out of order",
+                part.set_id, part.part, part.parts
+            )
+        };
+        let gathered = if part.part == 0 {
+            Vec::with_capacity(part.digests.len() / 8 * part.parts as usize)
+        } else {
+            match self.replayed_sets.remove(&part.set_id) {
+                Some(ReplayedSet::Partial { next, parts, digests })
+                    if next == part.part && parts == part.parts =>
+                {
+                    digests
+                }
+                _ => return Err(damaged()),
+            }
+        };
+        let mut digests = gathered;
+        digests.extend(part.digests());
+        let next = part.part + 1;
+        let entry = if next == part.parts {
+            let set = TagUsers::from_sorted(digests)
+                .ok_or_else(|| format!("tag user set {:016x} is not sorted", part.set_id))?;
+            if set.id() != part.set_id {
+                return Err(format!(
+                    "tag user set {:016x} holds another set's users",
+                    part.set_id
+                ));
+            }
+            self.logged_sets.insert(part.set_id);
+            ReplayedSet::Whole(set)
+        } else {
+            ReplayedSet::Partial {
+                next,
+                parts: part.parts,
+                digests,
+            }
+        };
+        self.replayed_sets.insert(part.set_id, entry);
+        Ok(())
+    }
+
     /// Ends replay: from now on changes are journaled.
     pub fn finish_replay(&mut self) {
+        // The replayed messages hold the sets they use.
+        self.replayed_sets = HashMap::new();
         self.journal.enabled = true;
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
@@ -1133,15 +1237,26 @@ impl DeliveryCore {
             log_reader,
             read_buf,
             fanout,
+            logged_sets,
             ..
         } = self;
+        // Older segments go once this is durable: from then on the log holds
+        // the sets this restates, and no other.
+        logged_sets.clear();
         for stored in fanout.iter() {
             let m = &stored.message;
+            if let Audience::Tag { users, .. } = &m.audience {
+                if logged_sets.insert(users.id()) {
+                    let parts = TagUsersEntry::write_set(&mut chunk.out, users.id(), users.digests());
+                    chunk.records += parts;
+                    chunk.flush_if_full(CHUNK, &mut emit)?;
+                }
+            }
             chunk.put(
                 &Entry::Shared(SharedEntry {
                     message_id: m.id,
                     app: &m.app_id,
-                    audience: m.audience.clone(),
+                    audience: AudienceEntry::of(&m.audience),
                     msg_key: &m.msg_key,
                     task_id: m.task_id,
                     accepted_at_ms: m.accepted_at_ms,
@@ -1605,8 +1720,9 @@ impl DeliveryCore {
 
     /// Queues for a device, oldest first, every still-valid shared message
     /// it is in the audience of and has not had. On connect
-    /// (`just_bound: false`): broadcasts, group and user messages from its
-    /// cursor on; after binding a user: all of that user's messages.
+    /// (`just_bound: false`): broadcasts, group, tag and user messages from
+    /// its cursor on; after binding a user: all of that user's messages and
+    /// all tag messages whose tag holds the user.
     fn queue_shared_backlog(&mut self, device: DeviceId, just_bound: bool, now: Instant) {
         let now_ms = self.clock.unix_ms(now);
         let d = &self.devices[device];
@@ -1624,6 +1740,12 @@ impl DeliveryCore {
         }
         if let Some(user) = &d.user_id {
             let from = if just_bound { 0 } else { cursor };
+            due.extend(
+                self.fanout
+                    .tags_since(from)
+                    .filter(|s| live(&s.message))
+                    .map(|s| (s.seq, s.message.clone())),
+            );
             due.extend(
                 self.fanout
                     .for_user(&d.app, user)
@@ -1701,10 +1823,17 @@ impl DeliveryCore {
             }
         }
         self.max_message_id = self.max_message_id.max(message.id);
+        if let Audience::Tag { users, .. } = &message.audience {
+            if self.journal.enabled && self.logged_sets.insert(users.id()) {
+                let parts = TagUsersEntry::write_set(&mut self.journal.framed, users.id(), users.digests());
+                self.journal.records += parts;
+                self.journal.sets.push(users.id());
+            }
+        }
         self.journal.write(&Entry::Shared(SharedEntry {
             message_id: message.id,
             app: &message.app_id,
-            audience: message.audience.clone(),
+            audience: AudienceEntry::of(&message.audience),
             msg_key: &message.msg_key,
             task_id: message.task_id,
             accepted_at_ms: message.accepted_at_ms,
@@ -1718,6 +1847,24 @@ impl DeliveryCore {
             Audience::User(user) => {
                 if let Some(bound) = self.users.get(&user_digest(&message.app_id, user)) {
                     members.extend(bound.iter().copied());
+                }
+                members.retain(|&d| is_member(&message, &self.devices[d].member()));
+            }
+            Audience::Tag { users, .. } => {
+                // Whichever is smaller: the tag's users, or the users bound
+                // on this shard.
+                if users.len() <= self.users.len() {
+                    for digest in users.digests() {
+                        if let Some(bound) = self.users.get(digest) {
+                            members.extend(bound.iter().copied());
+                        }
+                    }
+                } else {
+                    for (digest, bound) in &self.users {
+                        if users.contains(*digest) {
+                            members.extend(bound.iter().copied());
+                        }
+                    }
                 }
                 members.retain(|&d| is_member(&message, &self.devices[d].member()));
             }

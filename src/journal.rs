@@ -17,6 +17,11 @@ const KIND_ACCEPTED: u8 = 3;
 const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
+// 7, 8 and 9 are other record kinds; 10 is ours.
+const KIND_TAG_USERS: u8 = 10;
+
+/// Digests in one `TagUsers` record: 800 KB, under `log::MAX_RECORD`.
+pub const TAG_USERS_PER_RECORD: usize = 100_000;
 
 /// A device's whole registry record; written on registration and on every
 /// change, so the last one for a token is its state.
@@ -38,18 +43,93 @@ pub struct DeviceEntry<'a> {
     pub unbound_at_ms: u64,
 }
 
-/// A shared message (broadcast, group or user push) as one shard stores it.
+/// A shared message (broadcast, group, user or tag push) as one shard
+/// stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedEntry<'a> {
     pub message_id: u64,
     pub app: &'a str,
-    pub audience: Audience,
+    pub audience: AudienceEntry<'a>,
     pub msg_key: &'a str,
     pub task_id: u64,
     pub accepted_at_ms: u64,
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+}
+
+/// A shared message's audience as the log holds it. A tag's users are too
+/// many to repeat in every message (and a record holds at most 1 MiB), so
+/// the message names their set by id, and `TagUsers` records before it in
+/// the log hold the set, once for every message that uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AudienceEntry<'a> {
+    /// A platform, group or user audience (never `Audience::Tag`).
+    Audience(Audience),
+    Tag {
+        name: &'a str,
+        set_id: u64,
+        users: u64,
+    },
+}
+
+impl<'a> AudienceEntry<'a> {
+    pub fn of(audience: &'a Audience) -> Self {
+        match audience {
+            Audience::Tag { name, users } => AudienceEntry::Tag {
+                name,
+                set_id: users.id(),
+                users: users.len() as u64,
+            },
+            other => AudienceEntry::Audience(other.clone()),
+        }
+    }
+}
+
+/// One part of a tag push's user set: the sorted digests
+/// `[part * TAG_USERS_PER_RECORD ..]` of set `set_id`, `parts` parts in
+/// all, written one after the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagUsersEntry<'a> {
+    pub set_id: u64,
+    pub part: u32,
+    pub parts: u32,
+    /// Little-endian u64s.
+    pub digests: &'a [u8],
+}
+
+impl TagUsersEntry<'_> {
+    pub fn digests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.digests
+            .chunks_exact(8)
+            .map(|d| u64::from_le_bytes(d.try_into().expect("8 bytes")))
+    }
+
+    /// The records of a whole set, in order (one, empty, for no users).
+    pub fn write_set(out: &mut Vec<u8>, set_id: u64, digests: &[u64]) -> usize {
+        write_set_in(out, set_id, digests, TAG_USERS_PER_RECORD)
+    }
+}
+
+/// `TagUsersEntry::write_set` with `per_record` digests a record.
+fn write_set_in(out: &mut Vec<u8>, set_id: u64, digests: &[u64], per_record: usize) -> usize {
+    let parts = digests.len().div_ceil(per_record).max(1);
+    let mut bytes = Vec::with_capacity(per_record.min(digests.len()) * 8);
+    for part in 0..parts {
+        let end = ((part + 1) * per_record).min(digests.len());
+        bytes.clear();
+        for d in &digests[part * per_record..end] {
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        Entry::TagUsers(TagUsersEntry {
+            set_id,
+            part: part as u32,
+            parts: parts as u32,
+            digests: &bytes,
+        })
+        .write_to(out);
+    }
+    parts
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +175,7 @@ pub enum Entry<'a> {
     },
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
+    TagUsers(TagUsersEntry<'a>),
 }
 
 impl Entry<'_> {
@@ -107,6 +188,7 @@ impl Entry<'_> {
             Entry::Finished { .. } => KIND_FINISHED,
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
+            Entry::TagUsers(_) => KIND_TAG_USERS,
         };
         crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
     }
@@ -179,6 +261,12 @@ impl Entry<'_> {
                 put_u64(out, m.accepted_at_ms);
                 put_u64(out, m.expires_at_ms);
                 put_bytes(out, m.frame);
+            }
+            Entry::TagUsers(t) => {
+                put_u64(out, t.set_id);
+                put_u32(out, t.part);
+                put_u32(out, t.parts);
+                put_bytes(out, t.digests);
             }
         }
     }
@@ -264,6 +352,23 @@ impl Entry<'_> {
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
             }),
+            KIND_TAG_USERS => {
+                let entry = TagUsersEntry {
+                    set_id: r.u64()?,
+                    part: r.u32()?,
+                    parts: r.u32()?,
+                    digests: r.bytes()?,
+                };
+                if !entry.digests.len().is_multiple_of(8) || entry.part >= entry.parts {
+                    return Err(format!(
+                        "tag user set part {} of {} with {} bytes",
+                        entry.part,
+                        entry.parts,
+                        entry.digests.len()
+                    ));
+                }
+                Entry::TagUsers(entry)
+            }
             other => return Err(format!("unknown record kind {other}")),
         };
         if r.at != payload.len() {
@@ -301,8 +406,29 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// A period of `None` (forever) is stored as `u64::MAX`.
-fn put_audience(out: &mut Vec<u8>, audience: &Audience) {
+fn put_audience(out: &mut Vec<u8>, audience: &AudienceEntry<'_>) {
+    let audience = match audience {
+        AudienceEntry::Tag { name, set_id, users } => {
+            out.push(4);
+            put_str(out, name);
+            put_u64(out, *set_id);
+            put_u64(out, *users);
+            return;
+        }
+        AudienceEntry::Audience(audience) => audience,
+    };
     match audience {
+        Audience::Tag { name, users } => {
+            // `AudienceEntry::of` never builds this; written the same way.
+            put_audience(
+                out,
+                &AudienceEntry::Tag {
+                    name,
+                    set_id: users.id(),
+                    users: users.len() as u64,
+                },
+            )
+        }
         Audience::Platform { platform, filter } => {
             out.push(1);
             out.push(*platform);
@@ -370,8 +496,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn audience(&mut self) -> Result<Audience, String> {
-        Ok(match self.u8()? {
+    fn audience(&mut self) -> Result<AudienceEntry<'a>, String> {
+        Ok(AudienceEntry::Audience(match self.u8()? {
             1 => {
                 let platform = self.u8()?;
                 let kind = self.u8()?;
@@ -388,8 +514,15 @@ impl<'a> Reader<'a> {
             }
             2 => Audience::Group(self.str()?.into()),
             3 => Audience::User(self.str()?.into()),
+            4 => {
+                return Ok(AudienceEntry::Tag {
+                    name: self.str()?,
+                    set_id: self.u64()?,
+                    users: self.u64()?,
+                })
+            }
             x => return Err(format!("audience kind {x}")),
-        })
+        }))
     }
 
     fn final_status(&mut self) -> Result<Status, String> {
@@ -421,9 +554,9 @@ mod tests {
         prop_oneof![Just(Status::Acked), Just(Status::Expired), Just(Status::Dropped)]
     }
 
-    fn audience() -> impl Strategy<Value = Audience> {
+    fn audience() -> impl Strategy<Value = AudienceEntry<'static>> {
         let period = proptest::option::of(0u64..u64::MAX);
-        prop_oneof![
+        let known = prop_oneof![
             (any::<u8>(), 0u8..3, period).prop_map(|(platform, kind, p)| Audience::Platform {
                 platform,
                 filter: match kind {
@@ -435,6 +568,14 @@ mod tests {
             ".{0,12}".prop_map(|g| Audience::Group(g.into())),
             ".{0,12}".prop_map(|u| Audience::User(u.into())),
         ]
+        .prop_map(AudienceEntry::Audience);
+        let tag =
+            (".{0,12}", any::<u64>(), any::<u64>()).prop_map(|(name, set_id, users)| AudienceEntry::Tag {
+                name: Box::leak(name.into_boxed_str()),
+                set_id,
+                users,
+            });
+        prop_oneof![known, tag]
     }
 
     proptest! {
@@ -501,9 +642,60 @@ mod tests {
         }
 
         #[test]
-        fn decoding_garbage_never_panics(kind in 0u8..8, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn tag_user_sets_round_trip_in_parts(
+            set_id: u64,
+            mut digests in proptest::collection::vec(any::<u64>(), 0..300),
+            per_record in 1usize..50,
+        ) {
+            digests.sort_unstable();
+            let mut out = Vec::new();
+            let parts = write_set_in(&mut out, set_id, &digests, per_record);
+            prop_assert_eq!(parts, digests.len().div_ceil(per_record).max(1));
+            let mut back = Vec::new();
+            let mut at = 0;
+            let mut seen = 0;
+            while at < out.len() {
+                let len = u32::from_le_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+                let Entry::TagUsers(t) = decode_framed(&out[at..at + 8 + len]) else {
+                    panic!("a TagUsers record");
+                };
+                prop_assert_eq!((t.set_id, t.part as usize, t.parts as usize), (set_id, seen, parts));
+                back.extend(t.digests());
+                seen += 1;
+                at += 8 + len;
+            }
+            prop_assert_eq!(back, digests);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(kind in 0u8..12, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Entry::decode(kind, &payload);
         }
+    }
+
+    #[test]
+    fn a_full_tag_set_fits_the_record_limit() {
+        let digests: Vec<u64> = (0..250_001).collect();
+        let mut out = Vec::new();
+        assert_eq!(TagUsersEntry::write_set(&mut out, 9, &digests), 3);
+        const { assert!(TAG_USERS_PER_RECORD * 8 + 64 <= crate::log::MAX_RECORD) };
+        let payload = &out[9..9 + 8 + 4 + 4 + 4 + 7];
+        assert!(
+            Entry::decode(KIND_TAG_USERS, payload).is_err(),
+            "not a whole digest"
+        );
+        let mut bad = Vec::new();
+        Entry::TagUsers(TagUsersEntry {
+            set_id: 1,
+            part: 2,
+            parts: 2,
+            digests: &[],
+        })
+        .write_to(&mut bad);
+        assert!(
+            Entry::decode(KIND_TAG_USERS, &bad[9..]).is_err(),
+            "part past the end"
+        );
     }
 
     #[test]

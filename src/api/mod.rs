@@ -3,8 +3,8 @@
 //! route each message to the shard that owns its token, wait for the
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
-//! `templates`, the device registry in `devices`. Every handler starts
-//! with `admit` (body read, request authenticated by `auth`) and checks the
+//! `templates`, tag management in `tags`, the device registry in
+//! `devices`. Every handler starts with `admit` (body read, request authenticated by `auth`) and checks the
 //! `appId` it acts for against the caller. `ROUTES` lists every endpoint;
 //! `docs/openapi.yaml` must describe exactly those.
 
@@ -13,6 +13,7 @@ mod devices;
 mod fields;
 pub mod push;
 pub mod result_code;
+pub mod tags;
 mod templates;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use crate::message::{
 };
 use crate::shard::ShardHandle;
 use crate::store::StorageHealth;
+use crate::tags::TagStore;
 use crate::templates::TemplateStore;
 use result_code::{ApiError, ResultCode};
 
@@ -104,6 +106,15 @@ pub const ROUTES: &[Route] = &[
         handler: |m| {
             on(m, |State(state): State<Arc<ApiState>>, request: Request| {
                 fanout_push(state, push::PushKind::Group, request)
+            })
+        },
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/tag",
+        handler: |m| {
+            on(m, |State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Tag, request)
             })
         },
     },
@@ -172,6 +183,36 @@ pub const ROUTES: &[Route] = &[
         path: "/v1/templates/{templateName}",
         handler: |m| on(m, templates::delete),
     },
+    Route {
+        method: Method::POST,
+        path: "/v1/tags",
+        handler: |m| on(m, tags::create),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tags",
+        handler: |m| on(m, tags::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::read),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::replace),
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::change_users),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::delete),
+    },
 ];
 
 /// A device registry change endpoint.
@@ -191,6 +232,10 @@ struct ApiState {
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
     templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
+    /// Largest tag request body: the largest `maxTagUsers` of any app in
+    /// JSON (`tags::body_limit`).
+    tag_body_limit: usize,
     push_metrics: OpMetrics,
     template_push_metrics: OpMetrics,
     multiple_push_metrics: OpMetrics,
@@ -238,6 +283,7 @@ pub fn serve(
     config: &Config,
     shards: &crate::shard::Shards,
     templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
     ready: Arc<AtomicBool>,
     prometheus: PrometheusHandle,
 ) -> anyhow::Result<HttpServers> {
@@ -266,6 +312,8 @@ pub fn serve(
         // per ms (ids of pushes that were never accepted are not logged).
         next_message_id: AtomicU64::new((unix_ms() << 16).max(shards.max_message_id() + 1)),
         templates,
+        tags,
+        tag_body_limit: tags::body_limit(&config.apps),
         push_metrics: OpMetrics::new("push_simple"),
         template_push_metrics: OpMetrics::new("push_template"),
         multiple_push_metrics: OpMetrics::new("push_multiple"),
@@ -538,6 +586,22 @@ fn render(state: &ApiState, push: push::TemplatedPush) -> Result<push::PushReque
     push.render(&template)
 }
 
+/// Gives a tag push its tag's users as they are now (3102 when the app has
+/// no tag of that name); other pushes pass through.
+fn resolve_tag(state: &ApiState, mut request: push::PushRequest) -> Result<push::PushRequest, ApiError> {
+    let Some(name) = request.tag_name() else {
+        return Ok(request);
+    };
+    let tag = state.tags.get(&request.app_id, name).ok_or_else(|| {
+        ApiError::new(
+            ResultCode::TagNotExist,
+            format!("no tag named {name:?} in this app"),
+        )
+    })?;
+    request.resolve_tag(tag.users.clone());
+    Ok(request)
+}
+
 /// Hands a validated push to the shards and answers per target. `task_id`
 /// (0: none) goes into every message and, as a decimal string, into
 /// `PushResult.Data`.
@@ -620,16 +684,23 @@ fn task_text(task_id: u64) -> String {
     }
 }
 
-/// `POST /v1/push/broadcast` and `/v1/push/group`.
+/// `POST /v1/push/broadcast`, `/v1/push/group` and `/v1/push/tag`, each
+/// with a title and content or by template.
 async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, request: Request) -> Response {
     let op = match kind {
         push::PushKind::Broadcast => "push_broadcast",
+        push::PushKind::Tag => "push_tag",
         _ => "push_group",
     };
     let started = Instant::now();
     let request = match admit(&state, request)
         .await
-        .and_then(|(caller, bytes)| push::parse_kind(&bytes, &state.config, &caller, kind))
+        .and_then(|(caller, bytes)| push::parse_fanout(&bytes, &state.config, &caller, kind))
+        .and_then(|parsed| match parsed {
+            push::Parsed::Ready(request) => Ok(request),
+            push::Parsed::Templated(push) => render(&state, push),
+        })
+        .and_then(|request| resolve_tag(&state, request))
     {
         Ok(r) => r,
         Err(e) => return error_response(op, started, e),
@@ -691,18 +762,22 @@ async fn shared_push(
         return envelope(200, "OK", "", result);
     }
     let (message, outcome) = (&messages[0], outcomes[0]);
+    // How many userIds the tag held (a tag push only).
+    let tag_users = match &message.audience {
+        crate::message::Audience::Tag { users, .. } => Some(users.len()),
+        _ => None,
+    };
     let task = task_id.to_string();
-    envelope(
-        200,
-        "OK",
-        "",
-        json!({
-            "Success": true, "ResultMsg": "", "Data": task,
-            "MessageId": message.id.to_string(),
-            "Duplicate": outcome.duplicate,
-            "Devices": outcome.matched, "Online": outcome.online,
-        }),
-    )
+    let mut result = json!({
+        "Success": true, "ResultMsg": "", "Data": task,
+        "MessageId": message.id.to_string(),
+        "Duplicate": outcome.duplicate,
+        "Devices": outcome.matched, "Online": outcome.online,
+    });
+    if let Some(users) = tag_users {
+        result["Users"] = users.into();
+    }
+    envelope(200, "OK", "", result)
 }
 
 /// Hands shared messages to every shard; sums what the shards did with
