@@ -10,6 +10,7 @@
 //! checkpoint replays to the same state.
 
 use crate::message::{Audience, BindFilter, Status};
+use crate::stats::PushType;
 
 const KIND_DEVICE: u8 = 1;
 const KIND_DEVICE_DELETED: u8 = 2;
@@ -17,6 +18,8 @@ const KIND_ACCEPTED: u8 = 3;
 const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
+/// Statistics: counts, tasks, reports (layout in `stats::record`).
+const KIND_STATS: u8 = 9;
 
 /// A device's whole registry record; written on registration and on every
 /// change, so the last one for a token is its state.
@@ -50,6 +53,8 @@ pub struct SharedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// Broadcast in records older than this field.
+    pub push_type: PushType,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +67,10 @@ pub struct AcceptedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// 0: none. Records older than this field and the next have none and
+    /// are simple pushes.
+    pub task_id: u64,
+    pub push_type: PushType,
 }
 
 /// A final status kept for queries after its message left the queue;
@@ -95,6 +104,8 @@ pub enum Entry<'a> {
     },
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
+    /// A statistics record, its payload laid out by `stats::record`.
+    Stats(&'a [u8]),
 }
 
 impl Entry<'_> {
@@ -107,6 +118,7 @@ impl Entry<'_> {
             Entry::Finished { .. } => KIND_FINISHED,
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
+            Entry::Stats(_) => KIND_STATS,
         };
         crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
     }
@@ -143,6 +155,8 @@ impl Entry<'_> {
                 put_u64(out, a.accepted_at_ms);
                 put_u64(out, a.expires_at_ms);
                 put_bytes(out, a.frame);
+                put_u64(out, a.task_id);
+                out.push(a.push_type.code());
             }
             Entry::Finished {
                 token,
@@ -179,7 +193,9 @@ impl Entry<'_> {
                 put_u64(out, m.accepted_at_ms);
                 put_u64(out, m.expires_at_ms);
                 put_bytes(out, m.frame);
+                out.push(m.push_type.code());
             }
+            Entry::Stats(payload) => out.extend_from_slice(payload),
         }
     }
 
@@ -226,15 +242,32 @@ impl Entry<'_> {
                 })
             }
             KIND_DEVICE_DELETED => Entry::DeviceDeleted { token: r.str()? },
-            KIND_ACCEPTED => Entry::Accepted(AcceptedEntry {
-                message_id: r.u64()?,
-                app: r.str()?,
-                token: r.str()?,
-                msg_key: r.str()?,
-                accepted_at_ms: r.u64()?,
-                expires_at_ms: r.u64()?,
-                frame: r.bytes()?,
-            }),
+            KIND_ACCEPTED => {
+                let message_id = r.u64()?;
+                let app = r.str()?;
+                let token = r.str()?;
+                let msg_key = r.str()?;
+                let accepted_at_ms = r.u64()?;
+                let expires_at_ms = r.u64()?;
+                let frame = r.bytes()?;
+                // Records written before the task fields end here.
+                let (task_id, push_type) = if r.at == payload.len() {
+                    (0, PushType::Simple)
+                } else {
+                    (r.u64()?, r.push_type()?)
+                };
+                Entry::Accepted(AcceptedEntry {
+                    message_id,
+                    app,
+                    token,
+                    msg_key,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    frame,
+                    task_id,
+                    push_type,
+                })
+            }
             KIND_FINISHED => Entry::Finished {
                 token: r.str()?,
                 message_id: r.u64()?,
@@ -263,7 +296,16 @@ impl Entry<'_> {
                 accepted_at_ms: r.u64()?,
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
+                push_type: if r.at == payload.len() {
+                    PushType::Broadcast
+                } else {
+                    r.push_type()?
+                },
             }),
+            KIND_STATS => {
+                r.at = payload.len();
+                Entry::Stats(payload)
+            }
             other => return Err(format!("unknown record kind {other}")),
         };
         if r.at != payload.len() {
@@ -392,6 +434,11 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn push_type(&mut self) -> Result<PushType, String> {
+        let code = self.u8()?;
+        PushType::from_code(code).ok_or_else(|| format!("unknown push type {code}"))
+    }
+
     fn final_status(&mut self) -> Result<Status, String> {
         match self.u8()? {
             2 => Ok(Status::Acked),
@@ -470,7 +517,9 @@ mod tests {
                 Entry::Accepted(AcceptedEntry {
                     message_id: id, app: "demo", token: &token, msg_key: &key,
                     accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                    task_id: id ^ 5, push_type: PushType::Multiple,
                 }),
+                Entry::Stats(&frame),
                 Entry::Finished { token: &token, message_id: id, status, at_ms: at },
                 Entry::DeviceDeleted { token: &token },
                 Entry::FinalStatus(FinalStatusEntry {
@@ -494,6 +543,7 @@ mod tests {
             let entry = Entry::Shared(SharedEntry {
                 message_id: id, app: &app, audience, msg_key: &key, task_id: task,
                 accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                push_type: PushType::Group,
             });
             let mut out = Vec::new();
             entry.write_to(&mut out);
@@ -501,7 +551,7 @@ mod tests {
         }
 
         #[test]
-        fn decoding_garbage_never_panics(kind in 0u8..8, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn decoding_garbage_never_panics(kind in 0u8..11, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Entry::decode(kind, &payload);
         }
     }
@@ -530,6 +580,29 @@ mod tests {
             decoded.registered_at_ms + decoded.bound_at_ms + decoded.unbound_at_ms,
             0
         );
+    }
+
+    #[test]
+    fn message_records_without_task_fields_still_decode() {
+        let entry = AcceptedEntry {
+            message_id: 1,
+            app: "a",
+            token: "t",
+            msg_key: "k",
+            accepted_at_ms: 2,
+            expires_at_ms: 3,
+            frame: b"f",
+            task_id: 9,
+            push_type: PushType::Multiple,
+        };
+        let mut out = Vec::new();
+        Entry::Accepted(entry.clone()).write_to(&mut out);
+        let old_layout = &out[9..out.len() - 9];
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, old_layout).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!((decoded.task_id, decoded.push_type), (0, PushType::Simple));
+        assert_eq!(decoded.frame, b"f");
     }
 
     #[test]
