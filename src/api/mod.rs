@@ -3,7 +3,8 @@
 //! route each message to the shard that owns its token, wait for the
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
-//! `templates`, the device registry in `devices`. Every handler starts
+//! `templates`, the device registry in `devices`, tasks and statistics in
+//! `stats`. Every handler starts
 //! with `admit` (body read, request authenticated by `auth`) and checks the
 //! `appId` it acts for against the caller.
 
@@ -12,6 +13,7 @@ mod devices;
 mod fields;
 pub mod push;
 pub mod result_code;
+mod stats;
 mod templates;
 
 use std::collections::HashMap;
@@ -170,6 +172,9 @@ pub fn serve(
         .route("/v1/groups/leave-all", registry(Operation::LeaveAllGroups))
         .route("/v1/devices/vendor-token", registry(Operation::VendorToken))
         .route("/v1/devices", get(devices::query))
+        .route("/v1/tasks", get(stats::list))
+        .route("/v1/tasks/{task_id}", get(stats::detail))
+        .route("/v1/statistics", get(stats::statistics))
         .route("/v1/templates", post(templates::create).get(templates::list))
         .route(
             "/v1/templates/{name}",
