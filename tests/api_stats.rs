@@ -224,17 +224,17 @@ fn bad_parameters_get_3028_with_a_reason() {
             "buckets",
         ),
         (
-            format!("/v1/tasks?appId=demo&workspaceId=default&pageSize=1000"),
+            "/v1/tasks?appId=demo&workspaceId=default&pageSize=1000".to_string(),
             400,
             "pageSize",
         ),
         (
-            format!("/v1/tasks/123?appId=demo&workspaceId=default"),
+            "/v1/tasks/123?appId=demo&workspaceId=default".to_string(),
             404,
             "no task 123",
         ),
         (
-            format!("/v1/tasks/abc?appId=demo&workspaceId=default"),
+            "/v1/tasks/abc?appId=demo&workspaceId=default".to_string(),
             400,
             "taskId",
         ),
