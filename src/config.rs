@@ -46,9 +46,9 @@ pub struct Stats {
     pub max_tasks_per_app: usize,
     /// How long after its ack a message may be reported opened or ignored.
     pub report_window_hours: u64,
-    /// Acknowledged messages remembered per shard for opened/ignored
-    /// reports; past it the oldest are forgotten early.
-    pub max_reportable_per_shard: usize,
+    /// Acknowledged messages each device may still report opened or
+    /// ignored (its last ones); older ones are forgotten.
+    pub reportable_per_device: usize,
 }
 
 impl Default for Stats {
@@ -58,7 +58,7 @@ impl Default for Stats {
             hour_retention_days: 90,
             max_tasks_per_app: 100_000,
             report_window_hours: 7 * 24,
-            max_reportable_per_shard: 1_000_000,
+            reportable_per_device: 8,
         }
     }
 }
@@ -500,6 +500,12 @@ impl Config {
         }
         if s.report_window_hours == 0 {
             return invalid("stats.report_window_hours must be > 0".into());
+        }
+        if s.reportable_per_device > 255 {
+            return invalid(format!(
+                "stats.reportable_per_device = {} (allowed 0 ..= 255)",
+                s.reportable_per_device
+            ));
         }
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());

@@ -36,7 +36,7 @@ use crate::message::{
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
-use crate::stats::{report_key, Event, ReportOutcome, ShardStats, TaskRef};
+use crate::stats::{Event, ForDevices, ReportOutcome, Reportable, ShardStats, TaskRef};
 use crate::timer::TimerWheel;
 
 mod fanout;
@@ -185,6 +185,17 @@ struct Device {
     fanout_cursor: u64,
     /// Unix ms of its last frame before it disconnected (0: not since start).
     last_seen_ms: u64,
+    /// Its last acknowledged messages, which it may report opened or
+    /// ignored; on the heap once it acked one (8 bytes until then).
+    reports: Option<Box<ReportRing>>,
+}
+
+/// A ring of `stats.reportable_per_device` acknowledged messages, the
+/// next write at `next`.
+#[derive(Default)]
+struct ReportRing {
+    entries: Vec<Reportable>,
+    next: u8,
 }
 
 impl Device {
@@ -205,6 +216,7 @@ impl Device {
             unbound_at_ms: 0,
             fanout_cursor: 0,
             last_seen_ms: 0,
+            reports: None,
         }
     }
 
@@ -430,6 +442,7 @@ struct Limits {
     max_pending: usize,
     status_retention: Duration,
     max_final_statuses: usize,
+    reportable_per_device: usize,
 }
 
 /// How often expired shared messages are swept out of the store.
@@ -757,6 +770,7 @@ impl DeliveryCore {
                 max_pending: d.max_pending_per_device,
                 status_retention: d.status_retention(),
                 max_final_statuses: d.max_final_statuses_per_shard,
+                reportable_per_device: config.stats.reportable_per_device,
             },
             apps: config
                 .apps
@@ -1036,7 +1050,32 @@ impl DeliveryCore {
                         .push_back((self.clock.instant_of(f.forget_at_ms), key));
                 }
             }
-            Entry::Stats(payload) => self.stats.replay(payload)?,
+            Entry::Stats(payload) => match self.stats.replay(payload)? {
+                ForDevices::Nothing => {}
+                ForDevices::Reports(reports) => {
+                    for (token, message_id, code) in reports {
+                        let Some(&device) = self.by_token.get(token) else {
+                            continue;
+                        };
+                        let ring = self.devices[device].reports.as_deref_mut();
+                        let entry =
+                            ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == message_id));
+                        if let Some(entry) = entry {
+                            entry.reported = code;
+                        }
+                    }
+                }
+                ForDevices::Rings(rings) => {
+                    for (token, ring) in rings {
+                        if let Some(&device) = self.by_token.get(token) {
+                            self.devices[device].reports = Some(Box::new(ReportRing {
+                                entries: ring,
+                                next: 0,
+                            }));
+                        }
+                    }
+                }
+            },
         }
         Ok(())
     }
@@ -1124,7 +1163,8 @@ impl DeliveryCore {
             if let Some(m) = self.fanout.get(message_id) {
                 if status == Status::Acked {
                     let (task, _) = self.stats.task(&m.app_id, m.task_id, m.push_type, "", 0, false);
-                    self.stats.arrived(report_key(token, message_id), task, at_ms);
+                    let entry = self.stats.reportable(task, message_id, at_ms);
+                    stats_remember(d, self.limits.reportable_per_device, entry);
                 }
                 let key = StatusKey::new(&m.app_id, &m.msg_key, token);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
@@ -1148,8 +1188,8 @@ impl DeliveryCore {
         }
         self.pending_total -= 1;
         if status == Status::Acked {
-            self.stats
-                .arrived(report_key(token, message_id), gone.task, at_ms);
+            let entry = self.stats.reportable(gone.task, message_id, at_ms);
+            stats_remember(d, self.limits.reportable_per_device, entry);
         }
         if let Some(record) = self.statuses.get_mut(&gone.status_key) {
             record.status = status;
@@ -1224,6 +1264,26 @@ impl DeliveryCore {
         }
         for (_, d) in devices.iter() {
             chunk.put(&device_entry(d), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
+        // After the devices they belong to.
+        let with_rings: Vec<&Device> = devices
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d.reports.is_some())
+            .collect();
+        for group in with_rings.chunks(crate::stats::record::CHUNK / 256) {
+            let rings = group
+                .iter()
+                .map(|d| {
+                    let ring = d.reports.as_deref().expect("filtered");
+                    let entries = crate::stats::oldest_first(&ring.entries, ring.next);
+                    (&*d.token, entries.copied().collect())
+                })
+                .collect();
+            let mut payload = Vec::new();
+            crate::stats::Record::Reportables { devices: rings }.encode(&mut payload);
+            chunk.put(&Entry::Stats(&payload), false);
             chunk.flush_if_full(CHUNK, &mut emit)?;
         }
         for (_, d) in devices.iter() {
@@ -1869,7 +1929,10 @@ impl DeliveryCore {
                     .record(now.saturating_duration_since(sent_at).as_secs_f64());
             }
             self.stats.count(pending.task, d.platform, Event::Arrived, now_ms);
-            self.stats.arrived(report_key(&d.token, id), pending.task, now_ms);
+            let entry = self.stats.reportable(pending.task, id, now_ms);
+            if stats_remember(d, self.limits.reportable_per_device, entry) {
+                self.stats.reportable_evicted();
+            }
             if let Some(record) = self.statuses.get_mut(&pending.status_key) {
                 record.status = Status::Acked;
                 record.acked_at_ms = now_ms;
@@ -1893,12 +1956,16 @@ impl DeliveryCore {
     /// carries it with the next statistics flush.
     fn on_report(&mut self, device: DeviceId, ids: &[u64], event: Event, now: Instant) {
         let now_ms = self.clock.unix_ms(now);
-        let d = &self.devices[device];
+        let d = &mut self.devices[device];
         let kind = usize::from(event == Event::Ignored);
         for &id in ids {
-            let outcome = self
-                .stats
-                .report(report_key(&d.token, id), event, d.platform, now_ms);
+            let ring = d.reports.as_deref_mut();
+            let outcome = match ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == id)) {
+                Some(entry) => self
+                    .stats
+                    .report(entry, event, (&d.app, &d.token, d.platform), now_ms),
+                None => ReportOutcome::Unknown,
+            };
             let result = match outcome {
                 ReportOutcome::Counted => 0,
                 ReportOutcome::Duplicate => 1,
@@ -2671,6 +2738,16 @@ fn push_msg_key(frame: &[u8]) -> String {
 /// A journal buffer grown by a burst is given back rather than kept.
 fn journal_capacity_is_large(buffer: &Vec<u8>) -> bool {
     buffer.capacity() > 4 << 20
+}
+
+/// Remembers a message `d` acknowledged for its opened/ignored report;
+/// answers whether an unreported one was forgotten to make room.
+fn stats_remember(d: &mut Device, cap: usize, entry: Reportable) -> bool {
+    if cap == 0 {
+        return false;
+    }
+    let ring = d.reports.get_or_insert_with(Default::default);
+    crate::stats::remember(&mut ring.entries, &mut ring.next, cap, entry)
 }
 
 /// Gives a message that leaves its queue unacked its final `status`

@@ -15,7 +15,7 @@
 
 pub mod record;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use metrics::Counter;
@@ -293,7 +293,8 @@ pub struct Limits {
     /// evicted (the longest TTL).
     pub max_ttl_ms: u64,
     pub report_window_ms: u64,
-    pub max_reportable: usize,
+    /// Acknowledged messages each device may still report.
+    pub reportable_per_device: usize,
 }
 
 impl Limits {
@@ -305,7 +306,7 @@ impl Limits {
             max_tasks_per_app: s.max_tasks_per_app,
             max_ttl_ms: config.delivery.max_ttl_secs * 1000,
             report_window_ms: s.report_window_hours * HOUR_MS,
-            max_reportable: s.max_reportable_per_shard,
+            reportable_per_device: s.reportable_per_device,
         }
     }
 }
@@ -424,13 +425,19 @@ pub struct Spill {
 }
 
 /// A message a device acknowledged, which it may report opened or ignored.
+/// Kept with the device (`Device::reportable`, a ring of
+/// `reportable_per_device`): the device is in cache when it acks or
+/// reports, where a shard-wide table of a million acks cost a cache miss
+/// per ack (measured: 1.5x the whole push-write-ack step).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reportable {
-    pub app: u16,
-    pub push_type: PushType,
+    pub message_id: u64,
     pub task_id: u64,
+    pub push_type: PushType,
     /// 0 not yet, 1 opened, 2 ignored.
     pub reported: u8,
+    /// Minute (since the epoch) of the ack.
+    pub acked_minute: u32,
 }
 
 /// What became of one opened or ignored report.
@@ -443,21 +450,43 @@ pub enum ReportOutcome {
     Unknown,
 }
 
-/// The key of a (device token, message id) pair in the reportable table:
-/// FNV-1a, fixed forever, because checkpoints store it.
-pub fn report_key(token: &str, message_id: u64) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in token.as_bytes().iter().chain(&message_id.to_le_bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+/// Remembers `entry` in a device's ring of at most `cap` (its cursor in
+/// `next`); answers whether an entry that could still have been reported
+/// was overwritten.
+pub fn remember(ring: &mut Vec<Reportable>, next: &mut u8, cap: usize, entry: Reportable) -> bool {
+    if cap == 0 {
+        return false;
     }
-    hash
+    if ring.len() < cap {
+        ring.push(entry);
+        return false;
+    }
+    let at = usize::from(*next) % cap;
+    *next = ((at + 1) % cap) as u8;
+    let old = std::mem::replace(&mut ring[at], entry);
+    old.reported == 0
+}
+
+/// A device's ring oldest first (as a checkpoint restates it, so that a
+/// replayed ring overwrites from index 0).
+pub fn oldest_first(ring: &[Reportable], next: u8) -> impl Iterator<Item = &Reportable> {
+    let at = usize::from(next).min(ring.len());
+    ring[at..].iter().chain(&ring[..at])
 }
 
 struct StatsMetrics {
     untracked: Counter,
     evicted: Counter,
     reportable_evicted: Counter,
+}
+
+/// What a replayed statistics record asks of the core's devices.
+pub enum ForDevices<'a> {
+    Nothing,
+    /// (token, message id, 1 opened / 2 ignored): mark the device's entry.
+    Reports(Vec<(&'a str, u64, u8)>),
+    /// Devices' rings as a checkpoint restates them, oldest first.
+    Rings(Vec<(&'a str, Vec<Reportable>)>),
 }
 
 /// One shard's statistics.
@@ -476,13 +505,11 @@ pub struct ShardStats {
     dirty: Vec<TaskRef>,
     /// Spilled and not yet in the log.
     spilled: Vec<Spill>,
-    /// Opened/ignored reports not yet in the log: (key, 1 opened / 2 ignored).
-    reports: Vec<(u64, u8)>,
+    /// Opened/ignored reports not yet in the log: (token, message id,
+    /// 1 opened / 2 ignored).
+    reports: Vec<(Box<str>, u64, u8)>,
     minutes: HashMap<u64, Counts>,
     hours: HashMap<u64, Counts>,
-    reportable: HashMap<u64, Reportable>,
-    /// (forget at, key), in the order of arrival.
-    reportable_order: VecDeque<(u64, u64)>,
     /// While replaying a checkpoint's statistics: the state it restates,
     /// taken over at its end (a checkpoint cut short restates nothing).
     incoming: Option<Box<ShardStats>>,
@@ -505,8 +532,6 @@ impl ShardStats {
             reports: Vec::new(),
             minutes: HashMap::new(),
             hours: HashMap::new(),
-            reportable: HashMap::new(),
-            reportable_order: VecDeque::new(),
             incoming: None,
             metrics: StatsMetrics {
                 untracked: metrics::counter!("ringpush_stats_tasks_untracked_total", "shard" => shard.clone()),
@@ -654,52 +679,47 @@ impl ShardStats {
         }
     }
 
-    /// A device acknowledged a message of `task`: it may report it opened
-    /// or ignored within the report window.
-    pub fn arrived(&mut self, key: u64, task: TaskRef, now_ms: u64) {
+    /// A device acknowledged `message_id` of `task` at `now_ms`: what it
+    /// keeps to report it opened or ignored later.
+    pub fn reportable(&self, task: TaskRef, message_id: u64, now_ms: u64) -> Reportable {
         let t = &self.tasks[task as usize];
-        let entry = Reportable {
-            app: t.app,
-            push_type: t.push_type,
+        Reportable {
+            message_id,
             task_id: t.id,
+            push_type: t.push_type,
             reported: 0,
-        };
-        self.remember(key, entry, now_ms + self.limits.report_window_ms);
-    }
-
-    fn remember(&mut self, key: u64, entry: Reportable, forget_at_ms: u64) {
-        if self.limits.max_reportable == 0 {
-            return;
-        }
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.reportable.entry(key) {
-            slot.insert(entry);
-            self.reportable_order.push_back((forget_at_ms, key));
-            while self.reportable.len() > self.limits.max_reportable {
-                let Some((_, old)) = self.reportable_order.pop_front() else {
-                    break;
-                };
-                if self.reportable.remove(&old).is_some() {
-                    self.metrics.reportable_evicted.increment(1);
-                }
-            }
+            acked_minute: (now_ms / MINUTE_MS) as u32,
         }
     }
 
-    /// An Opened (`Event::Opened`) or Ignored report of the message `key`
-    /// from a device of `platform`. The first report of a message counts.
-    pub fn report(&mut self, key: u64, event: Event, platform: u8, now_ms: u64) -> ReportOutcome {
-        let code = if event == Event::Opened { 1 } else { 2 };
-        let Some(entry) = self.reportable.get_mut(&key) else {
+    /// Counts an overwritten, unreported entry of a device's ring.
+    pub fn reportable_evicted(&self) {
+        self.metrics.reportable_evicted.increment(1);
+    }
+
+    /// An Opened (`Event::Opened`) or Ignored report of `entry` (from the
+    /// ring of the device `token` of `app` on `platform`). The first report
+    /// of a message within the report window counts.
+    pub fn report(
+        &mut self,
+        entry: &mut Reportable,
+        event: Event,
+        (app, token, platform): (&str, &str, u8),
+        now_ms: u64,
+    ) -> ReportOutcome {
+        let window_minutes = self.limits.report_window_ms / MINUTE_MS;
+        if u64::from(entry.acked_minute) + window_minutes < now_ms / MINUTE_MS {
             return ReportOutcome::Unknown;
-        };
+        }
         if entry.reported != 0 {
             return ReportOutcome::Duplicate;
         }
+        let code = if event == Event::Opened { 1 } else { 2 };
         entry.reported = code;
-        let entry = *entry;
-        let (task, _) = self.task_of(entry.app, entry.task_id, entry.push_type, "", 0, false);
+        let app = self.app(app);
+        let (task, _) = self.task_of(app, entry.task_id, entry.push_type, "", 0, false);
         self.count(task, platform, event, now_ms);
-        self.reports.push((key, code));
+        self.reports.push((token.into(), entry.message_id, code));
         ReportOutcome::Counted
     }
 
@@ -724,7 +744,8 @@ impl ShardStats {
         }
         for chunk in self.reports.chunks(record::CHUNK) {
             buf.clear();
-            record::encode_delta(&mut buf, &self.apps, &[], chunk);
+            let reports: Vec<(&str, u64, u8)> = chunk.iter().map(|(t, id, c)| (&**t, *id, *c)).collect();
+            record::encode_delta(&mut buf, &self.apps, &[], &reports);
             put(&buf);
         }
         self.reports.clear();
@@ -788,8 +809,7 @@ impl ShardStats {
     }
 
     /// Drops what is past its retention: minute and hour buckets, tasks
-    /// created before the hour retention, reportable messages past the
-    /// report window.
+    /// created before the hour retention.
     pub fn prune(&mut self, now_ms: u64) {
         let minute_floor = (now_ms.saturating_sub(self.limits.minute_retention_ms) / MINUTE_MS) as u32;
         let hour_floor = (now_ms.saturating_sub(self.limits.hour_retention_ms) / HOUR_MS) as u32;
@@ -807,13 +827,6 @@ impl ShardStats {
         }
         for (_, t) in self.tasks.iter_mut() {
             t.hours.retain(|p| p.hour >= hour_floor);
-        }
-        while let Some(&(at, key)) = self.reportable_order.front() {
-            if at > now_ms {
-                break;
-            }
-            self.reportable_order.pop_front();
-            self.reportable.remove(&key);
         }
     }
 
@@ -970,35 +983,27 @@ impl ShardStats {
                 }),
             );
         }
-        let mut per_app: HashMap<u16, Vec<record::ReportableEntry>> = HashMap::new();
-        for &(forget_at_ms, key) in &self.reportable_order {
-            if let Some(r) = self.reportable.get(&key) {
-                per_app.entry(r.app).or_default().push(record::ReportableEntry {
-                    key,
-                    push_type: r.push_type,
-                    task_id: r.task_id,
-                    reported: r.reported,
-                    forget_at_ms,
-                });
-            }
-        }
-        for (app, entries) in per_app {
-            for chunk in entries.chunks(record::CHUNK) {
-                emit(
-                    &mut buf,
-                    &Record::Reportable {
-                        app: &self.apps[usize::from(app)],
-                        entries: chunk.to_vec(),
-                    },
-                );
-            }
-        }
         emit(&mut buf, &Record::SnapshotEnd);
     }
 
-    /// Applies one statistics record from the log.
-    pub fn replay(&mut self, payload: &[u8]) -> Result<(), String> {
+    /// Applies one statistics record from the log. What concerns devices
+    /// (reports, restated rings) is handed back for the core to apply.
+    pub fn replay<'a>(&mut self, payload: &'a [u8]) -> Result<ForDevices<'a>, String> {
         let record = Record::decode(payload)?;
+        match record {
+            Record::Reportables { devices } => return Ok(ForDevices::Rings(devices)),
+            Record::Delta { ref reports, .. } if !reports.is_empty() => {
+                let reports = reports.clone();
+                self.replay_counts(record)?;
+                return Ok(ForDevices::Reports(reports));
+            }
+            _ => {}
+        }
+        self.replay_counts(record)?;
+        Ok(ForDevices::Nothing)
+    }
+
+    fn replay_counts(&mut self, record: Record<'_>) -> Result<(), String> {
         if let Some(incoming) = self.incoming.as_mut() {
             if record == Record::SnapshotEnd {
                 let incoming = self.incoming.take().expect("a snapshot is being read");
@@ -1016,17 +1021,14 @@ impl ShardStats {
                 let app = self.app(def.app);
                 self.task_of(app, def.task_id, def.push_type, def.name, def.created_ms, true);
             }
-            Record::Delta { spills, reports } => {
+            Record::Delta { spills, .. } => {
                 for (app, spill) in spills {
                     let app = self.app(app);
                     self.apply(&Spill { app, ..spill });
                 }
-                for (key, code) in reports {
-                    if let Some(entry) = self.reportable.get_mut(&key) {
-                        entry.reported = code;
-                    }
-                }
             }
+            // The core applies these.
+            Record::Reportables { .. } => {}
             Record::SnapshotBegin => {
                 self.incoming = Some(Box::new(ShardStats::new(self.limits.clone(), 0)));
             }
@@ -1058,18 +1060,6 @@ impl ShardStats {
                         let ix = self.insert(task);
                         self.per_app.entry(app).or_default().insert(s.task_id, ix);
                     }
-                }
-            }
-            Record::Reportable { app, entries } => {
-                let app = self.app(app);
-                for e in entries {
-                    let entry = Reportable {
-                        app,
-                        push_type: e.push_type,
-                        task_id: e.task_id,
-                        reported: e.reported,
-                    };
-                    self.remember(e.key, entry, e.forget_at_ms);
                 }
             }
         }
@@ -1112,14 +1102,6 @@ impl ShardStats {
                 }
             }
         }
-        self.reportable.clear();
-        self.reportable_order.clear();
-        for (forget_at_ms, key) in incoming.reportable_order {
-            if let Some(r) = incoming.reportable.get(&key) {
-                let app = self.app(&incoming.apps[usize::from(r.app)]);
-                self.remember(key, Reportable { app, ..*r }, forget_at_ms);
-            }
-        }
     }
 
     /// The record of a task first seen, for the journal.
@@ -1156,7 +1138,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "ringpush_stats_reportable_evicted_total",
-        "Acknowledged messages forgotten before their report window ended, because a shard held stats.max_reportable_per_shard (a later opened/ignored report of them is not counted)"
+        "Acknowledged, unreported messages a device's ring of stats.reportable_per_device forgot within the report window (a later opened/ignored report of them is not counted)"
     );
     describe_gauge!("ringpush_stats_tasks", "Tasks a shard keeps statistics for");
     describe_counter!(

@@ -4,7 +4,7 @@
 //! and their items; apps are named, never numbered, because app indexes
 //! differ between runs. Pure encoding and decoding.
 
-use super::{Counts, HourPoint, PushType, Spill, EVENTS, PLATFORM_SLOTS};
+use super::{Counts, HourPoint, PushType, Reportable, Spill, EVENTS, PLATFORM_SLOTS};
 
 /// Items per record: keeps every record far below `log::MAX_RECORD`
 /// (the largest item, a bucket, is 46 bytes).
@@ -15,7 +15,7 @@ const DELTA: u8 = 2;
 const SNAPSHOT_BEGIN: u8 = 3;
 const BUCKETS: u8 = 4;
 const TASK_STATE: u8 = 5;
-const REPORTABLE: u8 = 6;
+const REPORTABLES: u8 = 6;
 const SNAPSHOT_END: u8 = 7;
 
 /// A task as first seen by a shard.
@@ -51,15 +51,6 @@ pub struct Bucket {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReportableEntry {
-    pub key: u64,
-    pub push_type: PushType,
-    pub task_id: u64,
-    pub reported: u8,
-    pub forget_at_ms: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
     Task(TaskDef<'a>),
     /// Counts of one loop iteration (each spill with its app; the spill's
@@ -67,7 +58,7 @@ pub enum Record<'a> {
     /// mark their messages reported.
     Delta {
         spills: Vec<(&'a str, Spill)>,
-        reports: Vec<(u64, u8)>,
+        reports: Vec<(&'a str, u64, u8)>,
     },
     /// A checkpoint's statistics follow; they replace the state so far
     /// once `SnapshotEnd` is read.
@@ -78,11 +69,12 @@ pub enum Record<'a> {
         buckets: Vec<Bucket>,
     },
     TaskState(TaskState<'a>),
-    Reportable {
-        app: &'a str,
-        entries: Vec<ReportableEntry>,
-    },
     SnapshotEnd,
+    /// Devices' rings of reportable messages, oldest first, restated by a
+    /// checkpoint after the devices; each replaces its device's ring.
+    Reportables {
+        devices: Vec<(&'a str, Vec<Reportable>)>,
+    },
 }
 
 /// Encodes a delta record of `spills` (apps named from `apps`) and
@@ -91,7 +83,7 @@ pub(super) fn encode_delta(
     out: &mut Vec<u8>,
     apps: &[std::sync::Arc<str>],
     spills: &[Spill],
-    reports: &[(u64, u8)],
+    reports: &[(&str, u64, u8)],
 ) {
     out.push(DELTA);
     put_u32(out, spills.len() as u32);
@@ -99,9 +91,14 @@ pub(super) fn encode_delta(
         put_str(out, &apps[usize::from(s.app)]);
         put_spill(out, s);
     }
+    put_reports(out, reports);
+}
+
+fn put_reports(out: &mut Vec<u8>, reports: &[(&str, u64, u8)]) {
     put_u32(out, reports.len() as u32);
-    for &(key, code) in reports {
-        put_u64(out, key);
+    for &(token, id, code) in reports {
+        put_str(out, token);
+        put_u64(out, id);
         out.push(code);
     }
 }
@@ -135,11 +132,7 @@ impl Record<'_> {
                     put_str(out, app);
                     put_spill(out, s);
                 }
-                put_u32(out, reports.len() as u32);
-                for &(key, code) in reports {
-                    put_u64(out, key);
-                    out.push(code);
-                }
+                put_reports(out, reports);
             }
             Record::SnapshotBegin => out.push(SNAPSHOT_BEGIN),
             Record::SnapshotEnd => out.push(SNAPSHOT_END),
@@ -173,16 +166,19 @@ impl Record<'_> {
                     put_counts(out, &p.counts);
                 }
             }
-            Record::Reportable { app, entries } => {
-                out.push(REPORTABLE);
-                put_str(out, app);
-                put_u32(out, entries.len() as u32);
-                for e in entries {
-                    put_u64(out, e.key);
-                    out.push(e.push_type.code());
-                    put_u64(out, e.task_id);
-                    out.push(e.reported);
-                    put_u64(out, e.forget_at_ms);
+            Record::Reportables { devices } => {
+                out.push(REPORTABLES);
+                put_u32(out, devices.len() as u32);
+                for (token, ring) in devices {
+                    put_str(out, token);
+                    put_u32(out, ring.len() as u32);
+                    for r in ring {
+                        put_u64(out, r.message_id);
+                        put_u64(out, r.task_id);
+                        out.push(r.push_type.code());
+                        out.push(r.reported);
+                        put_u32(out, r.acked_minute);
+                    }
                 }
             }
         }
@@ -226,10 +222,10 @@ impl Record<'_> {
                         },
                     ));
                 }
-                let n = r.count(9)?;
+                let n = r.count(13)?;
                 let mut reports = Vec::with_capacity(n);
                 for _ in 0..n {
-                    reports.push((r.u64()?, r.reported()?));
+                    reports.push((r.str()?, r.u64()?, r.reported()?));
                 }
                 Record::Delta { spills, reports }
             }
@@ -285,20 +281,25 @@ impl Record<'_> {
                     hours,
                 })
             }
-            REPORTABLE => {
-                let app = r.str()?;
-                let n = r.count(26)?;
-                let mut entries = Vec::with_capacity(n);
+            REPORTABLES => {
+                let n = r.count(8)?;
+                let mut devices = Vec::with_capacity(n);
                 for _ in 0..n {
-                    entries.push(ReportableEntry {
-                        key: r.u64()?,
-                        push_type: r.push_type()?,
-                        task_id: r.u64()?,
-                        reported: r.reported()?,
-                        forget_at_ms: r.u64()?,
-                    });
+                    let token = r.str()?;
+                    let m = r.count(22)?;
+                    let mut ring = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        ring.push(Reportable {
+                            message_id: r.u64()?,
+                            task_id: r.u64()?,
+                            push_type: r.push_type()?,
+                            reported: r.reported()?,
+                            acked_minute: r.u32()?,
+                        });
+                    }
+                    devices.push((token, ring));
                 }
-                Record::Reportable { app, entries }
+                Record::Reportables { devices }
             }
             other => return Err(format!("unknown statistics record {other}")),
         };

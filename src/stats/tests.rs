@@ -13,7 +13,7 @@ fn limits() -> Limits {
         max_tasks_per_app: 3,
         max_ttl_ms: 72 * HOUR_MS,
         report_window_ms: 7 * DAY_MS,
-        max_reportable: 100,
+        reportable_per_device: 4,
     }
 }
 
@@ -161,67 +161,98 @@ fn counts_not_yet_in_the_log_are_answered_and_dropped_if_the_log_refuses_them() 
     assert!(!s.has_unflushed());
 }
 
+/// A device's ring of acknowledged messages.
+#[derive(Default)]
+struct Ring {
+    entries: Vec<Reportable>,
+    next: u8,
+}
+
+impl Ring {
+    fn acked(&mut self, s: &ShardStats, task: TaskRef, id: u64, at_ms: u64) -> bool {
+        let entry = s.reportable(task, id, at_ms);
+        remember(&mut self.entries, &mut self.next, 4, entry)
+    }
+
+    fn report(&mut self, s: &mut ShardStats, id: u64, event: Event, at_ms: u64) -> ReportOutcome {
+        match self.entries.iter_mut().find(|r| r.message_id == id) {
+            Some(entry) => s.report(entry, event, ("demo", "tok", 1), at_ms),
+            None => ReportOutcome::Unknown,
+        }
+    }
+}
+
 #[test]
 fn a_report_counts_once_and_only_for_an_acknowledged_message() {
     let mut s = stats();
     let mut log = Vec::new();
     let app: Arc<str> = "demo".into();
     let (task, _) = s.task(&app, 7, PushType::Multiple, "batch", T0, true);
-    let acked = report_key("tok", 1);
-    s.arrived(acked, task, T0);
+    let mut ring = Ring::default();
+    ring.acked(&s, task, 1, T0);
+    assert_eq!(ring.report(&mut s, 2, Event::Opened, T0), ReportOutcome::Unknown);
     assert_eq!(
-        s.report(report_key("tok", 2), Event::Opened, 1, T0),
-        ReportOutcome::Unknown
+        ring.report(&mut s, 1, Event::Opened, T0 + 5),
+        ReportOutcome::Counted
     );
     assert_eq!(
-        s.report(report_key("other", 1), Event::Opened, 1, T0),
-        ReportOutcome::Unknown
-    );
-    assert_eq!(s.report(acked, Event::Opened, 1, T0 + 5), ReportOutcome::Counted);
-    assert_eq!(
-        s.report(acked, Event::Opened, 1, T0 + 6),
+        ring.report(&mut s, 1, Event::Opened, T0 + 6),
         ReportOutcome::Duplicate
     );
     assert_eq!(
-        s.report(acked, Event::Ignored, 1, T0 + 7),
+        ring.report(&mut s, 1, Event::Ignored, T0 + 7),
         ReportOutcome::Duplicate
     );
-    let second = report_key("tok", 3);
-    s.arrived(second, task, T0);
+    ring.acked(&s, task, 3, T0);
     assert_eq!(
-        s.report(second, Event::Ignored, 1, T0 + 8),
+        ring.report(&mut s, 3, Event::Ignored, T0 + 8),
         ReportOutcome::Counted
     );
     commit(&mut s, &mut log);
     assert_eq!(s.task_report("demo", 7).unwrap().counts, counts([0, 0, 0, 1, 1]));
     // Past the report window a message can no longer be reported.
-    let late = report_key("tok", 4);
-    s.arrived(late, task, T0);
-    s.prune(T0 + 7 * DAY_MS);
+    ring.acked(&s, task, 4, T0);
     assert_eq!(
-        s.report(late, Event::Opened, 1, T0 + 7 * DAY_MS),
+        ring.report(&mut s, 4, Event::Opened, T0 + 7 * DAY_MS + 2 * MINUTE_MS),
         ReportOutcome::Unknown
     );
+    // The delta carries the reports by token and message id.
+    let reports: Vec<(String, u64, u8)> = log
+        .iter()
+        .filter_map(|r| match Record::decode(r) {
+            Ok(Record::Delta { reports, .. }) => Some(reports),
+            _ => None,
+        })
+        .flatten()
+        .map(|(t, id, c)| (t.to_string(), id, c))
+        .collect();
+    assert_eq!(reports, [("tok".to_string(), 1, 1), ("tok".to_string(), 3, 2)]);
 }
 
 #[test]
-fn the_reportable_table_is_bounded() {
-    let mut s = stats();
+fn a_device_remembers_its_last_acknowledged_messages() {
+    let s = stats();
     let app: Arc<str> = "demo".into();
+    let mut s = s;
     let (task, _) = s.task(&app, 0, PushType::Simple, "", T0, true);
-    for id in 0..150 {
-        s.arrived(report_key("tok", id), task, T0);
-    }
-    assert_eq!(s.reportable.len(), 100);
+    let mut ring = Ring::default();
+    let forgot: Vec<bool> = (0..6).map(|id| ring.acked(&s, task, id, T0)).collect();
+    assert_eq!(forgot, [false, false, false, false, true, true]);
     assert_eq!(
-        s.report(report_key("tok", 0), Event::Opened, 1, T0),
+        ring.report(&mut s, 0, Event::Opened, T0),
         ReportOutcome::Unknown,
         "the oldest went first"
     );
-    assert_eq!(
-        s.report(report_key("tok", 149), Event::Opened, 1, T0),
-        ReportOutcome::Counted
-    );
+    assert_eq!(ring.report(&mut s, 5, Event::Opened, T0), ReportOutcome::Counted);
+    let ids: Vec<u64> = oldest_first(&ring.entries, ring.next)
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!(ids, [2, 3, 4, 5]);
+    // A reported entry overwritten is no loss.
+    ring.acked(&s, task, 6, T0);
+    ring.acked(&s, task, 7, T0);
+    ring.acked(&s, task, 8, T0);
+    assert!(!ring.acked(&s, task, 9, T0), "5 was reported");
 }
 
 #[test]
@@ -287,11 +318,13 @@ fn played() -> (ShardStats, Vec<Vec<u8>>) {
         s.count(user, 7, Event::Pushed, T0 + i * 20 * MINUTE_MS);
         s.count(task, 1, Event::Succeeded, T0 + i * 20 * MINUTE_MS + 1);
         s.count(task, 1, Event::Arrived, T0 + i * 20 * MINUTE_MS + 2);
-        s.arrived(report_key("t", i), task, T0 + i * 20 * MINUTE_MS + 2);
         commit(&mut s, &mut log);
     }
-    s.report(report_key("t", 0), Event::Opened, 1, T0 + 2 * HOUR_MS);
-    s.report(report_key("t", 1), Event::Ignored, 1, T0 + 2 * HOUR_MS);
+    let mut ring = Ring::default();
+    ring.acked(&s, task, 0, T0);
+    ring.acked(&s, task, 1, T0);
+    ring.report(&mut s, 0, Event::Opened, T0 + 2 * HOUR_MS);
+    ring.report(&mut s, 1, Event::Ignored, T0 + 2 * HOUR_MS);
     commit(&mut s, &mut log);
     (s, log)
 }
@@ -307,18 +340,6 @@ fn same_answers(a: &mut ShardStats, b: &mut ShardStats) {
     };
     assert_eq!(a.series("demo", &q), b.series("demo", &q));
     assert_eq!(a.tasks_of("demo", 0, u64::MAX), b.tasks_of("demo", 0, u64::MAX));
-    // The reports were remembered: repeating one is a duplicate, a new one
-    // counts, in both.
-    for s in [a, b] {
-        assert_eq!(
-            s.report(report_key("t", 0), Event::Opened, 1, T0),
-            ReportOutcome::Duplicate
-        );
-        assert_eq!(
-            s.report(report_key("t", 4), Event::Opened, 1, T0),
-            ReportOutcome::Counted
-        );
-    }
 }
 
 #[test]
@@ -327,23 +348,17 @@ fn replaying_the_log_gives_the_same_counts() {
     let report = live.task_report("demo", 11).unwrap();
     assert_eq!(report.counts, counts([5, 5, 5, 1, 1]));
     let mut replayed = stats();
+    let mut reports = Vec::new();
     for record in &log {
-        replayed.replay(record).unwrap();
-    }
-    // The reportable table is rebuilt from the acks (Finished records) in
-    // the core; here, by hand.
-    let (task, _) = replayed.task(&"demo".into(), 11, PushType::Multiple, "", 0, false);
-    for i in 0..5 {
-        replayed.arrived(report_key("t", i), task, T0);
-    }
-    // Replaying a delta again sets the report flags again.
-    for record in &log {
-        if let Ok(Record::Delta { reports, .. }) = Record::decode(record) {
-            if !reports.is_empty() {
-                replayed.replay(record).unwrap();
-            }
+        if let ForDevices::Reports(r) = replayed.replay(record).unwrap() {
+            reports.extend(r.into_iter().map(|(t, id, c)| (t.to_string(), id, c)));
         }
     }
+    assert_eq!(
+        reports,
+        [("tok".to_string(), 0, 1), ("tok".to_string(), 1, 2)],
+        "for the devices"
+    );
     same_answers(&mut live, &mut replayed);
 }
 
@@ -436,7 +451,7 @@ fn every_record_round_trips() {
         }),
         Record::Delta {
             spills: vec![("a", spill)],
-            reports: vec![(5, 1), (6, 2)],
+            reports: vec![("tok", 5, 1), ("tok", 6, 2)],
         },
         Record::SnapshotBegin,
         Record::Buckets {
@@ -463,17 +478,19 @@ fn every_record_round_trips() {
                 counts: counts([0, 1, 0, 0, 0]),
             }],
         }),
-        Record::Reportable {
-            app: "a",
-            entries: vec![record::ReportableEntry {
-                key: 1,
-                push_type: PushType::Simple,
-                task_id: 0,
-                reported: 2,
-                forget_at_ms: 3,
-            }],
-        },
         Record::SnapshotEnd,
+        Record::Reportables {
+            devices: vec![(
+                "tok",
+                vec![Reportable {
+                    message_id: 1,
+                    task_id: 0,
+                    push_type: PushType::Simple,
+                    reported: 2,
+                    acked_minute: 3,
+                }],
+            )],
+        },
     ];
     for r in records {
         let mut out = Vec::new();
