@@ -34,10 +34,11 @@ use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
     RegistryChange, RegistryReply, SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal,
-    TagUsers, UserStatusReport,
+    TagUsers, TaskTag, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
+use crate::stats::{Event, ForDevices, ReportOutcome, Reportable, ShardStats, TaskRef};
 use crate::timer::TimerWheel;
 
 mod fanout;
@@ -136,6 +137,8 @@ struct Pending {
     /// Its Accepted record is in the log. A device is never sent a message
     /// before that, so a failed commit can withdraw it unseen.
     durable: bool,
+    /// What the statistics count it under (4 bytes: fits the padding).
+    task: TaskRef,
 }
 
 impl Pending {
@@ -146,6 +149,7 @@ impl Pending {
         expires_at_ms: u64,
         frame: FrameSlot,
         status_key: StatusKey,
+        task: TaskRef,
     ) -> Self {
         Self {
             id,
@@ -156,6 +160,7 @@ impl Pending {
             sent_at: None,
             sent_before: false,
             durable: false,
+            task,
         }
     }
 }
@@ -182,6 +187,17 @@ struct Device {
     fanout_cursor: u64,
     /// Unix ms of its last frame before it disconnected (0: not since start).
     last_seen_ms: u64,
+    /// Its last acknowledged messages, which it may report opened or
+    /// ignored; on the heap once it acked one (8 bytes until then).
+    reports: Option<Box<ReportRing>>,
+}
+
+/// A ring of `stats.reportable_per_device` acknowledged messages, the
+/// next write at `next`.
+#[derive(Default)]
+struct ReportRing {
+    entries: Vec<Reportable>,
+    next: u8,
 }
 
 impl Device {
@@ -202,6 +218,7 @@ impl Device {
             unbound_at_ms: 0,
             fanout_cursor: 0,
             last_seen_ms: 0,
+            reports: None,
         }
     }
 
@@ -445,10 +462,17 @@ struct Limits {
     max_pending: usize,
     status_retention: Duration,
     max_final_statuses: usize,
+    reportable_per_device: usize,
 }
 
 /// How often expired shared messages are swept out of the store.
 const FANOUT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often statistics past their retention are dropped.
+const STATS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest counts that have no log record of their own (a first write
+/// to a connection, an opened or ignored report) wait for one: at most
+/// this much of them is lost on a crash.
+pub const STATS_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Maps the monotonic clock to wall time, fixed at construction, so TTLs
 /// given in Unix milliseconds become timer deadlines and tests can run on a
@@ -500,6 +524,9 @@ struct CoreMetrics {
     sessions: Gauge,
     ack_latency: Histogram,
     api_to_device: Histogram,
+    stats_tasks: Gauge,
+    /// [opened, ignored] x [counted, duplicate, unknown].
+    reports: [[Counter; 3]; 2],
 }
 
 impl CoreMetrics {
@@ -536,6 +563,12 @@ impl CoreMetrics {
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
             ack_latency: metrics::histogram!("ringpush_ack_latency_seconds", "shard" => shard.clone()),
             api_to_device: metrics::histogram!("ringpush_api_to_device_seconds", "shard" => shard.clone()),
+            stats_tasks: metrics::gauge!("ringpush_stats_tasks", "shard" => shard.clone()),
+            reports: ["opened", "ignored"].map(|kind| {
+                ["counted", "duplicate", "unknown"].map(|result| {
+                    metrics::counter!("ringpush_reports_total", "shard" => shard.clone(), "kind" => kind, "result" => result)
+                })
+            }),
             shard,
         }
     }
@@ -716,6 +749,12 @@ pub struct DeliveryCore {
     /// Reused buffers for the devices of a publish and a device's backlog.
     scratch_devices: Vec<DeviceId>,
     scratch_shared: Vec<(u64, Arc<SharedMessage>)>,
+    /// Pushed, succeeded, arrived, opened and ignored counts, and tasks.
+    stats: ShardStats,
+    next_stats_prune: Instant,
+    last_stats_flush: Instant,
+    /// The task name of replayed messages (their task's record has it).
+    no_name: Arc<str>,
     metrics: CoreMetrics,
 }
 
@@ -757,6 +796,7 @@ impl DeliveryCore {
                 max_pending: d.max_pending_per_device,
                 status_retention: d.status_retention(),
                 max_final_statuses: d.max_final_statuses_per_shard,
+                reportable_per_device: config.stats.reportable_per_device,
             },
             apps: config
                 .apps
@@ -793,6 +833,10 @@ impl DeliveryCore {
             next_fanout_sweep: now,
             scratch_devices: Vec::new(),
             scratch_shared: Vec::new(),
+            stats: ShardStats::new(crate::stats::Limits::from_config(config), shard_id),
+            next_stats_prune: now + STATS_PRUNE_INTERVAL,
+            last_stats_flush: now,
+            no_name: Arc::from(""),
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -821,6 +865,21 @@ impl DeliveryCore {
         self.max_message_id
     }
 
+    /// Journals the statistics counted since the last flush, when this
+    /// iteration writes the log anyway or when they waited
+    /// `STATS_FLUSH_INTERVAL`. The shard loop calls it before `journal`.
+    pub fn flush_stats(&mut self, now: Instant) {
+        if !self.stats.has_unflushed()
+            || (!self.journal_pending() && now < self.last_stats_flush + STATS_FLUSH_INTERVAL)
+        {
+            return;
+        }
+        self.last_stats_flush = now;
+        let journal = &mut self.journal;
+        self.stats
+            .take_delta(|payload| journal.write(&Entry::Stats(payload)));
+    }
+
     /// The durable changes since the last `journal_done`, framed as log
     /// records, and how many records that is. Empty when nothing changed
     /// and no push waits for an answer.
@@ -844,6 +903,7 @@ impl DeliveryCore {
     /// messages for offline devices then leave memory and are read back
     /// from there when their device connects.
     pub fn journal_done(&mut self, result: Result<Option<Position>, StorageRefusal>, now: Instant) {
+        self.stats.committed(result.is_ok());
         let journal = &mut self.journal;
         journal.framed.clear();
         journal.records = 0;
@@ -971,6 +1031,11 @@ impl DeliveryCore {
                         Some(_) => Bytes::new(),
                         None => Bytes::copy_from_slice(a.frame),
                     },
+                    task: TaskTag {
+                        id: a.task_id,
+                        push_type: a.push_type,
+                        name: self.no_name.clone(),
+                    },
                 };
                 self.max_message_id = self.max_message_id.max(a.message_id);
                 // Already expired ones are accepted and expire on the first
@@ -1015,6 +1080,8 @@ impl DeliveryCore {
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: Bytes::copy_from_slice(m.frame),
+                    push_type: m.push_type,
+                    task_name: self.no_name.clone(),
                 });
                 // Expired ones too: the statuses logged after them need
                 // their msgKey. The first sweep forgets them.
@@ -1039,6 +1106,32 @@ impl DeliveryCore {
                         .push_back((self.clock.instant_of(f.forget_at_ms), key));
                 }
             }
+            Entry::Stats(payload) => match self.stats.replay(payload)? {
+                ForDevices::Nothing => {}
+                ForDevices::Reports(reports) => {
+                    for (token, message_id, code) in reports {
+                        let Some(&device) = self.by_token.get(token) else {
+                            continue;
+                        };
+                        let ring = self.devices[device].reports.as_deref_mut();
+                        let entry =
+                            ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == message_id));
+                        if let Some(entry) = entry {
+                            entry.reported = code;
+                        }
+                    }
+                }
+                ForDevices::Rings(rings) => {
+                    for (token, ring) in rings {
+                        if let Some(&device) = self.by_token.get(token) {
+                            self.devices[device].reports = Some(Box::new(ReportRing {
+                                entries: ring,
+                                next: 0,
+                            }));
+                        }
+                    }
+                }
+            },
         }
         Ok(())
     }
@@ -1102,6 +1195,7 @@ impl DeliveryCore {
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
+        self.metrics.stats_tasks.set(self.stats.task_count() as f64);
     }
 
     fn app_arc(&mut self, app: &str) -> Arc<str> {
@@ -1176,6 +1270,11 @@ impl DeliveryCore {
             // A shared message's delivery: only its end was logged. Its
             // status keeps the device from being sent it again.
             if let Some(m) = self.fanout.get(message_id) {
+                if status == Status::Acked {
+                    let (task, _) = self.stats.task(&m.app_id, m.task_id, m.push_type, "", 0, false);
+                    let entry = self.stats.reportable(task, message_id, at_ms);
+                    stats_remember(d, self.limits.reportable_per_device, entry);
+                }
                 let key = StatusKey::new(&m.app_id, &m.msg_key, token);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
                     status,
@@ -1197,6 +1296,10 @@ impl DeliveryCore {
             d.queue = VecDeque::new();
         }
         self.pending_total -= 1;
+        if status == Status::Acked {
+            let entry = self.stats.reportable(gone.task, message_id, at_ms);
+            stats_remember(d, self.limits.reportable_per_device, entry);
+        }
         if let Some(record) = self.statuses.get_mut(&gone.status_key) {
             record.status = status;
             record.forget_at_ms = forget_at_ms;
@@ -1238,11 +1341,22 @@ impl DeliveryCore {
             read_buf,
             fanout,
             logged_sets,
+            stats,
             ..
         } = self;
         // Older segments go once this is durable: from then on the log holds
         // the sets this restates, and no other.
         logged_sets.clear();
+        // First, so that the tasks exist when the messages below are
+        // replayed.
+        let mut stats_out: Result<(), E> = Ok(());
+        stats.write_snapshot(|payload| {
+            if stats_out.is_ok() {
+                chunk.put(&Entry::Stats(payload), false);
+                stats_out = chunk.flush_if_full(CHUNK, &mut emit);
+            }
+        });
+        stats_out?;
         for stored in fanout.iter() {
             let m = &stored.message;
             if let Audience::Tag { users, .. } = &m.audience {
@@ -1262,6 +1376,7 @@ impl DeliveryCore {
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: &m.frame,
+                    push_type: m.push_type,
                 }),
                 false,
             );
@@ -1271,11 +1386,32 @@ impl DeliveryCore {
             chunk.put(&device_entry(d), false);
             chunk.flush_if_full(CHUNK, &mut emit)?;
         }
+        // After the devices they belong to.
+        let with_rings: Vec<&Device> = devices
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d.reports.is_some())
+            .collect();
+        for group in with_rings.chunks(crate::stats::record::CHUNK / 256) {
+            let rings = group
+                .iter()
+                .map(|d| {
+                    let ring = d.reports.as_deref().expect("filtered");
+                    let entries = crate::stats::oldest_first(&ring.entries, ring.next);
+                    (&*d.token, entries.copied().collect())
+                })
+                .collect();
+            let mut payload = Vec::new();
+            crate::stats::Record::Reportables { devices: rings }.encode(&mut payload);
+            chunk.put(&Entry::Stats(&payload), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
         for (_, d) in devices.iter() {
             for p in &d.queue {
                 match &p.frame {
                     FrameSlot::Memory(frame) => {
                         let msg_key = push_msg_key(frame);
+                        let (task_id, push_type) = stats.describe(p.task);
                         chunk.put(
                             &Entry::Accepted(AcceptedEntry {
                                 message_id: p.id,
@@ -1285,6 +1421,8 @@ impl DeliveryCore {
                                 accepted_at_ms: p.accepted_at_ms,
                                 expires_at_ms: p.expires_at_ms,
                                 frame,
+                                task_id,
+                                push_type,
                             }),
                             true,
                         );
@@ -1529,14 +1667,8 @@ impl DeliveryCore {
                 let code = self.change_registry(device, change, now);
                 self.reply(conn, v.request_id, code);
             }
-            Frame::Opened(ids) => {
-                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "opened")
-                    .increment(ids.ids.len() as u64);
-            }
-            Frame::Ignored(ids) => {
-                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "ignored")
-                    .increment(ids.ids.len() as u64);
-            }
+            Frame::Opened(ids) => self.on_report(device, &ids.ids, Event::Opened, now),
+            Frame::Ignored(ids) => self.on_report(device, &ids.ids, Event::Ignored, now),
             Frame::Hello(_) => return self.fail(conn, ErrorCode::UnexpectedFrame, "Hello after Welcome"),
             server_only => {
                 let reason = format!("{:?} is a server frame", server_only.frame_type());
@@ -1782,6 +1914,18 @@ impl DeliveryCore {
         if !inserted {
             return false;
         }
+        let (task, _) = self.stats.task(
+            &message.app_id,
+            message.task_id,
+            message.push_type,
+            "",
+            message.accepted_at_ms,
+            false,
+        );
+        if self.journal.enabled {
+            let now_ms = self.clock.unix_ms(now);
+            self.stats.count(task, d.platform, Event::Pushed, now_ms);
+        }
         // Sent only once the message itself is in the log.
         let durable = !self.journal.published.contains(&message.id);
         if !durable {
@@ -1800,6 +1944,7 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            task,
         );
         self.enqueue(device, Pending { durable, ..pending }, now);
         true
@@ -1830,6 +1975,17 @@ impl DeliveryCore {
                 self.journal.sets.push(users.id());
             }
         }
+        let (task, created) = self.stats.task(
+            &message.app_id,
+            message.task_id,
+            message.push_type,
+            &message.task_name,
+            message.accepted_at_ms,
+            self.journal.enabled,
+        );
+        if created {
+            self.journal.write(&Entry::Stats(&self.stats.task_record(task)));
+        }
         self.journal.write(&Entry::Shared(SharedEntry {
             message_id: message.id,
             app: &message.app_id,
@@ -1839,6 +1995,7 @@ impl DeliveryCore {
             accepted_at_ms: message.accepted_at_ms,
             expires_at_ms: message.expires_at_ms,
             frame: &message.frame,
+            push_type: message.push_type,
         }));
         self.journal.published.push(message.id);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
@@ -1923,6 +2080,11 @@ impl DeliveryCore {
                     .ack_latency
                     .record(now.saturating_duration_since(sent_at).as_secs_f64());
             }
+            self.stats.count(pending.task, d.platform, Event::Arrived, now_ms);
+            let entry = self.stats.reportable(pending.task, id, now_ms);
+            if stats_remember(d, self.limits.reportable_per_device, entry) {
+                self.stats.reportable_evicted();
+            }
             if let Some(record) = self.statuses.get_mut(&pending.status_key) {
                 record.status = Status::Acked;
                 record.acked_at_ms = now_ms;
@@ -1939,6 +2101,30 @@ impl DeliveryCore {
         }
         self.metrics.pending.set(self.pending_total as f64);
         self.fill_window(device, now);
+    }
+
+    /// An Opened or Ignored report: counted once per message the device
+    /// acknowledged (within `stats.report_window_hours`); the journal
+    /// carries it with the next statistics flush.
+    fn on_report(&mut self, device: DeviceId, ids: &[u64], event: Event, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let d = &mut self.devices[device];
+        let kind = usize::from(event == Event::Ignored);
+        for &id in ids {
+            let ring = d.reports.as_deref_mut();
+            let outcome = match ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == id)) {
+                Some(entry) => self
+                    .stats
+                    .report(entry, event, (&d.app, &d.token, d.platform), now_ms),
+                None => ReportOutcome::Unknown,
+            };
+            let result = match outcome {
+                ReportOutcome::Counted => 0,
+                ReportOutcome::Duplicate => 1,
+                ReportOutcome::Unknown => 2,
+            };
+            self.metrics.reports[kind][result].increment(1);
+        }
     }
 
     /// Writes queued messages to the device's connection until the in-flight
@@ -2006,6 +2192,7 @@ impl DeliveryCore {
                 self.metrics.redelivered.increment(1);
             } else {
                 p.sent_before = true;
+                self.stats.count(p.task, d.platform, Event::Succeeded, now_ms);
                 let waited_us = now_us.saturating_sub(p.accepted_at_ms * 1000);
                 self.metrics.api_to_device.record(waited_us as f64 / 1e6);
             }
@@ -2224,6 +2411,27 @@ impl DeliveryCore {
                 let report = self.user_status(&app_id, &msg_key, &user_id);
                 self.answer_query(move || drop(reply.send(report)));
             }
+            Command::QueryTasks {
+                app_id,
+                from_ms,
+                to_ms,
+                reply,
+            } => {
+                let report = self.stats.tasks_of(&app_id, from_ms, to_ms);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryTask {
+                app_id,
+                task_id,
+                reply,
+            } => {
+                let report = self.stats.task_report(&app_id, task_id);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryStats { app_id, query, reply } => {
+                let report = self.stats.series(&app_id, &query);
+                self.answer_query(move || drop(reply.send(report)));
+            }
             Command::QueryStatus {
                 app_id,
                 msg_key,
@@ -2347,7 +2555,22 @@ impl DeliveryCore {
             StatusRecord::pending(message.id, message.accepted_at_ms, message.expires_at_ms),
         );
         self.max_message_id = self.max_message_id.max(message.id);
+        let tag = &message.task;
+        let (task, created) = self.stats.task(
+            &message.app_id,
+            tag.id,
+            tag.push_type,
+            &tag.name,
+            message.accepted_at_ms,
+            self.journal.enabled,
+        );
         if self.journal.enabled {
+            if created {
+                self.journal.write(&Entry::Stats(&self.stats.task_record(task)));
+            }
+            let now_ms = self.clock.unix_ms(now);
+            self.stats
+                .count(task, self.devices[device].platform, Event::Pushed, now_ms);
             let record_at = self.journal.framed.len();
             self.journal.write(&Entry::Accepted(AcceptedEntry {
                 message_id: message.id,
@@ -2357,6 +2580,8 @@ impl DeliveryCore {
                 accepted_at_ms: message.accepted_at_ms,
                 expires_at_ms: message.expires_at_ms,
                 frame: &message.frame,
+                task_id: tag.id,
+                push_type: tag.push_type,
             }));
             self.journal.accepted.push(JournaledMessage {
                 device,
@@ -2378,6 +2603,7 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            task,
         );
         let durable = !self.journal.enabled;
         self.enqueue(device, Pending { durable, ..pending }, now);
@@ -2438,6 +2664,11 @@ impl DeliveryCore {
             self.fire(timer, now);
         }
         self.fired = fired;
+        if now >= self.next_stats_prune {
+            self.next_stats_prune = now + STATS_PRUNE_INTERVAL;
+            self.stats.prune(self.clock.unix_ms(now));
+            self.metrics.stats_tasks.set(self.stats.task_count() as f64);
+        }
         if now >= self.next_fanout_sweep {
             self.next_fanout_sweep = now + FANOUT_SWEEP_INTERVAL;
             if self.fanout.sweep(self.clock.unix_ms(now)) > 0 {
@@ -2545,7 +2776,14 @@ impl DeliveryCore {
         let timer = self.timers.next_deadline();
         let gc = self.status_gc.front().map(|(at, _)| *at);
         let sweep = (self.fanout.len() > 0).then_some(self.next_fanout_sweep);
-        [timer, gc, sweep].into_iter().flatten().min()
+        let stats = self
+            .stats
+            .has_unflushed()
+            .then_some(self.last_stats_flush + STATS_FLUSH_INTERVAL);
+        [timer, gc, sweep, stats, Some(self.next_stats_prune)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Tells every connected device to come back after a jittered delay and
@@ -2667,6 +2905,16 @@ fn push_msg_key(frame: &[u8]) -> String {
 /// A journal buffer grown by a burst is given back rather than kept.
 fn journal_capacity_is_large(buffer: &Vec<u8>) -> bool {
     buffer.capacity() > 4 << 20
+}
+
+/// Remembers a message `d` acknowledged for its opened/ignored report;
+/// answers whether an unreported one was forgotten to make room.
+fn stats_remember(d: &mut Device, cap: usize, entry: Reportable) -> bool {
+    if cap == 0 {
+        return false;
+    }
+    let ring = d.reports.get_or_insert_with(Default::default);
+    crate::stats::remember(&mut ring.entries, &mut ring.next, cap, entry)
 }
 
 /// Gives a message that leaves its queue unacked its final `status`

@@ -10,6 +10,7 @@
 //! checkpoint replays to the same state.
 
 use crate::message::{Audience, BindFilter, Status};
+use crate::stats::PushType;
 
 const KIND_DEVICE: u8 = 1;
 const KIND_DEVICE_DELETED: u8 = 2;
@@ -17,7 +18,9 @@ const KIND_ACCEPTED: u8 = 3;
 const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
-// 7, 8 and 9 are other record kinds; 10 is ours.
+// 7 and 8 are reserved for recall and token rotation records.
+/// Statistics: counts, tasks, reports (layout in `stats::record`).
+const KIND_STATS: u8 = 9;
 const KIND_TAG_USERS: u8 = 10;
 
 /// Digests in one `TagUsers` record: 800 KB, under `log::MAX_RECORD`.
@@ -56,6 +59,8 @@ pub struct SharedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// Broadcast in records older than this field.
+    pub push_type: PushType,
 }
 
 /// A shared message's audience as the log holds it. A tag's users are too
@@ -142,6 +147,10 @@ pub struct AcceptedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// 0: none. Records older than this field and the next have none and
+    /// are simple pushes.
+    pub task_id: u64,
+    pub push_type: PushType,
 }
 
 /// A final status kept for queries after its message left the queue;
@@ -176,6 +185,8 @@ pub enum Entry<'a> {
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
     TagUsers(TagUsersEntry<'a>),
+    /// A statistics record, its payload laid out by `stats::record`.
+    Stats(&'a [u8]),
 }
 
 impl Entry<'_> {
@@ -189,6 +200,7 @@ impl Entry<'_> {
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
             Entry::TagUsers(_) => KIND_TAG_USERS,
+            Entry::Stats(_) => KIND_STATS,
         };
         crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
     }
@@ -225,6 +237,8 @@ impl Entry<'_> {
                 put_u64(out, a.accepted_at_ms);
                 put_u64(out, a.expires_at_ms);
                 put_bytes(out, a.frame);
+                put_u64(out, a.task_id);
+                out.push(a.push_type.code());
             }
             Entry::Finished {
                 token,
@@ -261,6 +275,7 @@ impl Entry<'_> {
                 put_u64(out, m.accepted_at_ms);
                 put_u64(out, m.expires_at_ms);
                 put_bytes(out, m.frame);
+                out.push(m.push_type.code());
             }
             Entry::TagUsers(t) => {
                 put_u64(out, t.set_id);
@@ -268,6 +283,7 @@ impl Entry<'_> {
                 put_u32(out, t.parts);
                 put_bytes(out, t.digests);
             }
+            Entry::Stats(payload) => out.extend_from_slice(payload),
         }
     }
 
@@ -314,15 +330,32 @@ impl Entry<'_> {
                 })
             }
             KIND_DEVICE_DELETED => Entry::DeviceDeleted { token: r.str()? },
-            KIND_ACCEPTED => Entry::Accepted(AcceptedEntry {
-                message_id: r.u64()?,
-                app: r.str()?,
-                token: r.str()?,
-                msg_key: r.str()?,
-                accepted_at_ms: r.u64()?,
-                expires_at_ms: r.u64()?,
-                frame: r.bytes()?,
-            }),
+            KIND_ACCEPTED => {
+                let message_id = r.u64()?;
+                let app = r.str()?;
+                let token = r.str()?;
+                let msg_key = r.str()?;
+                let accepted_at_ms = r.u64()?;
+                let expires_at_ms = r.u64()?;
+                let frame = r.bytes()?;
+                // Records written before the task fields end here.
+                let (task_id, push_type) = if r.at == payload.len() {
+                    (0, PushType::Simple)
+                } else {
+                    (r.u64()?, r.push_type()?)
+                };
+                Entry::Accepted(AcceptedEntry {
+                    message_id,
+                    app,
+                    token,
+                    msg_key,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    frame,
+                    task_id,
+                    push_type,
+                })
+            }
             KIND_FINISHED => Entry::Finished {
                 token: r.str()?,
                 message_id: r.u64()?,
@@ -351,6 +384,11 @@ impl Entry<'_> {
                 accepted_at_ms: r.u64()?,
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
+                push_type: if r.at == payload.len() {
+                    PushType::Broadcast
+                } else {
+                    r.push_type()?
+                },
             }),
             KIND_TAG_USERS => {
                 let entry = TagUsersEntry {
@@ -368,6 +406,10 @@ impl Entry<'_> {
                     ));
                 }
                 Entry::TagUsers(entry)
+            }
+            KIND_STATS => {
+                r.at = payload.len();
+                Entry::Stats(payload)
             }
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -525,6 +567,11 @@ impl<'a> Reader<'a> {
         }))
     }
 
+    fn push_type(&mut self) -> Result<PushType, String> {
+        let code = self.u8()?;
+        PushType::from_code(code).ok_or_else(|| format!("unknown push type {code}"))
+    }
+
     fn final_status(&mut self) -> Result<Status, String> {
         match self.u8()? {
             2 => Ok(Status::Acked),
@@ -611,7 +658,9 @@ mod tests {
                 Entry::Accepted(AcceptedEntry {
                     message_id: id, app: "demo", token: &token, msg_key: &key,
                     accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                    task_id: id ^ 5, push_type: PushType::Multiple,
                 }),
+                Entry::Stats(&frame),
                 Entry::Finished { token: &token, message_id: id, status, at_ms: at },
                 Entry::DeviceDeleted { token: &token },
                 Entry::FinalStatus(FinalStatusEntry {
@@ -635,6 +684,7 @@ mod tests {
             let entry = Entry::Shared(SharedEntry {
                 message_id: id, app: &app, audience, msg_key: &key, task_id: task,
                 accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                push_type: PushType::Group,
             });
             let mut out = Vec::new();
             entry.write_to(&mut out);
@@ -722,6 +772,29 @@ mod tests {
             decoded.registered_at_ms + decoded.bound_at_ms + decoded.unbound_at_ms,
             0
         );
+    }
+
+    #[test]
+    fn message_records_without_task_fields_still_decode() {
+        let entry = AcceptedEntry {
+            message_id: 1,
+            app: "a",
+            token: "t",
+            msg_key: "k",
+            accepted_at_ms: 2,
+            expires_at_ms: 3,
+            frame: b"f",
+            task_id: 9,
+            push_type: PushType::Multiple,
+        };
+        let mut out = Vec::new();
+        Entry::Accepted(entry.clone()).write_to(&mut out);
+        let old_layout = &out[9..out.len() - 9];
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, old_layout).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!((decoded.task_id, decoded.push_type), (0, PushType::Simple));
+        assert_eq!(decoded.frame, b"f");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod message;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+pub mod stats;
 pub mod store;
 pub mod tags;
 pub mod templates;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::stats::{Counts, PushType, Query, TaskReport};
+
 /// One message for one device token, as accepted by the API.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -20,6 +22,29 @@ pub struct Message {
     pub expires_at_ms: u64,
     /// The complete Push frame (header and body), ready to write.
     pub frame: Bytes,
+    /// What the statistics count it under.
+    pub task: TaskTag,
+}
+
+/// The push a message belongs to, for statistics: its task (id 0: a push
+/// without one), its type and its taskName. The messages of one request
+/// share the name.
+#[derive(Debug, Clone)]
+pub struct TaskTag {
+    pub id: u64,
+    pub push_type: PushType,
+    pub name: Arc<str>,
+}
+
+impl TaskTag {
+    /// A push without a task id.
+    pub fn untasked(push_type: PushType) -> Self {
+        Self {
+            id: 0,
+            push_type,
+            name: Arc::from(""),
+        }
+    }
 }
 
 /// A message for a set of devices that is not known when it is accepted: a
@@ -41,6 +66,8 @@ pub struct SharedMessage {
     pub expires_at_ms: u64,
     /// The complete Push frame, encoded once for every device.
     pub frame: Bytes,
+    pub push_type: PushType,
+    pub task_name: Arc<str>,
 }
 
 /// Who a shared message is for.
@@ -393,6 +420,25 @@ pub enum Command {
         msg_key: Box<str>,
         user_id: Box<str>,
         reply: Reply<Option<UserStatusReport>>,
+    },
+    /// The app's tasks this shard counted, created in `[from_ms, to_ms)`.
+    QueryTasks {
+        app_id: Arc<str>,
+        from_ms: u64,
+        to_ms: u64,
+        reply: Reply<Vec<TaskReport>>,
+    },
+    /// One task as this shard counted it; `None` when it has none of it.
+    QueryTask {
+        app_id: Arc<str>,
+        task_id: u64,
+        reply: Reply<Option<TaskReport>>,
+    },
+    /// The app's counts per bucket of the query (buckets with counts only).
+    QueryStats {
+        app_id: Arc<str>,
+        query: Query,
+        reply: Reply<Vec<(u64, Counts)>>,
     },
     /// `None` when the shard has no record of that app + msgKey + token.
     QueryStatus {

@@ -4,7 +4,8 @@
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
 //! `templates`, tag management in `tags`, the device registry in
-//! `devices`. Every handler starts with `admit` (body read, request authenticated by `auth`) and checks the
+//! `devices`, tasks and statistics in `stats`. Every handler starts with
+//! `admit` (body read, request authenticated by `auth`) and checks the
 //! `appId` it acts for against the caller. `ROUTES` lists every endpoint;
 //! `docs/openapi.yaml` must describe exactly those.
 
@@ -13,6 +14,7 @@ mod devices;
 mod fields;
 pub mod push;
 pub mod result_code;
+mod stats;
 pub mod tags;
 mod templates;
 
@@ -157,6 +159,21 @@ pub const ROUTES: &[Route] = &[
         method: Method::GET,
         path: "/v1/devices",
         handler: |m| on(m, devices::query),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tasks",
+        handler: |m| on(m, stats::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tasks/{taskId}",
+        handler: |m| on(m, stats::detail),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/statistics",
+        handler: |m| on(m, stats::statistics),
     },
     Route {
         method: Method::POST,

@@ -23,8 +23,9 @@ use super::auth::AuthenticatedApp;
 use super::fields::{self, flag_field, int_field, json_text_field, small_enum, string_field, Field};
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
-use crate::message::{Audience, BindFilter, Message, SharedMessage, TagUsers};
+use crate::message::{Audience, BindFilter, Message, SharedMessage, TagUsers, TaskTag};
 use crate::protocol::body;
+use crate::stats::PushType;
 use crate::templates::Template;
 
 /// Targets per simple or template push (push-semantics.md §2).
@@ -853,6 +854,28 @@ impl PushRequest {
         }
     }
 
+    /// What the statistics count it as: by endpoint, except that a push to
+    /// userIds is `user` whichever endpoint took it.
+    pub fn push_type(&self) -> PushType {
+        match (self.kind, &self.audience) {
+            (_, AudienceKind::Users) => PushType::User,
+            (PushKind::Simple, _) => PushType::Simple,
+            (PushKind::Template, _) => PushType::Template,
+            (PushKind::Multiple, _) => PushType::Multiple,
+            (PushKind::Broadcast, _) => PushType::Broadcast,
+            (PushKind::Group, _) => PushType::Group,
+            (PushKind::Tag, _) => PushType::Tag,
+        }
+    }
+
+    fn task_tag(&self, task_id: u64) -> TaskTag {
+        TaskTag {
+            id: task_id,
+            push_type: self.push_type(),
+            name: Arc::from(self.task_name.as_str()),
+        }
+    }
+
     /// Whether the targets are device tokens (else the push is stored once
     /// and every shard delivers it: `shared_messages`).
     pub fn to_tokens(&self) -> bool {
@@ -869,6 +892,7 @@ impl PushRequest {
         next_id: impl FnMut() -> u64,
     ) -> Result<Vec<Message>, ApiError> {
         let expires_at_ms = now_ms + self.ttl_secs * 1000;
+        let task = self.task_tag(task_id);
         self.frames(now_ms, task_id, next_id, |(token, msg_key), id, frame| Message {
             id,
             app_id: self.app_id.clone(),
@@ -877,6 +901,7 @@ impl PushRequest {
             accepted_at_ms: now_ms,
             expires_at_ms,
             frame,
+            task: task.clone(),
         })
     }
 
@@ -895,6 +920,7 @@ impl PushRequest {
                 format!("the users of tag {name:?} were not looked up"),
             ));
         }
+        let task = self.task_tag(task_id);
         self.frames(now_ms, task_id, next_id, |(target, msg_key), id, frame| {
             let audience = match &self.audience {
                 AudienceKind::Users | AudienceKind::Tokens => Audience::User(target.as_str().into()),
@@ -917,6 +943,8 @@ impl PushRequest {
                 accepted_at_ms: now_ms,
                 expires_at_ms,
                 frame,
+                push_type: task.push_type,
+                task_name: task.name.clone(),
             })
         })
     }

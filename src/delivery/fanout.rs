@@ -285,6 +285,8 @@ mod tests {
             accepted_at_ms,
             expires_at_ms: accepted_at_ms + 1000,
             frame: Bytes::from_static(b"frame"),
+            push_type: crate::stats::PushType::Broadcast,
+            task_name: Arc::from(""),
         })
     }
 

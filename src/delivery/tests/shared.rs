@@ -49,6 +49,8 @@ impl Harness {
             accepted_at_ms,
             expires_at_ms,
             frame: Bytes::from(frame.to_bytes()),
+            push_type: crate::stats::PushType::Broadcast,
+            task_name: "news".into(),
         });
         (id, message)
     }
