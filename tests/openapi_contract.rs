@@ -8,9 +8,11 @@
 //! every request example (its `x-example-tokens` replaced by the tokens of
 //! two connected devices), every bad request derived from one (a required
 //! property missing, a value breaking a `type`, `enum`, length, count or
-//! bound), an unsigned request and an oversized body, gets an answer whose
-//! status and body the spec's response schemas accept, with the result code
-//! the spec's `x-result-code` names for that violation.
+//! bound, also of the body's `oneOf`/`anyOf` branches the example matches;
+//! a body mixing two `oneOf` branches), an unsigned request and an
+//! oversized body, gets an answer whose status and body the spec's response
+//! schemas accept, with the result code the spec's `x-result-code` names for
+//! that violation.
 
 mod common;
 mod schema;
@@ -359,12 +361,17 @@ fn the_daemon_answers_as_the_spec_says() {
     };
     assert_eq!(run.tokens.len(), run.example_tokens.len());
     let mut ops = operations(&spec);
-    // The template the pushes name exists from the first operation to the
-    // last, which deletes it.
-    ops.sort_by_key(|o| match o.id() {
-        "template_create" => 0,
-        "template_delete" => 2,
-        _ => 1,
+    // What the examples name (the template `prize`, the tag `女性`) exists
+    // from the first operations, its creates, to the last, its deletes; the
+    // rest keep the spec's order.
+    ops.sort_by_key(|o| {
+        if o.id().ends_with("_create") {
+            0
+        } else if o.id().ends_with("_delete") {
+            2
+        } else {
+            1
+        }
     });
     for op in &ops {
         let before = run.checked;
@@ -519,14 +526,14 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
     for (example_name, example) in &examples {
         let Some(body_schema) = body_schema else { break };
         let example = real(example);
-        let required: Vec<&str> = body_schema["required"]
-            .as_array()
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        for (name, property) in body_schema["properties"]
-            .as_object()
-            .expect("a body schema has properties")
-        {
+        let errors = schema::validate(spec, body_schema, &example);
+        assert!(
+            errors.is_empty(),
+            "{}: example {example_name:?} breaks its schema: {errors:?}",
+            op.name()
+        );
+        let (properties, required) = body_properties(spec, body_schema, &example);
+        for (name, property) in &properties {
             let s = schema::deref(spec, property);
             let code = |kw: &str| {
                 s.pointer(&format!("/x-result-code/{kw}"))
@@ -554,7 +561,11 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
                 ));
                 derived += 1;
             };
-            if required.contains(&name.as_str()) {
+            // A property a branch requires may be missing if another
+            // branch the example matches does not require it.
+            let mut without = example.clone();
+            without.as_object_mut().unwrap().remove(name);
+            if required.contains(name) && !schema::validate(spec, body_schema, &without).is_empty() {
                 vary("missing".into(), None, expect("required"));
             }
             if let Some(bad) = wrong_type(spec, s) {
@@ -564,6 +575,46 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
             for kw in LIMITS {
                 if let Some(bad) = schema_violation(spec, s, kw, value) {
                     vary(format!("{kw} broken"), Some(bad), expect(kw));
+                }
+            }
+        }
+    }
+    // A body that takes from two `oneOf` branches at once: an example with
+    // the properties another example's branch requires (a title and content
+    // with a templateName).
+    let branches = body_schema.and_then(|s| Some((s, s.get("oneOf")?.as_array()?)));
+    if let Some((body_schema, branches)) = branches {
+        let expect = body_schema
+            .pointer("/x-result-code/oneOf")
+            .and_then(Value::as_str)
+            .map_or(Expect::Refused, |c| Expect::Code(c.to_string()));
+        for (name, example) in &examples {
+            let example = real(example);
+            for (other_name, other) in &examples {
+                let other = real(other);
+                for branch in branches.iter().map(|b| schema::deref(spec, b)) {
+                    if !schema::validate(spec, branch, &other).is_empty()
+                        || schema::validate(spec, branch, &example).is_empty()
+                    {
+                        continue;
+                    }
+                    let mut body = example.clone();
+                    for key in branch["required"].as_array().into_iter().flatten() {
+                        let key = key.as_str().expect("required lists names");
+                        body[key] = other[key].clone();
+                    }
+                    assert!(
+                        !schema::validate(spec, body_schema, &body).is_empty(),
+                        "{}: example {name:?} with what {other_name:?} has is valid by the spec",
+                        op.name()
+                    );
+                    out.push(request(
+                        format!("example {name:?} with the properties of {other_name:?}"),
+                        target(&real_query),
+                        body.to_string(),
+                        expect.clone(),
+                    ));
+                    derived += 1;
                 }
             }
         }
@@ -628,6 +679,49 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
         ));
     }
     out
+}
+
+/// A body schema's properties and required ones, with those of each of its
+/// `oneOf`/`anyOf` branches that `example` matches (a broadcast's
+/// `FanoutLiteral` brings the display fields, read only with a title and
+/// content); the body schema's own win on a name both have.
+fn body_properties(spec: &Value, body_schema: &Value, example: &Value) -> (Map<String, Value>, Vec<String>) {
+    let mut properties = body_schema["properties"]
+        .as_object()
+        .expect("a body schema has properties")
+        .clone();
+    let mut required = Vec::new();
+    let mut add = |s: &Value, properties: &mut Map<String, Value>| {
+        for (name, property) in s
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            properties.entry(name.clone()).or_insert_with(|| property.clone());
+        }
+        for name in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+            let name = name.as_str().expect("required lists names").to_string();
+            if !required.contains(&name) {
+                required.push(name);
+            }
+        }
+    };
+    add(body_schema, &mut properties);
+    for keyword in ["oneOf", "anyOf"] {
+        for branch in body_schema
+            .get(keyword)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let branch = schema::deref(spec, branch);
+            if schema::validate(spec, branch, example).is_empty() {
+                add(branch, &mut properties);
+            }
+        }
+    }
+    (properties, required)
 }
 
 /// The operation's parameters: the path item's, then its own.

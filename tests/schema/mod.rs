@@ -1,12 +1,13 @@
 //! A validator for the subset of OpenAPI 3.0 schema keywords that
 //! `docs/openapi.yaml` uses, so the contract test needs no JSON-schema
 //! crate: `type`, `properties`, `required`, `additionalProperties`, `items`,
-//! `enum`, `oneOf`, `anyOf`, `allOf`, `$ref` (local), `minimum`, `maximum`,
-//! `minLength`, `maxLength`, `minItems`, `maxItems`, `minProperties`,
-//! `maxProperties` and `nullable`; annotations and `x-` extensions are
-//! skipped. Any other keyword panics, so the spec cannot start relying on
-//! one this validator would silently ignore; `check_keywords` walks a whole
-//! schema for that without a value to validate.
+//! `enum`, `oneOf`, `anyOf`, `allOf`, `not`, `$ref` (local), `minimum`,
+//! `maximum`, `minLength`, `maxLength`, `minItems`, `maxItems`,
+//! `minProperties`, `maxProperties` and `nullable`; annotations and `x-`
+//! extensions are skipped. Any other keyword panics, so the spec cannot
+//! start relying on one this validator would silently ignore;
+//! `check_keywords` walks a whole schema for that without a value to
+//! validate.
 
 use serde_json::{Map, Value};
 
@@ -21,6 +22,7 @@ const ASSERTIONS: &[&str] = &[
     "oneOf",
     "anyOf",
     "allOf",
+    "not",
     "$ref",
     "minimum",
     "maximum",
@@ -81,7 +83,7 @@ fn walk_keywords(root: &Value, schema: &Value, at: &str, seen: &mut std::collect
                     walk_keywords(root, property, &format!("{here}/{name}"), seen);
                 }
             }
-            "items" => walk_keywords(root, sub, &here, seen),
+            "items" | "not" => walk_keywords(root, sub, &here, seen),
             "additionalProperties" if sub.is_object() => walk_keywords(root, sub, &here, seen),
             "oneOf" | "anyOf" | "allOf" => {
                 for (i, branch) in sub.as_array().expect("a list of schemas").iter().enumerate() {
@@ -206,6 +208,13 @@ impl Validator<'_> {
         }
         if let Some(object) = value.as_object() {
             self.check_object(schema, object, at, errors);
+        }
+        if let Some(forbidden) = schema.get("not") {
+            let mut ignored = Vec::new();
+            self.check(forbidden, value, at, &mut ignored);
+            if ignored.is_empty() {
+                errors.push(format!("{at}: {} matches the schema under not", short(value)));
+            }
         }
         for keyword in ["oneOf", "anyOf", "allOf"] {
             let Some(branches) = schema.get(keyword) else {
@@ -418,6 +427,14 @@ mod tests {
         let all_of = json!({"allOf": [{"type": "integer"}, {"minimum": 2}]});
         ok(all_of.clone(), json!(2));
         bad(all_of, json!(1), "matches 1 of 2 allOf");
+        let not = json!({"type": "object", "not": {"anyOf": [{"required": ["a"]}, {"required": ["b"]}]}});
+        ok(not.clone(), json!({"c": 1}));
+        bad(not.clone(), json!({"b": 1}), "matches the schema under not");
+        // Only the first branch: the second's not refuses "a".
+        ok(
+            json!({"oneOf": [{"required": ["a"]}, {"required": ["b"], "not": {"required": ["a"]}}]}),
+            json!({"a": 1, "b": 2}),
+        );
         let reference = json!({"$ref": "#/components/schemas/Name"});
         ok(reference.clone(), json!("abc"));
         bad(reference, json!("abcd"), "more than maxLength 3");
@@ -438,12 +455,12 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "schema keyword \"not\" is not supported")]
+    #[should_panic(expected = "schema keyword \"uniqueItems\" is not supported")]
     fn an_unsupported_keyword_panics_in_a_branch_never_taken() {
         let root = json!({});
         check_keywords(
             &root,
-            &json!({"oneOf": [{"type": "string"}, {"not": {"type": "string"}}]}),
+            &json!({"oneOf": [{"type": "string"}, {"not": {"type": "array", "uniqueItems": true}}]}),
             "$",
         );
     }
