@@ -75,12 +75,15 @@ pub const INITIAL_CONNECTIONS: usize = 16_384;
 
 /// Longest token we look up; anything longer is unknown by construction.
 const MAX_TOKEN_LEN: usize = 128;
-const MAX_USER_ID_LEN: usize = 60;
-const MAX_GROUP_LEN: usize = 64;
-const MAX_GROUPS_PER_DEVICE: usize = 100;
-const MAX_VENDOR_TOKEN_LEN: usize = 512;
+/// Longest userId, in characters (as the API and tags count them).
+pub(crate) const MAX_USER_ID_CHARS: usize = 60;
+/// Longest group name, in bytes.
+pub(crate) const MAX_GROUP_LEN: usize = 64;
+pub(crate) const MAX_GROUPS_PER_DEVICE: usize = 100;
+/// Longest vendor token, in bytes.
+pub(crate) const MAX_VENDOR_TOKEN_LEN: usize = 512;
 /// thirdChannel values the reference defines.
-const VENDOR_CHANNELS: [u32; 6] = [2, 4, 5, 6, 7, 8];
+pub(crate) const VENDOR_CHANNELS: [u32; 6] = [2, 4, 5, 6, 7, 8];
 
 enum Timer {
     Handshake { conn: ConnId, generation: u32 },
@@ -1782,7 +1785,7 @@ impl DeliveryCore {
                 if user.is_empty() {
                     return RESULT_NEED_USERID;
                 }
-                if user.len() > MAX_USER_ID_LEN {
+                if user.chars().count() > MAX_USER_ID_CHARS {
                     return RESULT_INVALID_PARAM;
                 }
                 if d.user_id.as_deref() == Some(&*user) {

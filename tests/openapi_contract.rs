@@ -6,13 +6,15 @@
 //! only keywords `schema` implements. Against the real daemon: every
 //! method on every path is served or refused (405) as the spec says, and
 //! every request example (its `x-example-tokens` replaced by the tokens of
-//! two connected devices), every bad request derived from one (a required
-//! property missing, a value breaking a `type`, `enum`, length, count or
-//! bound, also of the body's `oneOf`/`anyOf` branches the example matches;
-//! a body mixing two `oneOf` branches), an unsigned request and an
-//! oversized body, gets an answer whose status and body the spec's response
-//! schemas accept, with the result code the spec's `x-result-code` names for
-//! that violation.
+//! two connected devices, its `x-example-times` by times relative to now,
+//! its `x-example-task-id` by the task id of a push answered before), every
+//! bad request derived from one (a required property missing, a value
+//! breaking a `type`, `enum`, length, count or bound, also of the body's
+//! `oneOf`/`anyOf` branches the example matches; a body mixing two `oneOf`
+//! branches; a path naming nothing, by the parameter's `x-not-found`), an
+//! unsigned request and an oversized body, gets an answer whose status and
+//! body the spec's response schemas accept, with the result code the spec's
+//! `x-result-code` (or `x-not-found`) names for that violation.
 
 mod common;
 mod schema;
@@ -231,6 +233,26 @@ fn every_operation_documents_its_codes_and_their_statuses() {
             statuses.insert(status.to_string());
             statuses.extend(oversized.map(|s| s.to_string()));
         }
+        // A path naming nothing: its code, with its own status if given.
+        for p in parameters(&spec, op) {
+            let Some(not_found) = p.get("x-not-found") else {
+                continue;
+            };
+            let code = not_found["code"].as_str().expect("x-not-found.code");
+            assert!(
+                codes.contains(&json!(code)),
+                "{}: x-not-found's {code} is not in its x-result-codes",
+                op.name()
+            );
+            assert!(
+                not_found["example"].is_string(),
+                "{}: x-not-found.example",
+                op.name()
+            );
+            if let Some(status) = not_found.get("http-status") {
+                statuses.insert(status.as_u64().expect("a status").to_string());
+            }
+        }
         let described: BTreeSet<String> = op.op["responses"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(
             described,
@@ -318,7 +340,8 @@ struct Request {
     body: String,
     signed: bool,
     expect: Expect,
-    /// The status an oversized body gets instead of its code's own.
+    /// The status the answer must have instead of its code's own: an
+    /// oversized body's, or a path's `x-not-found` `http-status`.
     status: Option<u16>,
 }
 
@@ -328,6 +351,11 @@ struct Run<'a> {
     spec: &'a Value,
     tokens: Vec<String>,
     example_tokens: Vec<String>,
+    /// `x-example-times`: (the example's text, offset from now in ms).
+    example_times: Vec<(String, i64)>,
+    /// `x-example-task-id`, and the last task id a push answered.
+    example_task_id: String,
+    task_id: Option<String>,
     table: BTreeMap<String, (u16, Option<u16>)>,
     failures: Vec<String>,
     checked: usize,
@@ -352,6 +380,21 @@ fn the_daemon_answers_as_the_spec_says() {
             .iter()
             .map(|t| t.as_str().unwrap().to_string())
             .collect(),
+        example_times: spec["x-example-times"]
+            .as_array()
+            .expect("x-example-times")
+            .iter()
+            .map(|t| {
+                let example = t["example"].as_u64().expect("x-example-times: example");
+                let offset = t["offset-ms"].as_i64().expect("x-example-times: offset-ms");
+                (example.to_string(), offset)
+            })
+            .collect(),
+        example_task_id: spec["x-example-task-id"]
+            .as_str()
+            .expect("x-example-task-id")
+            .to_string(),
+        task_id: None,
         table: code_table(&spec)
             .into_iter()
             .map(|(c, _, s, o)| (c, (s, o)))
@@ -440,16 +483,14 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
             body.to_string()
         }
     };
-    let real = |v: &Value| substitute(v, &run.example_tokens, &run.tokens);
+    let (from, to) = run.placeholders(op, &query_example);
+    let real = |v: &Value| substitute(v, &from, &to);
     let real_query: BTreeMap<&str, String> = query_example
         .iter()
         .map(|(k, v)| {
             (
                 *k,
-                substitute(&json!(v), &run.example_tokens, &run.tokens)
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
+                substitute(&json!(v), &from, &to).as_str().unwrap().to_string(),
             )
         })
         .collect();
@@ -463,13 +504,35 @@ fn requests(run: &Run, op: &Operation) -> Vec<Request> {
             // not is still an envelope.
             let mut values = real_query.clone();
             values.insert(name, NOT_UTF8.to_string());
-            let target = target(&values).replace(&encode(NOT_UTF8), "%FF");
+            let not_utf8 = target(&values).replace(&encode(NOT_UTF8), "%FF");
             out.push(request(
                 format!("not UTF-8 ({name})"),
-                target,
+                not_utf8,
                 String::new(),
                 Expect::Refused,
             ));
+            // A value naming nothing (with the first example's body, so
+            // that only the path is wrong).
+            if let Some(not_found) = p.get("x-not-found") {
+                let mut values = real_query.clone();
+                values.insert(name, scalar_text(&not_found["example"]));
+                let body = examples
+                    .first()
+                    .map(|(_, e)| body_text(&real(e)))
+                    .unwrap_or_default();
+                out.push(Request {
+                    status: not_found
+                        .get("http-status")
+                        .map(|s| s.as_u64().expect("a status") as u16),
+                    ..request(
+                        format!("naming nothing ({name})"),
+                        target(&values),
+                        body,
+                        Expect::Code(not_found["code"].as_str().expect("x-not-found.code").into()),
+                    )
+                });
+                derived += 1;
+            }
         }
         let s = schema::deref(spec, &p["schema"]);
         let code = |kw: &str| {
@@ -896,6 +959,38 @@ fn wrong_type(spec: &Value, s: &Value) -> Option<Value> {
 }
 
 impl Run<'_> {
+    /// What replaces the examples' placeholders for `op`'s requests: the
+    /// example tokens, times (now plus their offsets) and, once a push has
+    /// answered one, the task id.
+    fn placeholders(
+        &self,
+        op: &Operation,
+        query_example: &BTreeMap<&str, String>,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut from = self.example_tokens.clone();
+        let mut to = self.tokens.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for (example, offset) in &self.example_times {
+            from.push(example.clone());
+            to.push((now + offset).to_string());
+        }
+        let example_text = format!("{query_example:?} {}", op.op["requestBody"]);
+        if example_text.contains(&self.example_task_id) {
+            let task_id = self.task_id.clone().unwrap_or_else(|| {
+                panic!(
+                    "{}: its examples name a task, but no push answered a task id before it",
+                    op.name()
+                )
+            });
+            from.push(self.example_task_id.clone());
+            to.push(task_id);
+        }
+        (from, to)
+    }
+
     fn send(&mut self, op: &Operation, request: Request) {
         let addr = if op.admin { self.d.admin } else { self.d.api };
         let answer = if request.signed {
@@ -913,6 +1008,16 @@ impl Run<'_> {
             let text: String = text.chars().take(300).collect();
             self.failures
                 .push(format!("{context}: {problem}\n    got {status} {text}"));
+        }
+        // A push's task id, for the examples that name a task.
+        let answer: Value = serde_json::from_str(&text).unwrap_or_default();
+        if let (Some("OK"), Some(task_id)) = (
+            answer["ResultCode"].as_str(),
+            answer["PushResult"]["Data"].as_str(),
+        ) {
+            if !task_id.is_empty() && task_id.bytes().all(|b| b.is_ascii_digit()) {
+                self.task_id = Some(task_id.to_string());
+            }
         }
     }
 

@@ -17,10 +17,14 @@ use serde_json::json;
 use super::auth::AuthenticatedApp;
 use super::result_code::{ApiError, ResultCode};
 use super::{admit, ask, ask_all, error_response, record, resolve_app, ApiState};
+use crate::delivery::{self, MAX_GROUPS_PER_DEVICE, MAX_GROUP_LEN, MAX_VENDOR_TOKEN_LEN, VENDOR_CHANNELS};
 use crate::message::{owner_shard, Command, DeviceLookup, DeviceReport, RegistryChange};
 
+/// thirdChannel's values, for messages.
+const CHANNELS: &str = "2 (Apple), 4 (Xiaomi), 5 (Huawei), 6 (FCM), 7 (OPPO) or 8 (vivo)";
+
 /// Longest userId (the reference's tag tools allow 60 characters).
-pub const MAX_USER_ID_CHARS: usize = 60;
+pub const MAX_USER_ID_CHARS: usize = delivery::MAX_USER_ID_CHARS;
 
 /// A registry change as the API receives it. Strings only; a wrongly typed
 /// field fails the whole body with 3028.
@@ -89,6 +93,10 @@ fn parse(
         Ok(user.into_boxed_str())
     };
     let group = || match req.group_name.clone().filter(|g| !g.is_empty()) {
+        Some(g) if g.len() > MAX_GROUP_LEN => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            format!("groupName is {} bytes; at most {MAX_GROUP_LEN}", g.len()),
+        )),
         Some(g) => Ok(g.into_boxed_str()),
         None => Err(ApiError::new(ResultCode::InvalidParam, "groupName is required")),
     };
@@ -99,13 +107,37 @@ fn parse(
         Operation::LeaveGroup => RegistryChange::LeaveGroup(group()?),
         Operation::LeaveAllGroups => RegistryChange::LeaveAllGroups,
         Operation::VendorToken => {
+            // In the shard's order: the channel given, the token given,
+            // the channel known, the token's length.
             let Some(channel) = req.third_channel else {
                 return Err(ApiError::new(
                     ResultCode::InvalidParam,
-                    "thirdChannel is required: 2 Apple, 4 Xiaomi, 5 Huawei, 6 FCM, 7 OPPO, 8 vivo",
+                    format!("thirdChannel is required: {CHANNELS}"),
                 ));
             };
-            RegistryChange::VendorToken(channel, req.vendor_token.unwrap_or_default().into())
+            let vendor_token = req.vendor_token.unwrap_or_default();
+            if vendor_token.is_empty() {
+                return Err(ApiError::new(
+                    ResultCode::NeedDeliveryToken,
+                    "vendorToken is required",
+                ));
+            }
+            if !VENDOR_CHANNELS.contains(&channel) {
+                return Err(ApiError::new(
+                    ResultCode::InvalidParam,
+                    format!("thirdChannel {channel} is no vendor channel: give {CHANNELS}"),
+                ));
+            }
+            if vendor_token.len() > MAX_VENDOR_TOKEN_LEN {
+                return Err(ApiError::new(
+                    ResultCode::InvalidParam,
+                    format!(
+                        "vendorToken is {} bytes; at most {MAX_VENDOR_TOKEN_LEN}",
+                        vendor_token.len()
+                    ),
+                ));
+            }
+            RegistryChange::VendorToken(channel, vendor_token.into())
         }
     };
     Ok((app, token, change))
@@ -127,19 +159,7 @@ pub(super) async fn change(state: Arc<ApiState>, operation: Operation, request: 
         })
         .await?
         .map_err(super::storage_error)?;
-        match code {
-            100 => Ok(()),
-            3001 => Err(ApiError::new(ResultCode::NeedDeliveryToken, "vendorToken is required")),
-            3012 => Err(ApiError::new(ResultCode::NeedUserId, "userId is required")),
-            3054 => Err(ApiError::new(
-                ResultCode::DeliveryTokenInvalid,
-                "no device of this app holds this deliveryToken",
-            )),
-            _ => Err(ApiError::new(
-                ResultCode::InvalidParam,
-                "rejected: a group name is 1 to 64 bytes and a device joins at most 100 groups; thirdChannel is 2, 4, 5, 6, 7 or 8 and a vendor token at most 512 bytes",
-            )),
-        }
+        refusal(operation, code).map_or(Ok(()), Err)
     }
     .await;
     match result {
@@ -149,6 +169,43 @@ pub(super) async fn change(state: Arc<ApiState>, operation: Operation, request: 
         }
         Err(e) => error_response(op, started, e),
     }
+}
+
+/// The shard's answer to a registry change as the API's: `None` for
+/// success (100). `parse` has made every check the shard makes on the
+/// request alone, so what is left to refuse is the device's state (no such
+/// token, a join past the group limit); each code still gets the reason the
+/// shard (`DeliveryCore::change_registry`) refuses with it for this operation.
+fn refusal(operation: Operation, code: i32) -> Option<ApiError> {
+    let (code, reason) = match (code, operation) {
+        (100, _) => return None,
+        (3001, _) => (
+            ResultCode::NeedDeliveryToken,
+            "vendorToken is required".to_string(),
+        ),
+        (3012, _) => (ResultCode::NeedUserId, "userId is required".to_string()),
+        (3054, _) => (
+            ResultCode::DeliveryTokenInvalid,
+            "no device of this app holds this deliveryToken".to_string(),
+        ),
+        (3028, Operation::Bind) => (
+            ResultCode::InvalidParam,
+            format!("userId is at most {MAX_USER_ID_CHARS} characters"),
+        ),
+        (3028, Operation::JoinGroup) => (
+            ResultCode::InvalidParam,
+            format!("the device is in {MAX_GROUPS_PER_DEVICE} groups already, the most it may join"),
+        ),
+        (3028, Operation::VendorToken) => (
+            ResultCode::InvalidParam,
+            format!("thirdChannel must be {CHANNELS}, and vendorToken at most {MAX_VENDOR_TOKEN_LEN} bytes"),
+        ),
+        (code, _) => (
+            ResultCode::InvalidParam,
+            format!("the change was refused ({code})"),
+        ),
+    };
+    Some(ApiError::new(code, reason))
 }
 
 /// `GET /v1/devices?appId=…&workspaceId=…&userId=…` (or `&token=…`).
@@ -227,4 +284,94 @@ fn device_json(d: &DeviceReport) -> serde_json::Value {
         "thirdChannel": d.vendor_token.as_ref().map(|(c, _)| *c),
         "vendorToken": d.vendor_token.as_ref().map(|(_, t)| t),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{App, Config};
+
+    fn caller() -> AuthenticatedApp {
+        let mut config = Config::default();
+        config.apps.push(App {
+            allow_unsigned: true,
+            ..App::new("demo", "ws")
+        });
+        let registry = super::super::auth::AppRegistry::new(&config.apps, 16).unwrap();
+        AuthenticatedApp::unsigned(Arc::new(registry))
+    }
+
+    /// The refusal's code and reason, or "OK".
+    fn answer(operation: Operation, fields: serde_json::Value) -> (i32, String) {
+        let mut body = json!({"appId": "demo", "workspaceId": "ws", "deliveryToken": "t"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        match parse(body.to_string().as_bytes(), &caller(), operation) {
+            Ok(_) => (100, "OK".into()),
+            Err(e) => (e.code.code(), e.reason),
+        }
+    }
+
+    #[test]
+    fn each_registry_refusal_says_its_own_reason() {
+        let vendor = |channel: serde_json::Value, token: &str| {
+            answer(
+                Operation::VendorToken,
+                json!({"thirdChannel": channel, "vendorToken": token}),
+            )
+        };
+        assert_eq!(vendor(json!(6), "fcm").0, 100);
+        let (code, reason) = vendor(json!(3), "fcm");
+        assert_eq!(code, 3028);
+        assert!(
+            reason.starts_with("thirdChannel 3 is no vendor channel"),
+            "{reason}"
+        );
+        let (code, reason) = vendor(json!(6), &"v".repeat(513));
+        assert_eq!(
+            (code, reason.as_str()),
+            (3028, "vendorToken is 513 bytes; at most 512")
+        );
+        assert_eq!(vendor(json!(3), "").0, 3001, "the shard's order: the token first");
+        let (code, reason) = answer(Operation::VendorToken, json!({"vendorToken": "x"}));
+        assert_eq!(code, 3028);
+        assert!(reason.starts_with("thirdChannel is required"), "{reason}");
+        let (code, reason) = answer(Operation::JoinGroup, json!({"groupName": "g".repeat(65)}));
+        assert_eq!(
+            (code, reason.as_str()),
+            (3028, "groupName is 65 bytes; at most 64")
+        );
+        assert_eq!(
+            answer(Operation::JoinGroup, json!({"groupName": "g".repeat(64)})).0,
+            100
+        );
+        for (operation, fields) in [
+            (Operation::Bind, json!({"userId": "u"})),
+            (Operation::JoinGroup, json!({"groupName": "g"})),
+            (
+                Operation::VendorToken,
+                json!({"thirdChannel": 6, "vendorToken": "x"}),
+            ),
+        ] {
+            assert_eq!(answer(operation, fields).0, 100);
+            assert!(!refusal(operation, 3028)
+                .unwrap()
+                .reason
+                .contains("group name is 1 to 64"));
+        }
+        // What only the shard knows: the device's groups.
+        let full = refusal(Operation::JoinGroup, 3028).unwrap();
+        assert_eq!(full.code, ResultCode::InvalidParam);
+        assert!(
+            full.reason.starts_with("the device is in 100 groups"),
+            "{}",
+            full.reason
+        );
+        assert!(refusal(Operation::Bind, 100).is_none());
+        assert_eq!(
+            refusal(Operation::LeaveGroup, 3054).unwrap().code,
+            ResultCode::DeliveryTokenInvalid
+        );
+    }
 }

@@ -9,11 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::result_code::{ApiError, ResultCode};
+use super::templates::page_param;
 use super::{admit, ask_all, envelope, error_response, record, resolve_app, ApiState};
 use crate::message::{unix_ms, Command};
 use crate::stats::{self, Counts, Event, Granularity, PushType, TaskReport};
@@ -184,14 +186,8 @@ pub(super) async fn list(
         let (caller, _) = admit(&state, request).await?;
         let app_id = app_of(&caller, &query)?;
         let (start, end) = time_range(&query)?;
-        let page = int_param(&query, "pageNumber")?.unwrap_or(1);
-        let size = int_param(&query, "pageSize")?.unwrap_or(DEFAULT_PAGE_SIZE as u64);
-        if page == 0 {
-            return Err(invalid("pageNumber starts at 1"));
-        }
-        if size == 0 || size > MAX_PAGE_SIZE as u64 {
-            return Err(invalid(format!("pageSize must be 1 to {MAX_PAGE_SIZE}")));
-        }
+        let page = page_param(&query, "pageNumber", 1, usize::MAX)?;
+        let size = page_param(&query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let (from_ms, to_ms) = (start.unwrap_or(0), end.unwrap_or(u64::MAX));
         let answers = ask_all(&state, |reply| Command::QueryTasks {
             app_id: app_id.clone(),
@@ -201,11 +197,10 @@ pub(super) async fn list(
         })
         .await?;
         let tasks = stats::merge_tasks(answers);
-        let skip = usize::try_from((page - 1).saturating_mul(size)).unwrap_or(usize::MAX);
         let shown: Vec<Value> = tasks
             .iter()
-            .skip(skip)
-            .take(size as usize)
+            .skip((page - 1).saturating_mul(size))
+            .take(size)
             .map(task_json)
             .collect();
         Ok(json!({
@@ -222,7 +217,7 @@ pub(super) async fn list(
 /// `GET /v1/tasks/{taskId}?appId&workspaceId`
 pub(super) async fn detail(
     State(state): State<Arc<ApiState>>,
-    Path(task_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
     request: Request,
 ) -> Response {
@@ -231,6 +226,9 @@ pub(super) async fn detail(
     let result = async {
         let (caller, _) = admit(&state, request).await?;
         let app_id = app_of(&caller, &query)?;
+        // Axum's own rejection (a path that is not UTF-8) would be plain
+        // text, outside the envelope.
+        let Path(task_id) = path.map_err(|e| invalid(format!("the taskId in the path: {e}")))?;
         let task_id: u64 = task_id
             .parse()
             .ok()

@@ -63,31 +63,71 @@ struct TagRequest {
 /// ids separated by commas or newlines (the reference console's text box
 /// and file import; blanks around ids and empty entries are dropped).
 /// Decoded straight into strings: a 500,000-id list builds no JSON tree.
-#[derive(Debug, Default, PartialEq)]
-struct UserIds(Vec<String>);
+/// A value of another type is not a decoding error (which would blame the
+/// whole body): it decodes to `Err` with what was found (` is an object`,
+/// `[3] is null`), for `user_ids` to name the field.
+#[derive(Debug, PartialEq)]
+struct UserIds(Result<Vec<String>, String>);
+
+/// What a JSON value of the wrong type is, for a message.
+fn found(kind: &str) -> String {
+    format!(" is {kind}")
+}
+
+/// Reads the rest of a list or object whose value is refused anyway.
+fn drain_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
 
 impl<'de> Deserialize<'de> for UserIds {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Id(String);
+        /// One list entry: a userId, or what was found instead.
+        struct Id(Result<String, String>);
         impl<'de> Deserialize<'de> for Id {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct IdVisitor;
-                impl serde::de::Visitor<'_> for IdVisitor {
+                impl<'de> serde::de::Visitor<'de> for IdVisitor {
                     type Value = Id;
                     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                         f.write_str("a userId (a string)")
                     }
                     fn visit_str<E>(self, v: &str) -> Result<Id, E> {
-                        Ok(Id(v.to_owned()))
+                        Ok(Id(Ok(v.to_owned())))
                     }
                     fn visit_string<E>(self, v: String) -> Result<Id, E> {
-                        Ok(Id(v))
+                        Ok(Id(Ok(v)))
                     }
                     fn visit_i64<E>(self, v: i64) -> Result<Id, E> {
-                        Ok(Id(v.to_string()))
+                        Ok(Id(Ok(v.to_string())))
                     }
                     fn visit_u64<E>(self, v: u64) -> Result<Id, E> {
-                        Ok(Id(v.to_string()))
+                        Ok(Id(Ok(v.to_string())))
+                    }
+                    fn visit_f64<E>(self, v: f64) -> Result<Id, E> {
+                        Ok(Id(Err(found(&format!("the number {v}")))))
+                    }
+                    fn visit_bool<E>(self, v: bool) -> Result<Id, E> {
+                        Ok(Id(Err(found(&format!("{v}")))))
+                    }
+                    fn visit_unit<E>(self) -> Result<Id, E> {
+                        Ok(Id(Err(found("null"))))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Id, A::Error> {
+                        drain_seq(seq)?;
+                        Ok(Id(Err(found("a list"))))
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Id, A::Error> {
+                        drain_map(map)?;
+                        Ok(Id(Err(found("an object"))))
                     }
                 }
                 deserializer.deserialize_any(IdVisitor)
@@ -100,24 +140,60 @@ impl<'de> Deserialize<'de> for UserIds {
                 f.write_str("a list of userIds, or a string of userIds separated by commas or newlines")
             }
             fn visit_str<E>(self, v: &str) -> Result<UserIds, E> {
-                Ok(UserIds(
-                    v.split([',', '\n'])
-                        .map(str::trim)
-                        .filter(|id| !id.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                ))
+                Ok(UserIds(Ok(v
+                    .split([',', '\n'])
+                    .map(str::trim)
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned)
+                    .collect())))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UserIds, A::Error> {
                 // The body limit bounds the count; the hint is not trusted.
                 let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
                 while let Some(Id(id)) = seq.next_element()? {
-                    ids.push(id);
+                    match id {
+                        Ok(id) => ids.push(id),
+                        Err(what) => {
+                            drain_seq(seq)?;
+                            return Ok(UserIds(Err(format!("[{}]{what}", ids.len()))));
+                        }
+                    }
                 }
-                Ok(UserIds(ids))
+                Ok(UserIds(Ok(ids)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<UserIds, E> {
+                Ok(UserIds(Err(found(&format!("the number {v}")))))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<UserIds, E> {
+                Ok(UserIds(Err(found(&format!("the number {v}")))))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<UserIds, E> {
+                Ok(UserIds(Err(found(&format!("the number {v}")))))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<UserIds, E> {
+                Ok(UserIds(Err(found(&format!("{v}")))))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<UserIds, A::Error> {
+                drain_map(map)?;
+                Ok(UserIds(Err(found("an object"))))
             }
         }
         deserializer.deserialize_any(IdsVisitor)
+    }
+}
+
+/// A userIds field's ids (`None` when absent or null), or 3028 naming the
+/// field when it has the wrong type.
+fn user_ids(ids: Option<UserIds>, field: &str) -> Result<Option<Vec<String>>, ApiError> {
+    match ids {
+        None => Ok(None),
+        Some(UserIds(Ok(ids))) => Ok(Some(ids)),
+        Some(UserIds(Err(what))) => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            format!(
+                "{field}{what}: give a list of userIds (strings), or one string of them separated by commas or newlines"
+            ),
+        )),
     }
 }
 
@@ -179,14 +255,13 @@ pub fn parse_request(
             "userIds is required: a list of userIds, or a string of them separated by commas or newlines",
         )
     };
-    let user_ids = req.user_ids.map(|ids| ids.0);
     let change = TagChange {
         app,
         name,
         new_name,
-        user_ids,
-        add: req.add_user_ids.map(|ids| ids.0).unwrap_or_default(),
-        remove: req.remove_user_ids.map(|ids| ids.0).unwrap_or_default(),
+        user_ids: user_ids(req.user_ids, "userIds")?,
+        add: user_ids(req.add_user_ids, "addUserIds")?.unwrap_or_default(),
+        remove: user_ids(req.remove_user_ids, "removeUserIds")?.unwrap_or_default(),
     };
     match op {
         TagOp::Create => {
@@ -513,6 +588,61 @@ mod tests {
         assert_eq!(with(json!(null)), Err(3021));
         assert_eq!(with(json!([{"a": 1}])), Err(3028));
         assert_eq!(with(json!(5)), Err(3028));
+    }
+
+    #[test]
+    fn a_wrongly_typed_user_id_list_is_named_not_the_body() {
+        let reason = |field: &str, ids: Value, op: TagOp| {
+            let mut body = json!({"appId": "other", "workspaceId": "ws", "tagName": "vip"});
+            body[field] = ids;
+            let e = parse_request(body.to_string().as_bytes(), &caller(), op, None).unwrap_err();
+            assert_eq!(e.code, ResultCode::InvalidParam, "{}", e.reason);
+            e.reason
+        };
+        let cases = [
+            (
+                "userIds",
+                json!({"k": [1]}),
+                TagOp::Create,
+                "userIds is an object: give a list of userIds",
+            ),
+            ("userIds", json!(true), TagOp::Create, "userIds is true: "),
+            (
+                "userIds",
+                json!(1.5),
+                TagOp::Create,
+                "userIds is the number 1.5: ",
+            ),
+            (
+                "userIds",
+                json!(["a", {"b": 1}, [2]]),
+                TagOp::Create,
+                "userIds[1] is an object: ",
+            ),
+            (
+                "addUserIds",
+                json!(["a", null]),
+                TagOp::ChangeUsers,
+                "addUserIds[1] is null: ",
+            ),
+            (
+                "removeUserIds",
+                json!({"k": "v"}),
+                TagOp::ChangeUsers,
+                "removeUserIds is an object: ",
+            ),
+            (
+                "removeUserIds",
+                json!([["x"]]),
+                TagOp::ChangeUsers,
+                "removeUserIds[0] is a list: ",
+            ),
+        ];
+        for (field, ids, op, want) in cases {
+            let got = reason(field, ids.clone(), op);
+            assert!(got.starts_with(want), "{field} = {ids}: {got}");
+            assert!(!got.contains("body"), "{got}");
+        }
     }
 
     #[test]

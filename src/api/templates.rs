@@ -297,7 +297,8 @@ pub(super) async fn list(
     }
 }
 
-/// A positive integer query parameter, at most `max` (3028 otherwise).
+/// A positive integer query parameter, at most `max` (3028 otherwise;
+/// `usize::MAX` for no limit of its own).
 pub(super) fn page_param(
     query: &HashMap<String, String>,
     name: &str,
@@ -307,10 +308,12 @@ pub(super) fn page_param(
     match query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
         None => Ok(default),
         Some(v) => v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-            ApiError::new(
-                ResultCode::InvalidParam,
-                format!("{name} must be an integer from 1 to {max}"),
-            )
+            let reason = if max == usize::MAX {
+                format!("{name} must be a positive integer")
+            } else {
+                format!("{name} must be an integer from 1 to {max}")
+            };
+            ApiError::new(ResultCode::InvalidParam, reason)
         }),
     }
 }
@@ -437,5 +440,9 @@ mod tests {
         assert!(page_param(&q("0"), "pageSize", 100, 500).is_err());
         assert!(page_param(&q("501"), "pageSize", 100, 500).is_err());
         assert!(page_param(&q("x"), "pageSize", 100, 500).is_err());
+        let reason = |v: &str, max| page_param(&q(v), "pageSize", 1, max).unwrap_err().reason;
+        assert_eq!(reason("0", 500), "pageSize must be an integer from 1 to 500");
+        assert_eq!(reason("x", usize::MAX), "pageSize must be a positive integer");
+        assert_eq!(reason("-1", usize::MAX), "pageSize must be a positive integer");
     }
 }

@@ -782,6 +782,17 @@ fn device_requests_get_result_codes() {
         }),
     );
     assert_eq!(result(h.output(conn)), (4, 3028));
+    // A userId is up to 60 characters, not bytes (as the API counts).
+    for (id, user_id, code) in [(5, "é".repeat(60), 100), (6, "é".repeat(61), 3028)] {
+        h.send(
+            conn,
+            &Frame::Bind(body::UserBinding {
+                request_id: id,
+                user_id,
+            }),
+        );
+        assert_eq!(result(h.output(conn)), (id, code));
+    }
 }
 
 #[test]
