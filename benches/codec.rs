@@ -89,6 +89,7 @@ fn core_step(c: &mut Criterion) {
                         msg_key: id.to_string().into(),
                         accepted_at_ms: now_ms,
                         expires_at_ms: now_ms + 300_000,
+                        task_id: 0,
                         frame: Bytes::from(sample_push(id).to_bytes()),
                     }],
                     reply,

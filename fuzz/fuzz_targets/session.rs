@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
                             msg_key: format!("k{next_id}").into(),
                             accepted_at_ms: now_ms,
                             expires_at_ms: now_ms + ttl_ms,
+                            task_id: 0,
                             frame: Bytes::from(frame.to_bytes()),
                         }],
                         reply,

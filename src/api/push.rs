@@ -800,6 +800,7 @@ impl PushRequest {
             msg_key: msg_key.as_str().into(),
             accepted_at_ms: now_ms,
             expires_at_ms,
+            task_id,
             frame,
         })
     }

@@ -6,6 +6,7 @@ use super::*;
 use crate::config::App;
 use crate::protocol::{decode_slice, FrameType};
 
+mod recall;
 mod shared;
 
 const T0_UNIX_MS: u64 = 1_700_000_000_000;
@@ -241,6 +242,7 @@ impl Harness {
                     msg_key: msg_key.into(),
                     accepted_at_ms,
                     expires_at_ms: accepted_at_ms + ttl_secs * 1000,
+                    task_id: 0,
                     frame: Bytes::from(frame.to_bytes()),
                 }],
                 reply,
@@ -1019,6 +1021,7 @@ fn a_failed_commit_withdraws_messages_before_any_device_sees_them() {
                 msg_key: "k".into(),
                 accepted_at_ms: h.unix_ms(),
                 expires_at_ms: h.unix_ms() + 60_000,
+                task_id: 0,
                 frame: Bytes::from(frame.to_bytes()),
             }],
             reply,

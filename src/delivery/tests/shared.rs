@@ -6,7 +6,12 @@ use crate::message::{Audience, BindFilter, RegistryChange, SharedMessage, Shared
 
 impl Harness {
     /// Publishes one shared message and commits; answers the outcome.
-    fn publish(&mut self, audience: Audience, msg_key: &str, ttl_secs: u64) -> (u64, SharedOutcome) {
+    pub(super) fn publish(
+        &mut self,
+        audience: Audience,
+        msg_key: &str,
+        ttl_secs: u64,
+    ) -> (u64, SharedOutcome) {
         let (id, message) = self.shared_message(audience, msg_key, ttl_secs);
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
@@ -21,7 +26,7 @@ impl Harness {
         (id, outcomes[0])
     }
 
-    fn shared_message(
+    pub(super) fn shared_message(
         &mut self,
         audience: Audience,
         msg_key: &str,
@@ -53,7 +58,7 @@ impl Harness {
         (id, message)
     }
 
-    fn registry(&mut self, token: &str, change: RegistryChange) -> i32 {
+    pub(super) fn registry(&mut self, token: &str, change: RegistryChange) -> i32 {
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
             Command::Registry {
@@ -68,7 +73,11 @@ impl Harness {
         rx.try_recv().unwrap().unwrap()
     }
 
-    fn user_status(&mut self, user: &str, msg_key: &str) -> Option<crate::message::UserStatusReport> {
+    pub(super) fn user_status(
+        &mut self,
+        user: &str,
+        msg_key: &str,
+    ) -> Option<crate::message::UserStatusReport> {
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
             Command::QueryUserStatus {
@@ -83,7 +92,7 @@ impl Harness {
     }
 
     /// A registered device that is not connected; answers its token.
-    fn offline(&mut self) -> String {
+    pub(super) fn offline(&mut self) -> String {
         let (conn, w) = self.device("");
         self.core.on_closed(conn, self.now);
         self.commit();
@@ -91,11 +100,11 @@ impl Harness {
     }
 }
 
-fn all() -> Audience {
+pub(super) fn all() -> Audience {
     Audience::Group("all".into())
 }
 
-fn user(name: &str) -> Audience {
+pub(super) fn user(name: &str) -> Audience {
     Audience::User(name.into())
 }
 
