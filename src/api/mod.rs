@@ -3,7 +3,7 @@
 //! route each message to the shard that owns its token, wait for the
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
-//! `templates`, the device registry in `devices`. Every handler starts
+//! `templates`, the device registry in `devices`, recall in `recall`. Every handler starts
 //! with `admit` (body read, request authenticated by `auth`) and checks the
 //! `appId` it acts for against the caller.
 
@@ -11,6 +11,7 @@ pub mod auth;
 mod devices;
 mod fields;
 pub mod push;
+pub mod recall;
 pub mod result_code;
 mod templates;
 
@@ -162,6 +163,8 @@ pub fn serve(
                 fanout_push(state, push::PushKind::Group, request)
             }),
         )
+        .route("/v1/push/recall", post(recall::message))
+        .route("/v1/push/recall-task", post(recall::task))
         .route("/v1/messages/{msg_key}", get(message_status))
         .route("/v1/users/bind", registry(Operation::Bind))
         .route("/v1/users/unbind", registry(Operation::Unbind))
@@ -849,6 +852,7 @@ async fn token_status(
             "status": r.status.code(), "statusName": r.status.name(),
             "messageId": r.message_id.to_string(),
             "acceptedAt": r.accepted_at_ms, "expiresAt": r.expires_at_ms, "ackedAt": r.acked_at_ms,
+            "recalled": r.recall != crate::message::RecallMark::None, "recall": r.recall.name(),
         }),
         None => json!({
             "msgKey": msg_key, "target": token,
@@ -883,8 +887,11 @@ async fn user_status(
     let bound: u32 = reports.iter().map(|r| r.bound).sum();
     let acked: u32 = reports.iter().map(|r| r.acked).sum();
     let acked_at = reports.iter().filter_map(|r| r.first_acked_at_ms).min();
+    let recalled = reports.iter().any(|r| r.recalled);
     let status = if acked > 0 {
         crate::message::Status::Acked
+    } else if recalled {
+        crate::message::Status::Recalled
     } else if first.expires_at_ms <= unix_ms() {
         crate::message::Status::Expired
     } else if bound == 0 {
@@ -897,7 +904,7 @@ async fn user_status(
         "status": status.code(), "statusName": status.name(),
         "messageId": first.message_id.to_string(),
         "acceptedAt": first.accepted_at_ms, "expiresAt": first.expires_at_ms, "ackedAt": acked_at,
-        "devices": bound, "devicesAcked": acked,
+        "devices": bound, "devicesAcked": acked, "recalled": recalled,
     }))
 }
 
