@@ -430,7 +430,7 @@ impl DeliveryCore {
         let mut outcome = RecallOutcome {
             message_id: id,
             msg_key: msg_key.clone(),
-            target: RecalledFor::Shared(audience.clone()),
+            target: RecalledFor::Shared(audience),
             result: RecallResult::Recalled,
             withdrawn: 0,
             revoke_sent: 0,
@@ -448,17 +448,14 @@ impl DeliveryCore {
             at_ms,
         }));
         // Any device of the app may hold a copy (users unbind, devices
-        // leave groups), so every one is asked: one digest per device, paid
-        // only by a recall of a shared message.
-        let platform = match audience {
-            Audience::Platform { platform, .. } => Some(platform),
-            _ => None,
-        };
+        // leave groups, a Hello may change the platform), so every one is
+        // asked: one digest per device, paid only by a recall of a shared
+        // message.
         let mut holders = std::mem::take(&mut self.scratch_devices);
         holders.extend(
             self.devices
                 .iter()
-                .filter(|(_, d)| *d.app == *app && platform.is_none_or(|p| p == d.platform))
+                .filter(|(_, d)| *d.app == *app)
                 .filter(|(_, d)| {
                     let key = StatusKey::new(&app, &msg_key, &d.token);
                     self.statuses.get(&key).is_some_and(|r| r.message_id == id)
