@@ -71,6 +71,7 @@ fn core_step(c: &mut Criterion) {
     };
     while core.poll_action().is_some() {}
     let app: std::sync::Arc<str> = "demo".into();
+    let task = ringpush::message::TaskTag::untasked(ringpush::stats::PushType::Simple);
     let now_ms = ringpush::message::unix_ms();
     let mut id = 0u64;
     let mut group = c.benchmark_group("core");
@@ -89,8 +90,8 @@ fn core_step(c: &mut Criterion) {
                         msg_key: id.to_string().into(),
                         accepted_at_ms: now_ms,
                         expires_at_ms: now_ms + 300_000,
-                        task_id: 0,
                         frame: Bytes::from(sample_push(id).to_bytes()),
+                        task: task.clone(),
                     }],
                     reply,
                 },

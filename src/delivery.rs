@@ -18,7 +18,7 @@
 //!
 //! Recall (withdrawing queued copies, owing Revokes) is in `recall`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
@@ -30,16 +30,18 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::journal::{
-    AcceptedEntry, DeviceEntry, DeviceRecallEntry, Entry, FinalStatusEntry, RecallEntry, SharedEntry,
+    AcceptedEntry, AudienceEntry, DeviceEntry, DeviceRecallEntry, Entry, FinalStatusEntry, RecallEntry,
+    SharedEntry, TagUsersEntry,
 };
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
     RecallAnswer, RecallMark, RecallReply, RegistryChange, RegistryReply, SharedMessage, SharedOutcome,
-    Status, StatusReport, StorageRefusal, UserStatusReport,
+    Status, StatusReport, StorageRefusal, TagUsers, TaskTag, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
+use crate::stats::{Event, ForDevices, ReportOutcome, Reportable, ShardStats, TaskRef};
 use crate::timer::TimerWheel;
 
 mod fanout;
@@ -157,6 +159,8 @@ struct Pending {
     /// Its Accepted record is in the log. A device is never sent a message
     /// before that, so a failed commit can withdraw it unseen.
     durable: bool,
+    /// What the statistics count it under (4 bytes: fits the padding).
+    task: TaskRef,
 }
 
 impl Pending {
@@ -167,6 +171,7 @@ impl Pending {
         expires_at_ms: u64,
         frame: FrameSlot,
         status_key: StatusKey,
+        task: TaskRef,
     ) -> Self {
         Self {
             id,
@@ -177,6 +182,7 @@ impl Pending {
             sent_at: None,
             sent_before: false,
             durable: false,
+            task,
         }
     }
 }
@@ -203,6 +209,17 @@ struct Device {
     fanout_cursor: u64,
     /// Unix ms of its last frame before it disconnected (0: not since start).
     last_seen_ms: u64,
+    /// Its last acknowledged messages, which it may report opened or
+    /// ignored; on the heap once it acked one (8 bytes until then).
+    reports: Option<Box<ReportRing>>,
+}
+
+/// A ring of `stats.reportable_per_device` acknowledged messages, the
+/// next write at `next`.
+#[derive(Default)]
+struct ReportRing {
+    entries: Vec<Reportable>,
+    next: u8,
 }
 
 impl Device {
@@ -223,6 +240,7 @@ impl Device {
             unbound_at_ms: 0,
             fanout_cursor: 0,
             last_seen_ms: 0,
+            reports: None,
         }
     }
 
@@ -349,6 +367,9 @@ struct Journal {
     accepted: Vec<JournaledMessage>,
     /// Shared messages stored since the last commit: forgotten if it fails.
     published: Vec<u64>,
+    /// Tag user sets written since the last commit: not in the log if it
+    /// fails.
+    sets: Vec<u64>,
 }
 
 /// An API command's answer, held until its changes are durable.
@@ -357,6 +378,10 @@ enum Answer {
     Publish(PublishReply, Vec<SharedOutcome>),
     Registry(RegistryReply, i32),
     Recall(RecallReply, RecallAnswer),
+    /// A query's answer, prepared when it was asked: it may show changes of
+    /// this iteration (an Ack, a bind), which nobody may see before they
+    /// are in the log. Sent whatever the commit's outcome: it is a read.
+    Query(Box<dyn FnOnce() + Send>),
 }
 
 impl Answer {
@@ -367,8 +392,19 @@ impl Answer {
             Answer::Publish(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Registry(reply, code) => drop(reply.send(result.map(|()| code))),
             Answer::Recall(reply, answer) => drop(reply.send(result.map(|()| answer))),
+            Answer::Query(send) => send(),
         }
     }
+}
+
+/// A tag user set being read back from the log.
+enum ReplayedSet {
+    Partial {
+        next: u32,
+        parts: u32,
+        digests: Vec<u64>,
+    },
+    Whole(Arc<TagUsers>),
 }
 
 struct JournaledMessage {
@@ -454,10 +490,17 @@ struct Limits {
     status_retention: Duration,
     max_final_statuses: usize,
     max_revokes: usize,
+    reportable_per_device: usize,
 }
 
 /// How often expired shared messages are swept out of the store.
 const FANOUT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often statistics past their retention are dropped.
+const STATS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest counts that have no log record of their own (a first write
+/// to a connection, an opened or ignored report) wait for one: at most
+/// this much of them is lost on a crash.
+pub const STATS_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Maps the monotonic clock to wall time, fixed at construction, so TTLs
 /// given in Unix milliseconds become timer deadlines and tests can run on a
@@ -518,6 +561,9 @@ struct CoreMetrics {
     sessions: Gauge,
     ack_latency: Histogram,
     api_to_device: Histogram,
+    stats_tasks: Gauge,
+    /// [opened, ignored] x [counted, duplicate, unknown].
+    reports: [[Counter; 3]; 2],
 }
 
 impl CoreMetrics {
@@ -563,6 +609,12 @@ impl CoreMetrics {
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
             ack_latency: metrics::histogram!("ringpush_ack_latency_seconds", "shard" => shard.clone()),
             api_to_device: metrics::histogram!("ringpush_api_to_device_seconds", "shard" => shard.clone()),
+            stats_tasks: metrics::gauge!("ringpush_stats_tasks", "shard" => shard.clone()),
+            reports: ["opened", "ignored"].map(|kind| {
+                ["counted", "duplicate", "unknown"].map(|result| {
+                    metrics::counter!("ringpush_reports_total", "shard" => shard.clone(), "kind" => kind, "result" => result)
+                })
+            }),
             shard,
         }
     }
@@ -748,8 +800,14 @@ pub struct DeliveryCore {
     /// Where frames kept in the log are read back from; `None`: all in memory.
     log_reader: Option<Box<dyn RecordReader>>,
     read_buf: Vec<u8>,
-    /// Broadcasts, group and user messages, once each.
+    /// Broadcasts, group, user and tag messages, once each.
     fanout: FanoutStore,
+    /// Ids of the tag user sets the live log holds (since the last
+    /// checkpoint, or restated by it): a tag message whose set is here
+    /// names it without writing it again.
+    logged_sets: HashSet<u64>,
+    /// While replaying: tag user sets read so far, whole or in part.
+    replayed_sets: HashMap<u64, ReplayedSet>,
     /// Devices bound to a user, by `user_digest` (check the device's user:
     /// digests may collide).
     users: HashMap<u64, Vec<DeviceId>>,
@@ -768,6 +826,12 @@ pub struct DeliveryCore {
     /// Ids up to this one were accepted before this process started: a
     /// queued one may have been written by the last run.
     ids_before_start: u64,
+    /// Pushed, succeeded, arrived, opened and ignored counts, and tasks.
+    stats: ShardStats,
+    next_stats_prune: Instant,
+    last_stats_flush: Instant,
+    /// The task name of replayed messages (their task's record has it).
+    no_name: Arc<str>,
     metrics: CoreMetrics,
 }
 
@@ -810,6 +874,7 @@ impl DeliveryCore {
                 status_retention: d.status_retention(),
                 max_final_statuses: d.max_final_statuses_per_shard,
                 max_revokes: d.max_revokes_per_device,
+                reportable_per_device: config.stats.reportable_per_device,
             },
             apps: config
                 .apps
@@ -840,6 +905,8 @@ impl DeliveryCore {
             log_reader: None,
             read_buf: Vec::new(),
             fanout: FanoutStore::new(d.max_shared_messages_per_shard),
+            logged_sets: HashSet::new(),
+            replayed_sets: HashMap::new(),
             users: HashMap::new(),
             next_fanout_sweep: now,
             scratch_devices: Vec::new(),
@@ -853,6 +920,10 @@ impl DeliveryCore {
             revokes: HashMap::new(),
             revokes_owed: 0,
             ids_before_start: 0,
+            stats: ShardStats::new(crate::stats::Limits::from_config(config), shard_id),
+            next_stats_prune: now + STATS_PRUNE_INTERVAL,
+            last_stats_flush: now,
+            no_name: Arc::from(""),
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -881,6 +952,21 @@ impl DeliveryCore {
         self.max_message_id
     }
 
+    /// Journals the statistics counted since the last flush, when this
+    /// iteration writes the log anyway or when they waited
+    /// `STATS_FLUSH_INTERVAL`. The shard loop calls it before `journal`.
+    pub fn flush_stats(&mut self, now: Instant) {
+        if !self.stats.has_unflushed()
+            || (!self.journal_pending() && now < self.last_stats_flush + STATS_FLUSH_INTERVAL)
+        {
+            return;
+        }
+        self.last_stats_flush = now;
+        let journal = &mut self.journal;
+        self.stats
+            .take_delta(|payload| journal.write(&Entry::Stats(payload)));
+    }
+
     /// The durable changes since the last `journal_done`, framed as log
     /// records, and how many records that is. Empty when nothing changed
     /// and no push waits for an answer.
@@ -904,12 +990,16 @@ impl DeliveryCore {
     /// messages for offline devices then leave memory and are read back
     /// from there when their device connects.
     pub fn journal_done(&mut self, result: Result<Option<Position>, StorageRefusal>, now: Instant) {
+        self.stats.committed(result.is_ok());
         let journal = &mut self.journal;
         journal.framed.clear();
         journal.records = 0;
         let accepted = std::mem::take(&mut journal.accepted);
         let replies = std::mem::take(&mut journal.replies);
         let published = std::mem::take(&mut journal.published);
+        if result.is_ok() {
+            journal.sets.clear();
+        }
         match result {
             Ok(written_at) => {
                 let to_log = if self.log_reader.is_some() {
@@ -949,6 +1039,9 @@ impl DeliveryCore {
                 for id in published {
                     self.fanout.remove(id);
                     self.recall_index.remove(id);
+                }
+                for set in std::mem::take(&mut self.journal.sets) {
+                    self.logged_sets.remove(&set);
                 }
                 self.metrics.shared_stored.set(self.fanout.len() as f64);
                 for answer in replies {
@@ -1007,7 +1100,7 @@ impl DeliveryCore {
                 }
             }
             Entry::Accepted(a) => {
-                let task_id = match crate::protocol::decode_slice(a.frame, usize::MAX) {
+                let frame_task_id = match crate::protocol::decode_slice(a.frame, usize::MAX) {
                     Ok(Some((Frame::Push(p), used)))
                         if used == a.frame.len() && p.id == a.message_id && p.msg_key == a.msg_key =>
                     {
@@ -1026,10 +1119,19 @@ impl DeliveryCore {
                     msg_key: a.msg_key.into(),
                     accepted_at_ms: a.accepted_at_ms,
                     expires_at_ms: a.expires_at_ms,
-                    task_id,
                     frame: match logged {
                         Some(_) => Bytes::new(),
                         None => Bytes::copy_from_slice(a.frame),
+                    },
+                    task: TaskTag {
+                        // Records older than the task fields say 0, but the
+                        // frame still names the task, so a recall by task id
+                        // finds the message. The statistics count it
+                        // untasked all the same: no task of push type
+                        // `Simple` has that id.
+                        id: if a.task_id != 0 { a.task_id } else { frame_task_id },
+                        push_type: a.push_type,
+                        name: self.no_name.clone(),
                     },
                 };
                 self.max_message_id = self.max_message_id.max(a.message_id);
@@ -1045,15 +1147,38 @@ impl DeliveryCore {
             } => self.replay_finished(token, message_id, status, at_ms, now),
             Entry::Shared(m) => {
                 self.max_message_id = self.max_message_id.max(m.message_id);
+                let audience = match m.audience {
+                    AudienceEntry::Audience(Audience::Tag { .. }) => {
+                        return Err(format!("message {} names a tag without its set", m.message_id))
+                    }
+                    AudienceEntry::Audience(audience) => audience,
+                    AudienceEntry::Tag { name, set_id, users } => {
+                        let set = match self.replayed_sets.get(&set_id) {
+                            Some(ReplayedSet::Whole(set)) if set.len() as u64 == users => set.clone(),
+                            _ => {
+                                return Err(format!(
+                                    "tag message {} names user set {set_id:016x} ({users} users), which the log does not hold before it",
+                                    m.message_id
+                                ))
+                            }
+                        };
+                        Audience::Tag {
+                            name: name.into(),
+                            users: set,
+                        }
+                    }
+                };
                 let message = Arc::new(SharedMessage {
                     id: m.message_id,
                     app_id: self.app_arc(m.app),
-                    audience: m.audience,
+                    audience,
                     msg_key: m.msg_key.into(),
                     task_id: m.task_id,
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: Bytes::copy_from_slice(m.frame),
+                    push_type: m.push_type,
+                    task_name: self.no_name.clone(),
                 });
                 self.index_shared(&message);
                 // Expired ones too: the statuses logged after them need
@@ -1063,6 +1188,7 @@ impl DeliveryCore {
                     Err(Refused::Full) => self.metrics.shared_refused.increment(1),
                 }
             }
+            Entry::TagUsers(part) => self.replay_tag_users(&part)?,
             Entry::FinalStatus(f) => {
                 let key = StatusKey::from_u128(f.key);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
@@ -1080,6 +1206,32 @@ impl DeliveryCore {
                 }
             }
             Entry::Recall(r) => self.replay_recall(r, now),
+            Entry::Stats(payload) => match self.stats.replay(payload)? {
+                ForDevices::Nothing => {}
+                ForDevices::Reports(reports) => {
+                    for (token, message_id, code) in reports {
+                        let Some(&device) = self.by_token.get(token) else {
+                            continue;
+                        };
+                        let ring = self.devices[device].reports.as_deref_mut();
+                        let entry =
+                            ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == message_id));
+                        if let Some(entry) = entry {
+                            entry.reported = code;
+                        }
+                    }
+                }
+                ForDevices::Rings(rings) => {
+                    for (token, ring) in rings {
+                        if let Some(&device) = self.by_token.get(token) {
+                            self.devices[device].reports = Some(Box::new(ReportRing {
+                                entries: ring,
+                                next: 0,
+                            }));
+                        }
+                    }
+                }
+            },
         }
         Ok(())
     }
@@ -1090,7 +1242,7 @@ impl DeliveryCore {
             app: message.app_id.clone(),
             task_id: message.task_id,
             msg_key: message.msg_key.clone(),
-            target: Target::Shared(message.audience.clone()),
+            target: Target::shared(&message.audience),
             accepted_at_ms: message.accepted_at_ms,
             expires_at_ms: message.expires_at_ms,
             recalled: false,
@@ -1099,8 +1251,61 @@ impl DeliveryCore {
         self.metrics.recall_index_evicted.increment(evicted as u64);
     }
 
+    /// Gathers a tag user set's parts; the last one makes it whole. A set
+    /// cut short by a crash is replaced by the next copy of it in the log.
+    fn replay_tag_users(&mut self, part: &TagUsersEntry<'_>) -> Result<(), String> {
+        // A set restated by a checkpoint after the journal wrote it: the
+        // same contents (the id is their digest), already whole.
+        if let Some(ReplayedSet::Whole(_)) = self.replayed_sets.get(&part.set_id) {
+            return Ok(());
+        }
+        let damaged = || {
+            format!(
+                "tag user set {:016x}: part {} of {} out of order",
+                part.set_id, part.part, part.parts
+            )
+        };
+        let gathered = if part.part == 0 {
+            Vec::with_capacity(part.digests.len() / 8 * part.parts as usize)
+        } else {
+            match self.replayed_sets.remove(&part.set_id) {
+                Some(ReplayedSet::Partial { next, parts, digests })
+                    if next == part.part && parts == part.parts =>
+                {
+                    digests
+                }
+                _ => return Err(damaged()),
+            }
+        };
+        let mut digests = gathered;
+        digests.extend(part.digests());
+        let next = part.part + 1;
+        let entry = if next == part.parts {
+            let set = TagUsers::from_sorted(digests)
+                .ok_or_else(|| format!("tag user set {:016x} is not sorted", part.set_id))?;
+            if set.id() != part.set_id {
+                return Err(format!(
+                    "tag user set {:016x} holds another set's users",
+                    part.set_id
+                ));
+            }
+            self.logged_sets.insert(part.set_id);
+            ReplayedSet::Whole(set)
+        } else {
+            ReplayedSet::Partial {
+                next,
+                parts: part.parts,
+                digests,
+            }
+        };
+        self.replayed_sets.insert(part.set_id, entry);
+        Ok(())
+    }
+
     /// Ends replay: from now on changes are journaled.
     pub fn finish_replay(&mut self) {
+        // The replayed messages hold the sets they use.
+        self.replayed_sets = HashMap::new();
         self.journal.enabled = true;
         self.ids_before_start = self.max_message_id;
         self.metrics.recall_index.set(self.recall_index.len() as f64);
@@ -1108,6 +1313,7 @@ impl DeliveryCore {
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
+        self.metrics.stats_tasks.set(self.stats.task_count() as f64);
     }
 
     fn app_arc(&mut self, app: &str) -> Arc<str> {
@@ -1182,6 +1388,11 @@ impl DeliveryCore {
             // A shared message's delivery: only its end was logged. Its
             // status keeps the device from being sent it again.
             if let Some(m) = self.fanout.get(message_id) {
+                if status == Status::Acked {
+                    let (task, _) = self.stats.task(&m.app_id, m.task_id, m.push_type, "", 0, false);
+                    let entry = self.stats.reportable(task, message_id, at_ms);
+                    stats_remember(d, self.limits.reportable_per_device, entry);
+                }
                 let key = StatusKey::new(&m.app_id, &m.msg_key, token);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
                     status,
@@ -1204,6 +1415,10 @@ impl DeliveryCore {
             d.queue = VecDeque::new();
         }
         self.pending_total -= 1;
+        if status == Status::Acked {
+            let entry = self.stats.reportable(gone.task, message_id, at_ms);
+            stats_remember(d, self.limits.reportable_per_device, entry);
+        }
         if let Some(record) = self.statuses.get_mut(&gone.status_key) {
             record.status = status;
             record.forget_at_ms = forget_at_ms;
@@ -1246,20 +1461,43 @@ impl DeliveryCore {
             fanout,
             recall_index,
             revokes,
+            logged_sets,
+            stats,
             ..
         } = self;
+        // Older segments go once this is durable: from then on the log holds
+        // the sets this restates, and no other.
+        logged_sets.clear();
+        // First, so that the tasks exist when the messages below are
+        // replayed.
+        let mut stats_out: Result<(), E> = Ok(());
+        stats.write_snapshot(|payload| {
+            if stats_out.is_ok() {
+                chunk.put(&Entry::Stats(payload), false);
+                stats_out = chunk.flush_if_full(CHUNK, &mut emit);
+            }
+        });
+        stats_out?;
         for stored in fanout.iter() {
             let m = &stored.message;
+            if let Audience::Tag { users, .. } = &m.audience {
+                if logged_sets.insert(users.id()) {
+                    let parts = TagUsersEntry::write_set(&mut chunk.out, users.id(), users.digests());
+                    chunk.records += parts;
+                    chunk.flush_if_full(CHUNK, &mut emit)?;
+                }
+            }
             chunk.put(
                 &Entry::Shared(SharedEntry {
                     message_id: m.id,
                     app: &m.app_id,
-                    audience: m.audience.clone(),
+                    audience: AudienceEntry::of(&m.audience),
                     msg_key: &m.msg_key,
                     task_id: m.task_id,
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: &m.frame,
+                    push_type: m.push_type,
                 }),
                 false,
             );
@@ -1269,11 +1507,32 @@ impl DeliveryCore {
             chunk.put(&device_entry(d), false);
             chunk.flush_if_full(CHUNK, &mut emit)?;
         }
+        // After the devices they belong to.
+        let with_rings: Vec<&Device> = devices
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d.reports.is_some())
+            .collect();
+        for group in with_rings.chunks(crate::stats::record::CHUNK / 256) {
+            let rings = group
+                .iter()
+                .map(|d| {
+                    let ring = d.reports.as_deref().expect("filtered");
+                    let entries = crate::stats::oldest_first(&ring.entries, ring.next);
+                    (&*d.token, entries.copied().collect())
+                })
+                .collect();
+            let mut payload = Vec::new();
+            crate::stats::Record::Reportables { devices: rings }.encode(&mut payload);
+            chunk.put(&Entry::Stats(&payload), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
         for (_, d) in devices.iter() {
             for p in &d.queue {
                 match &p.frame {
                     FrameSlot::Memory(frame) => {
                         let msg_key = push_msg_key(frame);
+                        let (task_id, push_type) = stats.describe(p.task);
                         chunk.put(
                             &Entry::Accepted(AcceptedEntry {
                                 message_id: p.id,
@@ -1283,6 +1542,8 @@ impl DeliveryCore {
                                 accepted_at_ms: p.accepted_at_ms,
                                 expires_at_ms: p.expires_at_ms,
                                 frame,
+                                task_id,
+                                push_type,
                             }),
                             true,
                         );
@@ -1564,14 +1825,8 @@ impl DeliveryCore {
                 let code = self.change_registry(device, change, now);
                 self.reply(conn, v.request_id, code);
             }
-            Frame::Opened(ids) => {
-                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "opened")
-                    .increment(ids.ids.len() as u64);
-            }
-            Frame::Ignored(ids) => {
-                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "ignored")
-                    .increment(ids.ids.len() as u64);
-            }
+            Frame::Opened(ids) => self.on_report(device, &ids.ids, Event::Opened, now),
+            Frame::Ignored(ids) => self.on_report(device, &ids.ids, Event::Ignored, now),
             Frame::Hello(_) => return self.fail(conn, ErrorCode::UnexpectedFrame, "Hello after Welcome"),
             server_only => {
                 let reason = format!("{:?} is a server frame", server_only.frame_type());
@@ -1757,8 +2012,9 @@ impl DeliveryCore {
 
     /// Queues for a device, oldest first, every still-valid shared message
     /// it is in the audience of and has not had. On connect
-    /// (`just_bound: false`): broadcasts, group and user messages from its
-    /// cursor on; after binding a user: all of that user's messages.
+    /// (`just_bound: false`): broadcasts, group, tag and user messages from
+    /// its cursor on; after binding a user: all of that user's messages and
+    /// all tag messages whose tag holds the user.
     fn queue_shared_backlog(&mut self, device: DeviceId, just_bound: bool, now: Instant) {
         let now_ms = self.clock.unix_ms(now);
         let d = &self.devices[device];
@@ -1776,6 +2032,12 @@ impl DeliveryCore {
         }
         if let Some(user) = &d.user_id {
             let from = if just_bound { 0 } else { cursor };
+            due.extend(
+                self.fanout
+                    .tags_since(from)
+                    .filter(|s| live(&s.message))
+                    .map(|s| (s.seq, s.message.clone())),
+            );
             due.extend(
                 self.fanout
                     .for_user(&d.app, user)
@@ -1812,6 +2074,18 @@ impl DeliveryCore {
         if !inserted {
             return false;
         }
+        let (task, _) = self.stats.task(
+            &message.app_id,
+            message.task_id,
+            message.push_type,
+            "",
+            message.accepted_at_ms,
+            false,
+        );
+        if self.journal.enabled {
+            let now_ms = self.clock.unix_ms(now);
+            self.stats.count(task, d.platform, Event::Pushed, now_ms);
+        }
         // Sent only once the message itself is in the log.
         let durable = !self.journal.published.contains(&message.id);
         if !durable {
@@ -1830,6 +2104,7 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            task,
         );
         self.enqueue(device, Pending { durable, ..pending }, now);
         true
@@ -1853,15 +2128,34 @@ impl DeliveryCore {
             }
         }
         self.max_message_id = self.max_message_id.max(message.id);
+        if let Audience::Tag { users, .. } = &message.audience {
+            if self.journal.enabled && self.logged_sets.insert(users.id()) {
+                let parts = TagUsersEntry::write_set(&mut self.journal.framed, users.id(), users.digests());
+                self.journal.records += parts;
+                self.journal.sets.push(users.id());
+            }
+        }
+        let (task, created) = self.stats.task(
+            &message.app_id,
+            message.task_id,
+            message.push_type,
+            &message.task_name,
+            message.accepted_at_ms,
+            self.journal.enabled,
+        );
+        if created {
+            self.journal.write(&Entry::Stats(&self.stats.task_record(task)));
+        }
         self.journal.write(&Entry::Shared(SharedEntry {
             message_id: message.id,
             app: &message.app_id,
-            audience: message.audience.clone(),
+            audience: AudienceEntry::of(&message.audience),
             msg_key: &message.msg_key,
             task_id: message.task_id,
             accepted_at_ms: message.accepted_at_ms,
             expires_at_ms: message.expires_at_ms,
             frame: &message.frame,
+            push_type: message.push_type,
         }));
         self.journal.published.push(message.id);
         self.index_shared(&message);
@@ -1872,6 +2166,24 @@ impl DeliveryCore {
             Audience::User(user) => {
                 if let Some(bound) = self.users.get(&user_digest(&message.app_id, user)) {
                     members.extend(bound.iter().copied());
+                }
+                members.retain(|&d| is_member(&message, &self.devices[d].member()));
+            }
+            Audience::Tag { users, .. } => {
+                // Whichever is smaller: the tag's users, or the users bound
+                // on this shard.
+                if users.len() <= self.users.len() {
+                    for digest in users.digests() {
+                        if let Some(bound) = self.users.get(digest) {
+                            members.extend(bound.iter().copied());
+                        }
+                    }
+                } else {
+                    for (digest, bound) in &self.users {
+                        if users.contains(*digest) {
+                            members.extend(bound.iter().copied());
+                        }
+                    }
                 }
                 members.retain(|&d| is_member(&message, &self.devices[d].member()));
             }
@@ -1930,6 +2242,11 @@ impl DeliveryCore {
                     .ack_latency
                     .record(now.saturating_duration_since(sent_at).as_secs_f64());
             }
+            self.stats.count(pending.task, d.platform, Event::Arrived, now_ms);
+            let entry = self.stats.reportable(pending.task, id, now_ms);
+            if stats_remember(d, self.limits.reportable_per_device, entry) {
+                self.stats.reportable_evicted();
+            }
             if let Some(record) = self.statuses.get_mut(&pending.status_key) {
                 record.status = Status::Acked;
                 record.acked_at_ms = now_ms;
@@ -1946,6 +2263,30 @@ impl DeliveryCore {
         }
         self.metrics.pending.set(self.pending_total as f64);
         self.fill_window(device, now);
+    }
+
+    /// An Opened or Ignored report: counted once per message the device
+    /// acknowledged (within `stats.report_window_hours`); the journal
+    /// carries it with the next statistics flush.
+    fn on_report(&mut self, device: DeviceId, ids: &[u64], event: Event, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let d = &mut self.devices[device];
+        let kind = usize::from(event == Event::Ignored);
+        for &id in ids {
+            let ring = d.reports.as_deref_mut();
+            let outcome = match ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == id)) {
+                Some(entry) => self
+                    .stats
+                    .report(entry, event, (&d.app, &d.token, d.platform), now_ms),
+                None => ReportOutcome::Unknown,
+            };
+            let result = match outcome {
+                ReportOutcome::Counted => 0,
+                ReportOutcome::Duplicate => 1,
+                ReportOutcome::Unknown => 2,
+            };
+            self.metrics.reports[kind][result].increment(1);
+        }
     }
 
     /// Writes queued messages to the device's connection until the in-flight
@@ -2013,6 +2354,7 @@ impl DeliveryCore {
                 self.metrics.redelivered.increment(1);
             } else {
                 p.sent_before = true;
+                self.stats.count(p.task, d.platform, Event::Succeeded, now_ms);
                 let waited_us = now_us.saturating_sub(p.accepted_at_ms * 1000);
                 self.metrics.api_to_device.record(waited_us as f64 / 1e6);
             }
@@ -2251,7 +2593,8 @@ impl DeliveryCore {
                 lookup,
                 reply,
             } => {
-                let _ = reply.send(self.query_devices(&app_id, &lookup, now));
+                let report = self.query_devices(&app_id, &lookup, now);
+                self.answer_query(move || drop(reply.send(report)));
             }
             Command::QueryUserStatus {
                 app_id,
@@ -2259,7 +2602,29 @@ impl DeliveryCore {
                 user_id,
                 reply,
             } => {
-                let _ = reply.send(self.user_status(&app_id, &msg_key, &user_id));
+                let report = self.user_status(&app_id, &msg_key, &user_id);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryTasks {
+                app_id,
+                from_ms,
+                to_ms,
+                reply,
+            } => {
+                let report = self.stats.tasks_of(&app_id, from_ms, to_ms);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryTask {
+                app_id,
+                task_id,
+                reply,
+            } => {
+                let report = self.stats.task_report(&app_id, task_id);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryStats { app_id, query, reply } => {
+                let report = self.stats.series(&app_id, &query);
+                self.answer_query(move || drop(reply.send(report)));
             }
             Command::QueryStatus {
                 app_id,
@@ -2278,8 +2643,18 @@ impl DeliveryCore {
                         acked_at_ms: (r.acked_at_ms != 0).then_some(r.acked_at_ms),
                         recall: r.recall,
                     });
-                let _ = reply.send(report);
+                self.answer_query(move || drop(reply.send(report)));
             }
+        }
+    }
+
+    /// Sends a query's answer now, or after the commit when this iteration
+    /// has changes not yet in the log (see `Answer::Query`).
+    fn answer_query(&mut self, send: impl FnOnce() + Send + 'static) {
+        if self.journal.records == 0 {
+            send();
+        } else {
+            self.journal.replies.push(Answer::Query(Box::new(send)));
         }
     }
 
@@ -2390,10 +2765,19 @@ impl DeliveryCore {
             StatusRecord::pending(message.id, message.accepted_at_ms, message.expires_at_ms),
         );
         self.max_message_id = self.max_message_id.max(message.id);
-        if message.task_id != 0 {
+        let tag = &message.task;
+        let (task, created) = self.stats.task(
+            &message.app_id,
+            tag.id,
+            tag.push_type,
+            &tag.name,
+            message.accepted_at_ms,
+            self.journal.enabled,
+        );
+        if tag.id != 0 {
             let entry = Indexed {
                 app: message.app_id.clone(),
-                task_id: message.task_id,
+                task_id: tag.id,
                 msg_key: message.msg_key.clone(),
                 target: Target::Token(message.token.clone()),
                 accepted_at_ms: message.accepted_at_ms,
@@ -2404,6 +2788,12 @@ impl DeliveryCore {
             self.metrics.recall_index_evicted.increment(evicted as u64);
         }
         if self.journal.enabled {
+            if created {
+                self.journal.write(&Entry::Stats(&self.stats.task_record(task)));
+            }
+            let now_ms = self.clock.unix_ms(now);
+            self.stats
+                .count(task, self.devices[device].platform, Event::Pushed, now_ms);
             let record_at = self.journal.framed.len();
             self.journal.write(&Entry::Accepted(AcceptedEntry {
                 message_id: message.id,
@@ -2413,6 +2803,8 @@ impl DeliveryCore {
                 accepted_at_ms: message.accepted_at_ms,
                 expires_at_ms: message.expires_at_ms,
                 frame: &message.frame,
+                task_id: tag.id,
+                push_type: tag.push_type,
             }));
             self.journal.accepted.push(JournaledMessage {
                 device,
@@ -2434,6 +2826,7 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            task,
         );
         let durable = !self.journal.enabled;
         self.enqueue(device, Pending { durable, ..pending }, now);
@@ -2494,6 +2887,11 @@ impl DeliveryCore {
             self.fire(timer, now);
         }
         self.fired = fired;
+        if now >= self.next_stats_prune {
+            self.next_stats_prune = now + STATS_PRUNE_INTERVAL;
+            self.stats.prune(self.clock.unix_ms(now));
+            self.metrics.stats_tasks.set(self.stats.task_count() as f64);
+        }
         if now >= self.next_fanout_sweep {
             self.next_fanout_sweep = now + FANOUT_SWEEP_INTERVAL;
             if self.fanout.sweep(self.clock.unix_ms(now)) > 0 {
@@ -2607,7 +3005,14 @@ impl DeliveryCore {
         let timer = self.timers.next_deadline();
         let gc = self.status_gc.front().map(|(at, _)| *at);
         let sweep = (self.fanout.len() > 0 || self.recall_index.len() > 0).then_some(self.next_fanout_sweep);
-        [timer, gc, sweep].into_iter().flatten().min()
+        let stats = self
+            .stats
+            .has_unflushed()
+            .then_some(self.last_stats_flush + STATS_FLUSH_INTERVAL);
+        [timer, gc, sweep, stats, Some(self.next_stats_prune)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Tells every connected device to come back after a jittered delay and
@@ -2729,6 +3134,16 @@ fn push_msg_key(frame: &[u8]) -> String {
 /// A journal buffer grown by a burst is given back rather than kept.
 fn journal_capacity_is_large(buffer: &Vec<u8>) -> bool {
     buffer.capacity() > 4 << 20
+}
+
+/// Remembers a message `d` acknowledged for its opened/ignored report;
+/// answers whether an unreported one was forgotten to make room.
+fn stats_remember(d: &mut Device, cap: usize, entry: Reportable) -> bool {
+    if cap == 0 {
+        return false;
+    }
+    let ring = d.reports.get_or_insert_with(Default::default);
+    crate::stats::remember(&mut ring.entries, &mut ring.next, cap, entry)
 }
 
 /// Gives a message that leaves its queue unacked its final `status`

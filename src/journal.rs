@@ -10,6 +10,7 @@
 //! checkpoint replays to the same state.
 
 use crate::message::{Audience, BindFilter, RecallMark, Status};
+use crate::stats::PushType;
 
 const KIND_DEVICE: u8 = 1;
 const KIND_DEVICE_DELETED: u8 = 2;
@@ -18,6 +19,13 @@ const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
 const KIND_RECALL: u8 = 7;
+// 8 is reserved for token rotation records.
+/// Statistics: counts, tasks, reports (layout in `stats::record`).
+const KIND_STATS: u8 = 9;
+const KIND_TAG_USERS: u8 = 10;
+
+/// Digests in one `TagUsers` record: 800 KB, under `log::MAX_RECORD`.
+pub const TAG_USERS_PER_RECORD: usize = 100_000;
 
 /// A device's whole registry record; written on registration and on every
 /// change, so the last one for a token is its state.
@@ -39,18 +47,95 @@ pub struct DeviceEntry<'a> {
     pub unbound_at_ms: u64,
 }
 
-/// A shared message (broadcast, group or user push) as one shard stores it.
+/// A shared message (broadcast, group, user or tag push) as one shard
+/// stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedEntry<'a> {
     pub message_id: u64,
     pub app: &'a str,
-    pub audience: Audience,
+    pub audience: AudienceEntry<'a>,
     pub msg_key: &'a str,
     pub task_id: u64,
     pub accepted_at_ms: u64,
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// Broadcast in records older than this field.
+    pub push_type: PushType,
+}
+
+/// A shared message's audience as the log holds it. A tag's users are too
+/// many to repeat in every message (and a record holds at most 1 MiB), so
+/// the message names their set by id, and `TagUsers` records before it in
+/// the log hold the set, once for every message that uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AudienceEntry<'a> {
+    /// A platform, group or user audience (never `Audience::Tag`).
+    Audience(Audience),
+    Tag {
+        name: &'a str,
+        set_id: u64,
+        users: u64,
+    },
+}
+
+impl<'a> AudienceEntry<'a> {
+    pub fn of(audience: &'a Audience) -> Self {
+        match audience {
+            Audience::Tag { name, users } => AudienceEntry::Tag {
+                name,
+                set_id: users.id(),
+                users: users.len() as u64,
+            },
+            other => AudienceEntry::Audience(other.clone()),
+        }
+    }
+}
+
+/// One part of a tag push's user set: the sorted digests
+/// `[part * TAG_USERS_PER_RECORD ..]` of set `set_id`, `parts` parts in
+/// all, written one after the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagUsersEntry<'a> {
+    pub set_id: u64,
+    pub part: u32,
+    pub parts: u32,
+    /// Little-endian u64s.
+    pub digests: &'a [u8],
+}
+
+impl TagUsersEntry<'_> {
+    pub fn digests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.digests
+            .chunks_exact(8)
+            .map(|d| u64::from_le_bytes(d.try_into().expect("8 bytes")))
+    }
+
+    /// The records of a whole set, in order (one, empty, for no users).
+    pub fn write_set(out: &mut Vec<u8>, set_id: u64, digests: &[u64]) -> usize {
+        write_set_in(out, set_id, digests, TAG_USERS_PER_RECORD)
+    }
+}
+
+/// `TagUsersEntry::write_set` with `per_record` digests a record.
+fn write_set_in(out: &mut Vec<u8>, set_id: u64, digests: &[u64], per_record: usize) -> usize {
+    let parts = digests.len().div_ceil(per_record).max(1);
+    let mut bytes = Vec::with_capacity(per_record.min(digests.len()) * 8);
+    for part in 0..parts {
+        let end = ((part + 1) * per_record).min(digests.len());
+        bytes.clear();
+        for d in &digests[part * per_record..end] {
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        Entry::TagUsers(TagUsersEntry {
+            set_id,
+            part: part as u32,
+            parts: parts as u32,
+            digests: &bytes,
+        })
+        .write_to(out);
+    }
+    parts
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +148,10 @@ pub struct AcceptedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// 0: none. Records older than this field and the next have none and
+    /// are simple pushes.
+    pub task_id: u64,
+    pub push_type: PushType,
 }
 
 /// A final status kept for queries after its message left the queue;
@@ -120,7 +209,9 @@ pub struct IndexedEntry<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IndexedTarget<'a> {
     Token(&'a str),
-    Shared(Audience),
+    /// A shared message's audience; a tag push's names its user set
+    /// without holding it (the index needs the tag's name only).
+    Shared(AudienceEntry<'a>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +244,9 @@ pub enum Entry<'a> {
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
     Recall(RecallEntry<'a>),
+    TagUsers(TagUsersEntry<'a>),
+    /// A statistics record, its payload laid out by `stats::record`.
+    Stats(&'a [u8]),
 }
 
 impl Entry<'_> {
@@ -166,6 +260,8 @@ impl Entry<'_> {
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
             Entry::Recall(_) => KIND_RECALL,
+            Entry::TagUsers(_) => KIND_TAG_USERS,
+            Entry::Stats(_) => KIND_STATS,
         };
         crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
     }
@@ -202,6 +298,8 @@ impl Entry<'_> {
                 put_u64(out, a.accepted_at_ms);
                 put_u64(out, a.expires_at_ms);
                 put_bytes(out, a.frame);
+                put_u64(out, a.task_id);
+                out.push(a.push_type.code());
             }
             Entry::Finished {
                 token,
@@ -239,8 +337,16 @@ impl Entry<'_> {
                 put_u64(out, m.accepted_at_ms);
                 put_u64(out, m.expires_at_ms);
                 put_bytes(out, m.frame);
+                out.push(m.push_type.code());
+            }
+            Entry::TagUsers(t) => {
+                put_u64(out, t.set_id);
+                put_u32(out, t.part);
+                put_u32(out, t.parts);
+                put_bytes(out, t.digests);
             }
             Entry::Recall(r) => encode_recall(out, r),
+            Entry::Stats(payload) => out.extend_from_slice(payload),
         }
     }
 
@@ -287,15 +393,32 @@ impl Entry<'_> {
                 })
             }
             KIND_DEVICE_DELETED => Entry::DeviceDeleted { token: r.str()? },
-            KIND_ACCEPTED => Entry::Accepted(AcceptedEntry {
-                message_id: r.u64()?,
-                app: r.str()?,
-                token: r.str()?,
-                msg_key: r.str()?,
-                accepted_at_ms: r.u64()?,
-                expires_at_ms: r.u64()?,
-                frame: r.bytes()?,
-            }),
+            KIND_ACCEPTED => {
+                let message_id = r.u64()?;
+                let app = r.str()?;
+                let token = r.str()?;
+                let msg_key = r.str()?;
+                let accepted_at_ms = r.u64()?;
+                let expires_at_ms = r.u64()?;
+                let frame = r.bytes()?;
+                // Records written before the task fields end here.
+                let (task_id, push_type) = if r.at == payload.len() {
+                    (0, PushType::Simple)
+                } else {
+                    (r.u64()?, r.push_type()?)
+                };
+                Entry::Accepted(AcceptedEntry {
+                    message_id,
+                    app,
+                    token,
+                    msg_key,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    frame,
+                    task_id,
+                    push_type,
+                })
+            }
             KIND_FINISHED => Entry::Finished {
                 token: r.str()?,
                 message_id: r.u64()?,
@@ -329,8 +452,34 @@ impl Entry<'_> {
                 accepted_at_ms: r.u64()?,
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
+                push_type: if r.at == payload.len() {
+                    PushType::Broadcast
+                } else {
+                    r.push_type()?
+                },
             }),
             KIND_RECALL => Entry::Recall(r.recall()?),
+            KIND_TAG_USERS => {
+                let entry = TagUsersEntry {
+                    set_id: r.u64()?,
+                    part: r.u32()?,
+                    parts: r.u32()?,
+                    digests: r.bytes()?,
+                };
+                if !entry.digests.len().is_multiple_of(8) || entry.part >= entry.parts {
+                    return Err(format!(
+                        "tag user set part {} of {} with {} bytes",
+                        entry.part,
+                        entry.parts,
+                        entry.digests.len()
+                    ));
+                }
+                Entry::TagUsers(entry)
+            }
+            KIND_STATS => {
+                r.at = payload.len();
+                Entry::Stats(payload)
+            }
             other => return Err(format!("unknown record kind {other}")),
         };
         if r.at != payload.len() {
@@ -433,8 +582,29 @@ fn encode_recall(out: &mut Vec<u8>, entry: &RecallEntry<'_>) {
 }
 
 /// A period of `None` (forever) is stored as `u64::MAX`.
-fn put_audience(out: &mut Vec<u8>, audience: &Audience) {
+fn put_audience(out: &mut Vec<u8>, audience: &AudienceEntry<'_>) {
+    let audience = match audience {
+        AudienceEntry::Tag { name, set_id, users } => {
+            out.push(4);
+            put_str(out, name);
+            put_u64(out, *set_id);
+            put_u64(out, *users);
+            return;
+        }
+        AudienceEntry::Audience(audience) => audience,
+    };
     match audience {
+        Audience::Tag { name, users } => {
+            // `AudienceEntry::of` never builds this; written the same way.
+            put_audience(
+                out,
+                &AudienceEntry::Tag {
+                    name,
+                    set_id: users.id(),
+                    users: users.len() as u64,
+                },
+            )
+        }
         Audience::Platform { platform, filter } => {
             out.push(1);
             out.push(*platform);
@@ -502,8 +672,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn audience(&mut self) -> Result<Audience, String> {
-        Ok(match self.u8()? {
+    fn audience(&mut self) -> Result<AudienceEntry<'a>, String> {
+        Ok(AudienceEntry::Audience(match self.u8()? {
             1 => {
                 let platform = self.u8()?;
                 let kind = self.u8()?;
@@ -520,8 +690,20 @@ impl<'a> Reader<'a> {
             }
             2 => Audience::Group(self.str()?.into()),
             3 => Audience::User(self.str()?.into()),
+            4 => {
+                return Ok(AudienceEntry::Tag {
+                    name: self.str()?,
+                    set_id: self.u64()?,
+                    users: self.u64()?,
+                })
+            }
             x => return Err(format!("audience kind {x}")),
-        })
+        }))
+    }
+
+    fn push_type(&mut self) -> Result<PushType, String> {
+        let code = self.u8()?;
+        PushType::from_code(code).ok_or_else(|| format!("unknown push type {code}"))
     }
 
     fn final_status(&mut self) -> Result<Status, String> {
@@ -529,7 +711,7 @@ impl<'a> Reader<'a> {
             2 => Ok(Status::Acked),
             3 => Ok(Status::Expired),
             4 => Ok(Status::Dropped),
-            5 => Ok(Status::Recalled),
+            6 => Ok(Status::Recalled),
             x => Err(format!("final status {x}")),
         }
     }
@@ -616,9 +798,9 @@ mod tests {
         proptest::sample::select(RecallMark::ALL.to_vec())
     }
 
-    fn audience() -> impl Strategy<Value = Audience> {
+    fn audience() -> impl Strategy<Value = AudienceEntry<'static>> {
         let period = proptest::option::of(0u64..u64::MAX);
-        prop_oneof![
+        let known = prop_oneof![
             (any::<u8>(), 0u8..3, period).prop_map(|(platform, kind, p)| Audience::Platform {
                 platform,
                 filter: match kind {
@@ -630,6 +812,14 @@ mod tests {
             ".{0,12}".prop_map(|g| Audience::Group(g.into())),
             ".{0,12}".prop_map(|u| Audience::User(u.into())),
         ]
+        .prop_map(AudienceEntry::Audience);
+        let tag =
+            (".{0,12}", any::<u64>(), any::<u64>()).prop_map(|(name, set_id, users)| AudienceEntry::Tag {
+                name: Box::leak(name.into_boxed_str()),
+                set_id,
+                users,
+            });
+        prop_oneof![known, tag]
     }
 
     proptest! {
@@ -666,7 +856,9 @@ mod tests {
                 Entry::Accepted(AcceptedEntry {
                     message_id: id, app: "demo", token: &token, msg_key: &key,
                     accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                    task_id: id ^ 5, push_type: PushType::Multiple,
                 }),
+                Entry::Stats(&frame),
                 Entry::Finished { token: &token, message_id: id, status, at_ms: at },
                 Entry::DeviceDeleted { token: &token },
                 Entry::FinalStatus(FinalStatusEntry {
@@ -690,6 +882,7 @@ mod tests {
             let entry = Entry::Shared(SharedEntry {
                 message_id: id, app: &app, audience, msg_key: &key, task_id: task,
                 accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                push_type: PushType::Group,
             });
             let mut out = Vec::new();
             entry.write_to(&mut out);
@@ -728,9 +921,60 @@ mod tests {
         }
 
         #[test]
-        fn decoding_garbage_never_panics(kind in 0u8..8, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn tag_user_sets_round_trip_in_parts(
+            set_id: u64,
+            mut digests in proptest::collection::vec(any::<u64>(), 0..300),
+            per_record in 1usize..50,
+        ) {
+            digests.sort_unstable();
+            let mut out = Vec::new();
+            let parts = write_set_in(&mut out, set_id, &digests, per_record);
+            prop_assert_eq!(parts, digests.len().div_ceil(per_record).max(1));
+            let mut back = Vec::new();
+            let mut at = 0;
+            let mut seen = 0;
+            while at < out.len() {
+                let len = u32::from_le_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+                let Entry::TagUsers(t) = decode_framed(&out[at..at + 8 + len]) else {
+                    panic!("a TagUsers record");
+                };
+                prop_assert_eq!((t.set_id, t.part as usize, t.parts as usize), (set_id, seen, parts));
+                back.extend(t.digests());
+                seen += 1;
+                at += 8 + len;
+            }
+            prop_assert_eq!(back, digests);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(kind in 0u8..12, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Entry::decode(kind, &payload);
         }
+    }
+
+    #[test]
+    fn a_full_tag_set_fits_the_record_limit() {
+        let digests: Vec<u64> = (0..250_001).collect();
+        let mut out = Vec::new();
+        assert_eq!(TagUsersEntry::write_set(&mut out, 9, &digests), 3);
+        const { assert!(TAG_USERS_PER_RECORD * 8 + 64 <= crate::log::MAX_RECORD) };
+        let payload = &out[9..9 + 8 + 4 + 4 + 4 + 7];
+        assert!(
+            Entry::decode(KIND_TAG_USERS, payload).is_err(),
+            "not a whole digest"
+        );
+        let mut bad = Vec::new();
+        Entry::TagUsers(TagUsersEntry {
+            set_id: 1,
+            part: 2,
+            parts: 2,
+            digests: &[],
+        })
+        .write_to(&mut bad);
+        assert!(
+            Entry::decode(KIND_TAG_USERS, &bad[9..]).is_err(),
+            "part past the end"
+        );
     }
 
     #[test]
@@ -757,6 +1001,29 @@ mod tests {
             decoded.registered_at_ms + decoded.bound_at_ms + decoded.unbound_at_ms,
             0
         );
+    }
+
+    #[test]
+    fn message_records_without_task_fields_still_decode() {
+        let entry = AcceptedEntry {
+            message_id: 1,
+            app: "a",
+            token: "t",
+            msg_key: "k",
+            accepted_at_ms: 2,
+            expires_at_ms: 3,
+            frame: b"f",
+            task_id: 9,
+            push_type: PushType::Multiple,
+        };
+        let mut out = Vec::new();
+        Entry::Accepted(entry.clone()).write_to(&mut out);
+        let old_layout = &out[9..out.len() - 9];
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, old_layout).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!((decoded.task_id, decoded.push_type), (0, PushType::Simple));
+        assert_eq!(decoded.frame, b"f");
     }
 
     #[test]

@@ -124,7 +124,7 @@ fn a_message_recalled_before_delivery_never_reaches_the_device() {
         let data = status(&d, &token, "k1");
         assert_eq!(
             (data["status"].as_i64(), data["statusName"].as_str()),
-            (Some(5), Some("Recalled")),
+            (Some(6), Some("Recalled")),
             "{data}"
         );
         assert_eq!(
@@ -440,7 +440,7 @@ fn recalls_survive_kill_9() {
         let data = status(&d, &away, "unseen");
         assert_eq!(
             (data["status"].as_i64(), data["recall"].as_str()),
-            (Some(5), Some("withdrawn"))
+            (Some(6), Some("withdrawn"))
         );
         let mut back = d.device(&away);
         assert_eq!(

@@ -1,10 +1,10 @@
 //! Recall through the API: `POST /v1/push/recall` takes back one message by
 //! msgKey and target (a device token, or with `deliveryType` 3 a userId),
-//! `POST /v1/push/recall-task` every message of a multiple, broadcast or
-//! group push by its task id. A token's message is recalled by the shard that
-//! owns the token; a user's or a task's messages by every shard, since
-//! shared messages and a task's tokens live on all of them. The answer says
-//! per message what happened; a message older than
+//! `POST /v1/push/recall-task` every message of a multiple, broadcast,
+//! group or tag push by its task id. A token's message is recalled by the
+//! shard that owns the token; a user's or a task's messages by every shard,
+//! since shared messages and a task's tokens live on all of them. The
+//! answer says per message what happened; a message older than
 //! `delivery.recall_window_secs` refuses the whole request with 3028.
 //! Request parsing is pure; the handlers only route and gather.
 
@@ -130,14 +130,15 @@ pub fn parse_task(bytes: &[u8], caller: &AuthenticatedApp) -> Result<RecallReque
 #[derive(Serialize, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct Recalled {
-    /// The device token, the userId, the group name, or "" for a broadcast.
+    /// The device token, the userId, the group or tag name, or "" for a
+    /// broadcast.
     target: String,
-    /// `token`, `user`, `group` or `broadcast`.
+    /// `token`, `user`, `group`, `tag` or `broadcast`.
     audience: &'static str,
     msg_key: String,
     message_id: String,
     result: &'static str,
-    /// Devices (of a user, group or broadcast) whose copy was withdrawn
+    /// Devices (of a user, group, tag or broadcast) whose copy was withdrawn
     /// unseen, written a Revoke now, or owed one for their next connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     withdrawn: Option<u32>,
@@ -184,31 +185,30 @@ fn describe(outcome: &RecallOutcome) -> Recalled {
         RecallResult::Expired => Some("expired"),
         RecallResult::Dropped => Some("dropped"),
     };
-    match &outcome.target {
-        RecalledFor::Token(token) => Recalled {
-            result: not_now.unwrap_or(if outcome.withdrawn > 0 {
-                "withdrawn"
-            } else if outcome.revoke_sent > 0 {
-                "revoke_sent"
-            } else {
-                "revoke_queued"
-            }),
-            ..base(token.to_string(), "token")
-        },
-        RecalledFor::Shared(audience) => {
-            let (target, kind) = match audience {
-                Audience::User(user) => (user.to_string(), "user"),
-                Audience::Group(group) => (group.to_string(), "group"),
-                Audience::Platform { .. } => (String::new(), "broadcast"),
-            };
-            Recalled {
-                result: not_now.unwrap_or("recalled"),
-                withdrawn: Some(outcome.withdrawn),
-                revoke_sent: Some(outcome.revoke_sent),
-                revoke_queued: Some(outcome.revoke_queued),
-                ..base(target, kind)
+    let (target, kind) = match &outcome.target {
+        RecalledFor::Token(token) => {
+            return Recalled {
+                result: not_now.unwrap_or(if outcome.withdrawn > 0 {
+                    "withdrawn"
+                } else if outcome.revoke_sent > 0 {
+                    "revoke_sent"
+                } else {
+                    "revoke_queued"
+                }),
+                ..base(token.to_string(), "token")
             }
         }
+        RecalledFor::Shared(Audience::User(user)) => (user.to_string(), "user"),
+        RecalledFor::Shared(Audience::Group(group)) => (group.to_string(), "group"),
+        RecalledFor::Shared(Audience::Platform { .. }) => (String::new(), "broadcast"),
+        RecalledFor::Shared(Audience::Tag { name, .. }) | RecalledFor::Tag(name) => (name.to_string(), "tag"),
+    };
+    Recalled {
+        result: not_now.unwrap_or("recalled"),
+        withdrawn: Some(outcome.withdrawn),
+        revoke_sent: Some(outcome.revoke_sent),
+        revoke_queued: Some(outcome.revoke_queued),
+        ..base(target, kind)
     }
 }
 

@@ -4,12 +4,12 @@
 //! knows) is taken out of the queue and answered with a Revoke frame, sent
 //! now or on the device's next connection, again on every connection until
 //! the device confirms it with RevokeAck or the message's TTL, counted from
-//! the recall, runs out. A shared message (user, group, broadcast) also
+//! the recall, runs out. A shared message (user, group, tag, broadcast) also
 //! leaves the fanout store, so devices that have not caught up never get it.
 //!
 //! The `RecallIndex` remembers, for the recall window, the messages that are
 //! recalled by something other than their msgKey and token: every message of
-//! a task (multiple, broadcast and group pushes) and every shared message.
+//! a task (multiple, broadcast, group and tag pushes) and every shared message.
 //! Simple and template pushes to tokens need no entry: their status record
 //! already names them. What is owed to a device lives with the device
 //! (`DeliveryCore::revokes`); its journal records (kind 7) are in `journal`.
@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::fanout::target_name;
 use super::{DeliveryCore, DeviceId, StatusKey, StatusRecord, Timer};
-use crate::journal::{DeviceRecallEntry, Entry, IndexedEntry, IndexedTarget, RecallEntry};
+use crate::journal::{AudienceEntry, DeviceRecallEntry, Entry, IndexedEntry, IndexedTarget, RecallEntry};
 use crate::message::{
     Audience, RecallAnswer, RecallMark, RecallOutcome, RecallResult, RecallTarget, RecalledFor, Status,
 };
@@ -40,7 +40,48 @@ pub(super) struct OwedRevoke {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Target {
     Token(Box<str>),
+    /// A platform, group or user audience.
     Shared(Audience),
+    /// A tag push: the tag's name and its user set's id and size, not the
+    /// users, which the index would keep alive long after the message (the
+    /// stored message holds them while it may be delivered).
+    Tag {
+        name: Box<str>,
+        set_id: u64,
+        users: u64,
+    },
+}
+
+impl Target {
+    /// A shared message's audience as the index keeps it.
+    pub fn shared(audience: &Audience) -> Self {
+        Self::from_entry(AudienceEntry::of(audience))
+    }
+
+    fn from_entry(audience: AudienceEntry<'_>) -> Self {
+        match audience {
+            AudienceEntry::Tag { name, set_id, users } => Target::Tag {
+                name: name.into(),
+                set_id,
+                users,
+            },
+            AudienceEntry::Audience(Audience::Tag { name, users }) => Target::Tag {
+                set_id: users.id(),
+                users: users.len() as u64,
+                name,
+            },
+            AudienceEntry::Audience(audience) => Target::Shared(audience),
+        }
+    }
+
+    /// What a recall's answer names.
+    fn recalled_for(&self) -> RecalledFor {
+        match self {
+            Target::Token(token) => RecalledFor::Token(token.clone()),
+            Target::Shared(audience) => RecalledFor::Shared(audience.clone()),
+            Target::Tag { name, .. } => RecalledFor::Tag(name.clone()),
+        }
+    }
 }
 
 /// A message remembered for recall by task id or userId: no frame, about
@@ -202,7 +243,12 @@ pub(super) fn indexed_entry(id: u64, e: &Indexed) -> Entry<'_> {
         msg_key: &e.msg_key,
         target: match &e.target {
             Target::Token(token) => IndexedTarget::Token(token),
-            Target::Shared(audience) => IndexedTarget::Shared(audience.clone()),
+            Target::Shared(audience) => IndexedTarget::Shared(AudienceEntry::Audience(audience.clone())),
+            Target::Tag { name, set_id, users } => IndexedTarget::Shared(AudienceEntry::Tag {
+                name,
+                set_id: *set_id,
+                users: *users,
+            }),
         },
         accepted_at_ms: e.accepted_at_ms,
         expires_at_ms: e.expires_at_ms,
@@ -317,7 +363,7 @@ impl DeliveryCore {
                 .filter_map(|&id| {
                     let entry = self.recall_index.get(id)?;
                     match &entry.target {
-                        Target::Shared(_) => Some(Found::Shared(id)),
+                        Target::Shared(_) | Target::Tag { .. } => Some(Found::Shared(id)),
                         // The msgKey may have been used again since: only
                         // this message's copy is recalled.
                         Target::Token(token) => copy(&entry.msg_key, token)
@@ -423,14 +469,11 @@ impl DeliveryCore {
         let already = std::mem::replace(&mut entry.recalled, true);
         let app = entry.app.clone();
         let msg_key = entry.msg_key.clone();
-        let audience = match &entry.target {
-            Target::Shared(audience) => audience.clone(),
-            Target::Token(_) => unreachable!("a shared message has an audience"),
-        };
+        debug_assert!(!matches!(entry.target, Target::Token(_)), "a shared message");
         let mut outcome = RecallOutcome {
             message_id: id,
             msg_key: msg_key.clone(),
-            target: RecalledFor::Shared(audience),
+            target: entry.target.recalled_for(),
             result: RecallResult::Recalled,
             withdrawn: 0,
             revoke_sent: 0,
@@ -618,7 +661,7 @@ impl DeliveryCore {
                     msg_key: i.msg_key.into(),
                     target: match i.target {
                         IndexedTarget::Token(token) => Target::Token(token.into()),
-                        IndexedTarget::Shared(audience) => Target::Shared(audience),
+                        IndexedTarget::Shared(audience) => Target::from_entry(audience),
                     },
                     accepted_at_ms: i.accepted_at_ms,
                     expires_at_ms: i.expires_at_ms,

@@ -2,11 +2,13 @@
 //! when, how the device confirms it, the limits, and that all of it
 //! survives replay and checkpoints.
 
-use super::shared::{all, user};
+use super::shared::{all, tag, tag_set_records, user};
 use super::*;
 use crate::message::{
-    Audience, RecallAnswer, RecallMark, RecallOutcome, RecallResult, RecallTarget, RecalledFor, SharedMessage,
+    Audience, RecallAnswer, RecallMark, RecallOutcome, RecallResult, RecallTarget, RecalledFor,
+    RegistryChange, SharedMessage,
 };
+use crate::stats::PushType;
 
 impl Harness {
     /// Recalls and commits; answers what the core answered.
@@ -38,7 +40,7 @@ impl Harness {
         self.recall(by_token(token, msg_key))
     }
 
-    fn report(&mut self, token: &str, msg_key: &str) -> StatusReport {
+    fn status_of(&mut self, token: &str, msg_key: &str) -> StatusReport {
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
             Command::QueryStatus {
@@ -49,11 +51,16 @@ impl Harness {
             },
             self.now,
         );
-        rx.try_recv().unwrap().expect("a status")
+        // Held until this iteration's changes are durable.
+        let answer = rx.try_recv().or_else(|_| {
+            self.commit();
+            rx.try_recv()
+        });
+        answer.unwrap().expect("a status")
     }
 
     /// A message of a multiple push (task `task_id`) to one token.
-    fn push_task(&mut self, token: &str, msg_key: &str, task_id: u64) -> u64 {
+    fn push_multiple(&mut self, token: &str, msg_key: &str, task_id: u64) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let accepted_at_ms = self.unix_ms();
@@ -76,8 +83,12 @@ impl Harness {
             msg_key: msg_key.into(),
             accepted_at_ms,
             expires_at_ms,
-            task_id,
             frame: Bytes::from(frame.to_bytes()),
+            task: TaskTag {
+                id: task_id,
+                push_type: PushType::Multiple,
+                name: "".into(),
+            },
         };
         self.core.on_command(
             Command::Push {
@@ -96,13 +107,21 @@ impl Harness {
 
     /// Publishes a shared message with task id `task_id`.
     fn publish_task(&mut self, audience: Audience, msg_key: &str, task_id: u64) -> u64 {
+        let push_type = match audience {
+            Audience::Platform { .. } => PushType::Broadcast,
+            Audience::Group(_) => PushType::Group,
+            Audience::User(_) => PushType::User,
+            Audience::Tag { .. } => PushType::Tag,
+        };
         let (id, message) = self.shared_message(audience, msg_key, 60);
         let message = Arc::new(SharedMessage {
             task_id,
+            push_type,
             frame: message.frame.clone(),
             audience: message.audience.clone(),
             msg_key: message.msg_key.clone(),
             app_id: message.app_id.clone(),
+            task_name: message.task_name.clone(),
             ..*message
         });
         let (reply, mut rx) = tokio::sync::oneshot::channel();
@@ -166,7 +185,7 @@ fn a_message_recalled_before_delivery_is_never_written() {
     assert_eq!(summary(&outcomes), WITHDRAWN);
     assert_eq!(outcomes[0].message_id, id);
     assert_eq!(outcomes[0].target, RecalledFor::Token(token.clone().into()));
-    let report = h.report(&token, "k");
+    let report = h.status_of(&token, "k");
     assert_eq!(
         (report.status, report.recall),
         (Status::Recalled, RecallMark::Withdrawn)
@@ -196,14 +215,14 @@ fn an_acked_message_gets_a_revoke_at_once_and_revoke_ack_confirms_it() {
     h.ack(conn, &[id]);
     assert_eq!(summary(&h.recall_token(&w.token, "k")), REVOKE_SENT);
     assert_eq!(revokes(&h.output(conn)), [(vec![id], vec!["k".to_string()])]);
-    let report = h.report(&w.token, "k");
+    let report = h.status_of(&w.token, "k");
     assert_eq!(
         (report.status, report.recall),
         (Status::Acked, RecallMark::RevokePending),
         "it was delivered; the mark says a Revoke is out"
     );
     h.revoke_ack(conn, &[id]);
-    assert_eq!(h.report(&w.token, "k").recall, RecallMark::RevokeConfirmed);
+    assert_eq!(h.status_of(&w.token, "k").recall, RecallMark::RevokeConfirmed);
     assert_eq!(h.core.revokes_owed, 0);
     // Confirmed: a new connection is not sent it again.
     h.core.on_closed(conn, h.now);
@@ -221,10 +240,10 @@ fn an_in_flight_message_is_taken_back_and_revoked() {
     assert_eq!(push_ids(&h.output(conn)), [id, next]);
     assert_eq!(summary(&h.recall_token(&w.token, "k")), REVOKE_SENT);
     assert_eq!(revoked_ids(&h.output(conn)), [id]);
-    assert_eq!(h.report(&w.token, "k").status, Status::Recalled);
+    assert_eq!(h.status_of(&w.token, "k").status, Status::Recalled);
     // A late Ack of the Push is not a confirmation of the Revoke.
     h.ack(conn, &[id]);
-    assert_eq!(h.report(&w.token, "k").recall, RecallMark::RevokePending);
+    assert_eq!(h.status_of(&w.token, "k").recall, RecallMark::RevokePending);
     h.core.on_closed(conn, h.now);
     let (conn, _) = h.device(&w.token);
     let frames = h.output(conn);
@@ -273,7 +292,7 @@ fn a_revoke_waits_as_long_as_its_message_could_counted_from_the_recall() {
     h.core.on_closed(conn, h.now);
     h.advance(Duration::from_millis(1_100));
     h.commit();
-    assert_eq!(h.report(&w.token, "k").recall, RecallMark::RevokeExpired);
+    assert_eq!(h.status_of(&w.token, "k").recall, RecallMark::RevokeExpired);
     let (conn, _) = h.device(&w.token);
     assert!(revokes(&h.output(conn)).is_empty());
     assert_eq!(h.core.revokes_owed, 0);
@@ -311,7 +330,7 @@ fn past_the_revoke_cap_the_oldest_revoke_is_dropped() {
             REVOKE_QUEUED
         );
     }
-    assert_eq!(h.report(&w.token, "k0").recall, RecallMark::RevokeDropped);
+    assert_eq!(h.status_of(&w.token, "k0").recall, RecallMark::RevokeDropped);
     let (conn, _) = h.device(&w.token);
     assert_eq!(revoked_ids(&h.output(conn)), ids[1..]);
     h.core.check_invariants();
@@ -326,7 +345,7 @@ fn a_message_older_than_the_window_is_refused_and_left_alone() {
     h.advance(Duration::from_secs(10));
     let answer = h.recall_app("demo", by_token(&token, "k"), accepted_at_ms + 1);
     assert_eq!(answer, RecallAnswer::TooOld { accepted_at_ms });
-    assert_eq!(h.report(&token, "k").status, Status::Pending);
+    assert_eq!(h.status_of(&token, "k").status, Status::Pending);
     assert_eq!(h.core.pending_count(), 1);
     // At the window's edge it is still recallable.
     let answer = h.recall_app("demo", by_token(&token, "k"), accepted_at_ms);
@@ -348,7 +367,7 @@ fn another_apps_message_and_unknown_names_are_not_found() {
     assert!(h.recall_token(&token, "nope").is_empty());
     assert!(h.recall_token("no-such-token", "k").is_empty());
     assert!(h.recall(RecallTarget::Task(12345)).is_empty());
-    assert_eq!(h.report(&token, "k").status, Status::Pending, "untouched");
+    assert_eq!(h.status_of(&token, "k").status, Status::Pending, "untouched");
 }
 
 #[test]
@@ -358,7 +377,7 @@ fn expired_and_dropped_messages_have_nothing_to_recall() {
     h.push(&token, "short", 1);
     h.advance(Duration::from_millis(1_100));
     assert_eq!(summary(&h.recall_token(&token, "short")).0, RecallResult::Expired);
-    assert_eq!(h.report(&token, "short").recall, RecallMark::None);
+    assert_eq!(h.status_of(&token, "short").recall, RecallMark::None);
 }
 
 #[test]
@@ -366,9 +385,9 @@ fn a_multiple_push_is_recalled_by_its_task_id() {
     let mut h = Harness::new();
     let (conn, w) = h.device("");
     let away = h.offline();
-    let seen = h.push_task(&w.token, "m-a", 900);
-    let unseen = h.push_task(&away, "m-b", 900);
-    let other_task = h.push_task(&away, "m-c", 901);
+    let seen = h.push_multiple(&w.token, "m-a", 900);
+    let unseen = h.push_multiple(&away, "m-b", 900);
+    let other_task = h.push_multiple(&away, "m-c", 901);
     assert_eq!(push_ids(&h.output(conn)), [seen]);
     h.ack(conn, &[seen]);
     let mut outcomes = h.recall(RecallTarget::Task(900));
@@ -425,6 +444,58 @@ fn a_broadcast_recalled_by_task_leaves_the_store_and_revokes_its_copies() {
 }
 
 #[test]
+fn a_tag_push_recalled_by_task_leaves_the_store_and_revokes_its_copies() {
+    let mut h = Harness::new();
+    let (alice_conn, alice) = h.device("");
+    let carol = h.offline();
+    let late = h.offline();
+    for (token, user) in [(&alice.token, "alice"), (&carol, "carol")] {
+        assert_eq!(h.registry(token, RegistryChange::Bind(user.into())), 100);
+    }
+    let id = h.publish_task(tag("vip", &["alice", "carol", "dave"]), "t1", 88);
+    assert_eq!(push_ids(&h.output(alice_conn)), [id]);
+    h.ack(alice_conn, &[id]);
+    let outcome = &h.recall(RecallTarget::Task(88))[0];
+    assert_eq!((outcome.message_id, outcome.result), (id, RecallResult::Recalled));
+    assert_eq!(outcome.target, RecalledFor::Tag("vip".into()));
+    // Acked by alice, online: a Revoke now. Carol, offline, never had it.
+    assert_eq!(
+        (outcome.withdrawn, outcome.revoke_sent, outcome.revoke_queued),
+        (0, 1, 0)
+    );
+    assert_eq!(revoked_ids(&h.output(alice_conn)), [id]);
+    assert_eq!(h.core.fanout.len(), 0);
+    // Neither a member reconnecting nor one bound later is sent it.
+    let (conn, _) = h.device(&carol);
+    assert!(push_ids(&h.output(conn)).is_empty(), "not caught up on reconnect");
+    assert_eq!(h.registry(&late, RegistryChange::Bind("dave".into())), 100);
+    let (conn, _) = h.device(&late);
+    assert!(push_ids(&h.output(conn)).is_empty(), "not caught up on bind");
+    h.core.check_invariants();
+    // The index names the tag, not its users: a checkpoint taken after the
+    // recall holds no user set, and every log replays to the same recall.
+    let checkpoint = checkpoint_of(&mut h.core);
+    assert_eq!(tag_set_records(&checkpoint), 0);
+    let mut with_journal = h.log.clone();
+    with_journal.extend_from_slice(&checkpoint);
+    for log in [h.log.clone(), checkpoint, with_journal] {
+        let mut after = h.restarted();
+        replay_into(&mut after.core, &log, h.now);
+        after.core.check_invariants();
+        assert_eq!(after.core.fanout.len(), 0);
+        assert_eq!(
+            after.status_of(&alice.token, "t1").recall,
+            RecallMark::RevokePending
+        );
+        let again = &after.recall(RecallTarget::Task(88))[0];
+        assert_eq!(
+            (again.message_id, again.result, &again.target),
+            (id, RecallResult::AlreadyRecalled, &RecalledFor::Tag("vip".into()))
+        );
+    }
+}
+
+#[test]
 fn a_user_message_is_recalled_by_msg_key_and_user_id() {
     let mut h = Harness::new();
     let (conn, w) = h.device("");
@@ -463,7 +534,7 @@ fn recall_scenario(h: &mut Harness) -> (String, u64, u64) {
     h.ack(conn, &[acked]);
     h.core.on_closed(conn, h.now);
     h.push(&w.token, "unseen", 600);
-    h.push_task(&w.token, "task-msg", 55);
+    h.push_multiple(&w.token, "task-msg", 55);
     let broadcast = h.publish_task(all(), "b", 66);
     assert_eq!(summary(&h.recall_token(&w.token, "acked")), REVOKE_QUEUED);
     assert_eq!(summary(&h.recall_token(&w.token, "unseen")), WITHDRAWN);
@@ -474,12 +545,12 @@ fn recall_scenario(h: &mut Harness) -> (String, u64, u64) {
 
 fn assert_recall_restored(h: &mut Harness, token: &str, acked: u64) {
     h.core.check_invariants();
-    let report = h.report(token, "acked");
+    let report = h.status_of(token, "acked");
     assert_eq!(
         (report.status, report.recall),
         (Status::Acked, RecallMark::RevokePending)
     );
-    let report = h.report(token, "unseen");
+    let report = h.status_of(token, "unseen");
     assert_eq!(
         (report.status, report.recall),
         (Status::Recalled, RecallMark::Withdrawn)
@@ -553,6 +624,6 @@ fn delete_token_drops_what_the_device_owes() {
     h.output(conn);
     h.send(conn, &Frame::DeleteToken);
     assert_eq!(h.core.revokes_owed, 0);
-    assert_eq!(h.report(&w.token, "k").recall, RecallMark::RevokeDropped);
+    assert_eq!(h.status_of(&w.token, "k").recall, RecallMark::RevokeDropped);
     h.core.check_invariants();
 }
