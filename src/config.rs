@@ -143,6 +143,15 @@ pub struct Delivery {
     /// however many devices it is for) until their TTL ends; past it new
     /// ones are refused (9000) and counted.
     pub max_shared_messages_per_shard: usize,
+    /// Messages accepted longer ago than this cannot be recalled (3028).
+    pub recall_window_secs: u64,
+    /// Revokes waiting for one device's RevokeAck; past it the oldest is
+    /// dropped and counted.
+    pub max_revokes_per_device: usize,
+    /// Messages a shard remembers for recall by task id or by userId (every
+    /// shared message, every multiple-push message); past it the oldest are
+    /// forgotten early and counted.
+    pub max_recall_index_per_shard: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -372,6 +381,9 @@ impl Default for Delivery {
             status_retention_secs: 7 * 24 * 3600,
             max_final_statuses_per_shard: 1_000_000,
             max_shared_messages_per_shard: 1_000_000,
+            recall_window_secs: 7 * 24 * 3600,
+            max_revokes_per_device: 100,
+            max_recall_index_per_shard: 1_000_000,
         }
     }
 }
@@ -388,6 +400,9 @@ impl Delivery {
     }
     pub fn status_retention(&self) -> Duration {
         Duration::from_secs(self.status_retention_secs)
+    }
+    pub fn recall_window(&self) -> Duration {
+        Duration::from_secs(self.recall_window_secs)
     }
 }
 
@@ -498,6 +513,11 @@ impl Config {
         }
         if d.inflight_window == 0 || d.max_pending_per_device < d.inflight_window {
             return invalid("delivery.inflight_window must be > 0 and <= max_pending_per_device".into());
+        }
+        if d.recall_window_secs == 0 || d.max_revokes_per_device == 0 {
+            return invalid(
+                "delivery.recall_window_secs and delivery.max_revokes_per_device must be > 0".into(),
+            );
         }
         if d.heartbeat_secs == 0 || d.handshake_timeout_secs == 0 || d.ack_timeout_secs == 0 {
             return invalid("delivery timeouts and heartbeat_secs must be > 0".into());

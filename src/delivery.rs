@@ -15,6 +15,8 @@
 //! `journal_done`; only then are the pushes of that iteration answered. On
 //! start, `replay` rebuilds this same structure from the log, and
 //! `write_checkpoint` restates the live state so older segments can go.
+//!
+//! Recall (withdrawing queued copies, owing Revokes) is in `recall`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -28,13 +30,14 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::journal::{
-    AcceptedEntry, AudienceEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry, TagUsersEntry,
+    AcceptedEntry, AudienceEntry, DeviceEntry, DeviceRecallEntry, Entry, FinalStatusEntry, RecallEntry,
+    SharedEntry, TagUsersEntry,
 };
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
-    RegistryChange, RegistryReply, SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal,
-    TagUsers, TaskTag, UserStatusReport,
+    RecallAnswer, RecallMark, RecallReply, RegistryChange, RegistryReply, SharedMessage, SharedOutcome,
+    Status, StatusReport, StorageRefusal, TagUsers, TaskTag, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
@@ -42,7 +45,9 @@ use crate::stats::{Event, ForDevices, ReportOutcome, Reportable, ShardStats, Tas
 use crate::timer::TimerWheel;
 
 mod fanout;
+mod recall;
 use fanout::{is_member, user_digest, FanoutStore, Member, Refused};
+use recall::{indexed_entry, Indexed, OwedRevoke, RecallIndex, Target};
 
 /// Index of a connection in the shard's session slab. Reused after
 /// `on_closed`.
@@ -86,10 +91,27 @@ pub(crate) const MAX_VENDOR_TOKEN_LEN: usize = 512;
 pub(crate) const VENDOR_CHANNELS: [u32; 6] = [2, 4, 5, 6, 7, 8];
 
 enum Timer {
-    Handshake { conn: ConnId, generation: u32 },
-    Idle { conn: ConnId, generation: u32 },
-    AckTimeout { conn: ConnId, generation: u32 },
-    Expiry { device: DeviceId, message_id: u64 },
+    Handshake {
+        conn: ConnId,
+        generation: u32,
+    },
+    Idle {
+        conn: ConnId,
+        generation: u32,
+    },
+    AckTimeout {
+        conn: ConnId,
+        generation: u32,
+    },
+    Expiry {
+        device: DeviceId,
+        message_id: u64,
+    },
+    /// The end of a Revoke's TTL.
+    RevokeExpiry {
+        device: DeviceId,
+        message_id: u64,
+    },
 }
 
 /// Where a queued message's Push frame is. Frames of messages that wait for
@@ -358,6 +380,7 @@ enum Answer {
     Push(PushReply, Vec<Accepted>),
     Publish(PublishReply, Vec<SharedOutcome>),
     Registry(RegistryReply, i32),
+    Recall(RecallReply, RecallAnswer),
     /// A query's answer, prepared when it was asked: it may show changes of
     /// this iteration (an Ack, a bind), which nobody may see before they
     /// are in the log. Sent whatever the commit's outcome: it is a read.
@@ -371,6 +394,7 @@ impl Answer {
             Answer::Push(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Publish(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Registry(reply, code) => drop(reply.send(result.map(|()| code))),
+            Answer::Recall(reply, answer) => drop(reply.send(result.map(|()| answer))),
             Answer::Query(send) => send(),
         }
     }
@@ -436,6 +460,8 @@ struct StatusRecord {
     acked_at_ms: u64,
     /// Unix ms when a final status may be forgotten; 0 while pending.
     forget_at_ms: u64,
+    /// What a recall did (one byte in the record's padding).
+    recall: RecallMark,
 }
 
 impl StatusRecord {
@@ -448,6 +474,7 @@ impl StatusRecord {
             expires_at_ms,
             acked_at_ms: 0,
             forget_at_ms: 0,
+            recall: RecallMark::None,
         }
     }
 }
@@ -465,6 +492,7 @@ struct Limits {
     max_pending: usize,
     status_retention: Duration,
     max_final_statuses: usize,
+    max_revokes: usize,
     reportable_per_device: usize,
 }
 
@@ -522,6 +550,15 @@ struct CoreMetrics {
     shared_stored: Gauge,
     shared_refused: Counter,
     shared_caught_up: Counter,
+    recalls_withdrawn: Counter,
+    recalls_revoked: Counter,
+    revokes_confirmed: Counter,
+    revokes_expired: Counter,
+    revokes_overflow: Counter,
+    revokes_token_deleted: Counter,
+    revokes_pending: Gauge,
+    recall_index: Gauge,
+    recall_index_evicted: Counter,
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
@@ -561,6 +598,15 @@ impl CoreMetrics {
             shared_stored: metrics::gauge!("ringpush_shared_messages", "shard" => shard.clone()),
             shared_refused: counter("ringpush_shared_messages_refused_total"),
             shared_caught_up: counter("ringpush_shared_deliveries_caught_up_total"),
+            recalls_withdrawn: metrics::counter!("ringpush_recalls_total", "shard" => shard.clone(), "result" => "withdrawn"),
+            recalls_revoked: metrics::counter!("ringpush_recalls_total", "shard" => shard.clone(), "result" => "revoke"),
+            revokes_confirmed: metrics::counter!("ringpush_revokes_ended_total", "shard" => shard.clone(), "reason" => "confirmed"),
+            revokes_expired: metrics::counter!("ringpush_revokes_ended_total", "shard" => shard.clone(), "reason" => "expired"),
+            revokes_overflow: metrics::counter!("ringpush_revokes_ended_total", "shard" => shard.clone(), "reason" => "overflow"),
+            revokes_token_deleted: metrics::counter!("ringpush_revokes_ended_total", "shard" => shard.clone(), "reason" => "token_deleted"),
+            revokes_pending: metrics::gauge!("ringpush_revokes_pending", "shard" => shard.clone()),
+            recall_index: metrics::gauge!("ringpush_recall_index_entries", "shard" => shard.clone()),
+            recall_index_evicted: counter("ringpush_recall_index_evicted_total"),
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
@@ -672,6 +718,26 @@ pub fn describe_metrics() {
         "ringpush_shared_deliveries_caught_up_total",
         "Shared messages queued for a device when it connected or bound a user (it was not there when they came)"
     );
+    describe_counter!(
+        "ringpush_recalls_total",
+        "Device copies of messages recalled: withdrawn unseen, or answered with a Revoke"
+    );
+    describe_counter!(
+        "ringpush_revokes_ended_total",
+        "Revokes no longer owed: confirmed by RevokeAck, expired (the message's TTL from the recall), overflow (delivery.max_revokes_per_device) or token_deleted"
+    );
+    describe_gauge!(
+        "ringpush_revokes_pending",
+        "Revokes owed to devices and not yet confirmed"
+    );
+    describe_gauge!(
+        "ringpush_recall_index_entries",
+        "Messages a shard remembers for recall by task id or userId"
+    );
+    describe_counter!(
+        "ringpush_recall_index_evicted_total",
+        "Messages forgotten for recall before their time because delivery.max_recall_index_per_shard were remembered"
+    );
     describe_gauge!(
         "ringpush_messages_pending",
         "Messages queued for devices and not yet acked, expired or dropped"
@@ -752,6 +818,17 @@ pub struct DeliveryCore {
     /// Reused buffers for the devices of a publish and a device's backlog.
     scratch_devices: Vec<DeviceId>,
     scratch_shared: Vec<(u64, Arc<SharedMessage>)>,
+    /// Messages recallable by task id or userId.
+    recall_index: RecallIndex,
+    /// Revokes (recall) devices have not confirmed, oldest first. Beside
+    /// the devices rather than in them: few devices ever owe one, and every
+    /// device would pay for the field.
+    revokes: HashMap<DeviceId, Vec<OwedRevoke>>,
+    /// Revokes owed over all devices.
+    revokes_owed: usize,
+    /// Ids up to this one were accepted before this process started: a
+    /// queued one may have been written by the last run.
+    ids_before_start: u64,
     /// Pushed, succeeded, arrived, opened and ignored counts, and tasks.
     stats: ShardStats,
     next_stats_prune: Instant,
@@ -799,6 +876,7 @@ impl DeliveryCore {
                 max_pending: d.max_pending_per_device,
                 status_retention: d.status_retention(),
                 max_final_statuses: d.max_final_statuses_per_shard,
+                max_revokes: d.max_revokes_per_device,
                 reportable_per_device: config.stats.reportable_per_device,
             },
             apps: config
@@ -836,6 +914,15 @@ impl DeliveryCore {
             next_fanout_sweep: now,
             scratch_devices: Vec::new(),
             scratch_shared: Vec::new(),
+            // Kept while a recall could still name the message, and while
+            // its statuses say what happened to it.
+            recall_index: RecallIndex::new(
+                (d.recall_window_secs.max(d.status_retention_secs) + d.max_ttl_secs) * 1000,
+                d.max_recall_index_per_shard,
+            ),
+            revokes: HashMap::new(),
+            revokes_owed: 0,
+            ids_before_start: 0,
             stats: ShardStats::new(crate::stats::Limits::from_config(config), shard_id),
             next_stats_prune: now + STATS_PRUNE_INTERVAL,
             last_stats_flush: now,
@@ -949,10 +1036,12 @@ impl DeliveryCore {
             }
             Err(refusal) => {
                 for m in accepted {
+                    self.recall_index.remove(m.message_id);
                     self.withdraw(m.device, m.message_id, m.status_key, now);
                 }
                 for id in published {
                     self.fanout.remove(id);
+                    self.recall_index.remove(id);
                 }
                 for set in std::mem::take(&mut self.journal.sets) {
                     self.logged_sets.remove(&set);
@@ -1014,11 +1103,14 @@ impl DeliveryCore {
                 }
             }
             Entry::Accepted(a) => {
-                match crate::protocol::decode_slice(a.frame, usize::MAX) {
+                let frame_task_id = match crate::protocol::decode_slice(a.frame, usize::MAX) {
                     Ok(Some((Frame::Push(p), used)))
-                        if used == a.frame.len() && p.id == a.message_id && p.msg_key == a.msg_key => {}
+                        if used == a.frame.len() && p.id == a.message_id && p.msg_key == a.msg_key =>
+                    {
+                        p.task_id.parse().unwrap_or(0)
+                    }
                     _ => return Err(format!("message {} holds no matching Push frame", a.message_id)),
-                }
+                };
                 let app_id = self.app_arc(a.app);
                 let logged = at
                     .filter(|_| self.log_reader.is_some())
@@ -1035,7 +1127,12 @@ impl DeliveryCore {
                         None => Bytes::copy_from_slice(a.frame),
                     },
                     task: TaskTag {
-                        id: a.task_id,
+                        // Records older than the task fields say 0, but the
+                        // frame still names the task, so a recall by task id
+                        // finds the message. The statistics count it
+                        // untasked all the same: no task of push type
+                        // `Simple` has that id.
+                        id: if a.task_id != 0 { a.task_id } else { frame_task_id },
                         push_type: a.push_type,
                         name: self.no_name.clone(),
                     },
@@ -1086,6 +1183,7 @@ impl DeliveryCore {
                     push_type: m.push_type,
                     task_name: self.no_name.clone(),
                 });
+                self.index_shared(&message);
                 // Expired ones too: the statuses logged after them need
                 // their msgKey. The first sweep forgets them.
                 match self.fanout.insert(message) {
@@ -1103,12 +1201,14 @@ impl DeliveryCore {
                     expires_at_ms: f.expires_at_ms,
                     acked_at_ms: f.acked_at_ms.unwrap_or(0),
                     forget_at_ms: f.forget_at_ms,
+                    recall: f.recall,
                 });
                 if inserted {
                     self.status_gc
                         .push_back((self.clock.instant_of(f.forget_at_ms), key));
                 }
             }
+            Entry::Recall(r) => self.replay_recall(r, now),
             Entry::Stats(payload) => match self.stats.replay(payload)? {
                 ForDevices::Nothing => {}
                 ForDevices::Reports(reports) => {
@@ -1137,6 +1237,21 @@ impl DeliveryCore {
             },
         }
         Ok(())
+    }
+
+    /// Remembers a shared message for recall by task id or userId.
+    fn index_shared(&mut self, message: &SharedMessage) {
+        let entry = Indexed {
+            app: message.app_id.clone(),
+            task_id: message.task_id,
+            msg_key: message.msg_key.clone(),
+            target: Target::shared(&message.audience),
+            accepted_at_ms: message.accepted_at_ms,
+            expires_at_ms: message.expires_at_ms,
+            recalled: false,
+        };
+        let evicted = self.recall_index.insert(message.id, entry);
+        self.metrics.recall_index_evicted.increment(evicted as u64);
     }
 
     /// Gathers a tag user set's parts; the last one makes it whole. A set
@@ -1195,6 +1310,9 @@ impl DeliveryCore {
         // The replayed messages hold the sets they use.
         self.replayed_sets = HashMap::new();
         self.journal.enabled = true;
+        self.ids_before_start = self.max_message_id;
+        self.metrics.recall_index.set(self.recall_index.len() as f64);
+        self.metrics.revokes_pending.set(self.revokes_owed as f64);
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
@@ -1286,6 +1404,7 @@ impl DeliveryCore {
                     expires_at_ms: m.expires_at_ms,
                     acked_at_ms: if status == Status::Acked { at_ms } else { 0 },
                     forget_at_ms,
+                    recall: RecallMark::None,
                 });
                 if inserted {
                     let forget_at = self.clock.instant_of(forget_at_ms).max(now);
@@ -1343,6 +1462,8 @@ impl DeliveryCore {
             log_reader,
             read_buf,
             fanout,
+            recall_index,
+            revokes,
             logged_sets,
             stats,
             ..
@@ -1455,10 +1576,39 @@ impl DeliveryCore {
                     expires_at_ms: r.expires_at_ms,
                     acked_at_ms: (r.acked_at_ms != 0).then_some(r.acked_at_ms),
                     forget_at_ms: r.forget_at_ms,
+                    recall: r.recall,
                 }),
                 false,
             );
             chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
+        // After the statuses, which the Revokes mark.
+        for (id, entry) in recall_index.iter() {
+            chunk.put(&indexed_entry(id, entry), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
+        for (device, owed) in revokes.iter() {
+            let d = &devices[*device];
+            for r in owed {
+                let key = StatusKey::new(&d.app, &r.msg_key, &d.token);
+                let (accepted_at_ms, expires_at_ms) = statuses
+                    .get(&key)
+                    .map_or((0, 0), |s| (s.accepted_at_ms, s.expires_at_ms));
+                chunk.put(
+                    &Entry::Recall(RecallEntry::Device(DeviceRecallEntry {
+                        app: &d.app,
+                        token: &d.token,
+                        msg_key: &r.msg_key,
+                        message_id: r.message_id,
+                        accepted_at_ms,
+                        expires_at_ms,
+                        at_ms: accepted_at_ms,
+                        revoke_until_ms: Some(r.until_ms),
+                    })),
+                    false,
+                );
+                chunk.flush_if_full(CHUNK, &mut emit)?;
+            }
         }
         chunk.flush_if_full(0, &mut emit)?;
         Ok(CheckpointWritten { spans: chunk.spans })
@@ -1494,6 +1644,13 @@ impl DeliveryCore {
     pub fn check_invariants(&self) {
         let queued: usize = self.devices.iter().map(|(_, d)| d.queue.len()).sum();
         assert_eq!(queued, self.pending_total, "pending count");
+        let owed: usize = self.revokes.values().map(Vec::len).sum();
+        assert_eq!(owed, self.revokes_owed, "revokes owed");
+        for (&device, owed) in &self.revokes {
+            assert!(self.devices.contains(device), "revokes of a deleted device");
+            assert!(!owed.is_empty(), "no empty revoke lists");
+            assert!(owed.len() <= self.limits.max_revokes, "revoke cap");
+        }
         assert_eq!(self.by_token.len(), self.devices.len(), "token index");
         for (id, d) in &self.devices {
             assert_eq!(self.by_token.get(&d.token), Some(&id), "token index entry");
@@ -1638,6 +1795,7 @@ impl DeliveryCore {
         };
         match frame {
             Frame::Ack(ids) => self.on_ack(device, &ids.ids, now),
+            Frame::RevokeAck(ids) => self.on_revoke_ack(device, &ids.ids, now),
             Frame::Ping(ping) => {
                 self.write_frame(conn, &Frame::Pong(ping));
             }
@@ -1749,6 +1907,8 @@ impl DeliveryCore {
         self.metrics.handshake("ok");
         self.timers
             .insert(now + self.limits.idle_timeout, Timer::Idle { conn, generation });
+        // Recalls first: the app removes what it must before new pushes.
+        self.send_revokes(device, now);
         self.catch_up(device, now);
         self.fill_window(device, now);
         Flow::Continue
@@ -2001,6 +2161,8 @@ impl DeliveryCore {
             push_type: message.push_type,
         }));
         self.journal.published.push(message.id);
+        self.index_shared(&message);
+        self.metrics.recall_index.set(self.recall_index.len() as f64);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
         let mut members = std::mem::take(&mut self.scratch_devices);
         match &message.audience {
@@ -2207,6 +2369,14 @@ impl DeliveryCore {
         if !wrote {
             return;
         }
+        self.arm_ack_timer(conn, now);
+        self.request_send(conn);
+    }
+
+    /// Something awaiting the device's answer (a Push, a Revoke) was just
+    /// written: the ack timeout watches it.
+    fn arm_ack_timer(&mut self, conn: ConnId, now: Instant) {
+        let session = &mut self.sessions[conn];
         if !session.ack_timer_armed {
             session.ack_timer_armed = true;
             let generation = session.generation;
@@ -2215,7 +2385,6 @@ impl DeliveryCore {
                 Timer::AckTimeout { conn, generation },
             );
         }
-        self.request_send(conn);
     }
 
     /// Writes a control frame (everything but Push, which `fill_window`
@@ -2332,6 +2501,9 @@ impl DeliveryCore {
             p.sent_at = None;
         }
         d.in_flight = 0;
+        for r in self.revokes.get_mut(&device).into_iter().flatten() {
+            r.sent_at = None;
+        }
     }
 
     /// The socket is closed (by the peer, by an error, or after `Close` or
@@ -2357,6 +2529,19 @@ impl DeliveryCore {
         self.by_token.remove(&d.token);
         self.journal.write(&Entry::DeviceDeleted { token: &d.token });
         let forget_at_ms = self.clock.unix_ms(now) + self.limits.status_retention.as_millis() as u64;
+        for r in self.revokes.remove(&device).unwrap_or_default() {
+            let key = StatusKey::new(&d.app, &r.msg_key, &d.token);
+            if let Some(record) = self
+                .statuses
+                .get_mut(&key)
+                .filter(|s| s.message_id == r.message_id)
+            {
+                record.recall = RecallMark::RevokeDropped;
+            }
+            self.revokes_owed -= 1;
+            self.metrics.revokes_token_deleted.increment(1);
+        }
+        self.metrics.revokes_pending.set(self.revokes_owed as f64);
         for p in d.queue {
             if let Some(record) = self.statuses.get_mut(&p.status_key) {
                 record.status = Status::Dropped;
@@ -2396,6 +2581,15 @@ impl DeliveryCore {
                     _ => RESULT_DELIVERYTOKEN_INVALID,
                 };
                 self.journal.replies.push(Answer::Registry(reply, code));
+            }
+            Command::Recall {
+                app_id,
+                target,
+                not_before_ms,
+                reply,
+            } => {
+                let answer = self.recall(&app_id, target, not_before_ms, now);
+                self.journal.replies.push(Answer::Recall(reply, answer));
             }
             Command::QueryDevices {
                 app_id,
@@ -2450,6 +2644,7 @@ impl DeliveryCore {
                         accepted_at_ms: r.accepted_at_ms,
                         expires_at_ms: r.expires_at_ms,
                         acked_at_ms: (r.acked_at_ms != 0).then_some(r.acked_at_ms),
+                        recall: r.recall,
                     });
                 self.answer_query(move || drop(reply.send(report)));
             }
@@ -2501,13 +2696,28 @@ impl DeliveryCore {
     /// A user message as this shard sees it: how many devices bound to the
     /// user now, and how many of them acknowledged it.
     fn user_status(&self, app: &str, msg_key: &str, user: &str) -> Option<UserStatusReport> {
-        let message = self.fanout.find(app, msg_key, &Audience::User(user.into()))?;
-        let mut report = UserStatusReport {
-            message_id: message.id,
-            accepted_at_ms: message.accepted_at_ms,
-            expires_at_ms: message.expires_at_ms,
-            ..Default::default()
+        // A recalled message has left the fanout store; the index still
+        // knows it.
+        let mut report = match self.fanout.find(app, msg_key, &Audience::User(user.into())) {
+            Some(message) => UserStatusReport {
+                message_id: message.id,
+                accepted_at_ms: message.accepted_at_ms,
+                expires_at_ms: message.expires_at_ms,
+                ..Default::default()
+            },
+            None => {
+                let id = self.recall_index.user_message(app, msg_key, user)?;
+                let entry = self.recall_index.get(id).filter(|e| e.recalled)?;
+                UserStatusReport {
+                    message_id: id,
+                    accepted_at_ms: entry.accepted_at_ms,
+                    expires_at_ms: entry.expires_at_ms,
+                    recalled: true,
+                    ..Default::default()
+                }
+            }
         };
+        let message_id = report.message_id;
         let bound = self
             .users
             .get(&user_digest(app, user))
@@ -2521,7 +2731,7 @@ impl DeliveryCore {
             let acked = self
                 .statuses
                 .get(&StatusKey::new(app, msg_key, &d.token))
-                .filter(|r| r.status == Status::Acked && r.message_id == message.id);
+                .filter(|r| r.status == Status::Acked && r.message_id == message_id);
             if let Some(r) = acked {
                 report.acked += 1;
                 report.first_acked_at_ms = Some(
@@ -2567,6 +2777,19 @@ impl DeliveryCore {
             message.accepted_at_ms,
             self.journal.enabled,
         );
+        if tag.id != 0 {
+            let entry = Indexed {
+                app: message.app_id.clone(),
+                task_id: tag.id,
+                msg_key: message.msg_key.clone(),
+                target: Target::Token(message.token.clone()),
+                accepted_at_ms: message.accepted_at_ms,
+                expires_at_ms: message.expires_at_ms,
+                recalled: false,
+            };
+            let evicted = self.recall_index.insert(message.id, entry);
+            self.metrics.recall_index_evicted.increment(evicted as u64);
+        }
         if self.journal.enabled {
             if created {
                 self.journal.write(&Entry::Stats(&self.stats.task_record(task)));
@@ -2677,6 +2900,9 @@ impl DeliveryCore {
             if self.fanout.sweep(self.clock.unix_ms(now)) > 0 {
                 self.metrics.shared_stored.set(self.fanout.len() as f64);
             }
+            if self.recall_index.gc(self.clock.unix_ms(now)) > 0 {
+                self.metrics.recall_index.set(self.recall_index.len() as f64);
+            }
         }
         while let Some(&(at, key)) = self.status_gc.front() {
             if at > now && self.status_gc.len() <= self.limits.max_final_statuses {
@@ -2733,7 +2959,9 @@ impl DeliveryCore {
                     return;
                 };
                 let d = &self.devices[device];
-                let oldest = d.queue.iter().take(d.in_flight).filter_map(|p| p.sent_at).min();
+                let pushes = d.queue.iter().take(d.in_flight).filter_map(|p| p.sent_at);
+                let revokes = self.revokes.get(&device).into_iter().flatten();
+                let oldest = pushes.chain(revokes.filter_map(|r| r.sent_at)).min();
                 match oldest {
                     Some(sent) if sent + self.limits.ack_timeout <= now => self.close(conn, "ack_timeout"),
                     Some(sent) => self.timers.insert(
@@ -2771,6 +2999,7 @@ impl DeliveryCore {
                 );
                 self.fill_window(device, now);
             }
+            Timer::RevokeExpiry { device, message_id } => self.revoke_expired(device, message_id, now),
         }
     }
 
@@ -2778,7 +3007,7 @@ impl DeliveryCore {
     pub fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.next_deadline();
         let gc = self.status_gc.front().map(|(at, _)| *at);
-        let sweep = (self.fanout.len() > 0).then_some(self.next_fanout_sweep);
+        let sweep = (self.fanout.len() > 0 || self.recall_index.len() > 0).then_some(self.next_fanout_sweep);
         let stats = self
             .stats
             .has_unflushed()

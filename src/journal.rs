@@ -1,6 +1,6 @@
 //! What the delivery core writes to its shard's durable log and reads back on
 //! recovery: one `Entry` per change of durable state (a device's registry
-//! record, a message accepted, a message finished), and the byte layout of
+//! record, a message accepted, a message finished, a recall), and the byte layout of
 //! each. Pure encoding and decoding, no files: `log` stores the bytes, and
 //! `delivery` decides when an entry is due and how replay applies it.
 //!
@@ -9,7 +9,7 @@
 //! Every entry is self-contained, so any suffix of the log that starts at a
 //! checkpoint replays to the same state.
 
-use crate::message::{Audience, BindFilter, Status};
+use crate::message::{Audience, BindFilter, RecallMark, Status};
 use crate::stats::PushType;
 
 const KIND_DEVICE: u8 = 1;
@@ -18,7 +18,8 @@ const KIND_ACCEPTED: u8 = 3;
 const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
-// 7 and 8 are reserved for recall and token rotation records.
+const KIND_RECALL: u8 = 7;
+// 8 is reserved for token rotation records.
 /// Statistics: counts, tasks, reports (layout in `stats::record`).
 const KIND_STATS: u8 = 9;
 const KIND_TAG_USERS: u8 = 10;
@@ -166,6 +167,64 @@ pub struct FinalStatusEntry {
     pub acked_at_ms: Option<u64>,
     /// When the status may be forgotten (end of the retention window).
     pub forget_at_ms: u64,
+    /// What a recall did (a trailing byte; records older than recall end
+    /// before it and decode as `None`).
+    pub recall: RecallMark,
+}
+
+/// A recall's durable effects (kind 7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecallEntry<'a> {
+    /// A message kept for recall by task id or userId. Written by
+    /// checkpoints only: the message's own records may be gone by then.
+    Indexed(IndexedEntry<'a>),
+    /// A shared message was recalled: no device is sent it from now on.
+    Shared { message_id: u64, at_ms: u64 },
+    /// One device's copy was recalled: out of its queue, and when it may be
+    /// on the device, a Revoke owed until `revoke_until_ms`. Checkpoints
+    /// restate the Revokes still owed this way.
+    Device(DeviceRecallEntry<'a>),
+    /// A Revoke owed to `token` ended: confirmed, expired or dropped.
+    RevokeEnded {
+        token: &'a str,
+        message_id: u64,
+        mark: RecallMark,
+        at_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedEntry<'a> {
+    pub message_id: u64,
+    pub app: &'a str,
+    pub task_id: u64,
+    pub msg_key: &'a str,
+    pub target: IndexedTarget<'a>,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub recalled: bool,
+}
+
+/// Who an indexed message is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexedTarget<'a> {
+    Token(&'a str),
+    /// A shared message's audience; a tag push's names its user set
+    /// without holding it (the index needs the tag's name only).
+    Shared(AudienceEntry<'a>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecallEntry<'a> {
+    pub app: &'a str,
+    pub token: &'a str,
+    pub msg_key: &'a str,
+    pub message_id: u64,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub at_ms: u64,
+    /// `None`: withdrawn before any connection was written it.
+    pub revoke_until_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,6 +243,7 @@ pub enum Entry<'a> {
     },
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
+    Recall(RecallEntry<'a>),
     TagUsers(TagUsersEntry<'a>),
     /// A statistics record, its payload laid out by `stats::record`.
     Stats(&'a [u8]),
@@ -199,6 +259,7 @@ impl Entry<'_> {
             Entry::Finished { .. } => KIND_FINISHED,
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
+            Entry::Recall(_) => KIND_RECALL,
             Entry::TagUsers(_) => KIND_TAG_USERS,
             Entry::Stats(_) => KIND_STATS,
         };
@@ -265,6 +326,7 @@ impl Entry<'_> {
                     None => out.push(0),
                 }
                 put_u64(out, f.forget_at_ms);
+                out.push(f.recall.code());
             }
             Entry::Shared(m) => {
                 put_u64(out, m.message_id);
@@ -283,6 +345,7 @@ impl Entry<'_> {
                 put_u32(out, t.parts);
                 put_bytes(out, t.digests);
             }
+            Entry::Recall(r) => encode_recall(out, r),
             Entry::Stats(payload) => out.extend_from_slice(payload),
         }
     }
@@ -374,6 +437,11 @@ impl Entry<'_> {
                     x => return Err(format!("acked flag {x}")),
                 },
                 forget_at_ms: r.u64()?,
+                recall: if r.at == payload.len() {
+                    RecallMark::None
+                } else {
+                    r.recall_mark()?
+                },
             }),
             KIND_SHARED => Entry::Shared(SharedEntry {
                 message_id: r.u64()?,
@@ -390,6 +458,7 @@ impl Entry<'_> {
                     r.push_type()?
                 },
             }),
+            KIND_RECALL => Entry::Recall(r.recall()?),
             KIND_TAG_USERS => {
                 let entry = TagUsersEntry {
                     set_id: r.u64()?,
@@ -444,6 +513,71 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
             put_str(out, s);
         }
         None => out.push(0),
+    }
+}
+
+const RECALL_INDEXED: u8 = 1;
+const RECALL_SHARED: u8 = 2;
+const RECALL_DEVICE: u8 = 3;
+const RECALL_REVOKE_ENDED: u8 = 4;
+
+/// A tag byte, then the variant's fields.
+fn encode_recall(out: &mut Vec<u8>, entry: &RecallEntry<'_>) {
+    match entry {
+        RecallEntry::Indexed(i) => {
+            out.push(RECALL_INDEXED);
+            put_u64(out, i.message_id);
+            put_str(out, i.app);
+            put_u64(out, i.task_id);
+            put_str(out, i.msg_key);
+            match &i.target {
+                IndexedTarget::Token(token) => {
+                    out.push(0);
+                    put_str(out, token);
+                }
+                IndexedTarget::Shared(audience) => {
+                    out.push(1);
+                    put_audience(out, audience);
+                }
+            }
+            put_u64(out, i.accepted_at_ms);
+            put_u64(out, i.expires_at_ms);
+            out.push(u8::from(i.recalled));
+        }
+        RecallEntry::Shared { message_id, at_ms } => {
+            out.push(RECALL_SHARED);
+            put_u64(out, *message_id);
+            put_u64(out, *at_ms);
+        }
+        RecallEntry::Device(d) => {
+            out.push(RECALL_DEVICE);
+            put_str(out, d.app);
+            put_str(out, d.token);
+            put_str(out, d.msg_key);
+            put_u64(out, d.message_id);
+            put_u64(out, d.accepted_at_ms);
+            put_u64(out, d.expires_at_ms);
+            put_u64(out, d.at_ms);
+            match d.revoke_until_ms {
+                Some(until) => {
+                    out.push(1);
+                    put_u64(out, until);
+                }
+                None => out.push(0),
+            }
+        }
+        RecallEntry::RevokeEnded {
+            token,
+            message_id,
+            mark,
+            at_ms,
+        } => {
+            out.push(RECALL_REVOKE_ENDED);
+            put_str(out, token);
+            put_u64(out, *message_id);
+            out.push(mark.code());
+            put_u64(out, *at_ms);
+        }
     }
 }
 
@@ -577,8 +711,62 @@ impl<'a> Reader<'a> {
             2 => Ok(Status::Acked),
             3 => Ok(Status::Expired),
             4 => Ok(Status::Dropped),
+            6 => Ok(Status::Recalled),
             x => Err(format!("final status {x}")),
         }
+    }
+
+    fn recall_mark(&mut self) -> Result<RecallMark, String> {
+        let code = self.u8()?;
+        RecallMark::from_code(code).ok_or_else(|| format!("recall mark {code}"))
+    }
+
+    fn recall(&mut self) -> Result<RecallEntry<'a>, String> {
+        Ok(match self.u8()? {
+            RECALL_INDEXED => RecallEntry::Indexed(IndexedEntry {
+                message_id: self.u64()?,
+                app: self.str()?,
+                task_id: self.u64()?,
+                msg_key: self.str()?,
+                target: match self.u8()? {
+                    0 => IndexedTarget::Token(self.str()?),
+                    1 => IndexedTarget::Shared(self.audience()?),
+                    x => return Err(format!("indexed target kind {x}")),
+                },
+                accepted_at_ms: self.u64()?,
+                expires_at_ms: self.u64()?,
+                recalled: match self.u8()? {
+                    0 => false,
+                    1 => true,
+                    x => return Err(format!("recalled flag {x}")),
+                },
+            }),
+            RECALL_SHARED => RecallEntry::Shared {
+                message_id: self.u64()?,
+                at_ms: self.u64()?,
+            },
+            RECALL_DEVICE => RecallEntry::Device(DeviceRecallEntry {
+                app: self.str()?,
+                token: self.str()?,
+                msg_key: self.str()?,
+                message_id: self.u64()?,
+                accepted_at_ms: self.u64()?,
+                expires_at_ms: self.u64()?,
+                at_ms: self.u64()?,
+                revoke_until_ms: match self.u8()? {
+                    0 => None,
+                    1 => Some(self.u64()?),
+                    x => return Err(format!("revoke flag {x}")),
+                },
+            }),
+            RECALL_REVOKE_ENDED => RecallEntry::RevokeEnded {
+                token: self.str()?,
+                message_id: self.u64()?,
+                mark: self.recall_mark()?,
+                at_ms: self.u64()?,
+            },
+            x => return Err(format!("recall entry kind {x}")),
+        })
     }
 }
 
@@ -598,7 +786,16 @@ mod tests {
     }
 
     fn status() -> impl Strategy<Value = Status> {
-        prop_oneof![Just(Status::Acked), Just(Status::Expired), Just(Status::Dropped)]
+        prop_oneof![
+            Just(Status::Acked),
+            Just(Status::Expired),
+            Just(Status::Dropped),
+            Just(Status::Recalled)
+        ]
+    }
+
+    fn mark() -> impl Strategy<Value = RecallMark> {
+        proptest::sample::select(RecallMark::ALL.to_vec())
     }
 
     fn audience() -> impl Strategy<Value = AudienceEntry<'static>> {
@@ -653,6 +850,7 @@ mod tests {
             id: u64, token in ".{0,30}", key in ".{0,20}", at: u64, exp: u64,
             frame in proptest::collection::vec(any::<u8>(), 0..300),
             status in status(), key128: u128, acked in proptest::option::of(any::<u64>()),
+            recall in mark(),
         ) {
             let entries = [
                 Entry::Accepted(AcceptedEntry {
@@ -665,7 +863,7 @@ mod tests {
                 Entry::DeviceDeleted { token: &token },
                 Entry::FinalStatus(FinalStatusEntry {
                     key: key128, message_id: id, status, accepted_at_ms: at,
-                    expires_at_ms: exp, acked_at_ms: acked, forget_at_ms: exp,
+                    expires_at_ms: exp, acked_at_ms: acked, forget_at_ms: exp, recall,
                 }),
             ];
             for entry in entries {
@@ -689,6 +887,37 @@ mod tests {
             let mut out = Vec::new();
             entry.write_to(&mut out);
             prop_assert_eq!(decode_framed(&out), entry);
+        }
+
+        #[test]
+        fn recall_entries_round_trip(
+            id: u64, app in ".{0,10}", token in ".{0,30}", key in ".{0,20}", task: u64,
+            times: [u64; 4], until in proptest::option::of(any::<u64>()), recalled: bool,
+            audience in proptest::option::of(audience()), mark in mark(),
+        ) {
+            let target = match audience {
+                Some(a) => IndexedTarget::Shared(a),
+                None => IndexedTarget::Token(&token),
+            };
+            let entries = [
+                RecallEntry::Indexed(IndexedEntry {
+                    message_id: id, app: &app, task_id: task, msg_key: &key, target,
+                    accepted_at_ms: times[0], expires_at_ms: times[1], recalled,
+                }),
+                RecallEntry::Shared { message_id: id, at_ms: times[2] },
+                RecallEntry::Device(DeviceRecallEntry {
+                    app: &app, token: &token, msg_key: &key, message_id: id,
+                    accepted_at_ms: times[0], expires_at_ms: times[1], at_ms: times[2],
+                    revoke_until_ms: until,
+                }),
+                RecallEntry::RevokeEnded { token: &token, message_id: id, mark, at_ms: times[3] },
+            ];
+            for entry in entries {
+                let entry = Entry::Recall(entry);
+                let mut out = Vec::new();
+                entry.write_to(&mut out);
+                prop_assert_eq!(decode_framed(&out), entry);
+            }
         }
 
         #[test]
@@ -813,5 +1042,31 @@ mod tests {
         padded.push(0);
         assert!(Entry::decode(KIND_FINISHED, &padded).is_err());
         assert!(Entry::decode(99, payload).is_err());
+    }
+
+    #[test]
+    fn final_statuses_without_a_recall_mark_still_decode() {
+        let entry = FinalStatusEntry {
+            key: 9,
+            message_id: 7,
+            status: Status::Acked,
+            accepted_at_ms: 1,
+            expires_at_ms: 2,
+            acked_at_ms: Some(3),
+            forget_at_ms: 4,
+            recall: RecallMark::RevokePending,
+        };
+        let mut out = Vec::new();
+        Entry::FinalStatus(entry.clone()).write_to(&mut out);
+        let Entry::FinalStatus(decoded) = Entry::decode(KIND_FINAL_STATUS, &out[9..]).unwrap() else {
+            panic!("a final status");
+        };
+        assert_eq!(decoded, entry);
+        let before_recall = &out[9..out.len() - 1];
+        let Entry::FinalStatus(old) = Entry::decode(KIND_FINAL_STATUS, before_recall).unwrap() else {
+            panic!("a final status");
+        };
+        assert_eq!(old.recall, RecallMark::None);
+        assert_eq!(old.forget_at_ms, 4);
     }
 }

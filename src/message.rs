@@ -22,7 +22,8 @@ pub struct Message {
     pub expires_at_ms: u64,
     /// The complete Push frame (header and body), ready to write.
     pub frame: Bytes,
-    /// What the statistics count it under.
+    /// What the statistics count it under; its id (0: none) is also the
+    /// task id a recall-task names it by.
     pub task: TaskTag,
 }
 
@@ -277,6 +278,9 @@ pub enum Status {
     /// 4: dropped by the per-device pending cap (oldest first) or by
     /// DeleteToken.
     Dropped,
+    /// 5: recalled before the device acknowledged it. It is never written
+    /// again; `RecallMark` says whether a Revoke went after it.
+    Recalled,
 }
 
 impl Status {
@@ -287,6 +291,7 @@ impl Status {
             Self::Acked => 2,
             Self::Expired => 3,
             Self::Dropped => 4,
+            Self::Recalled => 6,
         }
     }
 
@@ -297,6 +302,59 @@ impl Status {
             Self::Acked => "Acked",
             Self::Expired => "Expired",
             Self::Dropped => "Dropped",
+            Self::Recalled => "Recalled",
+        }
+    }
+}
+
+/// What a recall did for one device's copy of a message, beside its
+/// `Status`: an acked message keeps `Acked` and gets a mark here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecallMark {
+    /// Not recalled.
+    #[default]
+    None,
+    /// Taken out of the queue before any connection was written it.
+    Withdrawn,
+    /// The device may have it: a Revoke waits for its RevokeAck.
+    RevokePending,
+    /// The device confirmed the Revoke (RevokeAck).
+    RevokeConfirmed,
+    /// The Revoke's TTL ended before the device confirmed it.
+    RevokeExpired,
+    /// The Revoke was dropped unconfirmed: the device's revoke cap, or
+    /// DeleteToken.
+    RevokeDropped,
+}
+
+impl RecallMark {
+    pub const ALL: [RecallMark; 6] = [
+        Self::None,
+        Self::Withdrawn,
+        Self::RevokePending,
+        Self::RevokeConfirmed,
+        Self::RevokeExpired,
+        Self::RevokeDropped,
+    ];
+
+    /// Its byte in the log.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// How the status query shows it; `None` when not recalled.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::Withdrawn => Some("withdrawn"),
+            Self::RevokePending => Some("revoke_pending"),
+            Self::RevokeConfirmed => Some("revoke_confirmed"),
+            Self::RevokeExpired => Some("revoke_expired"),
+            Self::RevokeDropped => Some("revoke_dropped"),
         }
     }
 }
@@ -332,6 +390,7 @@ pub struct StatusReport {
     pub expires_at_ms: u64,
     /// When the device acknowledged, if it did.
     pub acked_at_ms: Option<u64>,
+    pub recall: RecallMark,
 }
 
 /// What one shard knows of a message pushed to a user.
@@ -345,6 +404,8 @@ pub struct UserStatusReport {
     /// Of those, ones that acknowledged the message, and the first time one did.
     pub acked: u32,
     pub first_acked_at_ms: Option<u64>,
+    /// The message was recalled (by msgKey and userId, or by its task).
+    pub recalled: bool,
 }
 
 /// One device as the device query shows it.
@@ -385,6 +446,69 @@ pub type PublishReply = Reply<Result<Vec<SharedOutcome>, StorageRefusal>>;
 /// change is durable.
 pub type RegistryReply = Reply<Result<i32, StorageRefusal>>;
 
+/// What a recall names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecallTarget {
+    /// The message with this msgKey for this device token (simple, template
+    /// or multiple push, or one device's copy of a shared message).
+    Token { msg_key: Box<str>, token: Box<str> },
+    /// The message with this msgKey pushed to this userId (deliveryType 3).
+    User { msg_key: Box<str>, user_id: Box<str> },
+    /// Every message of a multiple, broadcast, group or tag push.
+    Task(u64),
+}
+
+/// Who a recalled message was for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecalledFor {
+    Token(Box<str>),
+    /// A platform, group or user audience.
+    Shared(Audience),
+    /// A tag push, by the tag's name.
+    Tag(Box<str>),
+}
+
+/// What one shard did with one message a recall named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecallOutcome {
+    pub message_id: u64,
+    pub msg_key: Box<str>,
+    pub target: RecalledFor,
+    pub result: RecallResult,
+    /// Devices whose copy was taken out of their queue unseen.
+    pub withdrawn: u32,
+    /// Devices that may have it and were written a Revoke now.
+    pub revoke_sent: u32,
+    /// Devices that may have it, offline: a Revoke waits for them.
+    pub revoke_queued: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecallResult {
+    /// Recalled now (the counts say how).
+    Recalled,
+    /// Recalled before; nothing changed.
+    AlreadyRecalled,
+    /// Its TTL ran out before the device acknowledged it: it will never be
+    /// delivered, and nothing is revoked.
+    Expired,
+    /// Dropped (pending cap, DeleteToken) before the device acknowledged it.
+    Dropped,
+}
+
+/// A shard's answer to a recall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecallAnswer {
+    /// One outcome per message found (none: nothing known by that name).
+    Done(Vec<RecallOutcome>),
+    /// A named message was accepted before the recall window; nothing was
+    /// changed.
+    TooOld { accepted_at_ms: u64 },
+}
+
+/// The answer to a recall, once its changes are durable.
+pub type RecallReply = Reply<Result<RecallAnswer, StorageRefusal>>;
+
 /// Work for a shard's delivery core, sent by the API.
 #[derive(Debug)]
 pub enum Command {
@@ -420,6 +544,15 @@ pub enum Command {
         msg_key: Box<str>,
         user_id: Box<str>,
         reply: Reply<Option<UserStatusReport>>,
+    },
+    /// Recalls messages of the app: queued copies are withdrawn, copies a
+    /// device may have get a Revoke. Messages accepted before
+    /// `not_before_ms` are refused (`RecallAnswer::TooOld`).
+    Recall {
+        app_id: Arc<str>,
+        target: RecallTarget,
+        not_before_ms: u64,
+        reply: RecallReply,
     },
     /// The app's tasks this shard counted, created in `[from_ms, to_ms)`.
     QueryTasks {

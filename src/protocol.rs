@@ -156,6 +156,8 @@ pub mod body {
         pub vendor_token: String,
     }
 
+    /// Recall: remove these messages. `ids[i]` and `msg_keys[i]` name one
+    /// message; the device answers `RevokeAck` with the ids it applied.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Revoke {
         #[prost(uint64, repeated, tag = "1")]
@@ -275,6 +277,8 @@ pub enum FrameType {
     ReportVendorToken = 0x0A,
     Opened = 0x0B,
     Ignored = 0x0C,
+    /// The device removed what a Revoke named (recall); body `Ids`.
+    RevokeAck = 0x0D,
     Welcome = 0x41,
     Push = 0x42,
     Pong = 0x43,
@@ -286,7 +290,7 @@ pub enum FrameType {
 }
 
 impl FrameType {
-    pub const ALL: [FrameType; 20] = [
+    pub const ALL: [FrameType; 21] = [
         Self::Hello,
         Self::Ack,
         Self::Ping,
@@ -299,6 +303,7 @@ impl FrameType {
         Self::ReportVendorToken,
         Self::Opened,
         Self::Ignored,
+        Self::RevokeAck,
         Self::Welcome,
         Self::Push,
         Self::Pong,
@@ -332,6 +337,7 @@ impl FrameType {
             Self::ReportVendorToken => "report_vendor_token",
             Self::Opened => "opened",
             Self::Ignored => "ignored",
+            Self::RevokeAck => "revoke_ack",
             Self::Welcome => "welcome",
             Self::Push => "push",
             Self::Pong => "pong",
@@ -359,6 +365,7 @@ pub enum Frame {
     ReportVendorToken(body::VendorToken),
     Opened(body::Ids),
     Ignored(body::Ids),
+    RevokeAck(body::Ids),
     Welcome(body::Welcome),
     Push(Box<body::Push>),
     Pong(body::Heartbeat),
@@ -384,6 +391,7 @@ impl Frame {
             Self::ReportVendorToken(_) => FrameType::ReportVendorToken,
             Self::Opened(_) => FrameType::Opened,
             Self::Ignored(_) => FrameType::Ignored,
+            Self::RevokeAck(_) => FrameType::RevokeAck,
             Self::Welcome(_) => FrameType::Welcome,
             Self::Push(_) => FrameType::Push,
             Self::Pong(_) => FrameType::Pong,
@@ -399,7 +407,7 @@ impl Frame {
         match self {
             Self::DeleteToken => 0,
             Self::Hello(b) => b.encoded_len(),
-            Self::Ack(b) | Self::Opened(b) | Self::Ignored(b) => b.encoded_len(),
+            Self::Ack(b) | Self::Opened(b) | Self::Ignored(b) | Self::RevokeAck(b) => b.encoded_len(),
             Self::Ping(b) | Self::Pong(b) => b.encoded_len(),
             Self::Bind(b) | Self::Unbind(b) => b.encoded_len(),
             Self::JoinGroup(b) | Self::LeaveGroup(b) | Self::LeaveAllGroups(b) => b.encoded_len(),
@@ -430,7 +438,7 @@ impl Frame {
         match self {
             Self::DeleteToken => {}
             Self::Hello(b) => b.encode_raw(out),
-            Self::Ack(b) | Self::Opened(b) | Self::Ignored(b) => b.encode_raw(out),
+            Self::Ack(b) | Self::Opened(b) | Self::Ignored(b) | Self::RevokeAck(b) => b.encode_raw(out),
             Self::Ping(b) | Self::Pong(b) => b.encode_raw(out),
             Self::Bind(b) | Self::Unbind(b) => b.encode_raw(out),
             Self::JoinGroup(b) | Self::LeaveGroup(b) | Self::LeaveAllGroups(b) => b.encode_raw(out),
@@ -468,6 +476,7 @@ impl Frame {
             FrameType::ReportVendorToken => Self::ReportVendorToken(Message::decode(body)?),
             FrameType::Opened => Self::Opened(Message::decode(body)?),
             FrameType::Ignored => Self::Ignored(Message::decode(body)?),
+            FrameType::RevokeAck => Self::RevokeAck(Message::decode(body)?),
             FrameType::Welcome => Self::Welcome(Message::decode(body)?),
             FrameType::Push => Self::Push(Box::new(Message::decode(body)?)),
             FrameType::Pong => Self::Pong(Message::decode(body)?),
@@ -670,6 +679,7 @@ mod tests {
             ),
             arb_ids().prop_map(Frame::Opened),
             arb_ids().prop_map(Frame::Ignored),
+            arb_ids().prop_map(Frame::RevokeAck),
             (
                 arb_string(),
                 any::<u32>(),
@@ -842,6 +852,7 @@ mod tests {
                     | FrameType::ReportVendorToken
                     | FrameType::Opened
                     | FrameType::Ignored
+                    | FrameType::RevokeAck
             );
             assert_eq!(t.from_device(), device, "{t:?}");
         }

@@ -4,15 +4,16 @@
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
 //! `templates`, tag management in `tags`, the device registry in
-//! `devices`, tasks and statistics in `stats`. Every handler starts with
-//! `admit` (body read, request authenticated by `auth`) and checks the
-//! `appId` it acts for against the caller. `ROUTES` lists every endpoint;
-//! `docs/openapi.yaml` must describe exactly those.
+//! `devices`, tasks and statistics in `stats`, recall in `recall`. Every
+//! handler starts with `admit` (body read, request authenticated by
+//! `auth`) and checks the `appId` it acts for against the caller. `ROUTES`
+//! lists every endpoint; `docs/openapi.yaml` must describe exactly those.
 
 pub mod auth;
 mod devices;
 mod fields;
 pub mod push;
+pub mod recall;
 pub mod result_code;
 mod stats;
 pub mod tags;
@@ -119,6 +120,16 @@ pub const ROUTES: &[Route] = &[
                 fanout_push(state, push::PushKind::Tag, request)
             })
         },
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/recall",
+        handler: |m| on(m, recall::message),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/recall-task",
+        handler: |m| on(m, recall::task),
     },
     Route {
         method: Method::GET,
@@ -1050,6 +1061,7 @@ async fn token_status(
             "status": r.status.code(), "statusName": r.status.name(),
             "messageId": r.message_id.to_string(),
             "acceptedAt": r.accepted_at_ms, "expiresAt": r.expires_at_ms, "ackedAt": r.acked_at_ms,
+            "recalled": r.recall != crate::message::RecallMark::None, "recall": r.recall.name(),
         }),
         None => json!({
             "msgKey": msg_key, "target": token,
@@ -1084,8 +1096,11 @@ async fn user_status(
     let bound: u32 = reports.iter().map(|r| r.bound).sum();
     let acked: u32 = reports.iter().map(|r| r.acked).sum();
     let acked_at = reports.iter().filter_map(|r| r.first_acked_at_ms).min();
+    let recalled = reports.iter().any(|r| r.recalled);
     let status = if acked > 0 {
         crate::message::Status::Acked
+    } else if recalled {
+        crate::message::Status::Recalled
     } else if first.expires_at_ms <= unix_ms() {
         crate::message::Status::Expired
     } else if bound == 0 {
@@ -1098,7 +1113,7 @@ async fn user_status(
         "status": status.code(), "statusName": status.name(),
         "messageId": first.message_id.to_string(),
         "acceptedAt": first.accepted_at_ms, "expiresAt": first.expires_at_ms, "ackedAt": acked_at,
-        "devices": bound, "devicesAcked": acked,
+        "devices": bound, "devicesAcked": acked, "recalled": recalled,
     }))
 }
 

@@ -6,6 +6,7 @@ use super::*;
 use crate::config::App;
 use crate::protocol::{decode_slice, FrameType};
 
+mod recall;
 mod shared;
 mod stats;
 
@@ -835,12 +836,20 @@ mod properties {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Push { ttl_secs: u64 },
+        Push {
+            ttl_secs: u64,
+        },
         AckAll,
         AckFirst,
         Disconnect,
         Reconnect,
-        Advance { millis: u64 },
+        Advance {
+            millis: u64,
+        },
+        /// Recalls the n-th message pushed (modulo how many there are).
+        Recall {
+            nth: usize,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -851,6 +860,7 @@ mod properties {
             1 => Just(Op::Disconnect),
             1 => Just(Op::Reconnect),
             2 => (1u64..5000).prop_map(|millis| Op::Advance { millis }),
+            1 => (0usize..64).prop_map(|nth| Op::Recall { nth }),
         ]
     }
 
@@ -871,6 +881,8 @@ mod properties {
             let mut acked: std::collections::HashSet<u64> = Default::default();
             let mut unacked_seen: Vec<u64> = Vec::new();
             let mut last_written: Option<u64> = None;
+            let mut pushed: Vec<u64> = Vec::new();
+            let mut recalled: std::collections::HashSet<u64> = Default::default();
             for op in ops {
                 match op {
                     Op::Push { ttl_secs } => {
@@ -879,6 +891,27 @@ mod properties {
                         let queued = matches!(accepted, Accepted::Queued { .. });
                         prop_assert!(queued, "push refused: {:?}", accepted);
                         expires.insert(id, h.unix_ms() + ttl_secs * 1000);
+                        pushed.push(id);
+                    }
+                    Op::Recall { nth } => {
+                        if !pushed.is_empty() {
+                            let id = pushed[nth % pushed.len()];
+                            let (reply, _rx) = tokio::sync::oneshot::channel();
+                            h.core.on_command(
+                                Command::Recall {
+                                    app_id: "demo".into(),
+                                    target: crate::message::RecallTarget::Token {
+                                        msg_key: format!("k{id}").into(),
+                                        token: token.clone().into(),
+                                    },
+                                    not_before_ms: 0,
+                                    reply,
+                                },
+                                h.now,
+                            );
+                            h.commit();
+                            recalled.insert(id);
+                        }
                     }
                     Op::AckAll | Op::AckFirst => {
                         if let Some(c) = conn {
@@ -911,7 +944,13 @@ mod properties {
                 }
                 if let Some(c) = conn {
                     for frame in h.output(c) {
+                        if let Frame::Revoke(r) = &frame {
+                            for id in &r.ids {
+                                prop_assert!(recalled.contains(id), "Revoke of {} never recalled", id);
+                            }
+                        }
                         if let Frame::Push(p) = frame {
+                            prop_assert!(!recalled.contains(&p.id), "recalled {} was written", p.id);
                             prop_assert!(!acked.contains(&p.id), "acked {} was written again", p.id);
                             prop_assert!(expires[&p.id] > h.unix_ms(), "{} written after expiry", p.id);
                             if let Some(prev) = last_written {
@@ -923,7 +962,7 @@ mod properties {
                     }
                     // Expired messages leave the window even while in flight.
                     let now_ms = h.unix_ms();
-                    unacked_seen.retain(|id| expires[id] > now_ms);
+                    unacked_seen.retain(|id| expires[id] > now_ms && !recalled.contains(id));
                     prop_assert!(unacked_seen.len() <= 4, "window exceeded: {:?}", unacked_seen);
                 }
                 h.core.check_invariants();

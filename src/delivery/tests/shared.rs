@@ -6,7 +6,12 @@ use crate::message::{Audience, BindFilter, RegistryChange, SharedMessage, Shared
 
 impl Harness {
     /// Publishes one shared message and commits; answers the outcome.
-    fn publish(&mut self, audience: Audience, msg_key: &str, ttl_secs: u64) -> (u64, SharedOutcome) {
+    pub(super) fn publish(
+        &mut self,
+        audience: Audience,
+        msg_key: &str,
+        ttl_secs: u64,
+    ) -> (u64, SharedOutcome) {
         let (id, message) = self.shared_message(audience, msg_key, ttl_secs);
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
@@ -21,7 +26,7 @@ impl Harness {
         (id, outcomes[0])
     }
 
-    fn shared_message(
+    pub(super) fn shared_message(
         &mut self,
         audience: Audience,
         msg_key: &str,
@@ -55,7 +60,7 @@ impl Harness {
         (id, message)
     }
 
-    fn registry(&mut self, token: &str, change: RegistryChange) -> i32 {
+    pub(super) fn registry(&mut self, token: &str, change: RegistryChange) -> i32 {
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
             Command::Registry {
@@ -70,7 +75,11 @@ impl Harness {
         rx.try_recv().unwrap().unwrap()
     }
 
-    fn user_status(&mut self, user: &str, msg_key: &str) -> Option<crate::message::UserStatusReport> {
+    pub(super) fn user_status(
+        &mut self,
+        user: &str,
+        msg_key: &str,
+    ) -> Option<crate::message::UserStatusReport> {
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
             Command::QueryUserStatus {
@@ -85,7 +94,7 @@ impl Harness {
     }
 
     /// A registered device that is not connected; answers its token.
-    fn offline(&mut self) -> String {
+    pub(super) fn offline(&mut self) -> String {
         let (conn, w) = self.device("");
         self.core.on_closed(conn, self.now);
         self.commit();
@@ -93,11 +102,11 @@ impl Harness {
     }
 }
 
-fn all() -> Audience {
+pub(super) fn all() -> Audience {
     Audience::Group("all".into())
 }
 
-fn user(name: &str) -> Audience {
+pub(super) fn user(name: &str) -> Audience {
     Audience::User(name.into())
 }
 
@@ -449,7 +458,7 @@ fn a_checkpoint_with_a_log_reader_keeps_shared_deliveries_shared() {
     assert_eq!(push_ids(&h.output(conn)), [id]);
 }
 
-fn tag(name: &str, users: &[&str]) -> Audience {
+pub(super) fn tag(name: &str, users: &[&str]) -> Audience {
     Audience::Tag {
         name: name.into(),
         users: crate::message::TagUsers::new(
@@ -462,7 +471,7 @@ fn tag(name: &str, users: &[&str]) -> Audience {
 }
 
 /// Tag user set records in a stretch of log.
-fn tag_set_records(log: &[u8]) -> usize {
+pub(super) fn tag_set_records(log: &[u8]) -> usize {
     let mut count = 0;
     let mut at = 0;
     while at < log.len() {
