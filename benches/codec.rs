@@ -90,6 +90,7 @@ fn core_step(c: &mut Criterion) {
                         accepted_at_ms: now_ms,
                         expires_at_ms: now_ms + 300_000,
                         frame: Bytes::from(sample_push(id).to_bytes()),
+                        collapse_key: None,
                     }],
                     reply,
                 },

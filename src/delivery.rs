@@ -9,6 +9,13 @@
 //! takes a lock to reach it. A connection accepted by another shard is handed
 //! over after its Hello names the token.
 //!
+//! Token rotation: a rotated device keeps its slot and everything in it; only
+//! its token (and the status keys of its queued messages) change. The new
+//! token is minted among those this shard owns, so a rotation is one record
+//! in one log and never moves state between shards. The old token stays a
+//! redirect for a Hello until the device presents the new one or
+//! `delivery.token_redirect_secs` pass.
+//!
 //! Durability: every change of durable state (registry records, accepted and
 //! finished messages) is framed into `journal` as it happens. The shard loop
 //! writes the journal to its log once per iteration (group commit) and calls
@@ -27,12 +34,12 @@ use metrics::{Counter, Gauge, Histogram};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry};
+use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry, TokenEntry};
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
-    RegistryChange, RegistryReply, SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal,
-    UserStatusReport,
+    RegistryChange, RegistryReply, RotateReply, Rotation, SharedMessage, SharedOutcome, Status, StatusReport,
+    StorageRefusal, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
@@ -78,6 +85,11 @@ const MAX_GROUPS_PER_DEVICE: usize = 100;
 const MAX_VENDOR_TOKEN_LEN: usize = 512;
 /// thirdChannel values the reference defines.
 const VENDOR_CHANNELS: [u32; 6] = [2, 4, 5, 6, 7, 8];
+/// Old tokens that may redirect to one device at once. A device offline
+/// through more unconfirmed rotations than this loses the oldest redirect
+/// (its Hello with that token then gets a fresh device); the bound keeps an
+/// app that rotates in a loop from growing the table without limit.
+pub const MAX_REDIRECTS_PER_DEVICE: usize = 16;
 
 enum Timer {
     Handshake { conn: ConnId, generation: u32 },
@@ -134,6 +146,10 @@ struct Pending {
     /// Its Accepted record is in the log. A device is never sent a message
     /// before that, so a failed commit can withdraw it unseen.
     durable: bool,
+    /// A newer message with the same key replaces this one while unsent.
+    /// Kept here rather than only in the record, because checkpoints restate
+    /// in-memory frames without reading the log.
+    collapse_key: Option<Box<str>>,
 }
 
 impl Pending {
@@ -144,6 +160,7 @@ impl Pending {
         expires_at_ms: u64,
         frame: FrameSlot,
         status_key: StatusKey,
+        collapse_key: Option<Box<str>>,
     ) -> Self {
         Self {
             id,
@@ -154,6 +171,7 @@ impl Pending {
             sent_at: None,
             sent_before: false,
             durable: false,
+            collapse_key,
         }
     }
 }
@@ -303,9 +321,9 @@ impl StatusTable {
         }
     }
 
-    fn remove(&mut self, key: &StatusKey) {
+    fn remove(&mut self, key: &StatusKey) -> Option<StatusRecord> {
         let part = self.part(key);
-        self.parts[part].remove(key);
+        self.parts[part].remove(key)
     }
 
     fn iter(&self) -> impl Iterator<Item = (&StatusKey, &StatusRecord)> {
@@ -326,6 +344,30 @@ struct Journal {
     accepted: Vec<JournaledMessage>,
     /// Shared messages stored since the last commit: forgotten if it fails.
     published: Vec<u64>,
+    /// Tokens rotated since the last commit: the devices hear of them once
+    /// durable, and they are undone if it fails.
+    rotations: Vec<RotationUndo>,
+    /// Messages collapsed since the last commit, with their queue position:
+    /// restored if it fails.
+    collapsed: Vec<(DeviceId, usize, Pending)>,
+}
+
+/// What a rotation changed, to tell the device or to take it back.
+struct RotationUndo {
+    device: DeviceId,
+    old: Box<str>,
+    new: Box<str>,
+    /// The redirect the rotation pushed out (`MAX_REDIRECTS_PER_DEVICE`).
+    displaced: Option<(Box<str>, Retired)>,
+}
+
+/// A token rotated away from a device that may still present it in a Hello.
+#[derive(Clone, Copy, Debug)]
+struct Retired {
+    device: DeviceId,
+    rotated_at_ms: u64,
+    /// Unix ms after which the old token is unknown.
+    until_ms: u64,
 }
 
 /// An API command's answer, held until its changes are durable.
@@ -333,6 +375,7 @@ enum Answer {
     Push(PushReply, Vec<Accepted>),
     Publish(PublishReply, Vec<SharedOutcome>),
     Registry(RegistryReply, i32),
+    Rotate(RotateReply, Rotation),
 }
 
 impl Answer {
@@ -342,6 +385,7 @@ impl Answer {
             Answer::Push(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Publish(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Registry(reply, code) => drop(reply.send(result.map(|()| code))),
+            Answer::Rotate(reply, rotation) => drop(reply.send(result.map(|()| rotation))),
         }
     }
 }
@@ -387,6 +431,7 @@ fn finished_entry(d: &Device, message_id: u64, status: Status, at_ms: u64) -> En
     }
 }
 
+#[derive(Clone)]
 struct StatusRecord {
     status: Status,
     message_id: u64,
@@ -425,6 +470,8 @@ struct Limits {
     max_pending: usize,
     status_retention: Duration,
     max_final_statuses: usize,
+    /// How long an old token redirects to its rotated device (0: not at all).
+    token_redirect_ms: u64,
 }
 
 /// How often expired shared messages are swept out of the store.
@@ -475,6 +522,13 @@ struct CoreMetrics {
     shared_stored: Gauge,
     shared_refused: Counter,
     shared_caught_up: Counter,
+    collapsed: Counter,
+    tokens_rotated: Counter,
+    redirects_followed: Counter,
+    redirects_confirmed: Counter,
+    redirects_expired: Counter,
+    redirects_displaced: Counter,
+    redirects: Gauge,
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
@@ -511,6 +565,13 @@ impl CoreMetrics {
             shared_stored: metrics::gauge!("ringpush_shared_messages", "shard" => shard.clone()),
             shared_refused: counter("ringpush_shared_messages_refused_total"),
             shared_caught_up: counter("ringpush_shared_deliveries_caught_up_total"),
+            collapsed: counter("ringpush_messages_collapsed_total"),
+            tokens_rotated: counter("ringpush_tokens_rotated_total"),
+            redirects_followed: counter("ringpush_token_redirects_followed_total"),
+            redirects_confirmed: metrics::counter!("ringpush_token_redirects_ended_total", "shard" => shard.clone(), "reason" => "confirmed"),
+            redirects_expired: metrics::counter!("ringpush_token_redirects_ended_total", "shard" => shard.clone(), "reason" => "expired"),
+            redirects_displaced: metrics::counter!("ringpush_token_redirects_ended_total", "shard" => shard.clone(), "reason" => "displaced"),
+            redirects: metrics::gauge!("ringpush_token_redirects", "shard" => shard.clone()),
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
@@ -616,6 +677,26 @@ pub fn describe_metrics() {
         "ringpush_shared_deliveries_caught_up_total",
         "Shared messages queued for a device when it connected or bound a user (it was not there when they came)"
     );
+    describe_counter!(
+        "ringpush_messages_collapsed_total",
+        "Unsent messages replaced by a newer one for the same device with the same collapseKey (status 5)"
+    );
+    describe_counter!(
+        "ringpush_tokens_rotated_total",
+        "Device tokens rotated through the API"
+    );
+    describe_counter!(
+        "ringpush_token_redirects_followed_total",
+        "Hellos with a rotated-away token that reached their device and were told the new token"
+    );
+    describe_counter!(
+        "ringpush_token_redirects_ended_total",
+        "Old-token redirects ended: confirmed (the device presented its new token), expired (delivery.token_redirect_secs), displaced (more than 16 unconfirmed rotations)"
+    );
+    describe_gauge!(
+        "ringpush_token_redirects",
+        "Rotated-away tokens that still lead a Hello to their device"
+    );
     describe_gauge!(
         "ringpush_messages_pending",
         "Messages queued for devices and not yet acked, expired or dropped"
@@ -690,6 +771,13 @@ pub struct DeliveryCore {
     /// Reused buffers for the devices of a publish and a device's backlog.
     scratch_devices: Vec<DeviceId>,
     scratch_shared: Vec<(u64, Arc<SharedMessage>)>,
+    /// Rotated-away tokens that still lead a Hello to their device.
+    retired: HashMap<Box<str>, Retired>,
+    /// The same, by device: they go with it when it is deleted (its slot may
+    /// be reused by another device) or presents its new token.
+    retired_by_device: HashMap<DeviceId, Vec<Box<str>>>,
+    /// (until_ms, old token), oldest first: expired redirects leave memory.
+    retired_gc: VecDeque<(u64, Box<str>)>,
     metrics: CoreMetrics,
 }
 
@@ -731,6 +819,7 @@ impl DeliveryCore {
                 max_pending: d.max_pending_per_device,
                 status_retention: d.status_retention(),
                 max_final_statuses: d.max_final_statuses_per_shard,
+                token_redirect_ms: d.token_redirect_secs.saturating_mul(1000),
             },
             apps: config
                 .apps
@@ -765,6 +854,9 @@ impl DeliveryCore {
             next_fanout_sweep: now,
             scratch_devices: Vec::new(),
             scratch_shared: Vec::new(),
+            retired: HashMap::new(),
+            retired_by_device: HashMap::new(),
+            retired_gc: VecDeque::new(),
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -822,6 +914,8 @@ impl DeliveryCore {
         let accepted = std::mem::take(&mut journal.accepted);
         let replies = std::mem::take(&mut journal.replies);
         let published = std::mem::take(&mut journal.published);
+        let rotations = std::mem::take(&mut journal.rotations);
+        let collapsed = std::mem::take(&mut journal.collapsed);
         match result {
             Ok(written_at) => {
                 let to_log = if self.log_reader.is_some() {
@@ -849,6 +943,9 @@ impl DeliveryCore {
                         self.fill_window(m.device, now);
                     }
                 }
+                for r in &rotations {
+                    self.tell_new_token(r);
+                }
                 for answer in replies {
                     answer.send(Ok(()));
                 }
@@ -857,8 +954,15 @@ impl DeliveryCore {
                 for m in accepted {
                     self.withdraw(m.device, m.message_id, m.status_key, now);
                 }
+                for (device, pos, pending) in collapsed.into_iter().rev() {
+                    self.uncollapse(device, pos, pending, now);
+                }
                 for id in published {
                     self.fanout.remove(id);
+                }
+                // Newest first, so a chain of rotations unwinds in order.
+                for r in rotations.into_iter().rev() {
+                    self.undo_rotation(r);
                 }
                 self.metrics.shared_stored.set(self.fanout.len() as f64);
                 for answer in replies {
@@ -937,6 +1041,7 @@ impl DeliveryCore {
                         Some(_) => Bytes::new(),
                         None => Bytes::copy_from_slice(a.frame),
                     },
+                    collapse_key: a.collapse_key.map(Into::into),
                 };
                 self.max_message_id = self.max_message_id.max(a.message_id);
                 // Already expired ones are accepted and expire on the first
@@ -960,6 +1065,7 @@ impl DeliveryCore {
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: Bytes::copy_from_slice(m.frame),
+                    collapse_key: m.collapse_key.map(Into::into),
                 });
                 // Expired ones too: the statuses logged after them need
                 // their msgKey. The first sweep forgets them.
@@ -983,6 +1089,36 @@ impl DeliveryCore {
                         .push_back((self.clock.instant_of(f.forget_at_ms), key));
                 }
             }
+            Entry::Token(TokenEntry::Rotated {
+                app,
+                old,
+                new,
+                at_ms,
+                redirect_until_ms,
+            }) => {
+                let holder = |token: &str| {
+                    self.by_token
+                        .get(token)
+                        .copied()
+                        .filter(|&d| *self.devices[d].app == *app)
+                };
+                // The rotation itself, or (a checkpoint's restatement) only
+                // the redirect to a device already under its new token.
+                let device = match (holder(old), holder(new)) {
+                    (Some(device), _) => {
+                        self.rekey_device(device, new.into());
+                        Some(device)
+                    }
+                    (None, device) => device,
+                };
+                if let Some(device) = device {
+                    if redirect_until_ms > self.clock.unix_ms(now) {
+                        // A displaced redirect has its own RedirectEnded record.
+                        let _ = self.add_redirect(old.into(), device, at_ms, redirect_until_ms);
+                    }
+                }
+            }
+            Entry::Token(TokenEntry::RedirectEnded { old }) => self.end_redirect(old),
         }
         Ok(())
     }
@@ -990,6 +1126,9 @@ impl DeliveryCore {
     /// Ends replay: from now on changes are journaled.
     pub fn finish_replay(&mut self) {
         self.journal.enabled = true;
+        // Checkpoints restate redirects in table order.
+        self.retired_gc.make_contiguous().sort_unstable();
+        self.metrics.redirects.set(self.retired.len() as f64);
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
@@ -1128,6 +1267,7 @@ impl DeliveryCore {
             log_reader,
             read_buf,
             fanout,
+            retired,
             ..
         } = self;
         for stored in fanout.iter() {
@@ -1142,6 +1282,7 @@ impl DeliveryCore {
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: &m.frame,
+                    collapse_key: m.collapse_key.as_deref(),
                 }),
                 false,
             );
@@ -1149,6 +1290,22 @@ impl DeliveryCore {
         }
         for (_, d) in devices.iter() {
             chunk.put(&device_entry(d), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
+        // After the devices: replay finds each under its new token and only
+        // adds the redirect.
+        for (old, r) in retired.iter() {
+            let d = &devices[r.device];
+            chunk.put(
+                &Entry::Token(TokenEntry::Rotated {
+                    app: &d.app,
+                    old,
+                    new: &d.token,
+                    at_ms: r.rotated_at_ms,
+                    redirect_until_ms: r.until_ms,
+                }),
+                false,
+            );
             chunk.flush_if_full(CHUNK, &mut emit)?;
         }
         for (_, d) in devices.iter() {
@@ -1165,6 +1322,7 @@ impl DeliveryCore {
                                 accepted_at_ms: p.accepted_at_ms,
                                 expires_at_ms: p.expires_at_ms,
                                 frame,
+                                collapse_key: p.collapse_key.as_deref(),
                             }),
                             true,
                         );
@@ -1172,6 +1330,12 @@ impl DeliveryCore {
                     FrameSlot::Log(span) => {
                         let entry = read_logged_message(log_reader, *span, p.id, read_buf)
                             .map_err(|reason| E::from(UnreadableFrame(reason)))?;
+                        // The record names the token the message was pushed
+                        // to; a rotation since then moved it to this one.
+                        let entry = AcceptedEntry {
+                            token: &d.token,
+                            ..entry
+                        };
                         chunk.put(&Entry::Accepted(entry), true);
                     }
                     // The shared message is restated once, above; after a
@@ -1249,6 +1413,20 @@ impl DeliveryCore {
                 let bound = self.users.get(&user_digest(&d.app, user));
                 assert!(bound.is_some_and(|b| b.contains(&id)), "user index entry");
             }
+        }
+        for (old, r) in &self.retired {
+            assert!(!self.by_token.contains_key(old), "a retired token is no device's");
+            assert!(self.devices.contains(r.device), "redirects lead to live devices");
+            let listed = self.retired_by_device.get(&r.device);
+            assert!(listed.is_some_and(|l| l.contains(old)), "redirect index entry");
+        }
+        let listed: usize = self.retired_by_device.values().map(Vec::len).sum();
+        assert_eq!(listed, self.retired.len(), "redirect index");
+        for list in self.retired_by_device.values() {
+            assert!(
+                !list.is_empty() && list.len() <= MAX_REDIRECTS_PER_DEVICE,
+                "redirects per device"
+            );
         }
         for (digest, bound) in &self.users {
             assert!(!bound.is_empty(), "no empty user index lists");
@@ -1458,8 +1636,19 @@ impl DeliveryCore {
             .flatten()
             .filter(|&d| *self.devices[d].app == *app);
         let (device, new_token) = match known {
-            Some(d) => (d, false),
-            None => (self.register_device(app, platform, now), true),
+            Some(d) => {
+                self.confirm_token(d);
+                (d, false)
+            }
+            None => match plausible
+                .then(|| self.follow_redirect(presented, &app, now))
+                .flatten()
+            {
+                // A device that missed its TokenUpdate: it gets its own
+                // state back under the new token, in this Welcome.
+                Some(d) => (d, true),
+                None => (self.register_device(app, platform, now), true),
+            },
         };
         if let Some(old) = self.devices[device].conn {
             if old != conn {
@@ -1499,15 +1688,21 @@ impl DeliveryCore {
         Flow::Continue
     }
 
-    fn register_device(&mut self, app: Arc<str>, platform: u8, now: Instant) -> DeviceId {
-        let token = loop {
+    /// A fresh token this shard owns, held by no device and no redirect.
+    fn mint_token(&mut self) -> Box<str> {
+        loop {
             let candidate = self.tokens.next();
             if owner_shard(candidate.as_bytes(), self.shard_count) == self.shard_id
                 && !self.by_token.contains_key(candidate.as_str())
+                && !self.retired.contains_key(candidate.as_str())
             {
                 break candidate.into_boxed_str();
             }
-        };
+        }
+    }
+
+    fn register_device(&mut self, app: Arc<str>, platform: u8, now: Instant) -> DeviceId {
+        let token = self.mint_token();
         let mut record = Device::new(app, token.clone(), platform, self.clock.unix_ms(now));
         // Nothing stored before it was born is for it.
         record.fanout_cursor = self.fanout.next_seq();
@@ -1516,6 +1711,205 @@ impl DeliveryCore {
         self.journal.write(&device_entry(&self.devices[device]));
         self.metrics.devices.set(self.devices.len() as f64);
         device
+    }
+
+    /// Gives a device a new token (API `token-update`). One journal record:
+    /// the new token is one this shard owns, so nothing moves between
+    /// shards and the rotation is atomic across a crash. The device is told
+    /// in a TokenUpdate frame once the record is durable (`tell_new_token`);
+    /// until it presents the new token, the old one redirects its Hello.
+    fn rotate_token(&mut self, device: DeviceId, now: Instant) -> Rotation {
+        let new = self.mint_token();
+        let now_ms = self.clock.unix_ms(now);
+        let redirect_until_ms = match self.limits.token_redirect_ms {
+            0 => 0,
+            window => now_ms.saturating_add(window),
+        };
+        let old = self.devices[device].token.clone();
+        self.journal.write(&Entry::Token(TokenEntry::Rotated {
+            app: &self.devices[device].app,
+            old: &old,
+            new: &new,
+            at_ms: now_ms,
+            redirect_until_ms,
+        }));
+        self.rekey_device(device, new.clone());
+        let displaced = if redirect_until_ms > 0 {
+            self.add_redirect(old.clone(), device, now_ms, redirect_until_ms)
+        } else {
+            None
+        };
+        if let Some((gone, _)) = &displaced {
+            self.journal
+                .write(&Entry::Token(TokenEntry::RedirectEnded { old: gone }));
+        }
+        self.journal.rotations.push(RotationUndo {
+            device,
+            old,
+            new: new.clone(),
+            displaced,
+        });
+        self.metrics.tokens_rotated.increment(1);
+        Rotation::Rotated {
+            token: new,
+            online: self.devices[device].conn.is_some(),
+            redirect_until_ms,
+        }
+    }
+
+    /// Moves a device to `new_token`: the token index and the statuses of
+    /// its queued messages, which are answered under the token that will
+    /// deliver them. Final statuses stay under the old token (the table
+    /// keeps digests, not tokens, so it cannot find them), except those of
+    /// shared messages still stored, which are copied: they are what keeps
+    /// the device from being sent a broadcast, group or user message again.
+    /// Live and in replay alike, so both reach the same state.
+    fn rekey_device(&mut self, device: DeviceId, new_token: Box<str>) {
+        let old = std::mem::replace(&mut self.devices[device].token, new_token.clone());
+        self.by_token.remove(&old);
+        self.by_token.insert(new_token.clone(), device);
+        let d = &mut self.devices[device];
+        for p in d.queue.iter_mut() {
+            let msg_key = match &p.frame {
+                FrameSlot::Memory(frame) => push_msg_key(frame),
+                FrameSlot::Shared(m) => m.msg_key.to_string(),
+                FrameSlot::Log(span) => {
+                    match read_logged_message(&mut self.log_reader, *span, p.id, &mut self.read_buf) {
+                        Ok(a) => a.msg_key.to_string(),
+                        // Its status stays under the old token; sending it
+                        // will fail the same way and drop it visibly.
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let key = StatusKey::new(&d.app, &msg_key, &new_token);
+            if let Some(record) = self.statuses.remove(&p.status_key) {
+                self.statuses.insert(key, record);
+            }
+            p.status_key = key;
+        }
+        let app = d.app.clone();
+        for stored in self.fanout.iter() {
+            let m = &stored.message;
+            if *m.app_id != *app {
+                continue;
+            }
+            let Some(record) = self
+                .statuses
+                .get(&StatusKey::new(&app, &m.msg_key, &old))
+                .cloned()
+            else {
+                continue;
+            };
+            let key = StatusKey::new(&app, &m.msg_key, &new_token);
+            let forget_at_ms = record.forget_at_ms;
+            if self.statuses.insert_if_absent(key, || record) && forget_at_ms != 0 {
+                self.status_gc
+                    .push_back((self.clock.instant_of(forget_at_ms), key));
+            }
+        }
+    }
+
+    /// Lets `old` lead a Hello to `device` until `until_ms`. Answers the
+    /// redirect it displaced past `MAX_REDIRECTS_PER_DEVICE`, if any.
+    fn add_redirect(
+        &mut self,
+        old: Box<str>,
+        device: DeviceId,
+        rotated_at_ms: u64,
+        until_ms: u64,
+    ) -> Option<(Box<str>, Retired)> {
+        let retired = Retired {
+            device,
+            rotated_at_ms,
+            until_ms,
+        };
+        let list = self.retired_by_device.entry(device).or_default();
+        if self.retired.insert(old.clone(), retired).is_none() {
+            list.push(old.clone());
+        }
+        self.retired_gc.push_back((until_ms, old));
+        let displaced = if list.len() > MAX_REDIRECTS_PER_DEVICE {
+            let gone = list.remove(0);
+            let r = self
+                .retired
+                .remove(&gone)
+                .expect("listed redirects are in the table");
+            self.metrics.redirects_displaced.increment(1);
+            Some((gone, r))
+        } else {
+            None
+        };
+        self.metrics.redirects.set(self.retired.len() as f64);
+        displaced
+    }
+
+    fn end_redirect(&mut self, old: &str) {
+        let Some(r) = self.retired.remove(old) else {
+            return;
+        };
+        if let Some(list) = self.retired_by_device.get_mut(&r.device) {
+            list.retain(|t| **t != *old);
+            if list.is_empty() {
+                self.retired_by_device.remove(&r.device);
+            }
+        }
+        self.metrics.redirects.set(self.retired.len() as f64);
+    }
+
+    /// The device an old token still leads to, if its redirect is live and
+    /// the Hello names the device's app.
+    fn follow_redirect(&mut self, presented: &str, app: &str, now: Instant) -> Option<DeviceId> {
+        let r = *self.retired.get(presented)?;
+        if r.until_ms <= self.clock.unix_ms(now) || *self.devices[r.device].app != *app {
+            return None;
+        }
+        self.metrics.redirects_followed.increment(1);
+        Some(r.device)
+    }
+
+    /// The device presented its current token: it has the new one, so every
+    /// token rotated away from it stops working now.
+    fn confirm_token(&mut self, device: DeviceId) {
+        let Some(olds) = self.retired_by_device.remove(&device) else {
+            return;
+        };
+        for old in &olds {
+            self.retired.remove(old);
+            self.journal
+                .write(&Entry::Token(TokenEntry::RedirectEnded { old }));
+        }
+        self.metrics.redirects_confirmed.increment(olds.len() as u64);
+        self.metrics.redirects.set(self.retired.len() as f64);
+    }
+
+    /// A rotation is durable: an online device gets its new token now.
+    fn tell_new_token(&mut self, r: &RotationUndo) {
+        let Some(d) = self.devices.get(r.device) else {
+            return;
+        };
+        if d.token != r.new {
+            return;
+        }
+        if let Some(conn) = d.conn {
+            let frame = Frame::TokenUpdate(body::TokenUpdate {
+                token: r.new.to_string(),
+            });
+            self.write_frame(conn, &frame);
+        }
+    }
+
+    /// A rotation's record did not reach the log: the old token is the
+    /// device's again, as the API's refusal says.
+    fn undo_rotation(&mut self, r: RotationUndo) {
+        if self.devices.get(r.device).is_none_or(|d| d.token != r.new) {
+            return;
+        }
+        self.end_redirect(&r.old);
+        self.rekey_device(r.device, r.old);
+        if let Some((old, retired)) = r.displaced {
+            let _ = self.add_redirect(old, retired.device, retired.rotated_at_ms, retired.until_ms);
+        }
     }
 
     /// Applies a registry change from the device or the API and answers its
@@ -1631,8 +2025,11 @@ impl DeliveryCore {
             self.devices[device].fanout_cursor = self.fanout.next_seq();
         }
         due.sort_unstable_by_key(|(seq, _)| *seq);
+        // Queued first and sent by the caller's `fill_window`, so a newer
+        // message of the backlog collapses an older one before either is
+        // written.
         for (_, message) in due.drain(..) {
-            if self.queue_shared(device, &message, now) {
+            if self.queue_shared(device, &message, false, now) {
                 self.metrics.shared_caught_up.increment(1);
             }
         }
@@ -1645,8 +2042,15 @@ impl DeliveryCore {
     }
 
     /// Queues a shared message for one device unless it had it before (its
-    /// status for the device exists). Answers whether it was queued.
-    fn queue_shared(&mut self, device: DeviceId, message: &Arc<SharedMessage>, now: Instant) -> bool {
+    /// status for the device exists), and sends it now if `send` and it may
+    /// be. Answers whether it was queued.
+    fn queue_shared(
+        &mut self,
+        device: DeviceId,
+        message: &Arc<SharedMessage>,
+        send: bool,
+        now: Instant,
+    ) -> bool {
         let d = &self.devices[device];
         let status_key = StatusKey::new(&message.app_id, &message.msg_key, &d.token);
         let inserted = self.statuses.insert_if_absent(status_key, || {
@@ -1673,8 +2077,9 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            message.collapse_key.clone(),
         );
-        self.enqueue(device, Pending { durable, ..pending }, now);
+        self.enqueue(device, Pending { durable, ..pending }, send, now);
         true
     }
 
@@ -1705,6 +2110,7 @@ impl DeliveryCore {
             accepted_at_ms: message.accepted_at_ms,
             expires_at_ms: message.expires_at_ms,
             frame: &message.frame,
+            collapse_key: message.collapse_key.as_deref(),
         }));
         self.journal.published.push(message.id);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
@@ -1732,7 +2138,7 @@ impl DeliveryCore {
         }
         outcome.matched = members.len() as u32;
         for &device in &members {
-            if self.devices[device].conn.is_some() && self.queue_shared(device, &message, now) {
+            if self.devices[device].conn.is_some() && self.queue_shared(device, &message, true, now) {
                 outcome.online += 1;
             }
         }
@@ -2011,6 +2417,11 @@ impl DeliveryCore {
 
     fn delete_device(&mut self, device: DeviceId, now: Instant) {
         self.unindex_user(device);
+        // Its slot may go to another device: no old token may lead there.
+        for old in self.retired_by_device.remove(&device).unwrap_or_default() {
+            self.retired.remove(&old);
+        }
+        self.metrics.redirects.set(self.retired.len() as f64);
         let d = self.devices.remove(device);
         self.by_token.remove(&d.token);
         self.journal.write(&Entry::DeviceDeleted { token: &d.token });
@@ -2054,6 +2465,13 @@ impl DeliveryCore {
                     _ => RESULT_DELIVERYTOKEN_INVALID,
                 };
                 self.journal.replies.push(Answer::Registry(reply, code));
+            }
+            Command::RotateToken { app_id, token, reply } => {
+                let rotation = match self.by_token.get(&*token) {
+                    Some(&device) if *self.devices[device].app == *app_id => self.rotate_token(device, now),
+                    _ => Rotation::UnknownToken,
+                };
+                self.journal.replies.push(Answer::Rotate(reply, rotation));
             }
             Command::QueryDevices {
                 app_id,
@@ -2193,6 +2611,7 @@ impl DeliveryCore {
                 accepted_at_ms: message.accepted_at_ms,
                 expires_at_ms: message.expires_at_ms,
                 frame: &message.frame,
+                collapse_key: message.collapse_key.as_deref(),
             }));
             self.journal.accepted.push(JournaledMessage {
                 device,
@@ -2214,16 +2633,25 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            message.collapse_key,
         );
         let durable = !self.journal.enabled;
-        self.enqueue(device, Pending { durable, ..pending }, now);
+        self.enqueue(device, Pending { durable, ..pending }, true, now);
         Accepted::Queued { online }
     }
 
-    /// Appends a message to a device's queue (dropping the oldest unsent one
-    /// past the pending cap), arms its expiry and, when it may be sent now,
+    /// Appends a message to a device's queue (replacing an unsent one with
+    /// its collapse key, dropping the oldest unsent one past the pending
+    /// cap), arms its expiry and, with `send` and when it may be sent now,
     /// sends it.
-    fn enqueue(&mut self, device: DeviceId, pending: Pending, now: Instant) {
+    fn enqueue(&mut self, device: DeviceId, pending: Pending, send: bool, now: Instant) {
+        // Replay does not collapse: the log's Finished records say what was
+        // collapsed, and a message in flight then is not in flight now.
+        if self.journal.enabled {
+            if let Some(key) = &pending.collapse_key {
+                self.collapse(device, key, now);
+            }
+        }
         self.timers.insert(
             self.clock.instant_of(pending.expires_at_ms),
             Timer::Expiry {
@@ -2257,13 +2685,64 @@ impl DeliveryCore {
             self.pending_total -= 1;
             self.metrics.dropped_overflow.increment(1);
         }
-        let send_now = pending.durable && d.conn.is_some();
+        let send_now = send && pending.durable && d.conn.is_some();
         d.queue.push_back(pending);
         self.pending_total += 1;
         self.metrics.queued.increment(1);
         if send_now {
             self.fill_window(device, now);
         }
+    }
+
+    /// Finishes the device's unsent messages with collapse key `key`. Live
+    /// there is at most one (each replaced the one before), but a restart
+    /// puts a message that was in flight back among the unsent. Sent
+    /// messages (`queue[..in_flight]`) are not recalled. The old messages are
+    /// kept aside until the commit: if it fails, the new one is withdrawn and
+    /// they go back (`uncollapse`), as the log still has them.
+    fn collapse(&mut self, device: DeviceId, key: &str, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let mut pos = self.devices[device].in_flight;
+        while pos < self.devices[device].queue.len() {
+            let d = &mut self.devices[device];
+            if d.queue[pos].collapse_key.as_deref() != Some(key) {
+                pos += 1;
+                continue;
+            }
+            let gone = d.queue.remove(pos).expect("position is in range");
+            self.journal
+                .write(&finished_entry(d, gone.id, Status::Collapsed, now_ms));
+            set_final_status(
+                &mut self.statuses,
+                &mut self.status_gc,
+                gone.status_key,
+                Status::Collapsed,
+                now,
+                self.limits.status_retention,
+                now_ms,
+            );
+            self.pending_total -= 1;
+            self.metrics.collapsed.increment(1);
+            self.journal.collapsed.push((device, pos, gone));
+        }
+    }
+
+    /// A commit failed: a message collapsed by a push it refused is pending
+    /// again, where it was (after anything sent since). One that was not
+    /// durable either was withdrawn with the rest.
+    fn uncollapse(&mut self, device: DeviceId, pos: usize, mut pending: Pending, now: Instant) {
+        let Some(d) = self.devices.get_mut(device).filter(|_| pending.durable) else {
+            return;
+        };
+        if let Some(record) = self.statuses.get_mut(&pending.status_key) {
+            record.status = Status::Pending;
+            record.forget_at_ms = 0;
+        }
+        pending.sent_at = None;
+        let at = pos.clamp(d.in_flight, d.queue.len());
+        d.queue.insert(at, pending);
+        self.pending_total += 1;
+        self.fill_window(device, now);
     }
 
     /// Runs every timer due at `now` and collects statuses past retention.
@@ -2278,6 +2757,15 @@ impl DeliveryCore {
             self.next_fanout_sweep = now + FANOUT_SWEEP_INTERVAL;
             if self.fanout.sweep(self.clock.unix_ms(now)) > 0 {
                 self.metrics.shared_stored.set(self.fanout.len() as f64);
+            }
+        }
+        let now_ms = self.clock.unix_ms(now);
+        while self.retired_gc.front().is_some_and(|(until, _)| *until <= now_ms) {
+            let (until, old) = self.retired_gc.pop_front().expect("checked above");
+            // Not journaled: the Rotated record holds the same deadline.
+            if self.retired.get(&old).is_some_and(|r| r.until_ms == until) {
+                self.end_redirect(&old);
+                self.metrics.redirects_expired.increment(1);
             }
         }
         while let Some(&(at, key)) = self.status_gc.front() {
@@ -2381,7 +2869,11 @@ impl DeliveryCore {
         let timer = self.timers.next_deadline();
         let gc = self.status_gc.front().map(|(at, _)| *at);
         let sweep = (self.fanout.len() > 0).then_some(self.next_fanout_sweep);
-        [timer, gc, sweep].into_iter().flatten().min()
+        let redirect = self
+            .retired_gc
+            .front()
+            .map(|(until_ms, _)| self.clock.instant_of(*until_ms));
+        [timer, gc, sweep, redirect].into_iter().flatten().min()
     }
 
     /// Tells every connected device to come back after a jittered delay and

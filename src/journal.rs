@@ -1,7 +1,7 @@
 //! What the delivery core writes to its shard's durable log and reads back on
 //! recovery: one `Entry` per change of durable state (a device's registry
-//! record, a message accepted, a message finished), and the byte layout of
-//! each. Pure encoding and decoding, no files: `log` stores the bytes, and
+//! record, a message accepted, a message finished, a token rotated), and the
+//! byte layout of each. Pure encoding and decoding, no files: `log` stores the bytes, and
 //! `delivery` decides when an entry is due and how replay applies it.
 //!
 //! Layout: integers little-endian fixed width, strings and byte strings as a
@@ -17,6 +17,11 @@ const KIND_ACCEPTED: u8 = 3;
 const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
+const KIND_TOKEN: u8 = 8;
+
+/// Sub-kinds of a `KIND_TOKEN` record (its first payload byte).
+const TOKEN_ROTATED: u8 = 1;
+const TOKEN_REDIRECT_ENDED: u8 = 2;
 
 /// A device's whole registry record; written on registration and on every
 /// change, so the last one for a token is its state.
@@ -50,6 +55,8 @@ pub struct SharedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// Absent in records older than this field.
+    pub collapse_key: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +69,27 @@ pub struct AcceptedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// A later message with the same key replaces this one while it is
+    /// unsent. Absent in records older than this field.
+    pub collapse_key: Option<&'a str>,
+}
+
+/// A device's token changed, or a retired token stopped redirecting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenEntry<'a> {
+    /// The device holding `old` holds `new` from now on. Until
+    /// `redirect_until_ms` (0: not at all) a Hello presenting `old` reaches
+    /// the device and is told `new`.
+    Rotated {
+        app: &'a str,
+        old: &'a str,
+        new: &'a str,
+        at_ms: u64,
+        redirect_until_ms: u64,
+    },
+    /// `old` no longer reaches any device: the device presented its new
+    /// token, or a newer rotation displaced this redirect.
+    RedirectEnded { old: &'a str },
 }
 
 /// A final status kept for queries after its message left the queue;
@@ -95,6 +123,7 @@ pub enum Entry<'a> {
     },
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
+    Token(TokenEntry<'a>),
 }
 
 impl Entry<'_> {
@@ -107,6 +136,7 @@ impl Entry<'_> {
             Entry::Finished { .. } => KIND_FINISHED,
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
+            Entry::Token(_) => KIND_TOKEN,
         };
         crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
     }
@@ -143,6 +173,11 @@ impl Entry<'_> {
                 put_u64(out, a.accepted_at_ms);
                 put_u64(out, a.expires_at_ms);
                 put_bytes(out, a.frame);
+                // Only when present, so a record without one has the old
+                // layout byte for byte.
+                if let Some(key) = a.collapse_key {
+                    put_str(out, key);
+                }
             }
             Entry::Finished {
                 token,
@@ -179,6 +214,27 @@ impl Entry<'_> {
                 put_u64(out, m.accepted_at_ms);
                 put_u64(out, m.expires_at_ms);
                 put_bytes(out, m.frame);
+                if let Some(key) = m.collapse_key {
+                    put_str(out, key);
+                }
+            }
+            Entry::Token(TokenEntry::Rotated {
+                app,
+                old,
+                new,
+                at_ms,
+                redirect_until_ms,
+            }) => {
+                out.push(TOKEN_ROTATED);
+                put_str(out, app);
+                put_str(out, old);
+                put_str(out, new);
+                put_u64(out, *at_ms);
+                put_u64(out, *redirect_until_ms);
+            }
+            Entry::Token(TokenEntry::RedirectEnded { old }) => {
+                out.push(TOKEN_REDIRECT_ENDED);
+                put_str(out, old);
             }
         }
     }
@@ -234,6 +290,12 @@ impl Entry<'_> {
                 accepted_at_ms: r.u64()?,
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
+                // Records written before collapse keys existed end here.
+                collapse_key: if r.at == payload.len() {
+                    None
+                } else {
+                    Some(r.str()?)
+                },
             }),
             KIND_FINISHED => Entry::Finished {
                 token: r.str()?,
@@ -263,6 +325,22 @@ impl Entry<'_> {
                 accepted_at_ms: r.u64()?,
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
+                collapse_key: if r.at == payload.len() {
+                    None
+                } else {
+                    Some(r.str()?)
+                },
+            }),
+            KIND_TOKEN => Entry::Token(match r.u8()? {
+                TOKEN_ROTATED => TokenEntry::Rotated {
+                    app: r.str()?,
+                    old: r.str()?,
+                    new: r.str()?,
+                    at_ms: r.u64()?,
+                    redirect_until_ms: r.u64()?,
+                },
+                TOKEN_REDIRECT_ENDED => TokenEntry::RedirectEnded { old: r.str()? },
+                x => return Err(format!("token record sub-kind {x}")),
             }),
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -397,6 +475,7 @@ impl<'a> Reader<'a> {
             2 => Ok(Status::Acked),
             3 => Ok(Status::Expired),
             4 => Ok(Status::Dropped),
+            5 => Ok(Status::Collapsed),
             x => Err(format!("final status {x}")),
         }
     }
@@ -418,7 +497,12 @@ mod tests {
     }
 
     fn status() -> impl Strategy<Value = Status> {
-        prop_oneof![Just(Status::Acked), Just(Status::Expired), Just(Status::Dropped)]
+        prop_oneof![
+            Just(Status::Acked),
+            Just(Status::Expired),
+            Just(Status::Dropped),
+            Just(Status::Collapsed)
+        ]
     }
 
     fn audience() -> impl Strategy<Value = Audience> {
@@ -465,11 +549,13 @@ mod tests {
             id: u64, token in ".{0,30}", key in ".{0,20}", at: u64, exp: u64,
             frame in proptest::collection::vec(any::<u8>(), 0..300),
             status in status(), key128: u128, acked in proptest::option::of(any::<u64>()),
+            collapse in proptest::option::of(".{0,64}"),
         ) {
             let entries = [
                 Entry::Accepted(AcceptedEntry {
                     message_id: id, app: "demo", token: &token, msg_key: &key,
                     accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                    collapse_key: collapse.as_deref(),
                 }),
                 Entry::Finished { token: &token, message_id: id, status, at_ms: at },
                 Entry::DeviceDeleted { token: &token },
@@ -489,11 +575,12 @@ mod tests {
         fn shared_entries_round_trip(
             id: u64, app in ".{0,10}", key in ".{0,20}", task: u64, at: u64, exp: u64,
             frame in proptest::collection::vec(any::<u8>(), 0..300),
-            audience in audience(),
+            audience in audience(), collapse in proptest::option::of(".{0,64}"),
         ) {
             let entry = Entry::Shared(SharedEntry {
                 message_id: id, app: &app, audience, msg_key: &key, task_id: task,
                 accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                collapse_key: collapse.as_deref(),
             });
             let mut out = Vec::new();
             entry.write_to(&mut out);
@@ -501,7 +588,24 @@ mod tests {
         }
 
         #[test]
-        fn decoding_garbage_never_panics(kind in 0u8..8, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn token_entries_round_trip(
+            app in ".{0,10}", old in ".{0,30}", new in ".{0,30}", at: u64, until: u64,
+        ) {
+            let entries = [
+                Entry::Token(TokenEntry::Rotated {
+                    app: &app, old: &old, new: &new, at_ms: at, redirect_until_ms: until,
+                }),
+                Entry::Token(TokenEntry::RedirectEnded { old: &old }),
+            ];
+            for entry in entries {
+                let mut out = Vec::new();
+                entry.write_to(&mut out);
+                prop_assert_eq!(decode_framed(&out), entry);
+            }
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(kind in 0u8..10, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Entry::decode(kind, &payload);
         }
     }
@@ -530,6 +634,44 @@ mod tests {
             decoded.registered_at_ms + decoded.bound_at_ms + decoded.unbound_at_ms,
             0
         );
+    }
+
+    #[test]
+    fn accepted_records_without_a_collapse_key_keep_the_old_layout() {
+        let accepted = |collapse_key| {
+            let mut out = Vec::new();
+            Entry::Accepted(AcceptedEntry {
+                message_id: 7,
+                app: "a",
+                token: "t",
+                msg_key: "k",
+                accepted_at_ms: 1,
+                expires_at_ms: 2,
+                frame: b"frame",
+                collapse_key,
+            })
+            .write_to(&mut out);
+            out
+        };
+        // The layout before collapse keys: id, app, token, key, times, frame.
+        let mut old = Vec::new();
+        put_u64(&mut old, 7);
+        for s in ["a", "t", "k"] {
+            put_str(&mut old, s);
+        }
+        put_u64(&mut old, 1);
+        put_u64(&mut old, 2);
+        put_bytes(&mut old, b"frame");
+        assert_eq!(&accepted(None)[9..], &old[..], "written as before");
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &old).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!((decoded.msg_key, decoded.collapse_key), ("k", None));
+        let with_key = accepted(Some("score"));
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &with_key[9..]).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!(decoded.collapse_key, Some("score"));
     }
 
     #[test]

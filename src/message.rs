@@ -1,5 +1,5 @@
 //! What travels from the push API to a shard: accepted messages, status
-//! queries, and their answers. A message is encoded into its Push frame once,
+//! queries, registry changes and token rotations, and their answers. A message is encoded into its Push frame once,
 //! on the API thread, so the shard's per-message work is a queue insert and a
 //! byte copy.
 
@@ -19,6 +19,9 @@ pub struct Message {
     pub expires_at_ms: u64,
     /// The complete Push frame (header and body), ready to write.
     pub frame: Bytes,
+    /// A later message for the same device with the same key replaces this
+    /// one while it is unsent (`Status::Collapsed`).
+    pub collapse_key: Option<Box<str>>,
 }
 
 /// A message for a set of devices that is not known when it is accepted: a
@@ -40,6 +43,9 @@ pub struct SharedMessage {
     pub expires_at_ms: u64,
     /// The complete Push frame, encoded once for every device.
     pub frame: Bytes,
+    /// As `Message::collapse_key`, per device: a user's device keeps at
+    /// most one unsent message of each key.
+    pub collapse_key: Option<Box<str>>,
 }
 
 /// Who a shared message is for.
@@ -112,6 +118,9 @@ pub enum Status {
     /// 4: dropped by the per-device pending cap (oldest first) or by
     /// DeleteToken.
     Dropped,
+    /// 5: replaced, before it was sent, by a newer message for the same
+    /// device with the same collapse key.
+    Collapsed,
 }
 
 impl Status {
@@ -122,6 +131,7 @@ impl Status {
             Self::Acked => 2,
             Self::Expired => 3,
             Self::Dropped => 4,
+            Self::Collapsed => 5,
         }
     }
 
@@ -132,6 +142,7 @@ impl Status {
             Self::Acked => "Acked",
             Self::Expired => "Expired",
             Self::Dropped => "Dropped",
+            Self::Collapsed => "Collapsed",
         }
     }
 }
@@ -156,6 +167,22 @@ pub enum StorageRefusal {
     Full,
     /// A write or fsync failed; the shard accepts nothing until restart.
     Failed,
+}
+
+/// What a shard did with a token rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The device holds `token` now. `online`: it is being sent a
+    /// TokenUpdate frame. A Hello with the old token reaches it until
+    /// `redirect_until_ms` (0: not at all).
+    Rotated {
+        token: Box<str>,
+        online: bool,
+        redirect_until_ms: u64,
+    },
+    /// No device of this app holds the token (never issued, deleted, another
+    /// app's, or already rotated away).
+    UnknownToken,
 }
 
 /// Answer to a status query.
@@ -220,6 +247,9 @@ pub type PublishReply = Reply<Result<Vec<SharedOutcome>, StorageRefusal>>;
 /// change is durable.
 pub type RegistryReply = Reply<Result<i32, StorageRefusal>>;
 
+/// The answer to a token rotation, once it is durable.
+pub type RotateReply = Reply<Result<Rotation, StorageRefusal>>;
+
 /// Work for a shard's delivery core, sent by the API.
 #[derive(Debug)]
 pub enum Command {
@@ -242,6 +272,13 @@ pub enum Command {
         token: Box<str>,
         change: RegistryChange,
         reply: RegistryReply,
+    },
+    /// Gives the device holding `token` (this shard owns it) a new token,
+    /// keeping everything it has.
+    RotateToken {
+        app_id: Arc<str>,
+        token: Box<str>,
+        reply: RotateReply,
     },
     /// The app's devices of this shard that match `lookup`.
     QueryDevices {

@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
                             accepted_at_ms: now_ms,
                             expires_at_ms: now_ms + ttl_ms,
                             frame: Bytes::from(frame.to_bytes()),
+                            collapse_key: None,
                         }],
                         reply,
                     },

@@ -169,6 +169,7 @@ pub fn serve(
         .route("/v1/groups/leave", registry(Operation::LeaveGroup))
         .route("/v1/groups/leave-all", registry(Operation::LeaveAllGroups))
         .route("/v1/devices/vendor-token", registry(Operation::VendorToken))
+        .route("/v1/devices/token-update", post(devices::rotate))
         .route("/v1/devices", get(devices::query))
         .route("/v1/templates", post(templates::create).get(templates::list))
         .route(

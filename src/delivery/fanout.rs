@@ -272,6 +272,7 @@ mod tests {
             accepted_at_ms,
             expires_at_ms: accepted_at_ms + 1000,
             frame: Bytes::from_static(b"frame"),
+            collapse_key: None,
         })
     }
 

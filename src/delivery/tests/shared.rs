@@ -21,7 +21,7 @@ impl Harness {
         (id, outcomes[0])
     }
 
-    fn shared_message(
+    pub(super) fn shared_message(
         &mut self,
         audience: Audience,
         msg_key: &str,
@@ -49,6 +49,7 @@ impl Harness {
             accepted_at_ms,
             expires_at_ms,
             frame: Bytes::from(frame.to_bytes()),
+            collapse_key: None,
         });
         (id, message)
     }
