@@ -1097,19 +1097,20 @@ impl DeliveryCore {
                 redirect_until_ms,
             }) => {
                 let holder = |token: &str| {
-                    self.by_token
-                        .get(token)
-                        .copied()
-                        .filter(|&d| *self.devices[d].app == *app)
+                    let device = self.by_token.get(token).copied()?;
+                    Some((device, *self.devices[device].app == *app))
                 };
                 // The rotation itself, or (a checkpoint's restatement) only
-                // the redirect to a device already under its new token.
+                // the redirect to a device already under its new token, or
+                // nothing (the device was deleted since).
                 let device = match (holder(old), holder(new)) {
-                    (Some(device), _) => {
+                    (Some((device, true)), None) => {
                         self.rekey_device(device, new.into());
                         Some(device)
                     }
-                    (None, device) => device,
+                    (None, Some((device, true))) => Some(device),
+                    (None, None) => None,
+                    _ => return Err(format!("token record {old:?} -> {new:?} contradicts the devices")),
                 };
                 if let Some(device) = device {
                     if redirect_until_ms > self.clock.unix_ms(now) {
@@ -1149,6 +1150,8 @@ impl DeliveryCore {
         let device = match self.by_token.get(entry.token) {
             Some(&d) => d,
             None => {
+                // Live, tokens are never minted while they redirect.
+                self.end_redirect(entry.token);
                 let app = self.app_arc(entry.app);
                 let device = self.devices.insert(Device::new(
                     app,
