@@ -241,8 +241,8 @@ enum Content {
 /// several faults always gets the same code: appId/workspaceId (3003, 3007),
 /// taskName (3019), strategyType, the content (3024 or 3025), deliveryType
 /// (3009, 3030), expiredSeconds (3020, 3026), the targets (3021, 3029, 3055
-/// and per target), extendedParams (3044, 3035), the display fields,
-/// notifyType, templateKeyValue.
+/// and per target), extendedParams (3044, 3035), collapseKey (3028), the
+/// display fields, notifyType, templateKeyValue.
 fn parse_any(
     bytes: &[u8],
     config: &Config,
