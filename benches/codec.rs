@@ -71,6 +71,7 @@ fn core_step(c: &mut Criterion) {
     };
     while core.poll_action().is_some() {}
     let app: std::sync::Arc<str> = "demo".into();
+    let task = ringpush::message::TaskTag::untasked(ringpush::stats::PushType::Simple);
     let now_ms = ringpush::message::unix_ms();
     let mut id = 0u64;
     let mut group = c.benchmark_group("core");
@@ -90,6 +91,7 @@ fn core_step(c: &mut Criterion) {
                         accepted_at_ms: now_ms,
                         expires_at_ms: now_ms + 300_000,
                         frame: Bytes::from(sample_push(id).to_bytes()),
+                        task: task.clone(),
                         collapse_key: None,
                     }],
                     reply,

@@ -3,37 +3,18 @@
 # side, and prints a Markdown table (uring, epoll, ratio). Client and server
 # share the machine. The server runs the default durability (fsync always)
 # on a fresh data directory per run. Usage: loadtest/run-bars.sh [SECONDS]   (default 30)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 secs=${1:-30}
-cargo build --release --workspace -q
-bench=./target/release/ringpush-bench
-out=$(mktemp -d)
-# The production path: the bench signs every push (HMAC-SHA256) for an app
-# that refuses unsigned requests.
-RINGPUSH_BENCH_APP_SECRET=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
-export RINGPUSH_BENCH_APP_SECRET
-
-run_server() {
-  rm -rf "$out/data"
-  printf 'io = "%s"\n[durability]\ndata_dir = "%s/data"\n[[apps]]\nappId = "demo"\nworkspaceId = "default"\napiSecret = "%s"\n' \
-    "$1" "$out" "$RINGPUSH_BENCH_APP_SECRET" > "$out/$1.toml"
-  ./target/release/ringpush --config "$out/$1.toml" >"$out/$1.ready" 2>"$out/$1.log" &
-  server=$!
-  for _ in $(seq 100); do grep -q 'ringpush ready' "$out/$1.ready" 2>/dev/null && return; sleep 0.1; done
-  echo "server did not start" >&2; exit 1
-}
-stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
+source "$(dirname "$0")/bench-env.sh"
 
 for b in uring epoll; do
-  run_server $b
+  run_server $b "io = \"$b\""
   $bench --devices 19000 --hold --duration 5 --server-pid "$server" --json >"$out/$b-idle.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\""
   $bench --devices 19000 --threads 2 --json >"$out/$b-connect.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\""
   $bench --devices 10000 --threads 2 --push-rate 50000 --push-connections 8 --duration "$secs" --warmup 3 \
     --json >"$out/$b-50k.json" 2>/dev/null || true
-  stop_server; run_server $b
+  stop_server; run_server $b "io = \"$b\""
   $bench --devices 10000 --threads 2 --push-rate 25000 --push-connections 8 --duration "$secs" --warmup 3 \
     --json >"$out/$b-25k.json" 2>/dev/null || true
   stop_server
@@ -67,4 +48,3 @@ for name, s, path, fmt in rows:
     except Exception as ex:
         print(f"| {name} | n/a | n/a | ({ex}) |")
 PY
-rm -rf "$out"

@@ -6,54 +6,31 @@
 # (enough requests in flight for group commit), the latency run (half the 100k/s bar) 8 (fewer
 # client threads competing with the server for the cores). Usage:
 #   loadtest/run-durable.sh [SECONDS]   (default 10 per measurement)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 secs=${1:-10}
-cargo build --release --workspace -q
-bench=./target/release/ringpush-bench
-out=$(mktemp -d)
-# The production path: the bench signs every push (HMAC-SHA256) for an app
-# that refuses unsigned requests.
-RINGPUSH_BENCH_APP_SECRET=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
-export RINGPUSH_BENCH_APP_SECRET
+source "$(dirname "$0")/bench-env.sh"
 common=(--devices 1000 --offline --payload-bytes 200 --json)
 
-run_server() { # mode
-  rm -rf "$out/data"
-  printf 'shards = 2\n[delivery]\nmax_pending_per_device = 100000\n[durability]\ndata_dir = "%s/data"\nfsync = "%s"\n[[apps]]\nappId = "demo"\nworkspaceId = "default"\napiSecret = "%s"\n' \
-    "$out" "$1" "$RINGPUSH_BENCH_APP_SECRET" >"$out/$1.toml"
-  start=$(date +%s.%N)
-  ./target/release/ringpush --config "$out/$1.toml" >"$out/ready" 2>>"$out/$1.log" &
-  server=$!
-  for _ in $(seq 600); do grep -q 'ringpush ready' "$out/ready" 2>/dev/null && return; sleep 0.01; done
-  echo "server did not start" >&2; exit 1
-}
-restart_server() { # mode: same data, time to ready
-  start=$(date +%s.%N)
-  ./target/release/ringpush --config "$out/$1.toml" >"$out/ready" 2>>"$out/$1.log" &
-  server=$!
-  for _ in $(seq 3000); do grep -q 'ringpush ready' "$out/ready" 2>/dev/null && break; sleep 0.005; done
-  python3 -c "print($(date +%s.%N) - $start)" >"$out/$1-restart.txt"
-  awk '/VmRSS/ {print $2}' "/proc/$server/status" >"$out/$1-restart-rss.txt"
-}
-stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
+# A mode's server: two shards, room for a million pending, fsync MODE.
+run_mode() { run_server "$1" 'shards = 2\n[delivery]\nmax_pending_per_device = 100000' "fsync = \"$1\""; }
 
 for m in always interval never; do
-  run_server $m
+  run_mode $m
   $bench "${common[@]}" --push-rate 150000 --push-connections 32 --duration "$secs" --warmup 2 >"$out/$m-max.json" 2>/dev/null || true
-  stop_server; run_server $m
+  stop_server; run_mode $m
   $bench "${common[@]}" --push-rate 50000 --push-connections 8 --duration "$secs" --warmup 2 >"$out/$m-50k.json" 2>/dev/null || true
   stop_server
 done
 # A million pending 200-byte messages, then kill -9 and restart.
-run_server always
+run_mode always
 $bench "${common[@]}" --push-rate 50000 --push-connections 16 --duration 20 --warmup 0 --server-pid "$server" \
   >"$out/always-1m.json" 2>/dev/null || true
 sleep 1
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
 kill -9 "$server"; wait "$server" 2>/dev/null || true
 du -sk "$out/data" | cut -f1 >"$out/always-disk.txt"
-restart_server always
+start_server always
+echo "$ready_seconds" >"$out/always-restart.txt"
+awk '/VmRSS/ {print $2}' "/proc/$server/status" >"$out/always-restart-rss.txt"
 stop_server
 
 python3 - "$out" "$rss_kib" <<'PY'
@@ -92,4 +69,3 @@ print(f"{sent} pending 200-byte messages (fsync always): server RSS growth {grow
       f"({growth_mib * 1048576 / max(sent, 1):.0f} B/message), log {disk_mib:.0f} MiB on disk, "
       f"kill -9 then restart to ready in {restart:.2f} s (RSS then {restart_rss_mib:.0f} MiB)")
 PY
-rm -rf "$out"

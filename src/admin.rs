@@ -40,26 +40,39 @@ pub fn install_metrics() -> PrometheusHandle {
     handle
 }
 
+/// Every endpoint the admin listener serves (each a `GET`), and the only
+/// source of its router; `tests/openapi_contract.rs` checks them against
+/// `docs/openapi.yaml`.
+pub const ROUTES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
 /// `/readyz` is ready once recovery is done and the listeners are bound, and
 /// not ready again after a log failure (the node accepts no pushes then).
 pub fn router(ready: Arc<AtomicBool>, storage: Arc<StorageHealth>, prometheus: PrometheusHandle) -> Router {
-    Router::new()
-        .route("/metrics", get(move || std::future::ready(prometheus.render())))
-        .route("/healthz", get(|| std::future::ready("ok\n")))
-        .route(
-            "/readyz",
-            get(move || {
-                let answer = if storage.is_failed() {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: the message log failed\n",
-                    )
-                } else if ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                };
-                std::future::ready(answer)
-            }),
-        )
+    ROUTES.iter().fold(Router::new(), |router, &path| {
+        let handler = match path {
+            "/metrics" => {
+                let prometheus = prometheus.clone();
+                get(move || std::future::ready(prometheus.render()))
+            }
+            "/healthz" => get(|| std::future::ready("ok\n")),
+            "/readyz" => {
+                let (ready, storage) = (ready.clone(), storage.clone());
+                get(move || {
+                    let answer = if storage.is_failed() {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: the message log failed\n",
+                        )
+                    } else if ready.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    };
+                    std::future::ready(answer)
+                })
+            }
+            other => unreachable!("admin route {other} has no handler"),
+        };
+        router.route(path, handler)
+    })
 }

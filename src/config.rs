@@ -26,7 +26,41 @@ pub struct Config {
     pub limits: Limits,
     pub delivery: Delivery,
     pub durability: Durability,
+    pub stats: Stats,
     pub apps: Vec<App>,
+}
+
+/// What the push statistics keep, per shard (docs/api.md, "Statistics").
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stats {
+    /// Per-minute buckets are kept this long (minute granularity reaches
+    /// back this far); hour and day answers come from hourly buckets.
+    pub minute_retention_hours: u64,
+    /// Hourly buckets and tasks are kept this long; at least 90 (the
+    /// longest query range) and the longest TTL.
+    pub hour_retention_days: u64,
+    /// Tasks (multiple, broadcast, group pushes) kept per app per shard for
+    /// the task list; past it the oldest goes once the longest TTL has
+    /// passed since it was created, else the new task is not listed.
+    pub max_tasks_per_app: usize,
+    /// How long after its ack a message may be reported opened or ignored.
+    pub report_window_hours: u64,
+    /// Acknowledged messages each device may still report opened or
+    /// ignored (its last ones); older ones are forgotten.
+    pub reportable_per_device: usize,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            minute_retention_hours: 48,
+            hour_retention_days: 90,
+            max_tasks_per_app: 100_000,
+            report_window_hours: 7 * 24,
+            reportable_per_device: 8,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -209,6 +243,21 @@ pub struct App {
     /// Templates the app may hold; past it a new one gets 3056.
     #[serde(default = "default_max_templates")]
     pub max_templates: usize,
+    /// Tags the app may hold; past it a new one gets 3103.
+    #[serde(default = "default_max_tags")]
+    pub max_tags: usize,
+    /// userIds one tag may hold (after duplicates are removed); past it a
+    /// change gets 3028.
+    #[serde(default = "default_max_tag_users")]
+    pub max_tag_users: usize,
+}
+
+fn default_max_tags() -> usize {
+    crate::tags::DEFAULT_MAX_TAGS
+}
+
+fn default_max_tag_users() -> usize {
+    crate::tags::DEFAULT_MAX_TAG_USERS
 }
 
 fn default_max_templates() -> usize {
@@ -232,6 +281,8 @@ impl App {
             receipt_url: None,
             allow_unsigned: false,
             max_templates: crate::templates::DEFAULT_MAX_TEMPLATES,
+            max_tags: crate::tags::DEFAULT_MAX_TAGS,
+            max_tag_users: crate::tags::DEFAULT_MAX_TAG_USERS,
         }
     }
 }
@@ -280,6 +331,7 @@ impl Default for Config {
             limits: Limits::default(),
             delivery: Delivery::default(),
             durability: Durability::default(),
+            stats: Stats::default(),
             // The demo app takes unsigned requests so that the README's
             // curl works on the default loopback API address.
             apps: vec![App {
@@ -465,6 +517,28 @@ impl Config {
                 d.token_redirect_secs
             ));
         }
+        let s = &self.stats;
+        if s.minute_retention_hours == 0 || s.minute_retention_hours > 24 * 90 {
+            return invalid(format!(
+                "stats.minute_retention_hours = {} (allowed 1 ..= 2160)",
+                s.minute_retention_hours
+            ));
+        }
+        if s.hour_retention_days < 90 || s.hour_retention_days > 3660 {
+            return invalid(format!(
+                "stats.hour_retention_days = {} (allowed 90 ..= 3660: queries reach back 90 days)",
+                s.hour_retention_days
+            ));
+        }
+        if s.report_window_hours == 0 {
+            return invalid("stats.report_window_hours must be > 0".into());
+        }
+        if s.reportable_per_device > 255 {
+            return invalid(format!(
+                "stats.reportable_per_device = {} (allowed 0 ..= 255)",
+                s.reportable_per_device
+            ));
+        }
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());
         }
@@ -490,6 +564,20 @@ impl App {
                 "maxTemplates = {} (allowed 0 ..= {})",
                 self.max_templates,
                 crate::templates::MAX_MAX_TEMPLATES
+            ));
+        }
+        if self.max_tags > crate::tags::MAX_MAX_TAGS {
+            return Err(format!(
+                "maxTags = {} (allowed 0 ..= {})",
+                self.max_tags,
+                crate::tags::MAX_MAX_TAGS
+            ));
+        }
+        if !(1..=crate::tags::MAX_MAX_TAG_USERS).contains(&self.max_tag_users) {
+            return Err(format!(
+                "maxTagUsers = {} (allowed 1 ..= {})",
+                self.max_tag_users,
+                crate::tags::MAX_MAX_TAG_USERS
             ));
         }
         if let Some(secret) = &self.api_secret {
@@ -537,6 +625,26 @@ mod tests {
     fn shipped_file_matches_the_defaults() {
         let text = include_str!("../config/ringpush.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn tag_limits_are_bounded() {
+        let app = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n{extra}\n"
+            ))
+        };
+        assert_eq!(app("").unwrap().apps[0].max_tag_users, 500_000);
+        assert!(app("maxTags = 0\nmaxTagUsers = 5000000").is_ok());
+        assert!(app("maxTags = 100001")
+            .unwrap_err()
+            .to_string()
+            .contains("maxTags"));
+        assert!(app("maxTagUsers = 0")
+            .unwrap_err()
+            .to_string()
+            .contains("maxTagUsers"));
+        assert!(app("maxTagUsers = 5000001").is_err());
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
     crate::delivery::describe_metrics();
     crate::store::describe_metrics();
+    crate::stats::describe_metrics();
     crate::templates::describe_metrics();
+    crate::tags::describe_metrics();
     let shards = crate::shard::start(&config).context("starting shards")?;
     // After the shards: the data directory's LOCK is held by then.
     let templates = match crate::templates::TemplateStore::open(&config) {
@@ -34,9 +36,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             return Err(e.context("loading the templates"));
         }
     };
+    let tags = match crate::tags::TagStore::open(&config) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            shards.stop();
+            return Err(e.context("loading the tags"));
+        }
+    };
     let ready = Arc::new(AtomicBool::new(false));
-    let api = crate::api::serve(&config, &shards, templates, ready.clone(), prometheus)
+    let api = crate::api::serve(&config, &shards, templates, tags, ready.clone(), prometheus)
         .context("starting the HTTP servers")?;
+    // Before "ready": a SIGTERM sent as soon as the line is read must stop
+    // the daemon cleanly, not kill it with the default action.
+    let stop_signals = StopSignals::install()?;
     ready.store(true, Ordering::SeqCst);
     // The integration tests and operators' scripts read this line; keep its
     // shape.
@@ -55,7 +67,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         backend = shards.backend().as_str(),
         "ringpush ready"
     );
-    wait_for_stop_signal()?;
+    stop_signals.wait();
     info!("stopping: refusing new work, sending GoAway to devices");
     ready.store(false, Ordering::SeqCst);
     api.stop();
@@ -64,18 +76,33 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_stop_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+/// SIGTERM and SIGINT handlers, installed before the daemon says it is
+/// ready.
+struct StopSignals {
+    runtime: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
-        }
-        Ok(())
-    })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Creating the streams installs the handlers; they need a runtime.
+        let (term, int) = runtime.block_on(async {
+            Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+        })?;
+        Ok(Self { runtime, term, int })
+    }
+
+    fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => info!("SIGTERM"),
+                _ = self.int.recv() => info!("SIGINT"),
+            }
+        });
+    }
 }

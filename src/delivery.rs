@@ -23,7 +23,7 @@
 //! start, `replay` rebuilds this same structure from the log, and
 //! `write_checkpoint` restates the live state so older segments can go.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
@@ -34,15 +34,19 @@ use metrics::{Counter, Gauge, Histogram};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::journal::{AcceptedEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry, TokenEntry};
+use crate::journal::{
+    AcceptedEntry, AudienceEntry, DeviceEntry, Entry, FinalStatusEntry, SharedEntry, TagUsersEntry,
+    TokenEntry,
+};
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
     RegistryChange, RegistryReply, RotateReply, Rotation, SharedMessage, SharedOutcome, Status, StatusReport,
-    StorageRefusal, UserStatusReport,
+    StorageRefusal, TagUsers, TaskTag, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
+use crate::stats::{Event, ForDevices, ReportOutcome, Reportable, ShardStats, TaskRef};
 use crate::timer::TimerWheel;
 
 mod fanout;
@@ -146,6 +150,8 @@ struct Pending {
     /// Its Accepted record is in the log. A device is never sent a message
     /// before that, so a failed commit can withdraw it unseen.
     durable: bool,
+    /// What the statistics count it under (4 bytes: fits the padding).
+    task: TaskRef,
     /// A newer message with the same key replaces this one while unsent.
     /// Kept here rather than only in the record, because checkpoints restate
     /// in-memory frames without reading the log.
@@ -160,6 +166,7 @@ impl Pending {
         expires_at_ms: u64,
         frame: FrameSlot,
         status_key: StatusKey,
+        task: TaskRef,
         collapse_key: Option<Box<str>>,
     ) -> Self {
         Self {
@@ -171,6 +178,7 @@ impl Pending {
             sent_at: None,
             sent_before: false,
             durable: false,
+            task,
             collapse_key,
         }
     }
@@ -198,6 +206,17 @@ struct Device {
     fanout_cursor: u64,
     /// Unix ms of its last frame before it disconnected (0: not since start).
     last_seen_ms: u64,
+    /// Its last acknowledged messages, which it may report opened or
+    /// ignored; on the heap once it acked one (8 bytes until then).
+    reports: Option<Box<ReportRing>>,
+}
+
+/// A ring of `stats.reportable_per_device` acknowledged messages, the
+/// next write at `next`.
+#[derive(Default)]
+struct ReportRing {
+    entries: Vec<Reportable>,
+    next: u8,
 }
 
 impl Device {
@@ -218,6 +237,7 @@ impl Device {
             unbound_at_ms: 0,
             fanout_cursor: 0,
             last_seen_ms: 0,
+            reports: None,
         }
     }
 
@@ -344,6 +364,9 @@ struct Journal {
     accepted: Vec<JournaledMessage>,
     /// Shared messages stored since the last commit: forgotten if it fails.
     published: Vec<u64>,
+    /// Tag user sets written since the last commit: not in the log if it
+    /// fails.
+    sets: Vec<u64>,
     /// Tokens rotated since the last commit: the devices hear of them once
     /// durable, and they are undone if it fails.
     rotations: Vec<RotationUndo>,
@@ -376,6 +399,10 @@ enum Answer {
     Publish(PublishReply, Vec<SharedOutcome>),
     Registry(RegistryReply, i32),
     Rotate(RotateReply, Rotation),
+    /// A query's answer, prepared when it was asked: it may show changes of
+    /// this iteration (an Ack, a bind), which nobody may see before they
+    /// are in the log. Sent whatever the commit's outcome: it is a read.
+    Query(Box<dyn FnOnce() + Send>),
 }
 
 impl Answer {
@@ -386,8 +413,19 @@ impl Answer {
             Answer::Publish(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Registry(reply, code) => drop(reply.send(result.map(|()| code))),
             Answer::Rotate(reply, rotation) => drop(reply.send(result.map(|()| rotation))),
+            Answer::Query(send) => send(),
         }
     }
+}
+
+/// A tag user set being read back from the log.
+enum ReplayedSet {
+    Partial {
+        next: u32,
+        parts: u32,
+        digests: Vec<u64>,
+    },
+    Whole(Arc<TagUsers>),
 }
 
 struct JournaledMessage {
@@ -470,12 +508,19 @@ struct Limits {
     max_pending: usize,
     status_retention: Duration,
     max_final_statuses: usize,
+    reportable_per_device: usize,
     /// How long an old token redirects to its rotated device (0: not at all).
     token_redirect_ms: u64,
 }
 
 /// How often expired shared messages are swept out of the store.
 const FANOUT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often statistics past their retention are dropped.
+const STATS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest counts that have no log record of their own (a first write
+/// to a connection, an opened or ignored report) wait for one: at most
+/// this much of them is lost on a crash.
+pub const STATS_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Maps the monotonic clock to wall time, fixed at construction, so TTLs
 /// given in Unix milliseconds become timer deadlines and tests can run on a
@@ -534,6 +579,9 @@ struct CoreMetrics {
     sessions: Gauge,
     ack_latency: Histogram,
     api_to_device: Histogram,
+    stats_tasks: Gauge,
+    /// [opened, ignored] x [counted, duplicate, unknown].
+    reports: [[Counter; 3]; 2],
 }
 
 impl CoreMetrics {
@@ -577,6 +625,12 @@ impl CoreMetrics {
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
             ack_latency: metrics::histogram!("ringpush_ack_latency_seconds", "shard" => shard.clone()),
             api_to_device: metrics::histogram!("ringpush_api_to_device_seconds", "shard" => shard.clone()),
+            stats_tasks: metrics::gauge!("ringpush_stats_tasks", "shard" => shard.clone()),
+            reports: ["opened", "ignored"].map(|kind| {
+                ["counted", "duplicate", "unknown"].map(|result| {
+                    metrics::counter!("ringpush_reports_total", "shard" => shard.clone(), "kind" => kind, "result" => result)
+                })
+            }),
             shard,
         }
     }
@@ -762,8 +816,14 @@ pub struct DeliveryCore {
     /// Where frames kept in the log are read back from; `None`: all in memory.
     log_reader: Option<Box<dyn RecordReader>>,
     read_buf: Vec<u8>,
-    /// Broadcasts, group and user messages, once each.
+    /// Broadcasts, group, user and tag messages, once each.
     fanout: FanoutStore,
+    /// Ids of the tag user sets the live log holds (since the last
+    /// checkpoint, or restated by it): a tag message whose set is here
+    /// names it without writing it again.
+    logged_sets: HashSet<u64>,
+    /// While replaying: tag user sets read so far, whole or in part.
+    replayed_sets: HashMap<u64, ReplayedSet>,
     /// Devices bound to a user, by `user_digest` (check the device's user:
     /// digests may collide).
     users: HashMap<u64, Vec<DeviceId>>,
@@ -771,6 +831,12 @@ pub struct DeliveryCore {
     /// Reused buffers for the devices of a publish and a device's backlog.
     scratch_devices: Vec<DeviceId>,
     scratch_shared: Vec<(u64, Arc<SharedMessage>)>,
+    /// Pushed, succeeded, arrived, opened and ignored counts, and tasks.
+    stats: ShardStats,
+    next_stats_prune: Instant,
+    last_stats_flush: Instant,
+    /// The task name of replayed messages (their task's record has it).
+    no_name: Arc<str>,
     /// Rotated-away tokens that still lead a Hello to their device.
     retired: HashMap<Box<str>, Retired>,
     /// The same, by device: they go with it when it is deleted (its slot may
@@ -819,6 +885,7 @@ impl DeliveryCore {
                 max_pending: d.max_pending_per_device,
                 status_retention: d.status_retention(),
                 max_final_statuses: d.max_final_statuses_per_shard,
+                reportable_per_device: config.stats.reportable_per_device,
                 token_redirect_ms: d.token_redirect_secs.saturating_mul(1000),
             },
             apps: config
@@ -850,10 +917,16 @@ impl DeliveryCore {
             log_reader: None,
             read_buf: Vec::new(),
             fanout: FanoutStore::new(d.max_shared_messages_per_shard),
+            logged_sets: HashSet::new(),
+            replayed_sets: HashMap::new(),
             users: HashMap::new(),
             next_fanout_sweep: now,
             scratch_devices: Vec::new(),
             scratch_shared: Vec::new(),
+            stats: ShardStats::new(crate::stats::Limits::from_config(config), shard_id),
+            next_stats_prune: now + STATS_PRUNE_INTERVAL,
+            last_stats_flush: now,
+            no_name: Arc::from(""),
             retired: HashMap::new(),
             retired_by_device: HashMap::new(),
             retired_gc: VecDeque::new(),
@@ -885,6 +958,21 @@ impl DeliveryCore {
         self.max_message_id
     }
 
+    /// Journals the statistics counted since the last flush, when this
+    /// iteration writes the log anyway or when they waited
+    /// `STATS_FLUSH_INTERVAL`. The shard loop calls it before `journal`.
+    pub fn flush_stats(&mut self, now: Instant) {
+        if !self.stats.has_unflushed()
+            || (!self.journal_pending() && now < self.last_stats_flush + STATS_FLUSH_INTERVAL)
+        {
+            return;
+        }
+        self.last_stats_flush = now;
+        let journal = &mut self.journal;
+        self.stats
+            .take_delta(|payload| journal.write(&Entry::Stats(payload)));
+    }
+
     /// The durable changes since the last `journal_done`, framed as log
     /// records, and how many records that is. Empty when nothing changed
     /// and no push waits for an answer.
@@ -908,6 +996,7 @@ impl DeliveryCore {
     /// messages for offline devices then leave memory and are read back
     /// from there when their device connects.
     pub fn journal_done(&mut self, result: Result<Option<Position>, StorageRefusal>, now: Instant) {
+        self.stats.committed(result.is_ok());
         let journal = &mut self.journal;
         journal.framed.clear();
         journal.records = 0;
@@ -916,6 +1005,9 @@ impl DeliveryCore {
         let published = std::mem::take(&mut journal.published);
         let rotations = std::mem::take(&mut journal.rotations);
         let collapsed = std::mem::take(&mut journal.collapsed);
+        if result.is_ok() {
+            journal.sets.clear();
+        }
         match result {
             Ok(written_at) => {
                 let to_log = if self.log_reader.is_some() {
@@ -959,6 +1051,9 @@ impl DeliveryCore {
                 }
                 for id in published {
                     self.fanout.remove(id);
+                }
+                for set in std::mem::take(&mut self.journal.sets) {
+                    self.logged_sets.remove(&set);
                 }
                 // Newest first, so a chain of rotations unwinds in order.
                 for r in rotations.into_iter().rev() {
@@ -1041,6 +1136,11 @@ impl DeliveryCore {
                         Some(_) => Bytes::new(),
                         None => Bytes::copy_from_slice(a.frame),
                     },
+                    task: TaskTag {
+                        id: a.task_id,
+                        push_type: a.push_type,
+                        name: self.no_name.clone(),
+                    },
                     collapse_key: a.collapse_key.map(Into::into),
                 };
                 self.max_message_id = self.max_message_id.max(a.message_id);
@@ -1056,15 +1156,38 @@ impl DeliveryCore {
             } => self.replay_finished(token, message_id, status, at_ms, now),
             Entry::Shared(m) => {
                 self.max_message_id = self.max_message_id.max(m.message_id);
+                let audience = match m.audience {
+                    AudienceEntry::Audience(Audience::Tag { .. }) => {
+                        return Err(format!("message {} names a tag without its set", m.message_id))
+                    }
+                    AudienceEntry::Audience(audience) => audience,
+                    AudienceEntry::Tag { name, set_id, users } => {
+                        let set = match self.replayed_sets.get(&set_id) {
+                            Some(ReplayedSet::Whole(set)) if set.len() as u64 == users => set.clone(),
+                            _ => {
+                                return Err(format!(
+                                    "tag message {} names user set {set_id:016x} ({users} users), which the log does not hold before it",
+                                    m.message_id
+                                ))
+                            }
+                        };
+                        Audience::Tag {
+                            name: name.into(),
+                            users: set,
+                        }
+                    }
+                };
                 let message = Arc::new(SharedMessage {
                     id: m.message_id,
                     app_id: self.app_arc(m.app),
-                    audience: m.audience,
+                    audience,
                     msg_key: m.msg_key.into(),
                     task_id: m.task_id,
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: Bytes::copy_from_slice(m.frame),
+                    push_type: m.push_type,
+                    task_name: self.no_name.clone(),
                     collapse_key: m.collapse_key.map(Into::into),
                 });
                 // Expired ones too: the statuses logged after them need
@@ -1074,6 +1197,7 @@ impl DeliveryCore {
                     Err(Refused::Full) => self.metrics.shared_refused.increment(1),
                 }
             }
+            Entry::TagUsers(part) => self.replay_tag_users(&part)?,
             Entry::FinalStatus(f) => {
                 let key = StatusKey::from_u128(f.key);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
@@ -1089,6 +1213,32 @@ impl DeliveryCore {
                         .push_back((self.clock.instant_of(f.forget_at_ms), key));
                 }
             }
+            Entry::Stats(payload) => match self.stats.replay(payload)? {
+                ForDevices::Nothing => {}
+                ForDevices::Reports(reports) => {
+                    for (token, message_id, code) in reports {
+                        let Some(&device) = self.by_token.get(token) else {
+                            continue;
+                        };
+                        let ring = self.devices[device].reports.as_deref_mut();
+                        let entry =
+                            ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == message_id));
+                        if let Some(entry) = entry {
+                            entry.reported = code;
+                        }
+                    }
+                }
+                ForDevices::Rings(rings) => {
+                    for (token, ring) in rings {
+                        if let Some(&device) = self.by_token.get(token) {
+                            self.devices[device].reports = Some(Box::new(ReportRing {
+                                entries: ring,
+                                next: 0,
+                            }));
+                        }
+                    }
+                }
+            },
             Entry::Token(TokenEntry::Rotated {
                 app,
                 old,
@@ -1124,8 +1274,61 @@ impl DeliveryCore {
         Ok(())
     }
 
+    /// Gathers a tag user set's parts; the last one makes it whole. A set
+    /// cut short by a crash is replaced by the next copy of it in the log.
+    fn replay_tag_users(&mut self, part: &TagUsersEntry<'_>) -> Result<(), String> {
+        // A set restated by a checkpoint after the journal wrote it: the
+        // same contents (the id is their digest), already whole.
+        if let Some(ReplayedSet::Whole(_)) = self.replayed_sets.get(&part.set_id) {
+            return Ok(());
+        }
+        let damaged = || {
+            format!(
+                "tag user set {:016x}: part {} of {} out of order",
+                part.set_id, part.part, part.parts
+            )
+        };
+        let gathered = if part.part == 0 {
+            Vec::with_capacity(part.digests.len() / 8 * part.parts as usize)
+        } else {
+            match self.replayed_sets.remove(&part.set_id) {
+                Some(ReplayedSet::Partial { next, parts, digests })
+                    if next == part.part && parts == part.parts =>
+                {
+                    digests
+                }
+                _ => return Err(damaged()),
+            }
+        };
+        let mut digests = gathered;
+        digests.extend(part.digests());
+        let next = part.part + 1;
+        let entry = if next == part.parts {
+            let set = TagUsers::from_sorted(digests)
+                .ok_or_else(|| format!("tag user set {:016x} is not sorted", part.set_id))?;
+            if set.id() != part.set_id {
+                return Err(format!(
+                    "tag user set {:016x} holds another set's users",
+                    part.set_id
+                ));
+            }
+            self.logged_sets.insert(part.set_id);
+            ReplayedSet::Whole(set)
+        } else {
+            ReplayedSet::Partial {
+                next,
+                parts: part.parts,
+                digests,
+            }
+        };
+        self.replayed_sets.insert(part.set_id, entry);
+        Ok(())
+    }
+
     /// Ends replay: from now on changes are journaled.
     pub fn finish_replay(&mut self) {
+        // The replayed messages hold the sets they use.
+        self.replayed_sets = HashMap::new();
         self.journal.enabled = true;
         // Checkpoints restate redirects in table order.
         self.retired_gc.make_contiguous().sort_unstable();
@@ -1133,6 +1336,7 @@ impl DeliveryCore {
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
+        self.metrics.stats_tasks.set(self.stats.task_count() as f64);
     }
 
     fn app_arc(&mut self, app: &str) -> Arc<str> {
@@ -1209,6 +1413,11 @@ impl DeliveryCore {
             // A shared message's delivery: only its end was logged. Its
             // status keeps the device from being sent it again.
             if let Some(m) = self.fanout.get(message_id) {
+                if status == Status::Acked {
+                    let (task, _) = self.stats.task(&m.app_id, m.task_id, m.push_type, "", 0, false);
+                    let entry = self.stats.reportable(task, message_id, at_ms);
+                    stats_remember(d, self.limits.reportable_per_device, entry);
+                }
                 let key = StatusKey::new(&m.app_id, &m.msg_key, token);
                 let inserted = self.statuses.insert_if_absent(key, || StatusRecord {
                     status,
@@ -1230,6 +1439,10 @@ impl DeliveryCore {
             d.queue = VecDeque::new();
         }
         self.pending_total -= 1;
+        if status == Status::Acked {
+            let entry = self.stats.reportable(gone.task, message_id, at_ms);
+            stats_remember(d, self.limits.reportable_per_device, entry);
+        }
         if let Some(record) = self.statuses.get_mut(&gone.status_key) {
             record.status = status;
             record.forget_at_ms = forget_at_ms;
@@ -1270,21 +1483,44 @@ impl DeliveryCore {
             log_reader,
             read_buf,
             fanout,
+            logged_sets,
+            stats,
             retired,
             ..
         } = self;
+        // Older segments go once this is durable: from then on the log holds
+        // the sets this restates, and no other.
+        logged_sets.clear();
+        // First, so that the tasks exist when the messages below are
+        // replayed.
+        let mut stats_out: Result<(), E> = Ok(());
+        stats.write_snapshot(|payload| {
+            if stats_out.is_ok() {
+                chunk.put(&Entry::Stats(payload), false);
+                stats_out = chunk.flush_if_full(CHUNK, &mut emit);
+            }
+        });
+        stats_out?;
         for stored in fanout.iter() {
             let m = &stored.message;
+            if let Audience::Tag { users, .. } = &m.audience {
+                if logged_sets.insert(users.id()) {
+                    let parts = TagUsersEntry::write_set(&mut chunk.out, users.id(), users.digests());
+                    chunk.records += parts;
+                    chunk.flush_if_full(CHUNK, &mut emit)?;
+                }
+            }
             chunk.put(
                 &Entry::Shared(SharedEntry {
                     message_id: m.id,
                     app: &m.app_id,
-                    audience: m.audience.clone(),
+                    audience: AudienceEntry::of(&m.audience),
                     msg_key: &m.msg_key,
                     task_id: m.task_id,
                     accepted_at_ms: m.accepted_at_ms,
                     expires_at_ms: m.expires_at_ms,
                     frame: &m.frame,
+                    push_type: m.push_type,
                     collapse_key: m.collapse_key.as_deref(),
                 }),
                 false,
@@ -1311,11 +1547,32 @@ impl DeliveryCore {
             );
             chunk.flush_if_full(CHUNK, &mut emit)?;
         }
+        // After the devices they belong to.
+        let with_rings: Vec<&Device> = devices
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d.reports.is_some())
+            .collect();
+        for group in with_rings.chunks(crate::stats::record::CHUNK / 256) {
+            let rings = group
+                .iter()
+                .map(|d| {
+                    let ring = d.reports.as_deref().expect("filtered");
+                    let entries = crate::stats::oldest_first(&ring.entries, ring.next);
+                    (&*d.token, entries.copied().collect())
+                })
+                .collect();
+            let mut payload = Vec::new();
+            crate::stats::Record::Reportables { devices: rings }.encode(&mut payload);
+            chunk.put(&Entry::Stats(&payload), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
         for (_, d) in devices.iter() {
             for p in &d.queue {
                 match &p.frame {
                     FrameSlot::Memory(frame) => {
                         let msg_key = push_msg_key(frame);
+                        let (task_id, push_type) = stats.describe(p.task);
                         chunk.put(
                             &Entry::Accepted(AcceptedEntry {
                                 message_id: p.id,
@@ -1325,6 +1582,8 @@ impl DeliveryCore {
                                 accepted_at_ms: p.accepted_at_ms,
                                 expires_at_ms: p.expires_at_ms,
                                 frame,
+                                task_id,
+                                push_type,
                                 collapse_key: p.collapse_key.as_deref(),
                             }),
                             true,
@@ -1590,14 +1849,8 @@ impl DeliveryCore {
                 let code = self.change_registry(device, change, now);
                 self.reply(conn, v.request_id, code);
             }
-            Frame::Opened(ids) => {
-                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "opened")
-                    .increment(ids.ids.len() as u64);
-            }
-            Frame::Ignored(ids) => {
-                metrics::counter!("ringpush_reports_total", "shard" => self.metrics.shard.clone(), "kind" => "ignored")
-                    .increment(ids.ids.len() as u64);
-            }
+            Frame::Opened(ids) => self.on_report(device, &ids.ids, Event::Opened, now),
+            Frame::Ignored(ids) => self.on_report(device, &ids.ids, Event::Ignored, now),
             Frame::Hello(_) => return self.fail(conn, ErrorCode::UnexpectedFrame, "Hello after Welcome"),
             server_only => {
                 let reason = format!("{:?} is a server frame", server_only.frame_type());
@@ -1765,12 +2018,14 @@ impl DeliveryCore {
     /// deliver them. Final statuses stay under the old token (the table
     /// keeps digests, not tokens, so it cannot find them), except those of
     /// shared messages still stored, which are copied: they are what keeps
-    /// the device from being sent a broadcast, group or user message again.
-    /// Live and in replay alike, so both reach the same state.
+    /// the device from being sent a broadcast, group, tag or user message
+    /// again. Its statistics reports not yet journaled follow it too. Live
+    /// and in replay alike, so both reach the same state.
     fn rekey_device(&mut self, device: DeviceId, new_token: Box<str>) {
         let old = std::mem::replace(&mut self.devices[device].token, new_token.clone());
         self.by_token.remove(&old);
         self.by_token.insert(new_token.clone(), device);
+        self.stats.token_renamed(&old, &new_token);
         let d = &mut self.devices[device];
         for p in d.queue.iter_mut() {
             let msg_key = match &p.frame {
@@ -1997,8 +2252,9 @@ impl DeliveryCore {
 
     /// Queues for a device, oldest first, every still-valid shared message
     /// it is in the audience of and has not had. On connect
-    /// (`just_bound: false`): broadcasts, group and user messages from its
-    /// cursor on; after binding a user: all of that user's messages.
+    /// (`just_bound: false`): broadcasts, group, tag and user messages from
+    /// its cursor on; after binding a user: all of that user's messages and
+    /// all tag messages whose tag holds the user.
     fn queue_shared_backlog(&mut self, device: DeviceId, just_bound: bool, now: Instant) {
         let now_ms = self.clock.unix_ms(now);
         let d = &self.devices[device];
@@ -2016,6 +2272,12 @@ impl DeliveryCore {
         }
         if let Some(user) = &d.user_id {
             let from = if just_bound { 0 } else { cursor };
+            due.extend(
+                self.fanout
+                    .tags_since(from)
+                    .filter(|s| live(&s.message))
+                    .map(|s| (s.seq, s.message.clone())),
+            );
             due.extend(
                 self.fanout
                     .for_user(&d.app, user)
@@ -2062,6 +2324,18 @@ impl DeliveryCore {
         if !inserted {
             return false;
         }
+        let (task, _) = self.stats.task(
+            &message.app_id,
+            message.task_id,
+            message.push_type,
+            "",
+            message.accepted_at_ms,
+            false,
+        );
+        if self.journal.enabled {
+            let now_ms = self.clock.unix_ms(now);
+            self.stats.count(task, d.platform, Event::Pushed, now_ms);
+        }
         // Sent only once the message itself is in the log.
         let durable = !self.journal.published.contains(&message.id);
         if !durable {
@@ -2080,6 +2354,7 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            task,
             message.collapse_key.clone(),
         );
         self.enqueue(device, Pending { durable, ..pending }, send, now);
@@ -2104,15 +2379,34 @@ impl DeliveryCore {
             }
         }
         self.max_message_id = self.max_message_id.max(message.id);
+        if let Audience::Tag { users, .. } = &message.audience {
+            if self.journal.enabled && self.logged_sets.insert(users.id()) {
+                let parts = TagUsersEntry::write_set(&mut self.journal.framed, users.id(), users.digests());
+                self.journal.records += parts;
+                self.journal.sets.push(users.id());
+            }
+        }
+        let (task, created) = self.stats.task(
+            &message.app_id,
+            message.task_id,
+            message.push_type,
+            &message.task_name,
+            message.accepted_at_ms,
+            self.journal.enabled,
+        );
+        if created {
+            self.journal.write(&Entry::Stats(&self.stats.task_record(task)));
+        }
         self.journal.write(&Entry::Shared(SharedEntry {
             message_id: message.id,
             app: &message.app_id,
-            audience: message.audience.clone(),
+            audience: AudienceEntry::of(&message.audience),
             msg_key: &message.msg_key,
             task_id: message.task_id,
             accepted_at_ms: message.accepted_at_ms,
             expires_at_ms: message.expires_at_ms,
             frame: &message.frame,
+            push_type: message.push_type,
             collapse_key: message.collapse_key.as_deref(),
         }));
         self.journal.published.push(message.id);
@@ -2122,6 +2416,24 @@ impl DeliveryCore {
             Audience::User(user) => {
                 if let Some(bound) = self.users.get(&user_digest(&message.app_id, user)) {
                     members.extend(bound.iter().copied());
+                }
+                members.retain(|&d| is_member(&message, &self.devices[d].member()));
+            }
+            Audience::Tag { users, .. } => {
+                // Whichever is smaller: the tag's users, or the users bound
+                // on this shard.
+                if users.len() <= self.users.len() {
+                    for digest in users.digests() {
+                        if let Some(bound) = self.users.get(digest) {
+                            members.extend(bound.iter().copied());
+                        }
+                    }
+                } else {
+                    for (digest, bound) in &self.users {
+                        if users.contains(*digest) {
+                            members.extend(bound.iter().copied());
+                        }
+                    }
                 }
                 members.retain(|&d| is_member(&message, &self.devices[d].member()));
             }
@@ -2180,6 +2492,11 @@ impl DeliveryCore {
                     .ack_latency
                     .record(now.saturating_duration_since(sent_at).as_secs_f64());
             }
+            self.stats.count(pending.task, d.platform, Event::Arrived, now_ms);
+            let entry = self.stats.reportable(pending.task, id, now_ms);
+            if stats_remember(d, self.limits.reportable_per_device, entry) {
+                self.stats.reportable_evicted();
+            }
             if let Some(record) = self.statuses.get_mut(&pending.status_key) {
                 record.status = Status::Acked;
                 record.acked_at_ms = now_ms;
@@ -2196,6 +2513,30 @@ impl DeliveryCore {
         }
         self.metrics.pending.set(self.pending_total as f64);
         self.fill_window(device, now);
+    }
+
+    /// An Opened or Ignored report: counted once per message the device
+    /// acknowledged (within `stats.report_window_hours`); the journal
+    /// carries it with the next statistics flush.
+    fn on_report(&mut self, device: DeviceId, ids: &[u64], event: Event, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let d = &mut self.devices[device];
+        let kind = usize::from(event == Event::Ignored);
+        for &id in ids {
+            let ring = d.reports.as_deref_mut();
+            let outcome = match ring.and_then(|r| r.entries.iter_mut().find(|r| r.message_id == id)) {
+                Some(entry) => self
+                    .stats
+                    .report(entry, event, (&d.app, &d.token, d.platform), now_ms),
+                None => ReportOutcome::Unknown,
+            };
+            let result = match outcome {
+                ReportOutcome::Counted => 0,
+                ReportOutcome::Duplicate => 1,
+                ReportOutcome::Unknown => 2,
+            };
+            self.metrics.reports[kind][result].increment(1);
+        }
     }
 
     /// Writes queued messages to the device's connection until the in-flight
@@ -2263,6 +2604,7 @@ impl DeliveryCore {
                 self.metrics.redelivered.increment(1);
             } else {
                 p.sent_before = true;
+                self.stats.count(p.task, d.platform, Event::Succeeded, now_ms);
                 let waited_us = now_us.saturating_sub(p.accepted_at_ms * 1000);
                 self.metrics.api_to_device.record(waited_us as f64 / 1e6);
             }
@@ -2481,7 +2823,8 @@ impl DeliveryCore {
                 lookup,
                 reply,
             } => {
-                let _ = reply.send(self.query_devices(&app_id, &lookup, now));
+                let report = self.query_devices(&app_id, &lookup, now);
+                self.answer_query(move || drop(reply.send(report)));
             }
             Command::QueryUserStatus {
                 app_id,
@@ -2489,7 +2832,29 @@ impl DeliveryCore {
                 user_id,
                 reply,
             } => {
-                let _ = reply.send(self.user_status(&app_id, &msg_key, &user_id));
+                let report = self.user_status(&app_id, &msg_key, &user_id);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryTasks {
+                app_id,
+                from_ms,
+                to_ms,
+                reply,
+            } => {
+                let report = self.stats.tasks_of(&app_id, from_ms, to_ms);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryTask {
+                app_id,
+                task_id,
+                reply,
+            } => {
+                let report = self.stats.task_report(&app_id, task_id);
+                self.answer_query(move || drop(reply.send(report)));
+            }
+            Command::QueryStats { app_id, query, reply } => {
+                let report = self.stats.series(&app_id, &query);
+                self.answer_query(move || drop(reply.send(report)));
             }
             Command::QueryStatus {
                 app_id,
@@ -2507,8 +2872,18 @@ impl DeliveryCore {
                         expires_at_ms: r.expires_at_ms,
                         acked_at_ms: (r.acked_at_ms != 0).then_some(r.acked_at_ms),
                     });
-                let _ = reply.send(report);
+                self.answer_query(move || drop(reply.send(report)));
             }
+        }
+    }
+
+    /// Sends a query's answer now, or after the commit when this iteration
+    /// has changes not yet in the log (see `Answer::Query`).
+    fn answer_query(&mut self, send: impl FnOnce() + Send + 'static) {
+        if self.journal.records == 0 {
+            send();
+        } else {
+            self.journal.replies.push(Answer::Query(Box::new(send)));
         }
     }
 
@@ -2604,7 +2979,22 @@ impl DeliveryCore {
             StatusRecord::pending(message.id, message.accepted_at_ms, message.expires_at_ms),
         );
         self.max_message_id = self.max_message_id.max(message.id);
+        let tag = &message.task;
+        let (task, created) = self.stats.task(
+            &message.app_id,
+            tag.id,
+            tag.push_type,
+            &tag.name,
+            message.accepted_at_ms,
+            self.journal.enabled,
+        );
         if self.journal.enabled {
+            if created {
+                self.journal.write(&Entry::Stats(&self.stats.task_record(task)));
+            }
+            let now_ms = self.clock.unix_ms(now);
+            self.stats
+                .count(task, self.devices[device].platform, Event::Pushed, now_ms);
             let record_at = self.journal.framed.len();
             self.journal.write(&Entry::Accepted(AcceptedEntry {
                 message_id: message.id,
@@ -2614,6 +3004,8 @@ impl DeliveryCore {
                 accepted_at_ms: message.accepted_at_ms,
                 expires_at_ms: message.expires_at_ms,
                 frame: &message.frame,
+                task_id: tag.id,
+                push_type: tag.push_type,
                 collapse_key: message.collapse_key.as_deref(),
             }));
             self.journal.accepted.push(JournaledMessage {
@@ -2636,6 +3028,7 @@ impl DeliveryCore {
             message.expires_at_ms,
             frame,
             status_key,
+            task,
             message.collapse_key,
         );
         let durable = !self.journal.enabled;
@@ -2756,6 +3149,11 @@ impl DeliveryCore {
             self.fire(timer, now);
         }
         self.fired = fired;
+        if now >= self.next_stats_prune {
+            self.next_stats_prune = now + STATS_PRUNE_INTERVAL;
+            self.stats.prune(self.clock.unix_ms(now));
+            self.metrics.stats_tasks.set(self.stats.task_count() as f64);
+        }
         if now >= self.next_fanout_sweep {
             self.next_fanout_sweep = now + FANOUT_SWEEP_INTERVAL;
             if self.fanout.sweep(self.clock.unix_ms(now)) > 0 {
@@ -2876,7 +3274,14 @@ impl DeliveryCore {
             .retired_gc
             .front()
             .map(|(until_ms, _)| self.clock.instant_of(*until_ms));
-        [timer, gc, sweep, redirect].into_iter().flatten().min()
+        let stats = self
+            .stats
+            .has_unflushed()
+            .then_some(self.last_stats_flush + STATS_FLUSH_INTERVAL);
+        [timer, gc, sweep, redirect, stats, Some(self.next_stats_prune)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Tells every connected device to come back after a jittered delay and
@@ -2998,6 +3403,16 @@ fn push_msg_key(frame: &[u8]) -> String {
 /// A journal buffer grown by a burst is given back rather than kept.
 fn journal_capacity_is_large(buffer: &Vec<u8>) -> bool {
     buffer.capacity() > 4 << 20
+}
+
+/// Remembers a message `d` acknowledged for its opened/ignored report;
+/// answers whether an unreported one was forgotten to make room.
+fn stats_remember(d: &mut Device, cap: usize, entry: Reportable) -> bool {
+    if cap == 0 {
+        return false;
+    }
+    let ring = d.reports.get_or_insert_with(Default::default);
+    crate::stats::remember(&mut ring.entries, &mut ring.next, cap, entry)
 }
 
 /// Gives a message that leaves its queue unacked its final `status`

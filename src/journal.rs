@@ -1,15 +1,21 @@
 //! What the delivery core writes to its shard's durable log and reads back on
 //! recovery: one `Entry` per change of durable state (a device's registry
 //! record, a message accepted, a message finished, a token rotated), and the
-//! byte layout of each. Pure encoding and decoding, no files: `log` stores the bytes, and
-//! `delivery` decides when an entry is due and how replay applies it.
+//! byte layout of each. Pure encoding and decoding, no files: `log` stores
+//! the bytes, and `delivery` decides when an entry is due and how replay
+//! applies it.
 //!
 //! Layout: integers little-endian fixed width, strings and byte strings as a
 //! `u32` length and the bytes, optional values behind a `u8` presence flag.
+//! Fields added to a record later are appended at its end, in the order they
+//! were added, and a record that ends before one decodes with its default:
+//! Accepted is `.. frame, task_id, push_type[, collapse_key]`, Shared is
+//! `.. frame, push_type[, collapse_key]` (the key written only when present).
 //! Every entry is self-contained, so any suffix of the log that starts at a
 //! checkpoint replays to the same state.
 
 use crate::message::{Audience, BindFilter, Status};
+use crate::stats::PushType;
 
 const KIND_DEVICE: u8 = 1;
 const KIND_DEVICE_DELETED: u8 = 2;
@@ -17,11 +23,18 @@ const KIND_ACCEPTED: u8 = 3;
 const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
+// 7 is reserved for recall records.
 const KIND_TOKEN: u8 = 8;
+/// Statistics: counts, tasks, reports (layout in `stats::record`).
+const KIND_STATS: u8 = 9;
+const KIND_TAG_USERS: u8 = 10;
 
 /// Sub-kinds of a `KIND_TOKEN` record (its first payload byte).
 const TOKEN_ROTATED: u8 = 1;
 const TOKEN_REDIRECT_ENDED: u8 = 2;
+
+/// Digests in one `TagUsers` record: 800 KB, under `log::MAX_RECORD`.
+pub const TAG_USERS_PER_RECORD: usize = 100_000;
 
 /// A device's whole registry record; written on registration and on every
 /// change, so the last one for a token is its state.
@@ -43,20 +56,98 @@ pub struct DeviceEntry<'a> {
     pub unbound_at_ms: u64,
 }
 
-/// A shared message (broadcast, group or user push) as one shard stores it.
+/// A shared message (broadcast, group, user or tag push) as one shard
+/// stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedEntry<'a> {
     pub message_id: u64,
     pub app: &'a str,
-    pub audience: Audience,
+    pub audience: AudienceEntry<'a>,
     pub msg_key: &'a str,
     pub task_id: u64,
     pub accepted_at_ms: u64,
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
-    /// Absent in records older than this field.
+    /// Broadcast in records older than this field.
+    pub push_type: PushType,
+    /// Written after `push_type`, and only when present; absent in records
+    /// older than this field.
     pub collapse_key: Option<&'a str>,
+}
+
+/// A shared message's audience as the log holds it. A tag's users are too
+/// many to repeat in every message (and a record holds at most 1 MiB), so
+/// the message names their set by id, and `TagUsers` records before it in
+/// the log hold the set, once for every message that uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AudienceEntry<'a> {
+    /// A platform, group or user audience (never `Audience::Tag`).
+    Audience(Audience),
+    Tag {
+        name: &'a str,
+        set_id: u64,
+        users: u64,
+    },
+}
+
+impl<'a> AudienceEntry<'a> {
+    pub fn of(audience: &'a Audience) -> Self {
+        match audience {
+            Audience::Tag { name, users } => AudienceEntry::Tag {
+                name,
+                set_id: users.id(),
+                users: users.len() as u64,
+            },
+            other => AudienceEntry::Audience(other.clone()),
+        }
+    }
+}
+
+/// One part of a tag push's user set: the sorted digests
+/// `[part * TAG_USERS_PER_RECORD ..]` of set `set_id`, `parts` parts in
+/// all, written one after the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagUsersEntry<'a> {
+    pub set_id: u64,
+    pub part: u32,
+    pub parts: u32,
+    /// Little-endian u64s.
+    pub digests: &'a [u8],
+}
+
+impl TagUsersEntry<'_> {
+    pub fn digests(&self) -> impl Iterator<Item = u64> + '_ {
+        self.digests
+            .chunks_exact(8)
+            .map(|d| u64::from_le_bytes(d.try_into().expect("8 bytes")))
+    }
+
+    /// The records of a whole set, in order (one, empty, for no users).
+    pub fn write_set(out: &mut Vec<u8>, set_id: u64, digests: &[u64]) -> usize {
+        write_set_in(out, set_id, digests, TAG_USERS_PER_RECORD)
+    }
+}
+
+/// `TagUsersEntry::write_set` with `per_record` digests a record.
+fn write_set_in(out: &mut Vec<u8>, set_id: u64, digests: &[u64], per_record: usize) -> usize {
+    let parts = digests.len().div_ceil(per_record).max(1);
+    let mut bytes = Vec::with_capacity(per_record.min(digests.len()) * 8);
+    for part in 0..parts {
+        let end = ((part + 1) * per_record).min(digests.len());
+        bytes.clear();
+        for d in &digests[part * per_record..end] {
+            bytes.extend_from_slice(&d.to_le_bytes());
+        }
+        Entry::TagUsers(TagUsersEntry {
+            set_id,
+            part: part as u32,
+            parts: parts as u32,
+            digests: &bytes,
+        })
+        .write_to(out);
+    }
+    parts
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,8 +160,13 @@ pub struct AcceptedEntry<'a> {
     pub expires_at_ms: u64,
     /// The complete Push frame.
     pub frame: &'a [u8],
+    /// 0: none. Records older than this field and the next have none and
+    /// are simple pushes.
+    pub task_id: u64,
+    pub push_type: PushType,
     /// A later message with the same key replaces this one while it is
-    /// unsent. Absent in records older than this field.
+    /// unsent. Written after `push_type`, and only when present; absent in
+    /// records older than this field.
     pub collapse_key: Option<&'a str>,
 }
 
@@ -124,6 +220,9 @@ pub enum Entry<'a> {
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
     Token(TokenEntry<'a>),
+    TagUsers(TagUsersEntry<'a>),
+    /// A statistics record, its payload laid out by `stats::record`.
+    Stats(&'a [u8]),
 }
 
 impl Entry<'_> {
@@ -137,6 +236,8 @@ impl Entry<'_> {
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
             Entry::Token(_) => KIND_TOKEN,
+            Entry::TagUsers(_) => KIND_TAG_USERS,
+            Entry::Stats(_) => KIND_STATS,
         };
         crate::log::frame_record_with(out, kind, |out| self.encode_payload(out));
     }
@@ -173,8 +274,10 @@ impl Entry<'_> {
                 put_u64(out, a.accepted_at_ms);
                 put_u64(out, a.expires_at_ms);
                 put_bytes(out, a.frame);
-                // Only when present, so a record without one has the old
-                // layout byte for byte.
+                put_u64(out, a.task_id);
+                out.push(a.push_type.code());
+                // Only when present, so a record without one has the layout
+                // of records older than collapse keys byte for byte.
                 if let Some(key) = a.collapse_key {
                     put_str(out, key);
                 }
@@ -214,9 +317,17 @@ impl Entry<'_> {
                 put_u64(out, m.accepted_at_ms);
                 put_u64(out, m.expires_at_ms);
                 put_bytes(out, m.frame);
+                out.push(m.push_type.code());
+                // Only when present, as in `Accepted`.
                 if let Some(key) = m.collapse_key {
                     put_str(out, key);
                 }
+            }
+            Entry::TagUsers(t) => {
+                put_u64(out, t.set_id);
+                put_u32(out, t.part);
+                put_u32(out, t.parts);
+                put_bytes(out, t.digests);
             }
             Entry::Token(TokenEntry::Rotated {
                 app,
@@ -236,6 +347,7 @@ impl Entry<'_> {
                 out.push(TOKEN_REDIRECT_ENDED);
                 put_str(out, old);
             }
+            Entry::Stats(payload) => out.extend_from_slice(payload),
         }
     }
 
@@ -282,21 +394,39 @@ impl Entry<'_> {
                 })
             }
             KIND_DEVICE_DELETED => Entry::DeviceDeleted { token: r.str()? },
-            KIND_ACCEPTED => Entry::Accepted(AcceptedEntry {
-                message_id: r.u64()?,
-                app: r.str()?,
-                token: r.str()?,
-                msg_key: r.str()?,
-                accepted_at_ms: r.u64()?,
-                expires_at_ms: r.u64()?,
-                frame: r.bytes()?,
-                // Records written before collapse keys existed end here.
-                collapse_key: if r.at == payload.len() {
+            KIND_ACCEPTED => {
+                let message_id = r.u64()?;
+                let app = r.str()?;
+                let token = r.str()?;
+                let msg_key = r.str()?;
+                let accepted_at_ms = r.u64()?;
+                let expires_at_ms = r.u64()?;
+                let frame = r.bytes()?;
+                // Records written before the task fields end here.
+                let (task_id, push_type) = if r.at == payload.len() {
+                    (0, PushType::Simple)
+                } else {
+                    (r.u64()?, r.push_type()?)
+                };
+                // Records written before collapse keys end here.
+                let collapse_key = if r.at == payload.len() {
                     None
                 } else {
                     Some(r.str()?)
-                },
-            }),
+                };
+                Entry::Accepted(AcceptedEntry {
+                    message_id,
+                    app,
+                    token,
+                    msg_key,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    frame,
+                    task_id,
+                    push_type,
+                    collapse_key,
+                })
+            }
             KIND_FINISHED => Entry::Finished {
                 token: r.str()?,
                 message_id: r.u64()?,
@@ -325,6 +455,14 @@ impl Entry<'_> {
                 accepted_at_ms: r.u64()?,
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
+                // Fields are read in the order written: records written
+                // before push types end here, and those written before
+                // collapse keys after it.
+                push_type: if r.at == payload.len() {
+                    PushType::Broadcast
+                } else {
+                    r.push_type()?
+                },
                 collapse_key: if r.at == payload.len() {
                     None
                 } else {
@@ -342,6 +480,27 @@ impl Entry<'_> {
                 TOKEN_REDIRECT_ENDED => TokenEntry::RedirectEnded { old: r.str()? },
                 x => return Err(format!("token record sub-kind {x}")),
             }),
+            KIND_TAG_USERS => {
+                let entry = TagUsersEntry {
+                    set_id: r.u64()?,
+                    part: r.u32()?,
+                    parts: r.u32()?,
+                    digests: r.bytes()?,
+                };
+                if !entry.digests.len().is_multiple_of(8) || entry.part >= entry.parts {
+                    return Err(format!(
+                        "tag user set part {} of {} with {} bytes",
+                        entry.part,
+                        entry.parts,
+                        entry.digests.len()
+                    ));
+                }
+                Entry::TagUsers(entry)
+            }
+            KIND_STATS => {
+                r.at = payload.len();
+                Entry::Stats(payload)
+            }
             other => return Err(format!("unknown record kind {other}")),
         };
         if r.at != payload.len() {
@@ -379,8 +538,29 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// A period of `None` (forever) is stored as `u64::MAX`.
-fn put_audience(out: &mut Vec<u8>, audience: &Audience) {
+fn put_audience(out: &mut Vec<u8>, audience: &AudienceEntry<'_>) {
+    let audience = match audience {
+        AudienceEntry::Tag { name, set_id, users } => {
+            out.push(4);
+            put_str(out, name);
+            put_u64(out, *set_id);
+            put_u64(out, *users);
+            return;
+        }
+        AudienceEntry::Audience(audience) => audience,
+    };
     match audience {
+        Audience::Tag { name, users } => {
+            // `AudienceEntry::of` never builds this; written the same way.
+            put_audience(
+                out,
+                &AudienceEntry::Tag {
+                    name,
+                    set_id: users.id(),
+                    users: users.len() as u64,
+                },
+            )
+        }
         Audience::Platform { platform, filter } => {
             out.push(1);
             out.push(*platform);
@@ -448,8 +628,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn audience(&mut self) -> Result<Audience, String> {
-        Ok(match self.u8()? {
+    fn audience(&mut self) -> Result<AudienceEntry<'a>, String> {
+        Ok(AudienceEntry::Audience(match self.u8()? {
             1 => {
                 let platform = self.u8()?;
                 let kind = self.u8()?;
@@ -466,8 +646,20 @@ impl<'a> Reader<'a> {
             }
             2 => Audience::Group(self.str()?.into()),
             3 => Audience::User(self.str()?.into()),
+            4 => {
+                return Ok(AudienceEntry::Tag {
+                    name: self.str()?,
+                    set_id: self.u64()?,
+                    users: self.u64()?,
+                })
+            }
             x => return Err(format!("audience kind {x}")),
-        })
+        }))
+    }
+
+    fn push_type(&mut self) -> Result<PushType, String> {
+        let code = self.u8()?;
+        PushType::from_code(code).ok_or_else(|| format!("unknown push type {code}"))
     }
 
     fn final_status(&mut self) -> Result<Status, String> {
@@ -505,9 +697,13 @@ mod tests {
         ]
     }
 
-    fn audience() -> impl Strategy<Value = Audience> {
+    fn push_type() -> impl Strategy<Value = PushType> {
+        proptest::sample::select(PushType::ALL.to_vec())
+    }
+
+    fn audience() -> impl Strategy<Value = AudienceEntry<'static>> {
         let period = proptest::option::of(0u64..u64::MAX);
-        prop_oneof![
+        let known = prop_oneof![
             (any::<u8>(), 0u8..3, period).prop_map(|(platform, kind, p)| Audience::Platform {
                 platform,
                 filter: match kind {
@@ -519,6 +715,14 @@ mod tests {
             ".{0,12}".prop_map(|g| Audience::Group(g.into())),
             ".{0,12}".prop_map(|u| Audience::User(u.into())),
         ]
+        .prop_map(AudienceEntry::Audience);
+        let tag =
+            (".{0,12}", any::<u64>(), any::<u64>()).prop_map(|(name, set_id, users)| AudienceEntry::Tag {
+                name: Box::leak(name.into_boxed_str()),
+                set_id,
+                users,
+            });
+        prop_oneof![known, tag]
     }
 
     proptest! {
@@ -549,14 +753,16 @@ mod tests {
             id: u64, token in ".{0,30}", key in ".{0,20}", at: u64, exp: u64,
             frame in proptest::collection::vec(any::<u8>(), 0..300),
             status in status(), key128: u128, acked in proptest::option::of(any::<u64>()),
-            collapse in proptest::option::of(".{0,64}"),
+            collapse in proptest::option::of(".{0,64}"), push_type in push_type(),
         ) {
             let entries = [
                 Entry::Accepted(AcceptedEntry {
                     message_id: id, app: "demo", token: &token, msg_key: &key,
                     accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                    task_id: id ^ 5, push_type,
                     collapse_key: collapse.as_deref(),
                 }),
+                Entry::Stats(&frame),
                 Entry::Finished { token: &token, message_id: id, status, at_ms: at },
                 Entry::DeviceDeleted { token: &token },
                 Entry::FinalStatus(FinalStatusEntry {
@@ -576,10 +782,12 @@ mod tests {
             id: u64, app in ".{0,10}", key in ".{0,20}", task: u64, at: u64, exp: u64,
             frame in proptest::collection::vec(any::<u8>(), 0..300),
             audience in audience(), collapse in proptest::option::of(".{0,64}"),
+            push_type in push_type(),
         ) {
             let entry = Entry::Shared(SharedEntry {
                 message_id: id, app: &app, audience, msg_key: &key, task_id: task,
                 accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
+                push_type,
                 collapse_key: collapse.as_deref(),
             });
             let mut out = Vec::new();
@@ -605,9 +813,60 @@ mod tests {
         }
 
         #[test]
-        fn decoding_garbage_never_panics(kind in 0u8..10, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn tag_user_sets_round_trip_in_parts(
+            set_id: u64,
+            mut digests in proptest::collection::vec(any::<u64>(), 0..300),
+            per_record in 1usize..50,
+        ) {
+            digests.sort_unstable();
+            let mut out = Vec::new();
+            let parts = write_set_in(&mut out, set_id, &digests, per_record);
+            prop_assert_eq!(parts, digests.len().div_ceil(per_record).max(1));
+            let mut back = Vec::new();
+            let mut at = 0;
+            let mut seen = 0;
+            while at < out.len() {
+                let len = u32::from_le_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+                let Entry::TagUsers(t) = decode_framed(&out[at..at + 8 + len]) else {
+                    panic!("a TagUsers record");
+                };
+                prop_assert_eq!((t.set_id, t.part as usize, t.parts as usize), (set_id, seen, parts));
+                back.extend(t.digests());
+                seen += 1;
+                at += 8 + len;
+            }
+            prop_assert_eq!(back, digests);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(kind in 0u8..12, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Entry::decode(kind, &payload);
         }
+    }
+
+    #[test]
+    fn a_full_tag_set_fits_the_record_limit() {
+        let digests: Vec<u64> = (0..250_001).collect();
+        let mut out = Vec::new();
+        assert_eq!(TagUsersEntry::write_set(&mut out, 9, &digests), 3);
+        const { assert!(TAG_USERS_PER_RECORD * 8 + 64 <= crate::log::MAX_RECORD) };
+        let payload = &out[9..9 + 8 + 4 + 4 + 4 + 7];
+        assert!(
+            Entry::decode(KIND_TAG_USERS, payload).is_err(),
+            "not a whole digest"
+        );
+        let mut bad = Vec::new();
+        Entry::TagUsers(TagUsersEntry {
+            set_id: 1,
+            part: 2,
+            parts: 2,
+            digests: &[],
+        })
+        .write_to(&mut bad);
+        assert!(
+            Entry::decode(KIND_TAG_USERS, &bad[9..]).is_err(),
+            "part past the end"
+        );
     }
 
     #[test]
@@ -648,30 +907,130 @@ mod tests {
                 accepted_at_ms: 1,
                 expires_at_ms: 2,
                 frame: b"frame",
+                task_id: 4,
+                push_type: PushType::Multiple,
                 collapse_key,
             })
             .write_to(&mut out);
             out
         };
-        // The layout before collapse keys: id, app, token, key, times, frame.
-        let mut old = Vec::new();
-        put_u64(&mut old, 7);
+        // The layout before task fields: id, app, token, key, times, frame.
+        let mut oldest = Vec::new();
+        put_u64(&mut oldest, 7);
         for s in ["a", "t", "k"] {
-            put_str(&mut old, s);
+            put_str(&mut oldest, s);
         }
-        put_u64(&mut old, 1);
-        put_u64(&mut old, 2);
-        put_bytes(&mut old, b"frame");
+        put_u64(&mut oldest, 1);
+        put_u64(&mut oldest, 2);
+        put_bytes(&mut oldest, b"frame");
+        // The layout before collapse keys: then task id and push type.
+        let mut old = oldest.clone();
+        put_u64(&mut old, 4);
+        old.push(PushType::Multiple.code());
         assert_eq!(&accepted(None)[9..], &old[..], "written as before");
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &oldest).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!(
+            (
+                decoded.msg_key,
+                decoded.task_id,
+                decoded.push_type,
+                decoded.collapse_key
+            ),
+            ("k", 0, PushType::Simple, None)
+        );
         let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &old).unwrap() else {
             panic!("an accepted record");
         };
-        assert_eq!((decoded.msg_key, decoded.collapse_key), ("k", None));
+        assert_eq!(
+            (decoded.task_id, decoded.push_type, decoded.collapse_key),
+            (4, PushType::Multiple, None)
+        );
+        // The key goes last, after the task fields.
         let with_key = accepted(Some("score"));
+        let mut expected = old.clone();
+        put_str(&mut expected, "score");
+        assert_eq!(&with_key[9..], &expected[..]);
         let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &with_key[9..]).unwrap() else {
             panic!("an accepted record");
         };
-        assert_eq!(decoded.collapse_key, Some("score"));
+        assert_eq!(
+            (decoded.task_id, decoded.push_type, decoded.collapse_key),
+            (4, PushType::Multiple, Some("score"))
+        );
+    }
+
+    #[test]
+    fn shared_records_of_every_older_layout_still_decode() {
+        let shared = |collapse_key| {
+            let mut out = Vec::new();
+            Entry::Shared(SharedEntry {
+                message_id: 7,
+                app: "a",
+                audience: AudienceEntry::Audience(Audience::User("u".into())),
+                msg_key: "k",
+                task_id: 3,
+                accepted_at_ms: 1,
+                expires_at_ms: 2,
+                frame: b"frame",
+                push_type: PushType::User,
+                collapse_key,
+            })
+            .write_to(&mut out);
+            out[9..].to_vec()
+        };
+        let with_key = shared(Some("score"));
+        let without = shared(None);
+        // Layouts: ..frame (oldest), ..frame push_type, ..frame push_type key.
+        let mut key = Vec::new();
+        put_str(&mut key, "score");
+        assert_eq!(with_key.len(), without.len() + key.len());
+        assert_eq!(&with_key[..without.len()], &without[..]);
+        assert_eq!(&with_key[without.len()..], &key[..], "the key goes last");
+        let oldest = &without[..without.len() - 1];
+        for (payload, push_type, collapse_key) in [
+            (oldest, PushType::Broadcast, None),
+            (&without[..], PushType::User, None),
+            (&with_key[..], PushType::User, Some("score")),
+        ] {
+            let Entry::Shared(decoded) = Entry::decode(KIND_SHARED, payload).unwrap() else {
+                panic!("a shared record");
+            };
+            assert_eq!(
+                (
+                    decoded.task_id,
+                    decoded.push_type,
+                    decoded.collapse_key,
+                    decoded.frame
+                ),
+                (3, push_type, collapse_key, &b"frame"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn message_records_without_task_fields_still_decode() {
+        let entry = AcceptedEntry {
+            message_id: 1,
+            app: "a",
+            token: "t",
+            msg_key: "k",
+            accepted_at_ms: 2,
+            expires_at_ms: 3,
+            frame: b"f",
+            task_id: 9,
+            push_type: PushType::Multiple,
+            collapse_key: None,
+        };
+        let mut out = Vec::new();
+        Entry::Accepted(entry.clone()).write_to(&mut out);
+        let old_layout = &out[9..out.len() - 9];
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, old_layout).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!((decoded.task_id, decoded.push_type), (0, PushType::Simple));
+        assert_eq!(decoded.frame, b"f");
     }
 
     #[test]

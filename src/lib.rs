@@ -5,8 +5,8 @@
 //!
 //! Layers, from the wire inwards: `io` moves bytes, `shard` runs one loop per
 //! core, `delivery` and `session` are the sans-IO core, `protocol` is the
-//! codec; `templates` holds the apps' message templates; `api` and `admin`
-//! are the HTTP faces.
+//! codec; `templates` holds the apps' message templates and `tags` their
+//! user tags; `api` and `admin` are the HTTP faces.
 
 pub mod admin;
 pub mod api;
@@ -20,6 +20,8 @@ pub mod message;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+pub mod stats;
 pub mod store;
+pub mod tags;
 pub mod templates;
 pub mod timer;

@@ -3,9 +3,12 @@
 //! on the API thread, so the shard's per-message work is a queue insert and a
 //! byte copy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::stats::{Counts, PushType, Query, TaskReport};
 
 /// One message for one device token, as accepted by the API.
 #[derive(Debug, Clone)]
@@ -19,9 +22,32 @@ pub struct Message {
     pub expires_at_ms: u64,
     /// The complete Push frame (header and body), ready to write.
     pub frame: Bytes,
+    /// What the statistics count it under.
+    pub task: TaskTag,
     /// A later message for the same device with the same key replaces this
     /// one while it is unsent (`Status::Collapsed`).
     pub collapse_key: Option<Box<str>>,
+}
+
+/// The push a message belongs to, for statistics: its task (id 0: a push
+/// without one), its type and its taskName. The messages of one request
+/// share the name.
+#[derive(Debug, Clone)]
+pub struct TaskTag {
+    pub id: u64,
+    pub push_type: PushType,
+    pub name: Arc<str>,
+}
+
+impl TaskTag {
+    /// A push without a task id.
+    pub fn untasked(push_type: PushType) -> Self {
+        Self {
+            id: 0,
+            push_type,
+            name: Arc::from(""),
+        }
+    }
 }
 
 /// A message for a set of devices that is not known when it is accepted: a
@@ -43,6 +69,8 @@ pub struct SharedMessage {
     pub expires_at_ms: u64,
     /// The complete Push frame, encoded once for every device.
     pub frame: Bytes,
+    pub push_type: PushType,
+    pub task_name: Arc<str>,
     /// As `Message::collapse_key`, per device: a user's device keeps at
     /// most one unsent message of each key.
     pub collapse_key: Option<Box<str>>,
@@ -59,6 +87,143 @@ pub enum Audience {
     Group(Box<str>),
     /// Every device bound to this userId, now or later within the TTL.
     User(Box<str>),
+    /// Every device bound to one of a tag's users, now or later within the
+    /// TTL; the users are the tag's when the message was accepted.
+    Tag { name: Box<str>, users: Arc<TagUsers> },
+}
+
+/// The users of a tag push: the sorted, distinct `user_digest`s of the
+/// tag's userIds, 8 bytes a user (4 MB for the reference's 500,000). Built
+/// once per version of a tag by the tag store and shared, through one
+/// `Arc`, by the store, every shard and every push to that version.
+///
+/// A digest stands for its userId: a device whose user is not in the tag
+/// is taken for a member only if its digest equals one of the tag's, a
+/// chance of about n / 2^64 (3e-14 for 500,000 users).
+pub struct TagUsers {
+    /// A digest of the contents: equal sets have equal ids, so the journal
+    /// stores a set once for all the pushes that use it and a restart
+    /// shares one copy between shards (`intern`).
+    id: u64,
+    digests: Box<[u64]>,
+}
+
+impl TagUsers {
+    /// The set of `digests` (any order, repeats allowed), shared with an
+    /// equal set already in memory if there is one.
+    pub fn new(mut digests: Vec<u64>) -> Arc<TagUsers> {
+        digests.sort_unstable();
+        digests.dedup();
+        Self::intern(TagUsers {
+            id: set_id(&digests),
+            digests: digests.into_boxed_slice(),
+        })
+    }
+
+    /// `new` for digests already sorted and distinct (as the journal holds
+    /// them); `None` when they are not.
+    pub fn from_sorted(digests: Vec<u64>) -> Option<Arc<TagUsers>> {
+        if !digests.windows(2).all(|w| w[0] < w[1]) {
+            return None;
+        }
+        Some(Self::intern(TagUsers {
+            id: set_id(&digests),
+            digests: digests.into_boxed_slice(),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Sorted ascending.
+    pub fn digests(&self) -> &[u64] {
+        &self.digests
+    }
+
+    pub fn contains(&self, digest: u64) -> bool {
+        self.digests.binary_search(&digest).is_ok()
+    }
+
+    /// Sets are immutable values named by their contents, so whoever builds
+    /// an equal one (the tag store at start, each shard replaying its log)
+    /// may as well share the copy that exists: a 500,000-user set replayed
+    /// by eight shards then costs 4 MB, not 32.
+    fn intern(set: TagUsers) -> Arc<TagUsers> {
+        use std::sync::{Mutex, OnceLock, Weak};
+        static LIVE: OnceLock<Mutex<HashMap<u64, Weak<TagUsers>>>> = OnceLock::new();
+        let mut live = LIVE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = live.get(&set.id).and_then(Weak::upgrade) {
+            if existing.digests == set.digests {
+                return existing;
+            }
+        }
+        let set = Arc::new(set);
+        if live.len() >= 64 {
+            live.retain(|_, weak| weak.strong_count() > 0);
+        }
+        live.insert(set.id, Arc::downgrade(&set));
+        set
+    }
+}
+
+/// Equal by contents (their ids are digests of them).
+impl PartialEq for TagUsers {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.digests == other.digests
+    }
+}
+
+impl Eq for TagUsers {}
+
+/// Not the digests: half a million numbers help no log reader.
+impl std::fmt::Debug for TagUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TagUsers {{ id: {:016x}, users: {} }}",
+            self.id,
+            self.digests.len()
+        )
+    }
+}
+
+/// The digest that names a user of an app: it files a shard's bound
+/// devices and shared messages by user, and it is a tag push's audience in
+/// the log, so it must never change: SipHash-2-4 (fixed by its definition)
+/// with fixed keys over the fields' little-endian lengths and bytes.
+#[allow(deprecated)]
+pub fn user_digest(app: &str, user: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(0x7573_6572_7461_6773, 0x7269_6e67_7075_7368);
+    for field in [app, user] {
+        h.write(&(field.len() as u64).to_le_bytes());
+        h.write(field.as_bytes());
+    }
+    h.finish()
+}
+
+/// The id of a set of digests: a digest of its length and members.
+#[allow(deprecated)]
+fn set_id(digests: &[u64]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::SipHasher::new_with_keys(0x7461_6773_6574_6964, 0x7269_6e67_7075_7368);
+    h.write(&(digests.len() as u64).to_le_bytes());
+    for d in digests {
+        h.write(&d.to_le_bytes());
+    }
+    h.finish()
 }
 
 /// The broadcast filter of the reference (`pushStatus` with `bindPeriod` or
@@ -293,6 +458,25 @@ pub enum Command {
         user_id: Box<str>,
         reply: Reply<Option<UserStatusReport>>,
     },
+    /// The app's tasks this shard counted, created in `[from_ms, to_ms)`.
+    QueryTasks {
+        app_id: Arc<str>,
+        from_ms: u64,
+        to_ms: u64,
+        reply: Reply<Vec<TaskReport>>,
+    },
+    /// One task as this shard counted it; `None` when it has none of it.
+    QueryTask {
+        app_id: Arc<str>,
+        task_id: u64,
+        reply: Reply<Option<TaskReport>>,
+    },
+    /// The app's counts per bucket of the query (buckets with counts only).
+    QueryStats {
+        app_id: Arc<str>,
+        query: Query,
+        reply: Reply<Vec<(u64, Counts)>>,
+    },
     /// `None` when the shard has no record of that app + msgKey + token.
     QueryStatus {
         app_id: Arc<str>,
@@ -324,6 +508,31 @@ pub fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_digests_are_fixed_forever() {
+        // Tag pushes in existing logs hold these values.
+        assert_eq!(user_digest("demo", "alice"), user_digest("demo", "alice"));
+        assert_ne!(user_digest("demo", "alice"), user_digest("other", "alice"));
+        assert_ne!(user_digest("ab", "c"), user_digest("a", "bc"));
+        assert_eq!(user_digest("demo", "alice"), 0x8559_cb5e_2bd8_0ba1);
+    }
+
+    #[test]
+    fn tag_user_sets_are_sorted_distinct_and_shared() {
+        let a = TagUsers::new(vec![3, 1, 2, 3]);
+        assert_eq!(a.digests(), [1, 2, 3]);
+        assert!(a.contains(2) && !a.contains(4));
+        let b = TagUsers::new(vec![2, 1, 3]);
+        assert!(Arc::ptr_eq(&a, &b), "an equal set is the same copy");
+        let c = TagUsers::from_sorted(vec![1, 2, 3]).unwrap();
+        assert!(Arc::ptr_eq(&a, &c));
+        assert!(TagUsers::from_sorted(vec![1, 1]).is_none());
+        assert!(TagUsers::from_sorted(vec![2, 1]).is_none());
+        let d = TagUsers::new(vec![1, 2]);
+        assert_ne!(a.id(), d.id());
+        assert_ne!(*a, *d);
+    }
 
     #[test]
     fn owner_shard_is_stable_and_spreads() {

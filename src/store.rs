@@ -273,6 +273,7 @@ impl Store {
     /// answers the pushes that waited. Also runs a due interval fsync and,
     /// when enough was logged, a checkpoint.
     pub fn commit(&mut self, core: &mut DeliveryCore, now: Instant) {
+        core.flush_stats(now);
         if !core.journal_pending() {
             if self.log.fsync_due_at().is_some_and(|at| at <= now) {
                 let result = self.log.commit().map(|stats| self.count(&stats));

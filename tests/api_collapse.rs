@@ -1,7 +1,7 @@
 //! Collapse keys against the real daemon with real devices: a newer message
 //! with the same `collapseKey` replaces the device's unsent one (status 5),
 //! a message already written to the connection stays, per device and per
-//! app, for token and user pushes, across kill -9.
+//! app, for token, user and tag pushes, across kill -9.
 
 mod common;
 
@@ -172,4 +172,40 @@ fn user_and_multiple_pushes_collapse_and_bad_keys_are_3028() {
         code(&d.http("POST", "/v1/push/multiple", &multiple(json!(over)))),
         "3028"
     );
+}
+
+#[test]
+fn tag_pushes_collapse_like_user_pushes() {
+    let d = Daemon::start("epoll", "");
+    let token = d.device("").token.clone();
+    d.wait_offline(&token);
+    let bind = json!({"appId": "demo", "workspaceId": "default", "deliveryToken": token, "userId": "alice"});
+    let (_, json) = d.http("POST", "/v1/users/bind", &bind.to_string());
+    assert_eq!(json["ResultCode"], "OK");
+    let tag = json!({"appId": "demo", "workspaceId": "default", "tagName": "vip", "userIds": ["alice"]});
+    let (_, json) = d.http("POST", "/v1/tags", &tag.to_string());
+    assert_eq!(json["ResultCode"], "OK", "{json}");
+    for msg_key in ["t1", "t2"] {
+        let body = json!({
+            "appId": "demo", "workspaceId": "default", "taskName": "offers",
+            "tagName": "vip", "msgkey": msg_key, "title": "Offer", "content": msg_key,
+            "expiredSeconds": 300, "collapseKey": "offer",
+        });
+        let (status, json) = d.http("POST", "/v1/push/tag", &body.to_string());
+        assert_eq!(status, 200, "{json}");
+    }
+    let mut dev = d.device(&token);
+    assert_eq!(
+        dev.recv_push().msg_key,
+        "t2",
+        "the backlog collapsed before sending"
+    );
+    assert!(dev.drain_until_pong().is_empty());
+    assert_eq!(d.status(&token, "t1"), 5);
+    let bad = json!({
+        "appId": "demo", "workspaceId": "default", "taskName": "offers",
+        "tagName": "vip", "msgkey": "t3", "title": "Offer", "content": "t3",
+        "expiredSeconds": 300, "collapseKey": "",
+    });
+    assert_eq!(code(&d.http("POST", "/v1/push/tag", &bad.to_string())), "3028");
 }

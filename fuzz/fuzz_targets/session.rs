@@ -78,6 +78,7 @@ fuzz_target!(|data: &[u8]| {
                             accepted_at_ms: now_ms,
                             expires_at_ms: now_ms + ttl_ms,
                             frame: Bytes::from(frame.to_bytes()),
+                            task: ringpush::message::TaskTag::untasked(ringpush::stats::PushType::Simple),
                             collapse_key: (op % 7 == 6)
                                 .then(|| format!("c{}", payload.get(1).copied().unwrap_or(0) % 3).into()),
                         }],

@@ -2,7 +2,10 @@
 //! mio loop. It connects at the paced rate (from source addresses spread over
 //! 127.0.0.0/8), says Hello, collects the token from Welcome, acknowledges
 //! every Push (one Ack per read, batching the ids), records API-to-device
-//! latency from the msgKey, and sends heartbeats.
+//! latency from the msgKey, and sends heartbeats. On `Shared::disconnect`
+//! every device closes its connection (keeping its token); on
+//! `Shared::reconnect` every device connects again at once and says Hello
+//! with its saved token, as phones coming back online do.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -37,6 +40,10 @@ pub struct Shared {
     pub counters: Counters,
     pub tokens: Mutex<Vec<String>>,
     pub stop: AtomicBool,
+    /// Close every connection, keeping the tokens (set once).
+    pub disconnect: AtomicBool,
+    /// Then connect every device again with its token (set once).
+    pub reconnect: AtomicBool,
     pub closes: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -45,6 +52,8 @@ struct Device {
     partial: Vec<u8>,
     unsent: Vec<u8>,
     welcomed: bool,
+    /// From Welcome.
+    token: Option<String>,
 }
 
 const READ_BYTES: usize = 64 * 1024;
@@ -54,13 +63,18 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
     let mut poll = Poll::new().expect("create a poll instance");
     let mut events = Events::with_capacity(4096);
     let mut devices: Vec<Option<Device>> = (0..config.count).map(|_| None).collect();
-    let hello = Frame::Hello(body::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        app_id: config.app.clone(),
-        platform: 1,
-        token: String::new(),
-    })
-    .to_bytes();
+    // Tokens of the devices closed on `disconnect`, by index.
+    let mut saved_tokens: Vec<Option<String>> = vec![None; config.count];
+    let (mut disconnected, mut reconnecting) = (false, false);
+    let hello = |token: Option<&String>| {
+        Frame::Hello(body::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            app_id: config.app.clone(),
+            platform: 1,
+            token: token.cloned().unwrap_or_default(),
+        })
+        .to_bytes()
+    };
     let mut scratch = vec![0u8; READ_BYTES];
     let start = Instant::now();
     let mut next_to_connect = 0usize;
@@ -68,10 +82,25 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
     let mut next_ping = Instant::now() + heartbeat;
     let mut ids: Vec<u64> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
-        // Open the connections that are due by the pacing schedule.
+        if !disconnected && shared.disconnect.load(Ordering::Relaxed) {
+            disconnected = true;
+            for (slot, saved) in devices.iter_mut().zip(saved_tokens.iter_mut()) {
+                if let Some(mut device) = slot.take() {
+                    let _ = poll.registry().deregister(&mut device.stream);
+                    *saved = device.token.take();
+                    Counters::add(&shared.counters.disconnected, 1);
+                }
+            }
+        }
+        if disconnected && !reconnecting && shared.reconnect.load(Ordering::Relaxed) {
+            reconnecting = true;
+            next_to_connect = 0;
+        }
+        // Open the connections that are due by the pacing schedule (all at
+        // once when reconnecting).
         let now = Instant::now();
-        while next_to_connect < config.count {
-            if config.connect_rate > 0.0 {
+        while next_to_connect < config.count && (!disconnected || reconnecting) {
+            if config.connect_rate > 0.0 && !reconnecting {
                 let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
                 if due > now {
                     break;
@@ -84,22 +113,24 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
                     poll.registry()
                         .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
                         .expect("register a device socket");
+                    let token = saved_tokens[next_to_connect].take();
                     devices[next_to_connect] = Some(Device {
                         stream,
                         partial: Vec::new(),
-                        unsent: hello.clone(),
+                        unsent: hello(token.as_ref()),
                         welcomed: false,
+                        token,
                     });
                 }
                 Err(_) => Counters::add(&shared.counters.connect_errors, 1),
             }
             next_to_connect += 1;
             // Keep the loop responsive while connecting as fast as possible.
-            if config.connect_rate == 0.0 && next_to_connect.is_multiple_of(256) {
+            if (config.connect_rate == 0.0 || reconnecting) && next_to_connect.is_multiple_of(256) {
                 break;
             }
         }
-        let timeout = if next_to_connect < config.count {
+        let timeout = if next_to_connect < config.count && (!disconnected || reconnecting) {
             Duration::from_millis(1)
         } else {
             Duration::from_millis(100)
@@ -264,7 +295,10 @@ fn handle_bytes(
                     Frame::Welcome(w) => {
                         device.welcomed = true;
                         *heartbeat = Duration::from_secs(u64::from(w.heartbeat_secs.max(1)));
-                        shared.tokens.lock().push(w.token);
+                        if device.token.is_none() {
+                            shared.tokens.lock().push(w.token.clone());
+                        }
+                        device.token = Some(w.token);
                         Counters::add(&shared.counters.connected, 1);
                     }
                     Frame::GoAway(g) => {

@@ -55,7 +55,12 @@ struct Args {
     /// connections).
     #[arg(long, default_value_t = 0)]
     push_rate: u64,
-    /// Targets per simple-push request (the API allows up to 10).
+    /// The push endpoint: simple (title and content) or multiple (the
+    /// bench template, personalised per target).
+    #[arg(long, value_enum, default_value_t = pusher::PushKind::Simple)]
+    push_kind: pusher::PushKind,
+    /// Targets per request (the API allows up to 10 for simple, 100 for
+    /// multiple).
     #[arg(long, default_value_t = 10)]
     targets_per_request: usize,
     /// Keep-alive HTTP connections, each a thread with its share of the rate.
@@ -92,6 +97,17 @@ struct Args {
     broadcasts: u64,
     #[arg(long, default_value_t = 1000)]
     broadcast_interval_ms: u64,
+    /// After connecting, every device disconnects; then this many
+    /// broadcasts are sent while all devices are offline (the server's RSS
+    /// before and after is reported with --server-pid: what a stored
+    /// broadcast costs with that many offline devices).
+    #[arg(long, default_value_t = 0)]
+    offline_broadcasts: u64,
+    /// With --offline-broadcasts: then every device reconnects at once with
+    /// its saved token, and the run measures how long until every device
+    /// has every broadcast it missed.
+    #[arg(long)]
+    catch_up: bool,
     /// Give up connecting after this many seconds.
     #[arg(long, default_value_t = 120)]
     connect_timeout: u64,
@@ -150,6 +166,8 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         counters: Counters::default(),
         tokens: Default::default(),
         stop: AtomicBool::new(false),
+        disconnect: AtomicBool::new(false),
+        reconnect: AtomicBool::new(false),
         closes: Default::default(),
     });
     let record = Arc::new(AtomicBool::new(false));
@@ -215,30 +233,70 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         .as_ref()
         .map(|secret| Arc::new(HmacSigner::new(args.app.as_str(), secret.as_bytes())));
     let mut push_errors = std::collections::BTreeMap::new();
-    if args.broadcasts > 0 {
+    if args.offline_broadcasts > 0 {
+        // Every device goes offline; the server must notice each close.
+        let offline0 = Counters::get(&c.disconnected);
+        shared.disconnect.store(true, Ordering::SeqCst);
+        wait_for(
+            || Counters::get(&c.disconnected) - offline0 >= summary.connected,
+            30,
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let rss_before = args.server_pid.and_then(stats::rss_kib);
+        let started = Instant::now();
+        let mut broadcaster = Broadcaster::new(args, signer.as_deref())?;
+        for i in 0..args.offline_broadcasts {
+            broadcaster.send(i, &mut push_errors)?;
+            Counters::add(&c.messages_sent, 1);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(1));
+        let rss_after = args.server_pid.and_then(stats::rss_kib);
+        summary.offline_broadcasts = Some(stats::OfflineBroadcasts {
+            offline_devices: summary.connected,
+            broadcasts: args.offline_broadcasts,
+            seconds,
+            server_rss_before_kib: rss_before,
+            server_rss_after_kib: rss_after,
+            server_rss_per_broadcast_bytes: rss_before
+                .zip(rss_after)
+                .map(|(b, a)| a.saturating_sub(b) as f64 * 1024.0 / args.offline_broadcasts as f64),
+            catch_up_seconds: None,
+            catch_up_requested: args.catch_up,
+            caught_up_devices: 0,
+        });
+        eprintln!(
+            "{} broadcasts stored for {} offline devices in {seconds:.2}s; server RSS {rss_before:?} -> {rss_after:?} KiB",
+            args.offline_broadcasts, summary.connected
+        );
+        if args.catch_up {
+            record.store(true, Ordering::SeqCst);
+            let delivered0 = Counters::get(&c.delivered);
+            let reconnected0 = Counters::get(&c.connected);
+            let want = args.offline_broadcasts * summary.connected;
+            let started = Instant::now();
+            shared.reconnect.store(true, Ordering::SeqCst);
+            let caught_up = wait_for(|| Counters::get(&c.delivered) - delivered0 >= want, 60);
+            let report = summary.offline_broadcasts.as_mut().expect("set above");
+            report.catch_up_seconds = caught_up.then(|| started.elapsed().as_secs_f64());
+            report.caught_up_devices = Counters::get(&c.connected) - reconnected0;
+            eprintln!(
+                "catch-up: {} devices reconnected, {} of {want} broadcasts delivered in {:.3}s",
+                report.caught_up_devices,
+                Counters::get(&c.delivered) - delivered0,
+                started.elapsed().as_secs_f64()
+            );
+            summary.measured_seconds = started.elapsed().as_secs_f64();
+            // Let the last acks go out.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    } else if args.broadcasts > 0 {
         record.store(true, Ordering::SeqCst);
         let delivered0 = Counters::get(&c.delivered);
-        let mut client = pusher::HttpClient::connect(args.api_addr)?;
+        let mut broadcaster = Broadcaster::new(args, signer.as_deref())?;
         let started = Instant::now();
         for i in 0..args.broadcasts {
-            let body = serde_json::json!({
-                "appId": args.app, "workspaceId": args.workspace, "taskName": "bench broadcast",
-                "title": "broadcast", "content": "x".repeat(args.payload_bytes.max(10)),
-                "deliveryType": 1, "pushStatus": 1, "unBindPeriod": 4,
-                "msgkey": stats::msg_key(i, stats::unix_micros()), "expiredSeconds": args.ttl,
-            });
-            const PATH: &str = "/v1/push/broadcast";
-            let body = body.to_string();
-            let mut headers = String::new();
-            if let Some(signer) = &signer {
-                let nonce = format!("bc{:x}-{i:x}", stats::unix_micros());
-                pusher::sign_into(&mut headers, signer, PATH, &body, &nonce);
-            }
-            let (status, answer) = client.post(PATH, &headers, &body)?;
-            if status != 200 {
-                *push_errors.entry(format!("broadcast_{status}")).or_default() += 1;
-                eprintln!("broadcast {i}: HTTP {status}: {answer}");
-            }
+            broadcaster.send(i, &mut push_errors)?;
             Counters::add(&c.messages_sent, 1);
             std::thread::sleep(Duration::from_millis(args.broadcast_interval_ms));
         }
@@ -260,15 +318,19 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         let phase_start = Instant::now();
         let warm_until = phase_start + Duration::from_secs(args.warmup);
         let until = warm_until + Duration::from_secs(args.duration);
+        if args.push_kind == pusher::PushKind::Multiple {
+            pusher::ensure_template(args.api_addr, &args.app, &args.workspace, signer.as_deref())?;
+        }
         let mut pushers = Vec::new();
         for p in 0..args.push_connections.max(1) {
             let config = pusher::PushConfig {
+                kind: args.push_kind,
                 api_addr: args.api_addr,
                 app: args.app.clone(),
                 workspace: args.workspace.clone(),
                 signer: signer.clone(),
                 rate: args.push_rate as f64 / args.push_connections.max(1) as f64,
-                targets_per_request: args.targets_per_request.clamp(1, 10),
+                targets_per_request: args.targets_per_request.clamp(1, args.push_kind.max_targets()),
                 ttl_secs: args.ttl,
                 until,
                 seed: 0x9E37_79B9 + p as u64,
@@ -349,6 +411,61 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     summary.client_cpu_percent_of_one_core = 100.0 * summary.client_cpu_seconds / summary.wall_seconds;
     summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
     Ok(summary)
+}
+
+/// Polls `done` every 5 ms for at most `seconds`; whether it came true.
+fn wait_for(mut done: impl FnMut() -> bool, seconds: u64) -> bool {
+    let give_up = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        if Instant::now() > give_up || INTERRUPTED.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Posts broadcasts to every Android device of the app (pushStatus 1: bound
+/// or not), each msgKey carrying its send time.
+struct Broadcaster<'a> {
+    client: pusher::HttpClient,
+    args: &'a Args,
+    signer: Option<&'a HmacSigner>,
+    content: String,
+}
+
+impl<'a> Broadcaster<'a> {
+    fn new(args: &'a Args, signer: Option<&'a HmacSigner>) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: pusher::HttpClient::connect(args.api_addr)?,
+            args,
+            signer,
+            content: "x".repeat(args.payload_bytes.max(10)),
+        })
+    }
+
+    fn send(&mut self, i: u64, errors: &mut std::collections::BTreeMap<String, u64>) -> anyhow::Result<()> {
+        const PATH: &str = "/v1/push/broadcast";
+        let args = self.args;
+        let body = serde_json::json!({
+            "appId": args.app, "workspaceId": args.workspace, "taskName": "bench broadcast",
+            "title": "broadcast", "content": self.content,
+            "deliveryType": 1, "pushStatus": 1, "unBindPeriod": 4,
+            "msgkey": stats::msg_key(i, stats::unix_micros()), "expiredSeconds": args.ttl,
+        })
+        .to_string();
+        let mut headers = String::new();
+        if let Some(signer) = self.signer {
+            let nonce = format!("bc{:x}-{i:x}", stats::unix_micros());
+            pusher::sign_into(&mut headers, signer, PATH, &body, &nonce);
+        }
+        let (status, answer) = self.client.post(PATH, &headers, &body)?;
+        if status != 200 {
+            *errors.entry(format!("broadcast_{status}")).or_default() += 1;
+            eprintln!("broadcast {i}: HTTP {status}: {answer}");
+        }
+        Ok(())
+    }
 }
 
 fn progress(since: Instant, shared: &Shared) {

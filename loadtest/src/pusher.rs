@@ -1,5 +1,6 @@
 //! The API side of a run: keep-alive HTTP/1.1 connections that post simple
-//! pushes to random online devices on an open-loop schedule (the send time
+//! or multiple (template, up to 100 targets) pushes to random online
+//! devices on an open-loop schedule (the send time
 //! of request k is fixed in advance, so a slow server shows up as latency and
 //! as "behind schedule", never as a quietly lower offered rate).
 
@@ -16,7 +17,72 @@ use ringpush::api::auth::HmacSigner;
 use crate::devices::Shared;
 use crate::stats::{self, Counters};
 
+/// Which push endpoint a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushKind {
+    /// `POST /v1/push/simple`: title and content, up to 10 targets.
+    Simple,
+    /// `POST /v1/push/multiple`: the bench template, personalised per
+    /// target, up to 100 targets.
+    Multiple,
+}
+
+impl PushKind {
+    pub fn max_targets(self) -> usize {
+        match self {
+            Self::Simple => 10,
+            Self::Multiple => 100,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Simple => "/v1/push/simple",
+            Self::Multiple => "/v1/push/multiple",
+        }
+    }
+}
+
+/// The template multiple pushes fill: `#n#` the message's sequence number,
+/// `#c#` the payload.
+pub const BENCH_TEMPLATE: &str = "ringpush_bench";
+
+/// Creates `BENCH_TEMPLATE` in the app (one already there is fine).
+pub fn ensure_template(
+    api_addr: SocketAddr,
+    app: &str,
+    workspace: &str,
+    signer: Option<&HmacSigner>,
+) -> anyhow::Result<()> {
+    const PATH: &str = "/v1/templates";
+    let body = serde_json::json!({
+        "appId": app, "workspaceId": workspace, "templateName": BENCH_TEMPLATE,
+        "title": "bench #n#", "content": "#c#",
+    })
+    .to_string();
+    let mut headers = String::new();
+    if let Some(signer) = signer {
+        sign_into(
+            &mut headers,
+            signer,
+            PATH,
+            &body,
+            &format!("tpl{:x}", stats::unix_micros()),
+        );
+    }
+    let (status, answer) = HttpClient::connect(api_addr)?.post(PATH, &headers, &body)?;
+    let code = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .and_then(|v| v["ResultCode"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    match (status, code.as_str()) {
+        (200, _) | (409, "3036") => Ok(()),
+        _ => anyhow::bail!("creating the bench template: HTTP {status}: {answer}"),
+    }
+}
+
 pub struct PushConfig {
+    pub kind: PushKind,
     pub api_addr: SocketAddr,
     pub app: String,
     pub workspace: String,
@@ -81,31 +147,56 @@ pub fn run(config: PushConfig, shared: Arc<Shared>) -> PushOutcome {
             Counters::add(&shared.counters.behind_schedule, 1);
         }
         request += 1;
-        let mut targets = serde_json::Map::new();
         let sent_us = stats::unix_micros();
-        while targets.len() < config.targets_per_request.min(tokens.len()) {
+        // Distinct targets: a request may not name a device twice.
+        let mut chosen = std::collections::HashSet::new();
+        while chosen.len() < config.targets_per_request.min(tokens.len()) {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            let token = &tokens[(rng % tokens.len() as u64) as usize];
-            sequence += 1;
-            targets.insert(token.clone(), stats::msg_key(sequence, sent_us).into());
+            chosen.insert((rng % tokens.len() as u64) as usize);
         }
-        let n = targets.len() as u64;
-        let body = serde_json::json!({
-            "appId": config.app, "workspaceId": config.workspace, "taskName": "bench",
-            "title": "bench", "content": content, "deliveryType": 1,
-            "targetMsgkey": targets, "expiredSeconds": config.ttl_secs,
-        })
+        let n = chosen.len() as u64;
+        let body = match config.kind {
+            PushKind::Simple => {
+                let mut targets = serde_json::Map::new();
+                for &t in &chosen {
+                    sequence += 1;
+                    targets.insert(tokens[t].clone(), stats::msg_key(sequence, sent_us).into());
+                }
+                serde_json::json!({
+                    "appId": config.app, "workspaceId": config.workspace, "taskName": "bench",
+                    "title": "bench", "content": content, "deliveryType": 1,
+                    "targetMsgkey": targets, "expiredSeconds": config.ttl_secs,
+                })
+            }
+            PushKind::Multiple => {
+                let targets: Vec<serde_json::Value> = chosen
+                    .iter()
+                    .map(|&t| {
+                        sequence += 1;
+                        serde_json::json!({
+                            "target": tokens[t], "msgKey": stats::msg_key(sequence, sent_us),
+                            "templateKeyValue": {"n": sequence.to_string(), "c": content},
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "appId": config.app, "workspaceId": config.workspace, "taskName": "bench",
+                    "templateName": BENCH_TEMPLATE, "deliveryType": 1,
+                    "targetMsgs": targets, "expiredSeconds": config.ttl_secs,
+                })
+            }
+        }
         .to_string();
-        const PATH: &str = "/v1/push/simple";
+        let path = config.kind.path();
         auth_headers.clear();
         if let Some(signer) = &config.signer {
             let nonce = format!("{nonce_prefix}{request:x}");
-            sign_into(&mut auth_headers, signer, PATH, &body, &nonce);
+            sign_into(&mut auth_headers, signer, path, &body, &nonce);
         }
         Counters::add(&shared.counters.requests_sent, 1);
-        let answer = client.post(PATH, &auth_headers, &body);
+        let answer = client.post(path, &auth_headers, &body);
         if config.record_after.load(Ordering::Relaxed) {
             let _ = api_latency.record((due.elapsed().as_micros() as u64).max(1));
         }

@@ -19,6 +19,8 @@ pub struct Counters {
     pub behind_schedule: AtomicU64,
     pub delivered: AtomicU64,
     pub acked: AtomicU64,
+    /// Devices closed by the client on `Shared::disconnect`.
+    pub disconnected: AtomicU64,
 }
 
 impl Counters {
@@ -84,10 +86,30 @@ pub struct Summary {
     pub server_rss_before_kib: Option<u64>,
     pub server_rss_after_kib: Option<u64>,
     pub server_rss_per_connection_bytes: Option<f64>,
+    /// The --offline-broadcasts (and --catch-up) figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline_broadcasts: Option<OfflineBroadcasts>,
     pub client_cpu_seconds: f64,
     pub client_cpu_percent_of_one_core: f64,
     pub wall_seconds: f64,
     pub interrupted: bool,
+}
+
+/// Broadcasts stored while every device was offline, and the catch-up.
+#[derive(Serialize, Debug, Default)]
+pub struct OfflineBroadcasts {
+    pub offline_devices: u64,
+    pub broadcasts: u64,
+    /// Sending them (each answered 200: on disk).
+    pub seconds: f64,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+    pub server_rss_per_broadcast_bytes: Option<f64>,
+    /// From the reconnect signal until every device had every broadcast;
+    /// `None` when that did not happen within 60 s.
+    pub catch_up_seconds: Option<f64>,
+    pub catch_up_requested: bool,
+    pub caught_up_devices: u64,
 }
 
 impl Summary {
@@ -96,6 +118,11 @@ impl Summary {
             + self.http_errors.values().sum::<u64>()
             + self.closed_by_server.values().sum::<u64>()
             + u64::from(self.connected < self.devices)
+            + u64::from(
+                self.offline_broadcasts
+                    .as_ref()
+                    .is_some_and(|o| o.catch_up_requested && o.catch_up_seconds.is_none()),
+            )
     }
 
     pub fn print_human(&self) {
@@ -111,6 +138,24 @@ impl Summary {
             self.server_rss_per_connection_bytes,
         ) {
             eprintln!("server RSS    {before} KiB -> {after} KiB = {per:.0} bytes per connection");
+        }
+        if let Some(o) = &self.offline_broadcasts {
+            eprintln!(
+                "offline       {} broadcasts for {} offline devices in {:.2}s; server RSS {:?} -> {:?} KiB = {} bytes per broadcast",
+                o.broadcasts,
+                o.offline_devices,
+                o.seconds,
+                o.server_rss_before_kib,
+                o.server_rss_after_kib,
+                o.server_rss_per_broadcast_bytes
+                    .map_or("?".to_string(), |b| format!("{b:.0}"))
+            );
+            if let Some(s) = o.catch_up_seconds {
+                eprintln!(
+                    "catch-up      {} devices reconnected and had all {} broadcasts in {s:.3}s",
+                    o.caught_up_devices, o.broadcasts
+                );
+            }
         }
         if self.offered_rate > 0 || self.messages_sent > 0 {
             eprintln!(

@@ -3,15 +3,19 @@
 //! route each message to the shard that owns its token, wait for the
 //! shard's answer, and reply in the reference's envelope: `RequestId`,
 //! `ResultCode`, `ResultMessage`, `PushResult`. Template management is in
-//! `templates`, the device registry in `devices`. Every handler starts
-//! with `admit` (body read, request authenticated by `auth`) and checks the
-//! `appId` it acts for against the caller.
+//! `templates`, tag management in `tags`, the device registry in
+//! `devices`, tasks and statistics in `stats`. Every handler starts with
+//! `admit` (body read, request authenticated by `auth`) and checks the
+//! `appId` it acts for against the caller. `ROUTES` lists every endpoint;
+//! `docs/openapi.yaml` must describe exactly those.
 
 pub mod auth;
 mod devices;
 mod fields;
 pub mod push;
 pub mod result_code;
+mod stats;
+pub mod tags;
 mod templates;
 
 use std::collections::HashMap;
@@ -21,10 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auth::{AppRegistry, AuthenticatedApp};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -39,6 +44,7 @@ use crate::message::{
 };
 use crate::shard::ShardHandle;
 use crate::store::StorageHealth;
+use crate::tags::TagStore;
 use crate::templates::TemplateStore;
 use result_code::{ApiError, ResultCode};
 
@@ -52,6 +58,195 @@ const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The reference's "unknown" status code.
 const STATUS_UNKNOWN: i64 = 99_999_999;
 
+/// One endpoint of the push API.
+pub struct Route {
+    pub method: Method,
+    /// In axum's syntax, which is OpenAPI's: `{name}` for a parameter.
+    pub path: &'static str,
+    /// The handler, routed for exactly the filter it is given.
+    handler: fn(MethodFilter) -> MethodRouter<Arc<ApiState>>,
+}
+
+impl Route {
+    fn handler(&self) -> MethodRouter<Arc<ApiState>> {
+        let filter = MethodFilter::try_from(self.method.clone()).expect("ROUTES name standard methods");
+        (self.handler)(filter)
+    }
+}
+
+/// Every endpoint the API listener serves, and the only source of its
+/// router: `tests/openapi_contract.rs` checks that `docs/openapi.yaml`
+/// describes exactly these, so a new endpoint goes here and into the spec.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::POST,
+        path: "/v1/push/simple",
+        handler: |m| on(m, simple_push),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/template",
+        handler: |m| on(m, template_push),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/multiple",
+        handler: |m| on(m, multiple_push),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/broadcast",
+        handler: |m| {
+            on(m, |State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Broadcast, request)
+            })
+        },
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/group",
+        handler: |m| {
+            on(m, |State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Group, request)
+            })
+        },
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/push/tag",
+        handler: |m| {
+            on(m, |State(state): State<Arc<ApiState>>, request: Request| {
+                fanout_push(state, push::PushKind::Tag, request)
+            })
+        },
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/messages/{msgKey}",
+        handler: |m| on(m, message_status),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/users/bind",
+        handler: |m| registry(m, devices::Operation::Bind),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/users/unbind",
+        handler: |m| registry(m, devices::Operation::Unbind),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/groups/join",
+        handler: |m| registry(m, devices::Operation::JoinGroup),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/groups/leave",
+        handler: |m| registry(m, devices::Operation::LeaveGroup),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/groups/leave-all",
+        handler: |m| registry(m, devices::Operation::LeaveAllGroups),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/devices/vendor-token",
+        handler: |m| registry(m, devices::Operation::VendorToken),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/devices/token-update",
+        handler: |m| on(m, devices::rotate),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/devices",
+        handler: |m| on(m, devices::query),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tasks",
+        handler: |m| on(m, stats::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tasks/{taskId}",
+        handler: |m| on(m, stats::detail),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/statistics",
+        handler: |m| on(m, stats::statistics),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/templates",
+        handler: |m| on(m, templates::create),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/templates",
+        handler: |m| on(m, templates::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/templates/{templateName}",
+        handler: |m| on(m, templates::read),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/v1/templates/{templateName}",
+        handler: |m| on(m, templates::update),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/templates/{templateName}",
+        handler: |m| on(m, templates::delete),
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/tags",
+        handler: |m| on(m, tags::create),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tags",
+        handler: |m| on(m, tags::list),
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::read),
+    },
+    Route {
+        method: Method::PUT,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::replace),
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::change_users),
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/tags/{tagName}",
+        handler: |m| on(m, tags::delete),
+    },
+];
+
+/// A device registry change endpoint.
+fn registry(filter: MethodFilter, operation: devices::Operation) -> MethodRouter<Arc<ApiState>> {
+    on(
+        filter,
+        move |State(state): State<Arc<ApiState>>, request: Request| {
+            devices::change(state, operation, request)
+        },
+    )
+}
+
 struct ApiState {
     config: Config,
     auth: Arc<AppRegistry>,
@@ -59,6 +254,10 @@ struct ApiState {
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
     templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
+    /// Largest tag request body: the largest `maxTagUsers` of any app in
+    /// JSON (`tags::body_limit`).
+    tag_body_limit: usize,
     push_metrics: OpMetrics,
     template_push_metrics: OpMetrics,
     multiple_push_metrics: OpMetrics,
@@ -106,6 +305,7 @@ pub fn serve(
     config: &Config,
     shards: &crate::shard::Shards,
     templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
     ready: Arc<AtomicBool>,
     prometheus: PrometheusHandle,
 ) -> anyhow::Result<HttpServers> {
@@ -134,50 +334,19 @@ pub fn serve(
         // per ms (ids of pushes that were never accepted are not logged).
         next_message_id: AtomicU64::new((unix_ms() << 16).max(shards.max_message_id() + 1)),
         templates,
+        tags,
+        tag_body_limit: tags::body_limit(&config.apps),
         push_metrics: OpMetrics::new("push_simple"),
         template_push_metrics: OpMetrics::new("push_template"),
         multiple_push_metrics: OpMetrics::new("push_multiple"),
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
     });
-    use devices::Operation;
-    let registry = |operation: Operation| {
-        post(move |State(state): State<Arc<ApiState>>, request: Request| {
-            devices::change(state, operation, request)
+    let api = ROUTES
+        .iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, route.handler())
         })
-    };
-    let api = Router::new()
-        .route("/v1/push/simple", post(simple_push))
-        .route("/v1/push/template", post(template_push))
-        .route("/v1/push/multiple", post(multiple_push))
-        .route(
-            "/v1/push/broadcast",
-            post(|State(state): State<Arc<ApiState>>, request: Request| {
-                fanout_push(state, push::PushKind::Broadcast, request)
-            }),
-        )
-        .route(
-            "/v1/push/group",
-            post(|State(state): State<Arc<ApiState>>, request: Request| {
-                fanout_push(state, push::PushKind::Group, request)
-            }),
-        )
-        .route("/v1/messages/{msg_key}", get(message_status))
-        .route("/v1/users/bind", registry(Operation::Bind))
-        .route("/v1/users/unbind", registry(Operation::Unbind))
-        .route("/v1/groups/join", registry(Operation::JoinGroup))
-        .route("/v1/groups/leave", registry(Operation::LeaveGroup))
-        .route("/v1/groups/leave-all", registry(Operation::LeaveAllGroups))
-        .route("/v1/devices/vendor-token", registry(Operation::VendorToken))
-        .route("/v1/devices/token-update", post(devices::rotate))
-        .route("/v1/devices", get(devices::query))
-        .route("/v1/templates", post(templates::create).get(templates::list))
-        .route(
-            "/v1/templates/{name}",
-            get(templates::read)
-                .put(templates::update)
-                .delete(templates::delete),
-        )
         .with_state(state);
     let admin = crate::admin::router(ready, shards.storage_health(), prometheus);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -439,6 +608,22 @@ fn render(state: &ApiState, push: push::TemplatedPush) -> Result<push::PushReque
     push.render(&template)
 }
 
+/// Gives a tag push its tag's users as they are now (3102 when the app has
+/// no tag of that name); other pushes pass through.
+fn resolve_tag(state: &ApiState, mut request: push::PushRequest) -> Result<push::PushRequest, ApiError> {
+    let Some(name) = request.tag_name() else {
+        return Ok(request);
+    };
+    let tag = state.tags.get(&request.app_id, name).ok_or_else(|| {
+        ApiError::new(
+            ResultCode::TagNotExist,
+            format!("no tag named {name:?} in this app"),
+        )
+    })?;
+    request.resolve_tag(tag.users.clone());
+    Ok(request)
+}
+
 /// Hands a validated push to the shards and answers per target. `task_id`
 /// (0: none) goes into every message and, as a decimal string, into
 /// `PushResult.Data`.
@@ -521,16 +706,23 @@ fn task_text(task_id: u64) -> String {
     }
 }
 
-/// `POST /v1/push/broadcast` and `/v1/push/group`.
+/// `POST /v1/push/broadcast`, `/v1/push/group` and `/v1/push/tag`, each
+/// with a title and content or by template.
 async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, request: Request) -> Response {
     let op = match kind {
         push::PushKind::Broadcast => "push_broadcast",
+        push::PushKind::Tag => "push_tag",
         _ => "push_group",
     };
     let started = Instant::now();
     let request = match admit(&state, request)
         .await
-        .and_then(|(caller, bytes)| push::parse_kind(&bytes, &state.config, &caller, kind))
+        .and_then(|(caller, bytes)| push::parse_fanout(&bytes, &state.config, &caller, kind))
+        .and_then(|parsed| match parsed {
+            push::Parsed::Ready(request) => Ok(request),
+            push::Parsed::Templated(push) => render(&state, push),
+        })
+        .and_then(|request| resolve_tag(&state, request))
     {
         Ok(r) => r,
         Err(e) => return error_response(op, started, e),
@@ -592,18 +784,22 @@ async fn shared_push(
         return envelope(200, "OK", "", result);
     }
     let (message, outcome) = (&messages[0], outcomes[0]);
+    // How many userIds the tag held (a tag push only).
+    let tag_users = match &message.audience {
+        crate::message::Audience::Tag { users, .. } => Some(users.len()),
+        _ => None,
+    };
     let task = task_id.to_string();
-    envelope(
-        200,
-        "OK",
-        "",
-        json!({
-            "Success": true, "ResultMsg": "", "Data": task,
-            "MessageId": message.id.to_string(),
-            "Duplicate": outcome.duplicate,
-            "Devices": outcome.matched, "Online": outcome.online,
-        }),
-    )
+    let mut result = json!({
+        "Success": true, "ResultMsg": "", "Data": task,
+        "MessageId": message.id.to_string(),
+        "Duplicate": outcome.duplicate,
+        "Devices": outcome.matched, "Online": outcome.online,
+    });
+    if let Some(users) = tag_users {
+        result["Users"] = users.into();
+    }
+    envelope(200, "OK", "", result)
 }
 
 /// Hands shared messages to every shard; sums what the shards did with
@@ -782,7 +978,7 @@ fn overloaded() -> ApiError {
 
 async fn message_status(
     State(state): State<Arc<ApiState>>,
-    Path(msg_key): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
     request: Request,
 ) -> Response {
@@ -791,6 +987,15 @@ async fn message_status(
     let caller = match admit(&state, request).await {
         Ok((caller, _)) => caller,
         Err(e) => return error_response(OP, started, e),
+    };
+    // Axum's own rejection (a msgKey that is not UTF-8) would be plain text,
+    // outside the envelope.
+    let msg_key = match path {
+        Ok(Path(msg_key)) => msg_key,
+        Err(e) => {
+            let error = ApiError::new(ResultCode::InvalidParam, format!("the msgKey in the path: {e}"));
+            return error_response(OP, started, error);
+        }
     };
     let user = query.get("userId").filter(|u| !u.is_empty());
     let Some(token) = query.get("target").filter(|t| !t.is_empty()).or(user) else {

@@ -1,14 +1,16 @@
 //! The push requests: simple (`POST /v1/push/simple`), template
-//! (`/v1/push/template`), multiple (`/v1/push/multiple`), broadcast and group
-//! (`/v1/push/broadcast`, `/v1/push/group`). One validation path checks what
-//! they share (app, taskName, deliveryType, TTL, targets, extendedParams,
-//! notifyType) with the reference's field names and result codes; then each
-//! kind's content: a title and content, or a template name and values. A
-//! template or multiple push comes out as a `TemplatedPush`, which the
-//! handler renders against the template it looked up. Every kind ends as a
-//! `PushRequest`, encoded into one `Message` per device token, or one
-//! `SharedMessage` per user, group or broadcast, which every shard delivers
-//! to its own devices. Pure functions of the request bytes, the config, the
+//! (`/v1/push/template`), multiple (`/v1/push/multiple`), broadcast, group
+//! and tag (`/v1/push/broadcast`, `/v1/push/group`, `/v1/push/tag`). One
+//! validation path checks what they share (app, taskName, deliveryType, TTL,
+//! targets, extendedParams, notifyType) with the reference's field names and
+//! result codes; then each kind's content: a title and content, or a
+//! template name and values (template and multiple pushes always; broadcast,
+//! group and tag pushes when they name a template). A templated push comes
+//! out as a `TemplatedPush`, which the handler renders against the template
+//! it looked up; a tag push's users are looked up by the handler too
+//! (`PushRequest::resolve_tag`). Every kind ends as a `PushRequest`, encoded
+//! into one `Message` per device token, or one `SharedMessage` per user,
+//! group, tag or broadcast, which every shard delivers to its own devices. Pure functions of the request bytes, the config, the
 //! template and the clock; the HTTP plumbing is in `api::mod`.
 
 use std::collections::HashMap;
@@ -21,8 +23,9 @@ use super::auth::AuthenticatedApp;
 use super::fields::{self, flag_field, int_field, json_text_field, small_enum, string_field, Field};
 use super::result_code::{ApiError, ResultCode};
 use crate::config::Config;
-use crate::message::{Audience, BindFilter, Message, SharedMessage};
+use crate::message::{Audience, BindFilter, Message, SharedMessage, TagUsers, TaskTag};
 use crate::protocol::body;
+use crate::stats::PushType;
 use crate::templates::Template;
 
 /// Targets per simple or template push (push-semantics.md §2).
@@ -62,9 +65,16 @@ pub enum PushKind {
     Multiple,
     Broadcast,
     Group,
+    Tag,
 }
 
 impl PushKind {
+    /// A push stored once for an audience found at delivery: one msgKey, a
+    /// task id, and a title and content or a template.
+    pub fn is_fanout(self) -> bool {
+        matches!(self, Self::Broadcast | Self::Group | Self::Tag)
+    }
+
     /// The code for a message over `MAX_PUSH_BODY_BYTES`. The reference has
     /// two without saying which is which; going by their names, a simple or
     /// template push (one content for up to 10 targets) gets 3043
@@ -73,7 +83,7 @@ impl PushKind {
     fn too_long(self) -> ResultCode {
         match self {
             Self::Simple | Self::Template => ResultCode::SinglePushContentTooLong,
-            Self::Multiple | Self::Broadcast | Self::Group => ResultCode::MsgPayloadTooLong,
+            Self::Multiple | Self::Broadcast | Self::Group | Self::Tag => ResultCode::MsgPayloadTooLong,
         }
     }
 }
@@ -112,6 +122,12 @@ pub enum AudienceKind {
         filter: BindFilter,
     },
     Group(String),
+    /// A tag's users: `users` is `None` until the handler looks the tag up
+    /// (`resolve_tag`).
+    Tag {
+        name: String,
+        users: Option<Arc<TagUsers>>,
+    },
 }
 
 /// A template or multiple push, validated but not rendered: the handler
@@ -177,7 +193,9 @@ struct Request {
     bind_period: Option<Field>,
     un_bind_period: Option<Field>,
     group_name: Option<Field>,
-    /// Template and multiple pushes.
+    tag_name: Option<Field>,
+    /// Template and multiple pushes, and broadcast, group and tag pushes by
+    /// template.
     template_name: Option<Field>,
     template_key_value: Option<Field>,
     target_msgs: Option<Field>,
@@ -191,7 +209,8 @@ pub fn parse(bytes: &[u8], config: &Config, caller: &AuthenticatedApp) -> Result
     parse_kind(bytes, config, caller, PushKind::Simple)
 }
 
-/// Validates a simple, broadcast or group push.
+/// Validates a simple, broadcast, group or tag push with a title and
+/// content (one that names a template is 3028 here: use `parse_fanout`).
 pub fn parse_kind(
     bytes: &[u8],
     config: &Config,
@@ -204,8 +223,23 @@ pub fn parse_kind(
     );
     match parse_any(bytes, config, caller, kind)? {
         Parsed::Ready(request) => Ok(request),
-        Parsed::Templated(_) => unreachable!("only template kinds name a template"),
+        Parsed::Templated(_) => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            "templateName: this push takes a title and content",
+        )),
     }
+}
+
+/// Validates a broadcast, group or tag push: with a title and content
+/// (`Parsed::Ready`), or naming a template (`Parsed::Templated`).
+pub fn parse_fanout(
+    bytes: &[u8],
+    config: &Config,
+    caller: &AuthenticatedApp,
+    kind: PushKind,
+) -> Result<Parsed, ApiError> {
+    assert!(kind.is_fanout(), "{kind:?} is not a broadcast, group or tag push");
+    parse_any(bytes, config, caller, kind)
 }
 
 /// Validates a template push (`kind` Template) or a multiple push
@@ -226,7 +260,9 @@ pub fn parse_templated(
     }
 }
 
-enum Parsed {
+/// A validated push: ready to encode, or to render against its template.
+#[derive(Debug)]
+pub enum Parsed {
     Ready(PushRequest),
     Templated(TemplatedPush),
 }
@@ -239,7 +275,9 @@ enum Content {
 
 /// The one validation path. Checks run in a fixed order, so a request with
 /// several faults always gets the same code: appId/workspaceId (3003, 3007),
-/// taskName (3019), strategyType, the content (3024 or 3025), deliveryType
+/// taskName (3019), strategyType, the content (3024 or 3025; for a
+/// broadcast, group or tag push, a templateName with a title or content is
+/// 3028), deliveryType
 /// (3009, 3030), expiredSeconds (3020, 3026), the targets (3021, 3029, 3055
 /// and per target), extendedParams (3044, 3035), collapseKey (3028), the
 /// display fields, notifyType, templateKeyValue.
@@ -274,16 +312,34 @@ fn parse_any(
             }
             Content::Template(name)
         }
-        PushKind::Simple | PushKind::Broadcast | PushKind::Group => {
+        PushKind::Simple | PushKind::Broadcast | PushKind::Group | PushKind::Tag => {
             let title = string_field(&req.title, "title")?.unwrap_or_default();
             let content = string_field(&req.content, "content")?.unwrap_or_default();
-            if title.is_empty() || content.is_empty() {
+            let template = match kind.is_fanout() {
+                true => string_field(&req.template_name, "templateName")?.unwrap_or_default(),
+                false => String::new(),
+            };
+            if !template.is_empty() {
+                if !title.is_empty() || !content.is_empty() {
+                    return Err(ApiError::new(
+                        ResultCode::InvalidParam,
+                        "give a title and content, or a templateName, not both",
+                    ));
+                }
+                Content::Template(template)
+            } else if title.is_empty() || content.is_empty() {
+                let or = if kind.is_fanout() {
+                    " (or templateName and templateKeyValue)"
+                } else {
+                    ""
+                };
                 return Err(ApiError::new(
                     ResultCode::PayloadNotEnough,
-                    "title and content are required",
+                    format!("title and content are required{or}"),
                 ));
+            } else {
+                Content::Literal { title, content }
             }
-            Content::Literal { title, content }
         }
     };
     let delivery_type = delivery_type(&req, kind)?;
@@ -307,6 +363,12 @@ fn parse_any(
             }
             AudienceKind::Group(group)
         }
+        PushKind::Tag => {
+            let name = string_field(&req.tag_name, "tagName")?.unwrap_or_default();
+            crate::tags::check_name(&name)
+                .map_err(|e| ApiError::new(ResultCode::InvalidParam, e.to_string()))?;
+            AudienceKind::Tag { name, users: None }
+        }
     };
     let (targets, per_target, target_collapse_keys) = match kind {
         PushKind::Simple | PushKind::Template => (target_msgkey(req.target_msgkey, &audience)?, None, None),
@@ -314,7 +376,7 @@ fn parse_any(
             let msgs = target_msgs(req.target_msgs, &audience)?;
             (msgs.targets, Some(msgs.extras), Some(msgs.collapse_keys))
         }
-        PushKind::Broadcast | PushKind::Group => (
+        PushKind::Broadcast | PushKind::Group | PushKind::Tag => (
             vec![(String::new(), one_msg_key(&req.msgkey, &req.msg_key_camel)?)],
             None,
             None,
@@ -422,8 +484,8 @@ fn app(req: &Request, caller: &AuthenticatedApp) -> Result<Arc<str>, ApiError> {
 /// none.
 fn delivery_type(req: &Request, kind: PushKind) -> Result<u8, ApiError> {
     match (kind, int_field(&req.delivery_type, "deliveryType")) {
-        // A group spans platforms: deliveryType is not needed.
-        (PushKind::Group, _) => Ok(0),
+        // A group or a tag spans platforms: deliveryType is not needed.
+        (PushKind::Group | PushKind::Tag, _) => Ok(0),
         (_, Ok(Some(t @ (1 | 2 | 7)))) => Ok(t as u8),
         (PushKind::Broadcast, Ok(Some(3))) => Err(ApiError::new(
             ResultCode::BroadcastOnlySupportByDevice,
@@ -817,6 +879,43 @@ impl TemplatedPush {
 }
 
 impl PushRequest {
+    /// Gives a tag push the users its tag holds now.
+    pub fn resolve_tag(&mut self, tag_users: Arc<TagUsers>) {
+        if let AudienceKind::Tag { users, .. } = &mut self.audience {
+            *users = Some(tag_users);
+        }
+    }
+
+    /// The tag a tag push names.
+    pub fn tag_name(&self) -> Option<&str> {
+        match &self.audience {
+            AudienceKind::Tag { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// What the statistics count it as: by endpoint, except that a push to
+    /// userIds is `user` whichever endpoint took it.
+    pub fn push_type(&self) -> PushType {
+        match (self.kind, &self.audience) {
+            (_, AudienceKind::Users) => PushType::User,
+            (PushKind::Simple, _) => PushType::Simple,
+            (PushKind::Template, _) => PushType::Template,
+            (PushKind::Multiple, _) => PushType::Multiple,
+            (PushKind::Broadcast, _) => PushType::Broadcast,
+            (PushKind::Group, _) => PushType::Group,
+            (PushKind::Tag, _) => PushType::Tag,
+        }
+    }
+
+    fn task_tag(&self, task_id: u64) -> TaskTag {
+        TaskTag {
+            id: task_id,
+            push_type: self.push_type(),
+            name: Arc::from(self.task_name.as_str()),
+        }
+    }
+
     /// Whether the targets are device tokens (else the push is stored once
     /// and every shard delivers it: `shared_messages`).
     pub fn to_tokens(&self) -> bool {
@@ -833,6 +932,7 @@ impl PushRequest {
         next_id: impl FnMut() -> u64,
     ) -> Result<Vec<Message>, ApiError> {
         let expires_at_ms = now_ms + self.ttl_secs * 1000;
+        let task = self.task_tag(task_id);
         self.frames(now_ms, task_id, next_id, |i, (token, msg_key), id, frame| {
             Message {
                 id,
@@ -842,13 +942,14 @@ impl PushRequest {
                 accepted_at_ms: now_ms,
                 expires_at_ms,
                 frame,
+                task: task.clone(),
                 collapse_key: self.collapse_keys[i].clone(),
             }
         })
     }
 
-    /// One shared message per user, or the one of a broadcast or group push
-    /// (its task id in the frame).
+    /// One shared message per user, or the one of a broadcast, group or tag
+    /// push (its task id in the frame). A tag push must be resolved first.
     pub fn shared_messages(
         &self,
         now_ms: u64,
@@ -856,6 +957,13 @@ impl PushRequest {
         next_id: impl FnMut() -> u64,
     ) -> Result<Vec<Arc<SharedMessage>>, ApiError> {
         let expires_at_ms = now_ms + self.ttl_secs * 1000;
+        if let AudienceKind::Tag { users: None, name } = &self.audience {
+            return Err(ApiError::new(
+                ResultCode::SystemError,
+                format!("the users of tag {name:?} were not looked up"),
+            ));
+        }
+        let task = self.task_tag(task_id);
         self.frames(now_ms, task_id, next_id, |i, (target, msg_key), id, frame| {
             let audience = match &self.audience {
                 AudienceKind::Users | AudienceKind::Tokens => Audience::User(target.as_str().into()),
@@ -864,6 +972,10 @@ impl PushRequest {
                     filter: *filter,
                 },
                 AudienceKind::Group(group) => Audience::Group(group.as_str().into()),
+                AudienceKind::Tag { name, users } => Audience::Tag {
+                    name: name.as_str().into(),
+                    users: users.clone().expect("checked above"),
+                },
             };
             Arc::new(SharedMessage {
                 id,
@@ -874,6 +986,8 @@ impl PushRequest {
                 accepted_at_ms: now_ms,
                 expires_at_ms,
                 frame,
+                push_type: task.push_type,
+                task_name: task.name.clone(),
                 collapse_key: self.collapse_keys[i].clone(),
             })
         })
@@ -1502,5 +1616,109 @@ mod tests {
         assert_eq!(messages[1].collapse_key.as_deref(), Some("all"), "the request's");
         body["targetMsgs"][1]["collapseKey"] = json!("");
         assert_eq!(templated(PushKind::Multiple, &body).unwrap_err(), 3028);
+    }
+
+    #[test]
+    fn tag_pushes_name_a_tag_and_need_its_users() {
+        let config = Config::default();
+        let apps = caller(&config);
+        let body = json!({
+            "appId": "demo", "workspaceId": "default", "taskName": "t", "tagName": "vip",
+            "msgkey": "k", "title": "Hi", "content": "c", "expiredSeconds": 60,
+        });
+        let parsed = |b: &Value| parse_fanout(b.to_string().as_bytes(), &config, &apps, PushKind::Tag);
+        let Ok(Parsed::Ready(mut push)) = parsed(&body) else {
+            panic!("a ready tag push");
+        };
+        assert_eq!(push.tag_name(), Some("vip"));
+        assert_eq!(
+            push.shared_messages(1, 2, || 3).unwrap_err().code.code(),
+            9000,
+            "not before its users are looked up"
+        );
+        let users = TagUsers::new(vec![crate::message::user_digest("demo", "alice")]);
+        push.resolve_tag(users.clone());
+        let shared = push.shared_messages(1_000, 42, || 3).unwrap();
+        assert_eq!(
+            shared[0].audience,
+            Audience::Tag {
+                name: "vip".into(),
+                users
+            }
+        );
+        assert_eq!(decoded(&shared[0].frame).task_id, "42");
+        let code = |change: Value| {
+            let mut b = body.clone();
+            for (k, v) in change.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            parsed(&b).map(|_| ()).unwrap_err().code.code()
+        };
+        assert_eq!(code(json!({"tagName": null})), 3028);
+        assert_eq!(code(json!({"tagName": "t".repeat(31)})), 3028);
+        assert_eq!(code(json!({"msgkey": null})), 3028);
+        assert_eq!(code(json!({"title": ""})), 3024);
+        assert_eq!(code(json!({"expiredSeconds": 0})), 3020);
+    }
+
+    #[test]
+    fn broadcast_group_and_tag_pushes_may_name_a_template() {
+        let config = Config::default();
+        let apps = caller(&config);
+        let body = json!({
+            "appId": "demo", "workspaceId": "default", "taskName": "t", "deliveryType": 1,
+            "groupName": "news", "tagName": "vip", "msgkey": "k", "expiredSeconds": 60,
+            "templateName": "prize", "templateKeyValue": {"name": "Ann", "money": "5"},
+        });
+        for kind in [PushKind::Broadcast, PushKind::Group, PushKind::Tag] {
+            let parsed = parse_fanout(body.to_string().as_bytes(), &config, &apps, kind).unwrap();
+            let Parsed::Templated(push) = parsed else {
+                panic!("{kind:?}: a templated push");
+            };
+            let mut request = push.render(&template()).unwrap();
+            request.resolve_tag(TagUsers::new(vec![1]));
+            let shared = request.shared_messages(1_000, 9, || 4).unwrap();
+            let p = decoded(&shared[0].frame);
+            assert_eq!(
+                (p.title.as_str(), p.content.as_str()),
+                ("Hi Ann", "Ann, you won 5")
+            );
+            assert_eq!((p.task_id.as_str(), p.msg_key.as_str()), ("9", "k"));
+            let mut missing = body.clone();
+            missing["templateKeyValue"] = json!({"name": "Ann"});
+            let Parsed::Templated(push) =
+                parse_fanout(missing.to_string().as_bytes(), &config, &apps, kind).unwrap()
+            else {
+                panic!("templated");
+            };
+            assert_eq!(push.render(&template()).unwrap_err().code.code(), 3023);
+            let mut both = body.clone();
+            both["title"] = json!("Hi");
+            assert_eq!(
+                parse_fanout(both.to_string().as_bytes(), &config, &apps, kind)
+                    .unwrap_err()
+                    .code
+                    .code(),
+                3028,
+                "a title and a template are ambiguous"
+            );
+            assert_eq!(
+                parse_kind(body.to_string().as_bytes(), &config, &apps, kind)
+                    .unwrap_err()
+                    .code
+                    .code(),
+                3028
+            );
+        }
+        // A simple push does not take one: its title and content are required.
+        let mut simple = body.clone();
+        simple["targetMsgkey"] = json!({"tok": "k"});
+        assert_eq!(
+            parse(simple.to_string().as_bytes(), &config, &apps)
+                .unwrap_err()
+                .code
+                .code(),
+            3024
+        );
     }
 }

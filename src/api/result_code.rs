@@ -38,6 +38,9 @@ pub enum ResultCode {
     DeliveryTokenInvalid,
     MultipleTargetNumberTooMuch,
     TemplateNumTooMuch,
+    TagAlreadyExist,
+    TagNotExist,
+    TagNumTooMuch,
     AccountNoPermission,
     SystemError,
     StorageFailed,
@@ -46,7 +49,7 @@ pub enum ResultCode {
 
 impl ResultCode {
     /// Every code, in the enum's (and the numbers') order.
-    pub const ALL: [ResultCode; 38] = [
+    pub const ALL: [ResultCode; 41] = [
         Self::SignatureMismatch,
         Self::NeedDeliveryToken,
         Self::NeedAppIdWorkspaceId,
@@ -81,6 +84,9 @@ impl ResultCode {
         Self::DeliveryTokenInvalid,
         Self::MultipleTargetNumberTooMuch,
         Self::TemplateNumTooMuch,
+        Self::TagAlreadyExist,
+        Self::TagNotExist,
+        Self::TagNumTooMuch,
         Self::AccountNoPermission,
         Self::SystemError,
         Self::StorageFailed,
@@ -123,6 +129,11 @@ impl ResultCode {
             Self::DeliveryTokenInvalid => 3054,
             Self::MultipleTargetNumberTooMuch => 3055,
             Self::TemplateNumTooMuch => 3056,
+            // Ours: the reference's tags live in its console, which has no
+            // codes; these mirror the template ones (3036, 3022, 3056).
+            Self::TagAlreadyExist => 3101,
+            Self::TagNotExist => 3102,
+            Self::TagNumTooMuch => 3103,
             Self::AccountNoPermission => 8014,
             Self::SystemError => 9000,
             Self::StorageFailed => 9001,
@@ -166,6 +177,9 @@ impl ResultCode {
             Self::DeliveryTokenInvalid => "DELIVERYTOKEN_INVALID",
             Self::MultipleTargetNumberTooMuch => "MULTIPLE_TARGET_NUMBER_TOO_MUCH",
             Self::TemplateNumTooMuch => "TEMPLATE_NUM_TOO_MUCH",
+            Self::TagAlreadyExist => "TAG_ALREADY_EXIST",
+            Self::TagNotExist => "TAG_NOT_EXIST",
+            Self::TagNumTooMuch => "TAG_NUM_TOO_MUCH",
             Self::AccountNoPermission => "ACCOUNT_NO_PERMISSION",
             Self::SystemError => "SYSTEM_ERROR",
             Self::StorageFailed => "STORAGE_FAILED",
@@ -174,15 +188,19 @@ impl ResultCode {
     }
 
     /// User errors are 4xx; only our own failures are 5xx. A missing
-    /// template is 404 wherever it is named (a template endpoint's path or a
-    /// push's `templateName`); a change that conflicts with the app's
-    /// templates (the name is taken, or the app is at its limit) is 409.
+    /// template or tag is 404 wherever it is named (an endpoint's path or a
+    /// push's `templateName` or `tagName`); a change that conflicts with the
+    /// app's templates or tags (the name is taken, or the app is at its
+    /// limit) is 409.
     pub fn http_status(self) -> u16 {
         match self {
             Self::SignatureMismatch => 401,
             Self::AppIdWrong | Self::RestApiSwitchNotOpen | Self::AccountNoPermission => 403,
-            Self::TemplateNotExist => 404,
-            Self::TemplateAlreadyExist | Self::TemplateNumTooMuch => 409,
+            Self::TemplateNotExist | Self::TagNotExist => 404,
+            Self::TemplateAlreadyExist
+            | Self::TemplateNumTooMuch
+            | Self::TagAlreadyExist
+            | Self::TagNumTooMuch => 409,
             Self::SystemError | Self::StorageFailed => 503,
             Self::StorageFull => 507,
             _ => 400,

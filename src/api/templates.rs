@@ -298,7 +298,7 @@ pub(super) async fn list(
 }
 
 /// A positive integer query parameter, at most `max` (3028 otherwise).
-fn page_param(
+pub(super) fn page_param(
     query: &HashMap<String, String>,
     name: &str,
     default: usize,

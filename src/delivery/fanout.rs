@@ -8,14 +8,15 @@
 //!
 //! Broadcasts and group pushes are few and matched against every connecting
 //! device, so they sit in one list in arrival order; pushes to users are
-//! many and concern one user each, so they are filed by user.
+//! many and concern one user each, so they are filed by user. Tag pushes
+//! are few too, but a device that binds a user must find every one whose
+//! tag holds that user, so they have a list of their own.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use super::StatusKey;
+pub(super) use crate::message::user_digest;
 use crate::message::{Audience, BindFilter, SharedMessage};
 
 /// A stored shared message and its place in arrival order.
@@ -38,6 +39,8 @@ pub(super) struct FanoutStore {
     next_seq: u64,
     /// Platform and group messages, in arrival order.
     broadcasts: VecDeque<Stored>,
+    /// Tag messages, in arrival order.
+    tags: VecDeque<Stored>,
     /// User messages by `user_digest`, each list in arrival order.
     by_user: HashMap<u64, Vec<Stored>>,
     /// Every stored message by the digest of (app, msgKey, target).
@@ -52,6 +55,7 @@ impl FanoutStore {
         Self {
             next_seq: 1,
             broadcasts: VecDeque::new(),
+            tags: VecDeque::new(),
             by_user: HashMap::new(),
             keys: HashMap::new(),
             by_id: HashMap::new(),
@@ -88,7 +92,8 @@ impl FanoutStore {
                 .entry(user_digest(&stored.message.app_id, user))
                 .or_default()
                 .push(stored),
-            _ => self.broadcasts.push_back(stored),
+            Audience::Tag { .. } => self.tags.push_back(stored),
+            Audience::Group(_) | Audience::Platform { .. } => self.broadcasts.push_back(stored),
         }
         Ok(seq)
     }
@@ -119,7 +124,8 @@ impl FanoutStore {
                     }
                 }
             }
-            _ => self.broadcasts.retain(|s| s.message.id != id),
+            Audience::Tag { .. } => self.tags.retain(|s| s.message.id != id),
+            Audience::Group(_) | Audience::Platform { .. } => self.broadcasts.retain(|s| s.message.id != id),
         }
     }
 
@@ -127,6 +133,12 @@ impl FanoutStore {
     pub fn broadcasts_since(&self, cursor: u64) -> impl Iterator<Item = &Stored> {
         let start = self.broadcasts.partition_point(|s| s.seq < cursor);
         self.broadcasts.range(start..)
+    }
+
+    /// Tag messages that arrived at or after `cursor` (0: all of them).
+    pub fn tags_since(&self, cursor: u64) -> impl Iterator<Item = &Stored> {
+        let start = self.tags.partition_point(|s| s.seq < cursor);
+        self.tags.range(start..)
     }
 
     /// The messages stored for a user (maybe also for another user whose
@@ -137,10 +149,12 @@ impl FanoutStore {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// Every stored message, broadcasts first, each group in arrival order.
+    /// Every stored message, broadcasts first, then tag messages, each list
+    /// in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &Stored> {
         self.broadcasts
             .iter()
+            .chain(self.tags.iter())
             .chain(self.by_user.values().flat_map(|list| list.iter()))
     }
 
@@ -152,6 +166,7 @@ impl FanoutStore {
         let live = |s: &Stored| s.message.expires_at_ms > now_ms;
         let Self {
             broadcasts,
+            tags,
             by_user,
             keys,
             by_id,
@@ -161,13 +176,15 @@ impl FanoutStore {
             keys.remove(&shared_key(&s.message));
             by_id.remove(&s.message.id);
         };
-        broadcasts.retain(|s| {
-            let keep = live(s);
-            if !keep {
-                forget(s);
-            }
-            keep
-        });
+        for list in [broadcasts, tags] {
+            list.retain(|s| {
+                let keep = live(s);
+                if !keep {
+                    forget(s);
+                }
+                keep
+            });
+        }
         by_user.retain(|_, list| {
             list.retain(|s| {
                 let keep = live(s);
@@ -198,7 +215,8 @@ pub(super) struct Member<'a> {
 
 /// Whether `member` is in the audience of `message`. Broadcast and group
 /// audiences are the devices that existed when the message was accepted;
-/// a user's audience is whoever is bound to the user now.
+/// a user's or a tag's audience is whoever is bound to the user (one of
+/// the tag's users) now.
 pub(super) fn is_member(message: &SharedMessage, member: &Member<'_>) -> bool {
     if *message.app_id != *member.app {
         return false;
@@ -206,6 +224,9 @@ pub(super) fn is_member(message: &SharedMessage, member: &Member<'_>) -> bool {
     let existed = member.registered_at_ms <= message.accepted_at_ms;
     match &message.audience {
         Audience::User(user) => member.user_id == Some(&**user),
+        Audience::Tag { users, .. } => member
+            .user_id
+            .is_some_and(|user| users.contains(user_digest(member.app, user))),
         Audience::Group(group) => existed && (&**group == "all" || member.groups.iter().any(|g| g == group)),
         Audience::Platform { platform, filter } => {
             existed && *platform == member.platform && passes(*filter, member, message.accepted_at_ms)
@@ -232,15 +253,6 @@ fn passes(filter: BindFilter, member: &Member<'_>, at_ms: u64) -> bool {
     }
 }
 
-/// The digest that files a user's messages and bound devices; collisions
-/// only cost a comparison, so 64 bits and a fixed-key hasher do.
-pub(super) fn user_digest(app: &str, user: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    app.hash(&mut h);
-    user.hash(&mut h);
-    h.finish()
-}
-
 /// A shared message's target as a name that no device token can have (they
 /// are base64url), so its key never meets a token's.
 pub(super) fn target_name(audience: &Audience) -> String {
@@ -248,6 +260,7 @@ pub(super) fn target_name(audience: &Audience) -> String {
         Audience::User(user) => format!("\u{0}user\u{0}{user}"),
         Audience::Group(group) => format!("\u{0}group\u{0}{group}"),
         Audience::Platform { platform, .. } => format!("\u{0}platform\u{0}{platform}"),
+        Audience::Tag { name, .. } => format!("\u{0}tag\u{0}{name}"),
     }
 }
 
@@ -272,6 +285,8 @@ mod tests {
             accepted_at_ms,
             expires_at_ms: accepted_at_ms + 1000,
             frame: Bytes::from_static(b"frame"),
+            push_type: crate::stats::PushType::Broadcast,
+            task_name: Arc::from(""),
             collapse_key: None,
         })
     }

@@ -8,6 +8,7 @@ use crate::protocol::{decode_slice, FrameType};
 
 mod collapse;
 mod shared;
+mod stats;
 mod tokens;
 
 const T0_UNIX_MS: u64 = 1_700_000_000_000;
@@ -127,6 +128,7 @@ impl Harness {
     /// What the shard loop does once per iteration: the journal goes to the
     /// "log" and the core hears it is durable.
     fn commit(&mut self) {
+        self.core.flush_stats(self.now);
         let framed = self.core.journal().0;
         self.log.extend_from_slice(framed);
         let at = self.segments.as_ref().map(|s| s.append(s.last_segment(), framed));
@@ -278,6 +280,7 @@ impl Harness {
                     accepted_at_ms,
                     expires_at_ms: accepted_at_ms + ttl_secs * 1000,
                     frame: Bytes::from(frame.to_bytes()),
+                    task: TaskTag::untasked(crate::stats::PushType::Simple),
                     collapse_key: collapse_key.map(Into::into),
                 }],
                 reply,
@@ -298,7 +301,13 @@ impl Harness {
             },
             self.now,
         );
-        rx.try_recv().unwrap().map(|r| r.status)
+        // Held until this iteration's changes are durable, as the shard
+        // loop would commit them.
+        let answer = rx.try_recv().or_else(|_| {
+            self.commit();
+            rx.try_recv()
+        });
+        answer.unwrap().map(|r| r.status)
     }
 
     fn ack(&mut self, conn: ConnId, ids: &[u64]) {
@@ -362,6 +371,31 @@ fn online_device_gets_the_push_and_its_ack_is_recorded() {
     h.ack(conn, &[id]);
     assert_eq!(h.status(&w.token, "k1"), Some(Status::Acked));
     assert_eq!(h.core.pending_count(), 0);
+}
+
+#[test]
+fn a_status_query_waits_until_the_ack_it_shows_is_durable() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    let (id, _) = h.push(&w.token, "k1", 60);
+    h.output(conn);
+    h.commit();
+    h.ack(conn, &[id]);
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    let query = |reply| Command::QueryStatus {
+        app_id: "demo".into(),
+        msg_key: "k1".into(),
+        token: w.token.as_str().into(),
+        reply,
+    };
+    h.core.on_command(query(reply), h.now);
+    assert!(rx.try_recv().is_err(), "answered before the ack is in the log");
+    h.commit();
+    assert_eq!(rx.try_recv().unwrap().unwrap().status, Status::Acked);
+    // With nothing uncommitted a query is answered at once.
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    h.core.on_command(query(reply), h.now);
+    assert_eq!(rx.try_recv().unwrap().unwrap().status, Status::Acked);
 }
 
 #[test]
@@ -809,8 +843,9 @@ fn per_connection_state_stays_small() {
     let device = std::mem::size_of::<Device>();
     assert!(session <= 120, "Session is {session} bytes");
     // 200 since devices carry their registration, bind and last-seen times
-    // and a cursor into the shared messages (broadcast filters, catch-up).
-    assert!(device <= 200, "Device is {device} bytes");
+    // and a cursor into the shared messages (broadcast filters, catch-up);
+    // 208 with the pointer to their ring of reportable messages (statistics).
+    assert!(device <= 208, "Device is {device} bytes");
 }
 
 mod properties {
@@ -1075,6 +1110,7 @@ fn a_failed_commit_withdraws_messages_before_any_device_sees_them() {
                 accepted_at_ms: h.unix_ms(),
                 expires_at_ms: h.unix_ms() + 60_000,
                 frame: Bytes::from(frame.to_bytes()),
+                task: TaskTag::untasked(crate::stats::PushType::Simple),
                 collapse_key: None,
             }],
             reply,
@@ -1230,8 +1266,12 @@ fn an_unreadable_frame_fails_the_checkpoint_and_keeps_the_older_segments() {
     let token = offline_device(&mut h);
     h.push(&token, "k", 60);
     let segments = h.segments.clone().unwrap();
-    let len = segments.0.lock()[&1].len();
-    segments.damage(1, len - 2);
+    // The message's own record (a statistics record follows it).
+    let d = h.core.by_token[&*token];
+    let FrameSlot::Log(span) = h.core.devices[d].queue[0].frame else {
+        panic!("the frame is in the log");
+    };
+    segments.damage(1, (span.offset + span.len - 2) as usize);
     let result = h
         .core
         .write_checkpoint(|chunk, _| Ok::<_, UnreadableFrame>(Some(segments.append(2, chunk))));

@@ -134,7 +134,13 @@ fn a_failed_commit_puts_the_collapsed_message_back() {
     h.push_collapsing(&token, "s1", "score");
     h.push(&token, "after", 600);
     let (_, mut rx) = h.push_uncommitted("demo", &token, "s2", 600, Some("score"));
-    assert_eq!(h.status(&token, "s1"), Some(Status::Collapsed));
+    // Collapsed in memory; a query would wait for the commit (`status`
+    // commits), so look at the table itself.
+    let s1 = StatusKey::new("demo", "s1", &token);
+    assert_eq!(
+        h.core.statuses.get(&s1).map(|r| r.status),
+        Some(Status::Collapsed)
+    );
     h.core.journal_done(Err(StorageRefusal::Full), h.now);
     assert_eq!(rx.try_recv().unwrap(), Err(StorageRefusal::Full));
     assert_eq!(h.status(&token, "s1"), Some(Status::Pending));
@@ -219,6 +225,8 @@ impl Harness {
             accepted_at_ms,
             expires_at_ms,
             frame: Bytes::from(frame.to_bytes()),
+            push_type: crate::stats::PushType::User,
+            task_name: "".into(),
             collapse_key: Some(collapse_key.into()),
         });
         (id, message)

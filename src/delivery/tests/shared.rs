@@ -49,6 +49,8 @@ impl Harness {
             accepted_at_ms,
             expires_at_ms,
             frame: Bytes::from(frame.to_bytes()),
+            push_type: crate::stats::PushType::Broadcast,
+            task_name: "news".into(),
             collapse_key: None,
         });
         (id, message)
@@ -446,4 +448,200 @@ fn a_checkpoint_with_a_log_reader_keeps_shared_deliveries_shared() {
     let token = h.core.devices[d].token.to_string();
     let (conn, _) = h.device(&token);
     assert_eq!(push_ids(&h.output(conn)), [id]);
+}
+
+fn tag(name: &str, users: &[&str]) -> Audience {
+    Audience::Tag {
+        name: name.into(),
+        users: crate::message::TagUsers::new(
+            users
+                .iter()
+                .map(|u| crate::message::user_digest("demo", u))
+                .collect(),
+        ),
+    }
+}
+
+/// Tag user set records in a stretch of log.
+fn tag_set_records(log: &[u8]) -> usize {
+    let mut count = 0;
+    let mut at = 0;
+    while at < log.len() {
+        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        let (kind, _) = crate::log::check_record(&log[at..at + 8 + len]).unwrap();
+        count += usize::from(kind == 10);
+        at += 8 + len;
+    }
+    count
+}
+
+#[test]
+fn a_tag_push_reaches_the_tags_users_now_on_reconnect_and_on_bind() {
+    let mut h = Harness::new();
+    let (alice_conn, alice) = h.device("");
+    let (bob_conn, bob) = h.device("");
+    let carol = h.offline();
+    let late = h.offline();
+    for (token, user) in [(&alice.token, "alice"), (&bob.token, "bob"), (&carol, "carol")] {
+        assert_eq!(h.registry(token, RegistryChange::Bind(user.into())), 100);
+    }
+    let audience = tag("vip", &["alice", "carol", "dave"]);
+    let (id, outcome) = h.publish(audience.clone(), "t1", 60);
+    assert_eq!(
+        (outcome.matched, outcome.online),
+        (2, 1),
+        "alice online, carol offline"
+    );
+    assert_eq!(push_ids(&h.output(alice_conn)), [id]);
+    assert!(push_ids(&h.output(bob_conn)).is_empty(), "bob is not in the tag");
+    assert_eq!(h.core.pending_count(), 1, "the offline member costs nothing yet");
+    // Carol comes back; a device binding dave later gets it too.
+    let (conn, _) = h.device(&carol);
+    assert_eq!(push_ids(&h.output(conn)), [id]);
+    assert_eq!(h.registry(&late, RegistryChange::Bind("dave".into())), 100);
+    let (conn, _) = h.device(&late);
+    assert_eq!(push_ids(&h.output(conn)), [id]);
+    // Bob binding a non-member gets nothing; rebinding to alice does.
+    assert_eq!(h.registry(&bob.token, RegistryChange::Bind("erin".into())), 100);
+    assert!(push_ids(&h.output(bob_conn)).is_empty());
+    assert_eq!(h.registry(&bob.token, RegistryChange::Bind("alice".into())), 100);
+    assert_eq!(push_ids(&h.output(bob_conn)), [id]);
+    // Same msgKey and tag: a duplicate; another tag: a new message.
+    assert!(h.publish(audience, "t1", 60).1.duplicate);
+    assert!(!h.publish(tag("other", &["alice"]), "t1", 60).1.duplicate);
+    h.core.check_invariants();
+}
+
+#[test]
+fn a_tag_push_does_not_reach_another_apps_user_of_the_same_name() {
+    let mut h = Harness::new();
+    let other_conn = h.connect();
+    h.hello(other_conn, "other", "");
+    let other = match h.output(other_conn).first() {
+        Some(Frame::Welcome(w)) => w.token.clone(),
+        frames => panic!("expected Welcome, got {frames:?}"),
+    };
+    let (reply, _rx) = tokio::sync::oneshot::channel();
+    h.core.on_command(
+        Command::Registry {
+            app_id: "other".into(),
+            token: other.as_str().into(),
+            change: RegistryChange::Bind("alice".into()),
+            reply,
+        },
+        h.now,
+    );
+    h.commit();
+    let (_, outcome) = h.publish(tag("vip", &["alice"]), "t1", 60);
+    assert_eq!(outcome.matched, 0, "demo's tag, other's alice");
+    assert!(push_ids(&h.output(other_conn)).is_empty());
+}
+
+#[test]
+fn tag_pushes_survive_replay_and_checkpoints_with_each_user_set_logged_once() {
+    let mut h = Harness::new();
+    let away = h.offline();
+    assert_eq!(h.registry(&away, RegistryChange::Bind("alice".into())), 100);
+    let unbound = h.offline();
+    let users: Vec<String> = (0..2500).map(|i| format!("user-{i}")).collect();
+    let mut names: Vec<&str> = users.iter().map(String::as_str).collect();
+    names.push("alice");
+    let audience = tag("big", &names);
+    let before = h.log.len();
+    let (first, _) = h.publish(audience.clone(), "t1", 60);
+    let (second, _) = h.publish(audience.clone(), "t2", 60);
+    assert_eq!(tag_set_records(&h.log[before..]), 1, "one set for both pushes");
+    let replays = |h: &Harness, log: &[u8]| {
+        let mut after = h.restarted();
+        replay_into(&mut after.core, log, h.now);
+        after.core.check_invariants();
+        assert_eq!(after.core.fanout.len(), 2);
+        let (conn, _) = after.device(&away);
+        assert_eq!(push_ids(&after.output(conn)), [first, second]);
+        assert_eq!(
+            after.registry(&unbound, RegistryChange::Bind("user-77".into())),
+            100
+        );
+        let (conn, _) = after.device(&unbound);
+        assert_eq!(
+            push_ids(&after.output(conn)),
+            [first, second],
+            "bind after restart"
+        );
+        assert!(after.publish(audience.clone(), "t1", 60).1.duplicate);
+        after
+    };
+    let after = replays(&h, &h.log);
+    let Audience::Tag { users, .. } = &after.core.fanout.iter().next().unwrap().message.audience else {
+        panic!("a tag message");
+    };
+    let Audience::Tag { users: original, .. } = &audience else {
+        unreachable!()
+    };
+    assert!(Arc::ptr_eq(users, original), "replay shares the copy in memory");
+    let checkpoint = checkpoint_of(&mut h.core);
+    assert_eq!(tag_set_records(&checkpoint), 1);
+    replays(&h, &checkpoint);
+    let mut both = h.log.clone();
+    both.extend_from_slice(&checkpoint);
+    replays(&h, &both);
+    // After the checkpoint the set is in the live log: a third push names it.
+    let before = h.log.len();
+    h.publish(audience, "t3", 60);
+    assert_eq!(tag_set_records(&h.log[before..]), 0);
+}
+
+#[test]
+fn a_tag_message_without_its_user_set_is_refused_on_replay() {
+    let mut h = Harness::new();
+    h.publish(tag("vip", &["alice"]), "t1", 60);
+    let mut at = 0;
+    let mut without_set = Vec::new();
+    while at < h.log.len() {
+        let len = u32::from_le_bytes(h.log[at..at + 4].try_into().unwrap()) as usize;
+        let record = &h.log[at..at + 8 + len];
+        if crate::log::check_record(record).unwrap().0 != 10 {
+            without_set.extend_from_slice(record);
+        }
+        at += 8 + len;
+    }
+    let mut after = h.restarted();
+    let mut offset = 0;
+    let mut refused = None;
+    while offset < without_set.len() {
+        let len = u32::from_le_bytes(without_set[offset..offset + 4].try_into().unwrap()) as usize;
+        let (kind, payload) = crate::log::check_record(&without_set[offset..offset + 8 + len]).unwrap();
+        let record = &without_set[offset..offset + payload.end];
+        if let Err(e) = after.core.replay(kind, &record[payload.clone()], None, h.now) {
+            refused = Some(e);
+        }
+        offset += payload.end;
+    }
+    assert!(refused.unwrap().contains("does not hold"));
+}
+
+#[test]
+fn a_failed_commit_takes_the_user_set_out_of_the_log_too() {
+    let mut h = Harness::new();
+    let audience = tag("vip", &["alice"]);
+    let (_, message) = h.shared_message(audience.clone(), "t1", 60);
+    let (reply, _rx) = tokio::sync::oneshot::channel();
+    h.core.on_command(
+        Command::Publish {
+            messages: vec![message],
+            reply,
+        },
+        h.now,
+    );
+    h.core.journal_done(Err(StorageRefusal::Full), h.now);
+    let before = h.log.len();
+    assert!(!h.publish(audience, "t1", 60).1.duplicate);
+    assert_eq!(
+        tag_set_records(&h.log[before..]),
+        1,
+        "written again with the retry"
+    );
+    let mut after = h.restarted();
+    replay_into(&mut after.core, &h.log, h.now);
+    assert_eq!(after.core.fanout.len(), 1);
 }
