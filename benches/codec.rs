@@ -92,6 +92,7 @@ fn core_step(c: &mut Criterion) {
                         expires_at_ms: now_ms + 300_000,
                         frame: Bytes::from(sample_push(id).to_bytes()),
                         task: task.clone(),
+                        collapse_key: None,
                     }],
                     reply,
                 },

@@ -152,7 +152,15 @@ pub struct Delivery {
     /// shared message, every multiple-push message); past it the oldest are
     /// forgotten early and counted.
     pub max_recall_index_per_shard: usize,
+    /// After a token rotation, how long a Hello with the old token still
+    /// reaches the device (and is told the new token) unless the device
+    /// presents the new one first. 0: the old token is unknown at once, so a
+    /// device offline during the rotation starts over with a fresh token.
+    pub token_redirect_secs: u64,
 }
+
+/// Longest `delivery.token_redirect_secs`: a year.
+pub const MAX_TOKEN_REDIRECT_SECS: u64 = 365 * 24 * 3600;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -384,6 +392,7 @@ impl Default for Delivery {
             recall_window_secs: 7 * 24 * 3600,
             max_revokes_per_device: 100,
             max_recall_index_per_shard: 1_000_000,
+            token_redirect_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -521,6 +530,12 @@ impl Config {
         }
         if d.heartbeat_secs == 0 || d.handshake_timeout_secs == 0 || d.ack_timeout_secs == 0 {
             return invalid("delivery timeouts and heartbeat_secs must be > 0".into());
+        }
+        if d.token_redirect_secs > MAX_TOKEN_REDIRECT_SECS {
+            return invalid(format!(
+                "delivery.token_redirect_secs = {} (allowed 0 ..= {MAX_TOKEN_REDIRECT_SECS})",
+                d.token_redirect_secs
+            ));
         }
         let s = &self.stats;
         if s.minute_retention_hours == 0 || s.minute_retention_hours > 24 * 90 {

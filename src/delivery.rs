@@ -9,6 +9,13 @@
 //! takes a lock to reach it. A connection accepted by another shard is handed
 //! over after its Hello names the token.
 //!
+//! Token rotation: a rotated device keeps its slot and everything in it; only
+//! its token (and the status keys of its queued messages) change. The new
+//! token is minted among those this shard owns, so a rotation is one record
+//! in one log and never moves state between shards. The old token stays a
+//! redirect for a Hello until the device presents the new one or
+//! `delivery.token_redirect_secs` pass.
+//!
 //! Durability: every change of durable state (registry records, accepted and
 //! finished messages) is framed into `journal` as it happens. The shard loop
 //! writes the journal to its log once per iteration (group commit) and calls
@@ -31,13 +38,13 @@ use slab::Slab;
 use crate::config::Config;
 use crate::journal::{
     AcceptedEntry, AudienceEntry, DeviceEntry, DeviceRecallEntry, Entry, FinalStatusEntry, RecallEntry,
-    SharedEntry, TagUsersEntry,
+    SharedEntry, TagUsersEntry, TokenEntry,
 };
 use crate::log::{Position, Span, RECORD_HEADER};
 use crate::message::{
     owner_shard, Accepted, Audience, Command, DeviceLookup, DeviceReport, Message, PublishReply, PushReply,
-    RecallAnswer, RecallMark, RecallReply, RegistryChange, RegistryReply, SharedMessage, SharedOutcome,
-    Status, StatusReport, StorageRefusal, TagUsers, TaskTag, UserStatusReport,
+    RecallAnswer, RecallMark, RecallReply, RegistryChange, RegistryReply, RotateReply, Rotation,
+    SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal, TagUsers, TaskTag, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
@@ -89,6 +96,11 @@ pub(crate) const MAX_GROUPS_PER_DEVICE: usize = 100;
 pub(crate) const MAX_VENDOR_TOKEN_LEN: usize = 512;
 /// thirdChannel values the reference defines.
 pub(crate) const VENDOR_CHANNELS: [u32; 6] = [2, 4, 5, 6, 7, 8];
+/// Old tokens that may redirect to one device at once. A device offline
+/// through more unconfirmed rotations than this loses the oldest redirect
+/// (its Hello with that token then gets a fresh device); the bound keeps an
+/// app that rotates in a loop from growing the table without limit.
+pub const MAX_REDIRECTS_PER_DEVICE: usize = 16;
 
 enum Timer {
     Handshake {
@@ -164,6 +176,10 @@ struct Pending {
     durable: bool,
     /// What the statistics count it under (4 bytes: fits the padding).
     task: TaskRef,
+    /// A newer message with the same key replaces this one while unsent.
+    /// Kept here rather than only in the record, because checkpoints restate
+    /// in-memory frames without reading the log.
+    collapse_key: Option<Box<str>>,
 }
 
 impl Pending {
@@ -175,6 +191,7 @@ impl Pending {
         frame: FrameSlot,
         status_key: StatusKey,
         task: TaskRef,
+        collapse_key: Option<Box<str>>,
     ) -> Self {
         Self {
             id,
@@ -186,6 +203,7 @@ impl Pending {
             sent_before: false,
             durable: false,
             task,
+            collapse_key,
         }
     }
 }
@@ -347,9 +365,9 @@ impl StatusTable {
         }
     }
 
-    fn remove(&mut self, key: &StatusKey) {
+    fn remove(&mut self, key: &StatusKey) -> Option<StatusRecord> {
         let part = self.part(key);
-        self.parts[part].remove(key);
+        self.parts[part].remove(key)
     }
 
     fn iter(&self) -> impl Iterator<Item = (&StatusKey, &StatusRecord)> {
@@ -373,6 +391,30 @@ struct Journal {
     /// Tag user sets written since the last commit: not in the log if it
     /// fails.
     sets: Vec<u64>,
+    /// Tokens rotated since the last commit: the devices hear of them once
+    /// durable, and they are undone if it fails.
+    rotations: Vec<RotationUndo>,
+    /// Messages collapsed since the last commit, with their queue position:
+    /// restored if it fails.
+    collapsed: Vec<(DeviceId, usize, Pending)>,
+}
+
+/// What a rotation changed, to tell the device or to take it back.
+struct RotationUndo {
+    device: DeviceId,
+    old: Box<str>,
+    new: Box<str>,
+    /// The redirect the rotation pushed out (`MAX_REDIRECTS_PER_DEVICE`).
+    displaced: Option<(Box<str>, Retired)>,
+}
+
+/// A token rotated away from a device that may still present it in a Hello.
+#[derive(Clone, Copy, Debug)]
+struct Retired {
+    device: DeviceId,
+    rotated_at_ms: u64,
+    /// Unix ms after which the old token is unknown.
+    until_ms: u64,
 }
 
 /// An API command's answer, held until its changes are durable.
@@ -381,6 +423,7 @@ enum Answer {
     Publish(PublishReply, Vec<SharedOutcome>),
     Registry(RegistryReply, i32),
     Recall(RecallReply, RecallAnswer),
+    Rotate(RotateReply, Rotation),
     /// A query's answer, prepared when it was asked: it may show changes of
     /// this iteration (an Ack, a bind), which nobody may see before they
     /// are in the log. Sent whatever the commit's outcome: it is a read.
@@ -395,6 +438,7 @@ impl Answer {
             Answer::Publish(reply, outcomes) => drop(reply.send(result.map(|()| outcomes))),
             Answer::Registry(reply, code) => drop(reply.send(result.map(|()| code))),
             Answer::Recall(reply, answer) => drop(reply.send(result.map(|()| answer))),
+            Answer::Rotate(reply, rotation) => drop(reply.send(result.map(|()| rotation))),
             Answer::Query(send) => send(),
         }
     }
@@ -451,6 +495,7 @@ fn finished_entry(d: &Device, message_id: u64, status: Status, at_ms: u64) -> En
     }
 }
 
+#[derive(Clone)]
 struct StatusRecord {
     status: Status,
     message_id: u64,
@@ -494,6 +539,8 @@ struct Limits {
     max_final_statuses: usize,
     max_revokes: usize,
     reportable_per_device: usize,
+    /// How long an old token redirects to its rotated device (0: not at all).
+    token_redirect_ms: u64,
 }
 
 /// How often expired shared messages are swept out of the store.
@@ -559,6 +606,13 @@ struct CoreMetrics {
     revokes_pending: Gauge,
     recall_index: Gauge,
     recall_index_evicted: Counter,
+    collapsed: Counter,
+    tokens_rotated: Counter,
+    redirects_followed: Counter,
+    redirects_confirmed: Counter,
+    redirects_expired: Counter,
+    redirects_displaced: Counter,
+    redirects: Gauge,
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
@@ -607,6 +661,13 @@ impl CoreMetrics {
             revokes_pending: metrics::gauge!("ringpush_revokes_pending", "shard" => shard.clone()),
             recall_index: metrics::gauge!("ringpush_recall_index_entries", "shard" => shard.clone()),
             recall_index_evicted: counter("ringpush_recall_index_evicted_total"),
+            collapsed: counter("ringpush_messages_collapsed_total"),
+            tokens_rotated: counter("ringpush_tokens_rotated_total"),
+            redirects_followed: counter("ringpush_token_redirects_followed_total"),
+            redirects_confirmed: metrics::counter!("ringpush_token_redirects_ended_total", "shard" => shard.clone(), "reason" => "confirmed"),
+            redirects_expired: metrics::counter!("ringpush_token_redirects_ended_total", "shard" => shard.clone(), "reason" => "expired"),
+            redirects_displaced: metrics::counter!("ringpush_token_redirects_ended_total", "shard" => shard.clone(), "reason" => "displaced"),
+            redirects: metrics::gauge!("ringpush_token_redirects", "shard" => shard.clone()),
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
@@ -738,6 +799,26 @@ pub fn describe_metrics() {
         "ringpush_recall_index_evicted_total",
         "Messages forgotten for recall before their time because delivery.max_recall_index_per_shard were remembered"
     );
+    describe_counter!(
+        "ringpush_messages_collapsed_total",
+        "Unsent messages replaced by a newer one for the same device with the same collapseKey (status 5)"
+    );
+    describe_counter!(
+        "ringpush_tokens_rotated_total",
+        "Device tokens rotated through the API"
+    );
+    describe_counter!(
+        "ringpush_token_redirects_followed_total",
+        "Hellos with a rotated-away token that reached their device and were told the new token"
+    );
+    describe_counter!(
+        "ringpush_token_redirects_ended_total",
+        "Old-token redirects ended: confirmed (the device presented its new token), expired (delivery.token_redirect_secs), displaced (more than 16 unconfirmed rotations)"
+    );
+    describe_gauge!(
+        "ringpush_token_redirects",
+        "Rotated-away tokens that still lead a Hello to their device"
+    );
     describe_gauge!(
         "ringpush_messages_pending",
         "Messages queued for devices and not yet acked, expired or dropped"
@@ -835,6 +916,13 @@ pub struct DeliveryCore {
     last_stats_flush: Instant,
     /// The task name of replayed messages (their task's record has it).
     no_name: Arc<str>,
+    /// Rotated-away tokens that still lead a Hello to their device.
+    retired: HashMap<Box<str>, Retired>,
+    /// The same, by device: they go with it when it is deleted (its slot may
+    /// be reused by another device) or presents its new token.
+    retired_by_device: HashMap<DeviceId, Vec<Box<str>>>,
+    /// (until_ms, old token), oldest first: expired redirects leave memory.
+    retired_gc: VecDeque<(u64, Box<str>)>,
     metrics: CoreMetrics,
 }
 
@@ -878,6 +966,7 @@ impl DeliveryCore {
                 max_final_statuses: d.max_final_statuses_per_shard,
                 max_revokes: d.max_revokes_per_device,
                 reportable_per_device: config.stats.reportable_per_device,
+                token_redirect_ms: d.token_redirect_secs.saturating_mul(1000),
             },
             apps: config
                 .apps
@@ -927,6 +1016,9 @@ impl DeliveryCore {
             next_stats_prune: now + STATS_PRUNE_INTERVAL,
             last_stats_flush: now,
             no_name: Arc::from(""),
+            retired: HashMap::new(),
+            retired_by_device: HashMap::new(),
+            retired_gc: VecDeque::new(),
             metrics: CoreMetrics::new(shard_id),
         }
     }
@@ -1000,6 +1092,8 @@ impl DeliveryCore {
         let accepted = std::mem::take(&mut journal.accepted);
         let replies = std::mem::take(&mut journal.replies);
         let published = std::mem::take(&mut journal.published);
+        let rotations = std::mem::take(&mut journal.rotations);
+        let collapsed = std::mem::take(&mut journal.collapsed);
         if result.is_ok() {
             journal.sets.clear();
         }
@@ -1030,6 +1124,9 @@ impl DeliveryCore {
                         self.fill_window(m.device, now);
                     }
                 }
+                for r in &rotations {
+                    self.tell_new_token(r);
+                }
                 for answer in replies {
                     answer.send(Ok(()));
                 }
@@ -1039,12 +1136,19 @@ impl DeliveryCore {
                     self.recall_index.remove(m.message_id);
                     self.withdraw(m.device, m.message_id, m.status_key, now);
                 }
+                for (device, pos, pending) in collapsed.into_iter().rev() {
+                    self.uncollapse(device, pos, pending, now);
+                }
                 for id in published {
                     self.fanout.remove(id);
                     self.recall_index.remove(id);
                 }
                 for set in std::mem::take(&mut self.journal.sets) {
                     self.logged_sets.remove(&set);
+                }
+                // Newest first, so a chain of rotations unwinds in order.
+                for r in rotations.into_iter().rev() {
+                    self.undo_rotation(r);
                 }
                 self.metrics.shared_stored.set(self.fanout.len() as f64);
                 for answer in replies {
@@ -1136,6 +1240,7 @@ impl DeliveryCore {
                         push_type: a.push_type,
                         name: self.no_name.clone(),
                     },
+                    collapse_key: a.collapse_key.map(Into::into),
                 };
                 self.max_message_id = self.max_message_id.max(a.message_id);
                 // Already expired ones are accepted and expire on the first
@@ -1182,6 +1287,7 @@ impl DeliveryCore {
                     frame: Bytes::copy_from_slice(m.frame),
                     push_type: m.push_type,
                     task_name: self.no_name.clone(),
+                    collapse_key: m.collapse_key.map(Into::into),
                 });
                 self.index_shared(&message);
                 // Expired ones too: the statuses logged after them need
@@ -1235,6 +1341,37 @@ impl DeliveryCore {
                     }
                 }
             },
+            Entry::Token(TokenEntry::Rotated {
+                app,
+                old,
+                new,
+                at_ms,
+                redirect_until_ms,
+            }) => {
+                let holder = |token: &str| {
+                    let device = self.by_token.get(token).copied()?;
+                    Some((device, *self.devices[device].app == *app))
+                };
+                // The rotation itself, or (a checkpoint's restatement) only
+                // the redirect to a device already under its new token, or
+                // nothing (the device was deleted since).
+                let device = match (holder(old), holder(new)) {
+                    (Some((device, true)), None) => {
+                        self.rekey_device(device, new.into());
+                        Some(device)
+                    }
+                    (None, Some((device, true))) => Some(device),
+                    (None, None) => None,
+                    _ => return Err(format!("token record {old:?} -> {new:?} contradicts the devices")),
+                };
+                if let Some(device) = device {
+                    if redirect_until_ms > self.clock.unix_ms(now) {
+                        // A displaced redirect has its own RedirectEnded record.
+                        let _ = self.add_redirect(old.into(), device, at_ms, redirect_until_ms);
+                    }
+                }
+            }
+            Entry::Token(TokenEntry::RedirectEnded { old }) => self.end_redirect(old),
         }
         Ok(())
     }
@@ -1313,6 +1450,9 @@ impl DeliveryCore {
         self.ids_before_start = self.max_message_id;
         self.metrics.recall_index.set(self.recall_index.len() as f64);
         self.metrics.revokes_pending.set(self.revokes_owed as f64);
+        // Checkpoints restate redirects in table order.
+        self.retired_gc.make_contiguous().sort_unstable();
+        self.metrics.redirects.set(self.retired.len() as f64);
         self.metrics.pending.set(self.pending_total as f64);
         self.metrics.devices.set(self.devices.len() as f64);
         self.metrics.shared_stored.set(self.fanout.len() as f64);
@@ -1334,6 +1474,8 @@ impl DeliveryCore {
         let device = match self.by_token.get(entry.token) {
             Some(&d) => d,
             None => {
+                // Live, tokens are never minted while they redirect.
+                self.end_redirect(entry.token);
                 let app = self.app_arc(entry.app);
                 let device = self.devices.insert(Device::new(
                     app,
@@ -1466,6 +1608,7 @@ impl DeliveryCore {
             revokes,
             logged_sets,
             stats,
+            retired,
             ..
         } = self;
         // Older segments go once this is durable: from then on the log holds
@@ -1501,6 +1644,7 @@ impl DeliveryCore {
                     expires_at_ms: m.expires_at_ms,
                     frame: &m.frame,
                     push_type: m.push_type,
+                    collapse_key: m.collapse_key.as_deref(),
                 }),
                 false,
             );
@@ -1508,6 +1652,22 @@ impl DeliveryCore {
         }
         for (_, d) in devices.iter() {
             chunk.put(&device_entry(d), false);
+            chunk.flush_if_full(CHUNK, &mut emit)?;
+        }
+        // After the devices: replay finds each under its new token and only
+        // adds the redirect.
+        for (old, r) in retired.iter() {
+            let d = &devices[r.device];
+            chunk.put(
+                &Entry::Token(TokenEntry::Rotated {
+                    app: &d.app,
+                    old,
+                    new: &d.token,
+                    at_ms: r.rotated_at_ms,
+                    redirect_until_ms: r.until_ms,
+                }),
+                false,
+            );
             chunk.flush_if_full(CHUNK, &mut emit)?;
         }
         // After the devices they belong to.
@@ -1547,6 +1707,7 @@ impl DeliveryCore {
                                 frame,
                                 task_id,
                                 push_type,
+                                collapse_key: p.collapse_key.as_deref(),
                             }),
                             true,
                         );
@@ -1554,6 +1715,12 @@ impl DeliveryCore {
                     FrameSlot::Log(span) => {
                         let entry = read_logged_message(log_reader, *span, p.id, read_buf)
                             .map_err(|reason| E::from(UnreadableFrame(reason)))?;
+                        // The record names the token the message was pushed
+                        // to; a rotation since then moved it to this one.
+                        let entry = AcceptedEntry {
+                            token: &d.token,
+                            ..entry
+                        };
                         chunk.put(&Entry::Accepted(entry), true);
                     }
                     // The shared message is restated once, above; after a
@@ -1667,6 +1834,20 @@ impl DeliveryCore {
                 let bound = self.users.get(&user_digest(&d.app, user));
                 assert!(bound.is_some_and(|b| b.contains(&id)), "user index entry");
             }
+        }
+        for (old, r) in &self.retired {
+            assert!(!self.by_token.contains_key(old), "a retired token is no device's");
+            assert!(self.devices.contains(r.device), "redirects lead to live devices");
+            let listed = self.retired_by_device.get(&r.device);
+            assert!(listed.is_some_and(|l| l.contains(old)), "redirect index entry");
+        }
+        let listed: usize = self.retired_by_device.values().map(Vec::len).sum();
+        assert_eq!(listed, self.retired.len(), "redirect index");
+        for list in self.retired_by_device.values() {
+            assert!(
+                !list.is_empty() && list.len() <= MAX_REDIRECTS_PER_DEVICE,
+                "redirects per device"
+            );
         }
         for (digest, bound) in &self.users {
             assert!(!bound.is_empty(), "no empty user index lists");
@@ -1871,8 +2052,19 @@ impl DeliveryCore {
             .flatten()
             .filter(|&d| *self.devices[d].app == *app);
         let (device, new_token) = match known {
-            Some(d) => (d, false),
-            None => (self.register_device(app, platform, now), true),
+            Some(d) => {
+                self.confirm_token(d);
+                (d, false)
+            }
+            None => match plausible
+                .then(|| self.follow_redirect(presented, &app, now))
+                .flatten()
+            {
+                // A device that missed its TokenUpdate: it gets its own
+                // state back under the new token, in this Welcome.
+                Some(d) => (d, true),
+                None => (self.register_device(app, platform, now), true),
+            },
         };
         if let Some(old) = self.devices[device].conn {
             if old != conn {
@@ -1914,15 +2106,21 @@ impl DeliveryCore {
         Flow::Continue
     }
 
-    fn register_device(&mut self, app: Arc<str>, platform: u8, now: Instant) -> DeviceId {
-        let token = loop {
+    /// A fresh token this shard owns, held by no device and no redirect.
+    fn mint_token(&mut self) -> Box<str> {
+        loop {
             let candidate = self.tokens.next();
             if owner_shard(candidate.as_bytes(), self.shard_count) == self.shard_id
                 && !self.by_token.contains_key(candidate.as_str())
+                && !self.retired.contains_key(candidate.as_str())
             {
                 break candidate.into_boxed_str();
             }
-        };
+        }
+    }
+
+    fn register_device(&mut self, app: Arc<str>, platform: u8, now: Instant) -> DeviceId {
+        let token = self.mint_token();
         let mut record = Device::new(app, token.clone(), platform, self.clock.unix_ms(now));
         // Nothing stored before it was born is for it.
         record.fanout_cursor = self.fanout.next_seq();
@@ -1931,6 +2129,207 @@ impl DeliveryCore {
         self.journal.write(&device_entry(&self.devices[device]));
         self.metrics.devices.set(self.devices.len() as f64);
         device
+    }
+
+    /// Gives a device a new token (API `token-update`). One journal record:
+    /// the new token is one this shard owns, so nothing moves between
+    /// shards and the rotation is atomic across a crash. The device is told
+    /// in a TokenUpdate frame once the record is durable (`tell_new_token`);
+    /// until it presents the new token, the old one redirects its Hello.
+    fn rotate_token(&mut self, device: DeviceId, now: Instant) -> Rotation {
+        let new = self.mint_token();
+        let now_ms = self.clock.unix_ms(now);
+        let redirect_until_ms = match self.limits.token_redirect_ms {
+            0 => 0,
+            window => now_ms.saturating_add(window),
+        };
+        let old = self.devices[device].token.clone();
+        self.journal.write(&Entry::Token(TokenEntry::Rotated {
+            app: &self.devices[device].app,
+            old: &old,
+            new: &new,
+            at_ms: now_ms,
+            redirect_until_ms,
+        }));
+        self.rekey_device(device, new.clone());
+        let displaced = if redirect_until_ms > 0 {
+            self.add_redirect(old.clone(), device, now_ms, redirect_until_ms)
+        } else {
+            None
+        };
+        if let Some((gone, _)) = &displaced {
+            self.journal
+                .write(&Entry::Token(TokenEntry::RedirectEnded { old: gone }));
+        }
+        self.journal.rotations.push(RotationUndo {
+            device,
+            old,
+            new: new.clone(),
+            displaced,
+        });
+        self.metrics.tokens_rotated.increment(1);
+        Rotation::Rotated {
+            token: new,
+            online: self.devices[device].conn.is_some(),
+            redirect_until_ms,
+        }
+    }
+
+    /// Moves a device to `new_token`: the token index and the statuses of
+    /// its queued messages, which are answered under the token that will
+    /// deliver them. Final statuses stay under the old token (the table
+    /// keeps digests, not tokens, so it cannot find them), except those of
+    /// shared messages still stored, which are copied: they are what keeps
+    /// the device from being sent a broadcast, group, tag or user message
+    /// again. Its statistics reports not yet journaled follow it too. Live
+    /// and in replay alike, so both reach the same state.
+    fn rekey_device(&mut self, device: DeviceId, new_token: Box<str>) {
+        let old = std::mem::replace(&mut self.devices[device].token, new_token.clone());
+        self.by_token.remove(&old);
+        self.by_token.insert(new_token.clone(), device);
+        self.stats.token_renamed(&old, &new_token);
+        let d = &mut self.devices[device];
+        for p in d.queue.iter_mut() {
+            let msg_key = match &p.frame {
+                FrameSlot::Memory(frame) => push_msg_key(frame),
+                FrameSlot::Shared(m) => m.msg_key.to_string(),
+                FrameSlot::Log(span) => {
+                    match read_logged_message(&mut self.log_reader, *span, p.id, &mut self.read_buf) {
+                        Ok(a) => a.msg_key.to_string(),
+                        // Its status stays under the old token; sending it
+                        // will fail the same way and drop it visibly.
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let key = StatusKey::new(&d.app, &msg_key, &new_token);
+            if let Some(record) = self.statuses.remove(&p.status_key) {
+                self.statuses.insert(key, record);
+            }
+            p.status_key = key;
+        }
+        let app = d.app.clone();
+        for stored in self.fanout.iter() {
+            let m = &stored.message;
+            if *m.app_id != *app {
+                continue;
+            }
+            let Some(record) = self
+                .statuses
+                .get(&StatusKey::new(&app, &m.msg_key, &old))
+                .cloned()
+            else {
+                continue;
+            };
+            let key = StatusKey::new(&app, &m.msg_key, &new_token);
+            let forget_at_ms = record.forget_at_ms;
+            if self.statuses.insert_if_absent(key, || record) && forget_at_ms != 0 {
+                self.status_gc
+                    .push_back((self.clock.instant_of(forget_at_ms), key));
+            }
+        }
+    }
+
+    /// Lets `old` lead a Hello to `device` until `until_ms`. Answers the
+    /// redirect it displaced past `MAX_REDIRECTS_PER_DEVICE`, if any.
+    fn add_redirect(
+        &mut self,
+        old: Box<str>,
+        device: DeviceId,
+        rotated_at_ms: u64,
+        until_ms: u64,
+    ) -> Option<(Box<str>, Retired)> {
+        let retired = Retired {
+            device,
+            rotated_at_ms,
+            until_ms,
+        };
+        let list = self.retired_by_device.entry(device).or_default();
+        if self.retired.insert(old.clone(), retired).is_none() {
+            list.push(old.clone());
+        }
+        self.retired_gc.push_back((until_ms, old));
+        let displaced = if list.len() > MAX_REDIRECTS_PER_DEVICE {
+            let gone = list.remove(0);
+            let r = self
+                .retired
+                .remove(&gone)
+                .expect("listed redirects are in the table");
+            self.metrics.redirects_displaced.increment(1);
+            Some((gone, r))
+        } else {
+            None
+        };
+        self.metrics.redirects.set(self.retired.len() as f64);
+        displaced
+    }
+
+    fn end_redirect(&mut self, old: &str) {
+        let Some(r) = self.retired.remove(old) else {
+            return;
+        };
+        if let Some(list) = self.retired_by_device.get_mut(&r.device) {
+            list.retain(|t| **t != *old);
+            if list.is_empty() {
+                self.retired_by_device.remove(&r.device);
+            }
+        }
+        self.metrics.redirects.set(self.retired.len() as f64);
+    }
+
+    /// The device an old token still leads to, if its redirect is live and
+    /// the Hello names the device's app.
+    fn follow_redirect(&mut self, presented: &str, app: &str, now: Instant) -> Option<DeviceId> {
+        let r = *self.retired.get(presented)?;
+        if r.until_ms <= self.clock.unix_ms(now) || *self.devices[r.device].app != *app {
+            return None;
+        }
+        self.metrics.redirects_followed.increment(1);
+        Some(r.device)
+    }
+
+    /// The device presented its current token: it has the new one, so every
+    /// token rotated away from it stops working now.
+    fn confirm_token(&mut self, device: DeviceId) {
+        let Some(olds) = self.retired_by_device.remove(&device) else {
+            return;
+        };
+        for old in &olds {
+            self.retired.remove(old);
+            self.journal
+                .write(&Entry::Token(TokenEntry::RedirectEnded { old }));
+        }
+        self.metrics.redirects_confirmed.increment(olds.len() as u64);
+        self.metrics.redirects.set(self.retired.len() as f64);
+    }
+
+    /// A rotation is durable: an online device gets its new token now.
+    fn tell_new_token(&mut self, r: &RotationUndo) {
+        let Some(d) = self.devices.get(r.device) else {
+            return;
+        };
+        if d.token != r.new {
+            return;
+        }
+        if let Some(conn) = d.conn {
+            let frame = Frame::TokenUpdate(body::TokenUpdate {
+                token: r.new.to_string(),
+            });
+            self.write_frame(conn, &frame);
+        }
+    }
+
+    /// A rotation's record did not reach the log: the old token is the
+    /// device's again, as the API's refusal says.
+    fn undo_rotation(&mut self, r: RotationUndo) {
+        if self.devices.get(r.device).is_none_or(|d| d.token != r.new) {
+            return;
+        }
+        self.end_redirect(&r.old);
+        self.rekey_device(r.device, r.old);
+        if let Some((old, retired)) = r.displaced {
+            let _ = self.add_redirect(old, retired.device, retired.rotated_at_ms, retired.until_ms);
+        }
     }
 
     /// Applies a registry change from the device or the API and answers its
@@ -2053,8 +2452,11 @@ impl DeliveryCore {
             self.devices[device].fanout_cursor = self.fanout.next_seq();
         }
         due.sort_unstable_by_key(|(seq, _)| *seq);
+        // Queued first and sent by the caller's `fill_window`, so a newer
+        // message of the backlog collapses an older one before either is
+        // written.
         for (_, message) in due.drain(..) {
-            if self.queue_shared(device, &message, now) {
+            if self.queue_shared(device, &message, false, now) {
                 self.metrics.shared_caught_up.increment(1);
             }
         }
@@ -2067,8 +2469,15 @@ impl DeliveryCore {
     }
 
     /// Queues a shared message for one device unless it had it before (its
-    /// status for the device exists). Answers whether it was queued.
-    fn queue_shared(&mut self, device: DeviceId, message: &Arc<SharedMessage>, now: Instant) -> bool {
+    /// status for the device exists), and sends it now if `send` and it may
+    /// be. Answers whether it was queued.
+    fn queue_shared(
+        &mut self,
+        device: DeviceId,
+        message: &Arc<SharedMessage>,
+        send: bool,
+        now: Instant,
+    ) -> bool {
         let d = &self.devices[device];
         let status_key = StatusKey::new(&message.app_id, &message.msg_key, &d.token);
         let inserted = self.statuses.insert_if_absent(status_key, || {
@@ -2108,8 +2517,9 @@ impl DeliveryCore {
             frame,
             status_key,
             task,
+            message.collapse_key.clone(),
         );
-        self.enqueue(device, Pending { durable, ..pending }, now);
+        self.enqueue(device, Pending { durable, ..pending }, send, now);
         true
     }
 
@@ -2159,6 +2569,7 @@ impl DeliveryCore {
             expires_at_ms: message.expires_at_ms,
             frame: &message.frame,
             push_type: message.push_type,
+            collapse_key: message.collapse_key.as_deref(),
         }));
         self.journal.published.push(message.id);
         self.index_shared(&message);
@@ -2206,7 +2617,7 @@ impl DeliveryCore {
         }
         outcome.matched = members.len() as u32;
         for &device in &members {
-            if self.devices[device].conn.is_some() && self.queue_shared(device, &message, now) {
+            if self.devices[device].conn.is_some() && self.queue_shared(device, &message, true, now) {
                 outcome.online += 1;
             }
         }
@@ -2525,6 +2936,11 @@ impl DeliveryCore {
 
     fn delete_device(&mut self, device: DeviceId, now: Instant) {
         self.unindex_user(device);
+        // Its slot may go to another device: no old token may lead there.
+        for old in self.retired_by_device.remove(&device).unwrap_or_default() {
+            self.retired.remove(&old);
+        }
+        self.metrics.redirects.set(self.retired.len() as f64);
         let d = self.devices.remove(device);
         self.by_token.remove(&d.token);
         self.journal.write(&Entry::DeviceDeleted { token: &d.token });
@@ -2590,6 +3006,13 @@ impl DeliveryCore {
             } => {
                 let answer = self.recall(&app_id, target, not_before_ms, now);
                 self.journal.replies.push(Answer::Recall(reply, answer));
+            }
+            Command::RotateToken { app_id, token, reply } => {
+                let rotation = match self.by_token.get(&*token) {
+                    Some(&device) if *self.devices[device].app == *app_id => self.rotate_token(device, now),
+                    _ => Rotation::UnknownToken,
+                };
+                self.journal.replies.push(Answer::Rotate(reply, rotation));
             }
             Command::QueryDevices {
                 app_id,
@@ -2808,6 +3231,7 @@ impl DeliveryCore {
                 frame: &message.frame,
                 task_id: tag.id,
                 push_type: tag.push_type,
+                collapse_key: message.collapse_key.as_deref(),
             }));
             self.journal.accepted.push(JournaledMessage {
                 device,
@@ -2830,16 +3254,25 @@ impl DeliveryCore {
             frame,
             status_key,
             task,
+            message.collapse_key,
         );
         let durable = !self.journal.enabled;
-        self.enqueue(device, Pending { durable, ..pending }, now);
+        self.enqueue(device, Pending { durable, ..pending }, true, now);
         Accepted::Queued { online }
     }
 
-    /// Appends a message to a device's queue (dropping the oldest unsent one
-    /// past the pending cap), arms its expiry and, when it may be sent now,
+    /// Appends a message to a device's queue (replacing an unsent one with
+    /// its collapse key, dropping the oldest unsent one past the pending
+    /// cap), arms its expiry and, with `send` and when it may be sent now,
     /// sends it.
-    fn enqueue(&mut self, device: DeviceId, pending: Pending, now: Instant) {
+    fn enqueue(&mut self, device: DeviceId, pending: Pending, send: bool, now: Instant) {
+        // Replay does not collapse: the log's Finished records say what was
+        // collapsed, and a message in flight then is not in flight now.
+        if self.journal.enabled {
+            if let Some(key) = &pending.collapse_key {
+                self.collapse(device, key, now);
+            }
+        }
         self.timers.insert(
             self.clock.instant_of(pending.expires_at_ms),
             Timer::Expiry {
@@ -2873,13 +3306,64 @@ impl DeliveryCore {
             self.pending_total -= 1;
             self.metrics.dropped_overflow.increment(1);
         }
-        let send_now = pending.durable && d.conn.is_some();
+        let send_now = send && pending.durable && d.conn.is_some();
         d.queue.push_back(pending);
         self.pending_total += 1;
         self.metrics.queued.increment(1);
         if send_now {
             self.fill_window(device, now);
         }
+    }
+
+    /// Finishes the device's unsent messages with collapse key `key`. Live
+    /// there is at most one (each replaced the one before), but a restart
+    /// puts a message that was in flight back among the unsent. Sent
+    /// messages (`queue[..in_flight]`) are not recalled. The old messages are
+    /// kept aside until the commit: if it fails, the new one is withdrawn and
+    /// they go back (`uncollapse`), as the log still has them.
+    fn collapse(&mut self, device: DeviceId, key: &str, now: Instant) {
+        let now_ms = self.clock.unix_ms(now);
+        let mut pos = self.devices[device].in_flight;
+        while pos < self.devices[device].queue.len() {
+            let d = &mut self.devices[device];
+            if d.queue[pos].collapse_key.as_deref() != Some(key) {
+                pos += 1;
+                continue;
+            }
+            let gone = d.queue.remove(pos).expect("position is in range");
+            self.journal
+                .write(&finished_entry(d, gone.id, Status::Collapsed, now_ms));
+            set_final_status(
+                &mut self.statuses,
+                &mut self.status_gc,
+                gone.status_key,
+                Status::Collapsed,
+                now,
+                self.limits.status_retention,
+                now_ms,
+            );
+            self.pending_total -= 1;
+            self.metrics.collapsed.increment(1);
+            self.journal.collapsed.push((device, pos, gone));
+        }
+    }
+
+    /// A commit failed: a message collapsed by a push it refused is pending
+    /// again, where it was (after anything sent since). One that was not
+    /// durable either was withdrawn with the rest.
+    fn uncollapse(&mut self, device: DeviceId, pos: usize, mut pending: Pending, now: Instant) {
+        let Some(d) = self.devices.get_mut(device).filter(|_| pending.durable) else {
+            return;
+        };
+        if let Some(record) = self.statuses.get_mut(&pending.status_key) {
+            record.status = Status::Pending;
+            record.forget_at_ms = 0;
+        }
+        pending.sent_at = None;
+        let at = pos.clamp(d.in_flight, d.queue.len());
+        d.queue.insert(at, pending);
+        self.pending_total += 1;
+        self.fill_window(device, now);
     }
 
     /// Runs every timer due at `now` and collects statuses past retention.
@@ -2902,6 +3386,15 @@ impl DeliveryCore {
             }
             if self.recall_index.gc(self.clock.unix_ms(now)) > 0 {
                 self.metrics.recall_index.set(self.recall_index.len() as f64);
+            }
+        }
+        let now_ms = self.clock.unix_ms(now);
+        while self.retired_gc.front().is_some_and(|(until, _)| *until <= now_ms) {
+            let (until, old) = self.retired_gc.pop_front().expect("checked above");
+            // Not journaled: the Rotated record holds the same deadline.
+            if self.retired.get(&old).is_some_and(|r| r.until_ms == until) {
+                self.end_redirect(&old);
+                self.metrics.redirects_expired.increment(1);
             }
         }
         while let Some(&(at, key)) = self.status_gc.front() {
@@ -3008,11 +3501,15 @@ impl DeliveryCore {
         let timer = self.timers.next_deadline();
         let gc = self.status_gc.front().map(|(at, _)| *at);
         let sweep = (self.fanout.len() > 0 || self.recall_index.len() > 0).then_some(self.next_fanout_sweep);
+        let redirect = self
+            .retired_gc
+            .front()
+            .map(|(until_ms, _)| self.clock.instant_of(*until_ms));
         let stats = self
             .stats
             .has_unflushed()
             .then_some(self.last_stats_flush + STATS_FLUSH_INTERVAL);
-        [timer, gc, sweep, stats, Some(self.next_stats_prune)]
+        [timer, gc, sweep, redirect, stats, Some(self.next_stats_prune)]
             .into_iter()
             .flatten()
             .min()

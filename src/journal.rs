@@ -1,11 +1,16 @@
 //! What the delivery core writes to its shard's durable log and reads back on
 //! recovery: one `Entry` per change of durable state (a device's registry
-//! record, a message accepted, a message finished, a recall), and the byte layout of
-//! each. Pure encoding and decoding, no files: `log` stores the bytes, and
-//! `delivery` decides when an entry is due and how replay applies it.
+//! record, a message accepted, a message finished, a recall, a token
+//! rotated), and the byte layout of each. Pure encoding and decoding, no
+//! files: `log` stores the bytes, and `delivery` decides when an entry is
+//! due and how replay applies it.
 //!
 //! Layout: integers little-endian fixed width, strings and byte strings as a
 //! `u32` length and the bytes, optional values behind a `u8` presence flag.
+//! Fields added to a record later are appended at its end, in the order they
+//! were added, and a record that ends before one decodes with its default:
+//! Accepted is `.. frame, task_id, push_type[, collapse_key]`, Shared is
+//! `.. frame, push_type[, collapse_key]` (the key written only when present).
 //! Every entry is self-contained, so any suffix of the log that starts at a
 //! checkpoint replays to the same state.
 
@@ -19,10 +24,14 @@ const KIND_FINISHED: u8 = 4;
 const KIND_FINAL_STATUS: u8 = 5;
 const KIND_SHARED: u8 = 6;
 const KIND_RECALL: u8 = 7;
-// 8 is reserved for token rotation records.
+const KIND_TOKEN: u8 = 8;
 /// Statistics: counts, tasks, reports (layout in `stats::record`).
 const KIND_STATS: u8 = 9;
 const KIND_TAG_USERS: u8 = 10;
+
+/// Sub-kinds of a `KIND_TOKEN` record (its first payload byte).
+const TOKEN_ROTATED: u8 = 1;
+const TOKEN_REDIRECT_ENDED: u8 = 2;
 
 /// Digests in one `TagUsers` record: 800 KB, under `log::MAX_RECORD`.
 pub const TAG_USERS_PER_RECORD: usize = 100_000;
@@ -62,6 +71,9 @@ pub struct SharedEntry<'a> {
     pub frame: &'a [u8],
     /// Broadcast in records older than this field.
     pub push_type: PushType,
+    /// Written after `push_type`, and only when present; absent in records
+    /// older than this field.
+    pub collapse_key: Option<&'a str>,
 }
 
 /// A shared message's audience as the log holds it. A tag's users are too
@@ -152,6 +164,28 @@ pub struct AcceptedEntry<'a> {
     /// are simple pushes.
     pub task_id: u64,
     pub push_type: PushType,
+    /// A later message with the same key replaces this one while it is
+    /// unsent. Written after `push_type`, and only when present; absent in
+    /// records older than this field.
+    pub collapse_key: Option<&'a str>,
+}
+
+/// A device's token changed, or a retired token stopped redirecting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenEntry<'a> {
+    /// The device holding `old` holds `new` from now on. Until
+    /// `redirect_until_ms` (0: not at all) a Hello presenting `old` reaches
+    /// the device and is told `new`.
+    Rotated {
+        app: &'a str,
+        old: &'a str,
+        new: &'a str,
+        at_ms: u64,
+        redirect_until_ms: u64,
+    },
+    /// `old` no longer reaches any device: the device presented its new
+    /// token, or a newer rotation displaced this redirect.
+    RedirectEnded { old: &'a str },
 }
 
 /// A final status kept for queries after its message left the queue;
@@ -244,6 +278,7 @@ pub enum Entry<'a> {
     FinalStatus(FinalStatusEntry),
     Shared(SharedEntry<'a>),
     Recall(RecallEntry<'a>),
+    Token(TokenEntry<'a>),
     TagUsers(TagUsersEntry<'a>),
     /// A statistics record, its payload laid out by `stats::record`.
     Stats(&'a [u8]),
@@ -260,6 +295,7 @@ impl Entry<'_> {
             Entry::FinalStatus(_) => KIND_FINAL_STATUS,
             Entry::Shared(_) => KIND_SHARED,
             Entry::Recall(_) => KIND_RECALL,
+            Entry::Token(_) => KIND_TOKEN,
             Entry::TagUsers(_) => KIND_TAG_USERS,
             Entry::Stats(_) => KIND_STATS,
         };
@@ -300,6 +336,11 @@ impl Entry<'_> {
                 put_bytes(out, a.frame);
                 put_u64(out, a.task_id);
                 out.push(a.push_type.code());
+                // Only when present, so a record without one has the layout
+                // of records older than collapse keys byte for byte.
+                if let Some(key) = a.collapse_key {
+                    put_str(out, key);
+                }
             }
             Entry::Finished {
                 token,
@@ -338,6 +379,10 @@ impl Entry<'_> {
                 put_u64(out, m.expires_at_ms);
                 put_bytes(out, m.frame);
                 out.push(m.push_type.code());
+                // Only when present, as in `Accepted`.
+                if let Some(key) = m.collapse_key {
+                    put_str(out, key);
+                }
             }
             Entry::TagUsers(t) => {
                 put_u64(out, t.set_id);
@@ -346,6 +391,24 @@ impl Entry<'_> {
                 put_bytes(out, t.digests);
             }
             Entry::Recall(r) => encode_recall(out, r),
+            Entry::Token(TokenEntry::Rotated {
+                app,
+                old,
+                new,
+                at_ms,
+                redirect_until_ms,
+            }) => {
+                out.push(TOKEN_ROTATED);
+                put_str(out, app);
+                put_str(out, old);
+                put_str(out, new);
+                put_u64(out, *at_ms);
+                put_u64(out, *redirect_until_ms);
+            }
+            Entry::Token(TokenEntry::RedirectEnded { old }) => {
+                out.push(TOKEN_REDIRECT_ENDED);
+                put_str(out, old);
+            }
             Entry::Stats(payload) => out.extend_from_slice(payload),
         }
     }
@@ -407,6 +470,12 @@ impl Entry<'_> {
                 } else {
                     (r.u64()?, r.push_type()?)
                 };
+                // Records written before collapse keys end here.
+                let collapse_key = if r.at == payload.len() {
+                    None
+                } else {
+                    Some(r.str()?)
+                };
                 Entry::Accepted(AcceptedEntry {
                     message_id,
                     app,
@@ -417,6 +486,7 @@ impl Entry<'_> {
                     frame,
                     task_id,
                     push_type,
+                    collapse_key,
                 })
             }
             KIND_FINISHED => Entry::Finished {
@@ -452,11 +522,30 @@ impl Entry<'_> {
                 accepted_at_ms: r.u64()?,
                 expires_at_ms: r.u64()?,
                 frame: r.bytes()?,
+                // Fields are read in the order written: records written
+                // before push types end here, and those written before
+                // collapse keys after it.
                 push_type: if r.at == payload.len() {
                     PushType::Broadcast
                 } else {
                     r.push_type()?
                 },
+                collapse_key: if r.at == payload.len() {
+                    None
+                } else {
+                    Some(r.str()?)
+                },
+            }),
+            KIND_TOKEN => Entry::Token(match r.u8()? {
+                TOKEN_ROTATED => TokenEntry::Rotated {
+                    app: r.str()?,
+                    old: r.str()?,
+                    new: r.str()?,
+                    at_ms: r.u64()?,
+                    redirect_until_ms: r.u64()?,
+                },
+                TOKEN_REDIRECT_ENDED => TokenEntry::RedirectEnded { old: r.str()? },
+                x => return Err(format!("token record sub-kind {x}")),
             }),
             KIND_RECALL => Entry::Recall(r.recall()?),
             KIND_TAG_USERS => {
@@ -711,6 +800,7 @@ impl<'a> Reader<'a> {
             2 => Ok(Status::Acked),
             3 => Ok(Status::Expired),
             4 => Ok(Status::Dropped),
+            5 => Ok(Status::Collapsed),
             6 => Ok(Status::Recalled),
             x => Err(format!("final status {x}")),
         }
@@ -790,12 +880,17 @@ mod tests {
             Just(Status::Acked),
             Just(Status::Expired),
             Just(Status::Dropped),
+            Just(Status::Collapsed),
             Just(Status::Recalled)
         ]
     }
 
     fn mark() -> impl Strategy<Value = RecallMark> {
         proptest::sample::select(RecallMark::ALL.to_vec())
+    }
+
+    fn push_type() -> impl Strategy<Value = PushType> {
+        proptest::sample::select(PushType::ALL.to_vec())
     }
 
     fn audience() -> impl Strategy<Value = AudienceEntry<'static>> {
@@ -851,12 +946,14 @@ mod tests {
             frame in proptest::collection::vec(any::<u8>(), 0..300),
             status in status(), key128: u128, acked in proptest::option::of(any::<u64>()),
             recall in mark(),
+            collapse in proptest::option::of(".{0,64}"), push_type in push_type(),
         ) {
             let entries = [
                 Entry::Accepted(AcceptedEntry {
                     message_id: id, app: "demo", token: &token, msg_key: &key,
                     accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
-                    task_id: id ^ 5, push_type: PushType::Multiple,
+                    task_id: id ^ 5, push_type,
+                    collapse_key: collapse.as_deref(),
                 }),
                 Entry::Stats(&frame),
                 Entry::Finished { token: &token, message_id: id, status, at_ms: at },
@@ -877,12 +974,14 @@ mod tests {
         fn shared_entries_round_trip(
             id: u64, app in ".{0,10}", key in ".{0,20}", task: u64, at: u64, exp: u64,
             frame in proptest::collection::vec(any::<u8>(), 0..300),
-            audience in audience(),
+            audience in audience(), collapse in proptest::option::of(".{0,64}"),
+            push_type in push_type(),
         ) {
             let entry = Entry::Shared(SharedEntry {
                 message_id: id, app: &app, audience, msg_key: &key, task_id: task,
                 accepted_at_ms: at, expires_at_ms: exp, frame: &frame,
-                push_type: PushType::Group,
+                push_type,
+                collapse_key: collapse.as_deref(),
             });
             let mut out = Vec::new();
             entry.write_to(&mut out);
@@ -914,6 +1013,23 @@ mod tests {
             ];
             for entry in entries {
                 let entry = Entry::Recall(entry);
+                let mut out = Vec::new();
+                entry.write_to(&mut out);
+                prop_assert_eq!(decode_framed(&out), entry);
+            }
+        }
+
+        #[test]
+        fn token_entries_round_trip(
+            app in ".{0,10}", old in ".{0,30}", new in ".{0,30}", at: u64, until: u64,
+        ) {
+            let entries = [
+                Entry::Token(TokenEntry::Rotated {
+                    app: &app, old: &old, new: &new, at_ms: at, redirect_until_ms: until,
+                }),
+                Entry::Token(TokenEntry::RedirectEnded { old: &old }),
+            ];
+            for entry in entries {
                 let mut out = Vec::new();
                 entry.write_to(&mut out);
                 prop_assert_eq!(decode_framed(&out), entry);
@@ -1004,6 +1120,120 @@ mod tests {
     }
 
     #[test]
+    fn accepted_records_without_a_collapse_key_keep_the_old_layout() {
+        let accepted = |collapse_key| {
+            let mut out = Vec::new();
+            Entry::Accepted(AcceptedEntry {
+                message_id: 7,
+                app: "a",
+                token: "t",
+                msg_key: "k",
+                accepted_at_ms: 1,
+                expires_at_ms: 2,
+                frame: b"frame",
+                task_id: 4,
+                push_type: PushType::Multiple,
+                collapse_key,
+            })
+            .write_to(&mut out);
+            out
+        };
+        // The layout before task fields: id, app, token, key, times, frame.
+        let mut oldest = Vec::new();
+        put_u64(&mut oldest, 7);
+        for s in ["a", "t", "k"] {
+            put_str(&mut oldest, s);
+        }
+        put_u64(&mut oldest, 1);
+        put_u64(&mut oldest, 2);
+        put_bytes(&mut oldest, b"frame");
+        // The layout before collapse keys: then task id and push type.
+        let mut old = oldest.clone();
+        put_u64(&mut old, 4);
+        old.push(PushType::Multiple.code());
+        assert_eq!(&accepted(None)[9..], &old[..], "written as before");
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &oldest).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!(
+            (
+                decoded.msg_key,
+                decoded.task_id,
+                decoded.push_type,
+                decoded.collapse_key
+            ),
+            ("k", 0, PushType::Simple, None)
+        );
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &old).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!(
+            (decoded.task_id, decoded.push_type, decoded.collapse_key),
+            (4, PushType::Multiple, None)
+        );
+        // The key goes last, after the task fields.
+        let with_key = accepted(Some("score"));
+        let mut expected = old.clone();
+        put_str(&mut expected, "score");
+        assert_eq!(&with_key[9..], &expected[..]);
+        let Entry::Accepted(decoded) = Entry::decode(KIND_ACCEPTED, &with_key[9..]).unwrap() else {
+            panic!("an accepted record");
+        };
+        assert_eq!(
+            (decoded.task_id, decoded.push_type, decoded.collapse_key),
+            (4, PushType::Multiple, Some("score"))
+        );
+    }
+
+    #[test]
+    fn shared_records_of_every_older_layout_still_decode() {
+        let shared = |collapse_key| {
+            let mut out = Vec::new();
+            Entry::Shared(SharedEntry {
+                message_id: 7,
+                app: "a",
+                audience: AudienceEntry::Audience(Audience::User("u".into())),
+                msg_key: "k",
+                task_id: 3,
+                accepted_at_ms: 1,
+                expires_at_ms: 2,
+                frame: b"frame",
+                push_type: PushType::User,
+                collapse_key,
+            })
+            .write_to(&mut out);
+            out[9..].to_vec()
+        };
+        let with_key = shared(Some("score"));
+        let without = shared(None);
+        // Layouts: ..frame (oldest), ..frame push_type, ..frame push_type key.
+        let mut key = Vec::new();
+        put_str(&mut key, "score");
+        assert_eq!(with_key.len(), without.len() + key.len());
+        assert_eq!(&with_key[..without.len()], &without[..]);
+        assert_eq!(&with_key[without.len()..], &key[..], "the key goes last");
+        let oldest = &without[..without.len() - 1];
+        for (payload, push_type, collapse_key) in [
+            (oldest, PushType::Broadcast, None),
+            (&without[..], PushType::User, None),
+            (&with_key[..], PushType::User, Some("score")),
+        ] {
+            let Entry::Shared(decoded) = Entry::decode(KIND_SHARED, payload).unwrap() else {
+                panic!("a shared record");
+            };
+            assert_eq!(
+                (
+                    decoded.task_id,
+                    decoded.push_type,
+                    decoded.collapse_key,
+                    decoded.frame
+                ),
+                (3, push_type, collapse_key, &b"frame"[..])
+            );
+        }
+    }
+
+    #[test]
     fn message_records_without_task_fields_still_decode() {
         let entry = AcceptedEntry {
             message_id: 1,
@@ -1015,6 +1245,7 @@ mod tests {
             frame: b"f",
             task_id: 9,
             push_type: PushType::Multiple,
+            collapse_key: None,
         };
         let mut out = Vec::new();
         Entry::Accepted(entry.clone()).write_to(&mut out);

@@ -1,5 +1,5 @@
 //! What travels from the push API to a shard: accepted messages, status
-//! queries, and their answers. A message is encoded into its Push frame once,
+//! queries, registry changes and token rotations, and their answers. A message is encoded into its Push frame once,
 //! on the API thread, so the shard's per-message work is a queue insert and a
 //! byte copy.
 
@@ -25,6 +25,9 @@ pub struct Message {
     /// What the statistics count it under; its id (0: none) is also the
     /// task id a recall-task names it by.
     pub task: TaskTag,
+    /// A later message for the same device with the same key replaces this
+    /// one while it is unsent (`Status::Collapsed`).
+    pub collapse_key: Option<Box<str>>,
 }
 
 /// The push a message belongs to, for statistics: its task (id 0: a push
@@ -69,6 +72,9 @@ pub struct SharedMessage {
     pub frame: Bytes,
     pub push_type: PushType,
     pub task_name: Arc<str>,
+    /// As `Message::collapse_key`, per device: a user's device keeps at
+    /// most one unsent message of each key.
+    pub collapse_key: Option<Box<str>>,
 }
 
 /// Who a shared message is for.
@@ -278,7 +284,10 @@ pub enum Status {
     /// 4: dropped by the per-device pending cap (oldest first) or by
     /// DeleteToken.
     Dropped,
-    /// 5: recalled before the device acknowledged it. It is never written
+    /// 5: replaced, before it was sent, by a newer message for the same
+    /// device with the same collapse key.
+    Collapsed,
+    /// 6: recalled before the device acknowledged it. It is never written
     /// again; `RecallMark` says whether a Revoke went after it.
     Recalled,
 }
@@ -291,6 +300,7 @@ impl Status {
             Self::Acked => 2,
             Self::Expired => 3,
             Self::Dropped => 4,
+            Self::Collapsed => 5,
             Self::Recalled => 6,
         }
     }
@@ -302,6 +312,7 @@ impl Status {
             Self::Acked => "Acked",
             Self::Expired => "Expired",
             Self::Dropped => "Dropped",
+            Self::Collapsed => "Collapsed",
             Self::Recalled => "Recalled",
         }
     }
@@ -379,6 +390,22 @@ pub enum StorageRefusal {
     Full,
     /// A write or fsync failed; the shard accepts nothing until restart.
     Failed,
+}
+
+/// What a shard did with a token rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The device holds `token` now. `online`: it is being sent a
+    /// TokenUpdate frame. A Hello with the old token reaches it until
+    /// `redirect_until_ms` (0: not at all).
+    Rotated {
+        token: Box<str>,
+        online: bool,
+        redirect_until_ms: u64,
+    },
+    /// No device of this app holds the token (never issued, deleted, another
+    /// app's, or already rotated away).
+    UnknownToken,
 }
 
 /// Answer to a status query.
@@ -509,6 +536,9 @@ pub enum RecallAnswer {
 /// The answer to a recall, once its changes are durable.
 pub type RecallReply = Reply<Result<RecallAnswer, StorageRefusal>>;
 
+/// The answer to a token rotation, once it is durable.
+pub type RotateReply = Reply<Result<Rotation, StorageRefusal>>;
+
 /// Work for a shard's delivery core, sent by the API.
 #[derive(Debug)]
 pub enum Command {
@@ -531,6 +561,13 @@ pub enum Command {
         token: Box<str>,
         change: RegistryChange,
         reply: RegistryReply,
+    },
+    /// Gives the device holding `token` (this shard owns it) a new token,
+    /// keeping everything it has.
+    RotateToken {
+        app_id: Arc<str>,
+        token: Box<str>,
+        reply: RotateReply,
     },
     /// The app's devices of this shard that match `lookup`.
     QueryDevices {

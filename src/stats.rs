@@ -728,6 +728,18 @@ impl ShardStats {
         ReportOutcome::Counted
     }
 
+    /// A device's token changed (rotated, or a rotation undone). Its
+    /// reports not yet in the log name the token it has now: they are
+    /// journaled after the rotation's record, and replay finds the device
+    /// by the token it holds at that point of the log.
+    pub fn token_renamed(&mut self, old: &str, new: &str) {
+        for (token, _, _) in &mut self.reports {
+            if **token == *old {
+                *token = new.into();
+            }
+        }
+    }
+
     /// Whether counts wait for `take_delta`.
     pub fn has_unflushed(&self) -> bool {
         !self.dirty.is_empty() || !self.spilled.is_empty() || !self.reports.is_empty()

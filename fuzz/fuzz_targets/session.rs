@@ -1,7 +1,7 @@
 //! Arbitrary byte streams from several connections, interleaved with pushes
-//! and the passing of time, into one shard's delivery core: it must never
-//! panic, and its bookkeeping must stay consistent (`check_invariants`)
-//! after every step.
+//! (some with collapse keys), token rotations and the passing of time, into
+//! one shard's delivery core: it must never panic, and its bookkeeping must
+//! stay consistent (`check_invariants`) after every step.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use ringpush::config::Config;
 use ringpush::delivery::{DeliveryCore, IoAction};
-use ringpush::message::{Command, Message, StorageRefusal};
+use ringpush::message::{Command, Message, Rotation, StorageRefusal};
 use ringpush::protocol::{body, decode_slice, Frame};
 
 const T0_MS: u64 = 1_700_000_000_000;
@@ -29,14 +29,36 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(64) {
         let (op, payload) = chunk.split_first().unwrap();
         let pick = usize::from(*op >> 3);
-        match op % 5 {
+        match op % 7 {
             0 => conns.extend(core.open_connection(now)),
             1 if !conns.is_empty() => core.on_bytes(conns[pick % conns.len()], payload, now),
             2 if !conns.is_empty() => {
                 let c = conns.swap_remove(pick % conns.len());
                 core.on_closed(c, now);
             }
-            3 if !tokens.is_empty() => {
+            5 if !tokens.is_empty() => {
+                let token = tokens[pick % tokens.len()].clone();
+                let (reply, mut answer) = tokio::sync::oneshot::channel();
+                core.on_command(
+                    Command::RotateToken {
+                        app_id: "demo".into(),
+                        token: token.as_str().into(),
+                        reply,
+                    },
+                    now,
+                );
+                // Every third rotation's commit fails: it is undone.
+                let result = if payload.first().is_some_and(|b| b % 3 == 0) {
+                    Err(StorageRefusal::Full)
+                } else {
+                    Ok(None)
+                };
+                core.journal_done(result, now);
+                if let Ok(Ok(Rotation::Rotated { token, .. })) = answer.try_recv() {
+                    tokens.push(token.into());
+                }
+            }
+            3 | 6 if !tokens.is_empty() => {
                 let token = tokens[pick % tokens.len()].clone();
                 let now_ms = T0_MS + (now - start).as_millis() as u64;
                 let ttl_ms = 1000 * u64::from(payload.first().copied().unwrap_or(1).max(1));
@@ -57,6 +79,8 @@ fuzz_target!(|data: &[u8]| {
                             expires_at_ms: now_ms + ttl_ms,
                             frame: Bytes::from(frame.to_bytes()),
                             task: ringpush::message::TaskTag::untasked(ringpush::stats::PushType::Simple),
+                            collapse_key: (op % 7 == 6)
+                                .then(|| format!("c{}", payload.get(1).copied().unwrap_or(0) % 3).into()),
                         }],
                         reply,
                     },

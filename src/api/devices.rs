@@ -1,6 +1,7 @@
 //! The device registry through the API: bind and unbind a user, join and
 //! leave groups, report a vendor token (the same changes a device makes with
-//! its own frames), and the device query by token or by user. A change goes
+//! its own frames), rotate a device's token, and the device query by token
+//! or by user. A change goes
 //! to the shard that owns the token and is answered once it is durable; a
 //! query by user asks every shard, because a user's devices live wherever
 //! their tokens hash.
@@ -18,7 +19,7 @@ use super::auth::AuthenticatedApp;
 use super::result_code::{ApiError, ResultCode};
 use super::{admit, ask, ask_all, error_response, record, resolve_app, ApiState};
 use crate::delivery::{self, MAX_GROUPS_PER_DEVICE, MAX_GROUP_LEN, MAX_VENDOR_TOKEN_LEN, VENDOR_CHANNELS};
-use crate::message::{owner_shard, Command, DeviceLookup, DeviceReport, RegistryChange};
+use crate::message::{owner_shard, Command, DeviceLookup, DeviceReport, RegistryChange, Rotation};
 
 /// thirdChannel's values, for messages.
 const CHANNELS: &str = "2 (Apple), 4 (Xiaomi), 5 (Huawei), 6 (FCM), 7 (OPPO) or 8 (vivo)";
@@ -206,6 +207,77 @@ fn refusal(operation: Operation, code: i32) -> Option<ApiError> {
         ),
     };
     Some(ApiError::new(code, reason))
+}
+
+/// A token rotation as the API receives it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RotateRequest {
+    app_id: Option<String>,
+    workspace_id: Option<String>,
+    delivery_token: Option<String>,
+}
+
+/// `POST /v1/devices/token-update`: gives the device a new token and
+/// answers it once durable. Pushes, registry changes and queries with the
+/// old token answer 3054 from then on; the device is sent a TokenUpdate
+/// frame if online, and a Hello with the old token reaches it (and is told
+/// the new one) until it presents the new token or
+/// `delivery.token_redirect_secs` pass.
+pub(super) async fn rotate(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    const OP: &str = "token_update";
+    let started = Instant::now();
+    let result = async {
+        let (caller, bytes) = admit(&state, request).await?;
+        let req: RotateRequest = super::json_body(&bytes)?;
+        let app_id = resolve_app(&caller, req.app_id.as_deref(), req.workspace_id.as_deref())?;
+        let token = req.delivery_token.unwrap_or_default();
+        if token.is_empty() {
+            return Err(ApiError::new(
+                ResultCode::NeedDeliveryToken,
+                "deliveryToken is required",
+            ));
+        }
+        let shard = owner_shard(token.as_bytes(), state.shards.len());
+        let rotation = ask(&state, shard, |reply| Command::RotateToken {
+            app_id,
+            token: token.into(),
+            reply,
+        })
+        .await?
+        .map_err(super::storage_error)?;
+        match rotation {
+            Rotation::Rotated {
+                token,
+                online,
+                redirect_until_ms,
+            } => Ok((token, online, redirect_until_ms)),
+            Rotation::UnknownToken => Err(ApiError::new(
+                ResultCode::DeliveryTokenInvalid,
+                "no device of this app holds this deliveryToken (never issued, deleted, or already rotated)",
+            )),
+        }
+    }
+    .await;
+    match result {
+        Ok((token, online, redirect_until_ms)) => {
+            record(OP, "OK", started);
+            super::envelope(
+                200,
+                "OK",
+                "",
+                json!({
+                    "Success": true, "ResultMsg": "",
+                    "Data": {
+                        "deliveryToken": token,
+                        "online": online,
+                        "redirectUntil": redirect_until_ms,
+                    },
+                }),
+            )
+        }
+        Err(e) => error_response(OP, started, e),
+    }
 }
 
 /// `GET /v1/devices?appId=…&workspaceId=…&userId=…` (or `&token=…`).

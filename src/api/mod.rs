@@ -167,6 +167,11 @@ pub const ROUTES: &[Route] = &[
         handler: |m| registry(m, devices::Operation::VendorToken),
     },
     Route {
+        method: Method::POST,
+        path: "/v1/devices/token-update",
+        handler: |m| on(m, devices::rotate),
+    },
+    Route {
         method: Method::GET,
         path: "/v1/devices",
         handler: |m| on(m, devices::query),

@@ -33,6 +33,8 @@ pub const MAX_TARGETS: usize = 10;
 /// Targets per multiple push.
 pub const MAX_MULTIPLE_TARGETS: usize = 100;
 pub const MAX_MSG_KEY_CHARS: usize = 64;
+/// A collapseKey, like a msgKey: 1 to 64 characters.
+pub const MAX_COLLAPSE_KEY_CHARS: usize = 64;
 pub const MAX_EXTENDED_PARAMS: usize = 20;
 /// A multiple push's per-target extendedParams: fewer than 10.
 pub const MAX_TARGET_EXTENDED_PARAMS: usize = 9;
@@ -102,6 +104,10 @@ pub struct PushRequest {
     /// target, in `targets` order. Ids, msgKeys and times are set when
     /// encoding.
     pub bodies: Vec<body::Push>,
+    /// Per target, in `targets` order: the collapse key of its message
+    /// (a newer one with the same key replaces it on the device's queue
+    /// while it is unsent).
+    pub collapse_keys: Vec<Option<Box<str>>>,
 }
 
 /// What a push's targets name.
@@ -193,6 +199,9 @@ struct Request {
     template_name: Option<Field>,
     template_key_value: Option<Field>,
     target_msgs: Option<Field>,
+    /// Ours (FCM and APNs have it): replaces the device's unsent message
+    /// with the same key.
+    collapse_key: Option<Field>,
 }
 
 /// Validates a simple push.
@@ -270,8 +279,8 @@ enum Content {
 /// broadcast, group or tag push, a templateName with a title or content is
 /// 3028), deliveryType
 /// (3009, 3030), expiredSeconds (3020, 3026), the targets (3021, 3029, 3055
-/// and per target), extendedParams (3044, 3035), the display fields,
-/// notifyType, templateKeyValue.
+/// and per target), extendedParams (3044, 3035), collapseKey (3028), the
+/// display fields, notifyType, templateKeyValue.
 fn parse_any(
     bytes: &[u8],
     config: &Config,
@@ -361,14 +370,15 @@ fn parse_any(
             AudienceKind::Tag { name, users: None }
         }
     };
-    let (targets, per_target) = match kind {
-        PushKind::Simple | PushKind::Template => (target_msgkey(req.target_msgkey, &audience)?, None),
+    let (targets, per_target, target_collapse_keys) = match kind {
+        PushKind::Simple | PushKind::Template => (target_msgkey(req.target_msgkey, &audience)?, None, None),
         PushKind::Multiple => {
             let msgs = target_msgs(req.target_msgs, &audience)?;
-            (msgs.targets, Some(msgs.extras))
+            (msgs.targets, Some(msgs.extras), Some(msgs.collapse_keys))
         }
         PushKind::Broadcast | PushKind::Group | PushKind::Tag => (
             vec![(String::new(), one_msg_key(&req.msgkey, &req.msg_key_camel)?)],
+            None,
             None,
         ),
     };
@@ -378,6 +388,12 @@ fn parse_any(
         MAX_EXTENDED_PARAMS,
         ResultCode::ExtendParamTooMuch,
     )?;
+    let collapse = collapse_key(&req.collapse_key, "collapseKey")?;
+    let collapse_keys = match target_collapse_keys {
+        // A target's own collapseKey wins over the request's.
+        Some(own) => own.into_iter().map(|k| k.or_else(|| collapse.clone())).collect(),
+        None => vec![collapse; targets.len()],
+    };
     let notify_type = string_field(&req.notify_type, "notifyType")?.unwrap_or_default();
     let request = PushRequest {
         kind,
@@ -387,6 +403,7 @@ fn parse_any(
         audience,
         ttl_secs,
         bodies: Vec::new(),
+        collapse_keys,
     };
 
     let template_name = match content {
@@ -561,6 +578,19 @@ fn check_msg_key(msg_key: String) -> Result<String, ApiError> {
     Ok(msg_key)
 }
 
+/// An optional collapse key: 1 to `MAX_COLLAPSE_KEY_CHARS` characters, a
+/// string or an integer (3028 otherwise).
+fn collapse_key(field: &Option<Field>, name: &str) -> Result<Option<Box<str>>, ApiError> {
+    match string_field(field, name)? {
+        None => Ok(None),
+        Some(key) if key.is_empty() || key.chars().count() > MAX_COLLAPSE_KEY_CHARS => Err(ApiError::new(
+            ResultCode::InvalidParam,
+            format!("{name} must be 1 to {MAX_COLLAPSE_KEY_CHARS} characters"),
+        )),
+        Some(key) => Ok(Some(key.into_boxed_str())),
+    }
+}
+
 /// A msgKey given as a string or an integer.
 fn msg_key_value(field: Field) -> Result<String, ApiError> {
     let msg_key = match field {
@@ -648,10 +678,13 @@ fn target_msgkey(field: Option<Field>, audience: &AudienceKind) -> Result<Vec<(S
 struct TargetMsgs {
     targets: Vec<(String, String)>,
     extras: Vec<(HashMap<String, String>, HashMap<String, String>)>,
+    /// A target's own collapseKey, if it has one.
+    collapse_keys: Vec<Option<Box<str>>>,
 }
 
 /// `targetMsgs` of a multiple push: a list (or a string holding one) of
-/// `{target, msgKey, templateKeyValue, extendedParams}`, 1 to 100 entries.
+/// `{target, msgKey, templateKeyValue, extendedParams, collapseKey}`, 1 to
+/// 100 entries.
 fn target_msgs(field: Option<Field>, audience: &AudienceKind) -> Result<TargetMsgs, ApiError> {
     let items = match fields::list_or_json_string(field) {
         Ok(Some(items)) => items,
@@ -685,6 +718,7 @@ fn target_msgs(field: Option<Field>, audience: &AudienceKind) -> Result<TargetMs
     }
     let mut targets = Vec::with_capacity(items.len());
     let mut extras = Vec::with_capacity(items.len());
+    let mut collapse_keys = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let at = |e: ApiError| ApiError::new(e.code, format!("targetMsgs[{i}]: {}", e.reason));
         let Field::Map(entries) = item else {
@@ -693,13 +727,14 @@ fn target_msgs(field: Option<Field>, audience: &AudienceKind) -> Result<TargetMs
                 "must be an object {target, msgKey, templateKeyValue, extendedParams}",
             )));
         };
-        let (mut target, mut msg_key, mut values, mut params) = (None, None, None, None);
+        let (mut target, mut msg_key, mut values, mut params, mut collapse) = (None, None, None, None, None);
         for (key, value) in entries {
             match key.as_str() {
                 "target" => target = Some(value),
                 "msgKey" => msg_key = Some(value),
                 "templateKeyValue" => values = Some(value),
                 "extendedParams" => params = Some(value),
+                "collapseKey" => collapse = Some(value),
                 _ => {}
             }
         }
@@ -719,10 +754,15 @@ fn target_msgs(field: Option<Field>, audience: &AudienceKind) -> Result<TargetMs
             ResultCode::MultipleInnerExtendParamTooMuch,
         )
         .map_err(at)?;
+        collapse_keys.push(collapse_key(&collapse, "collapseKey").map_err(at)?);
         targets.push((target, msg_key));
         extras.push((values, params));
     }
-    Ok(TargetMsgs { targets, extras })
+    Ok(TargetMsgs {
+        targets,
+        extras,
+        collapse_keys,
+    })
 }
 
 /// A string map of at most `max` keys (else `too_many`), none empty or
@@ -893,15 +933,18 @@ impl PushRequest {
     ) -> Result<Vec<Message>, ApiError> {
         let expires_at_ms = now_ms + self.ttl_secs * 1000;
         let task = self.task_tag(task_id);
-        self.frames(now_ms, task_id, next_id, |(token, msg_key), id, frame| Message {
-            id,
-            app_id: self.app_id.clone(),
-            token: token.as_str().into(),
-            msg_key: msg_key.as_str().into(),
-            accepted_at_ms: now_ms,
-            expires_at_ms,
-            frame,
-            task: task.clone(),
+        self.frames(now_ms, task_id, next_id, |i, (token, msg_key), id, frame| {
+            Message {
+                id,
+                app_id: self.app_id.clone(),
+                token: token.as_str().into(),
+                msg_key: msg_key.as_str().into(),
+                accepted_at_ms: now_ms,
+                expires_at_ms,
+                frame,
+                task: task.clone(),
+                collapse_key: self.collapse_keys[i].clone(),
+            }
         })
     }
 
@@ -921,7 +964,7 @@ impl PushRequest {
             ));
         }
         let task = self.task_tag(task_id);
-        self.frames(now_ms, task_id, next_id, |(target, msg_key), id, frame| {
+        self.frames(now_ms, task_id, next_id, |i, (target, msg_key), id, frame| {
             let audience = match &self.audience {
                 AudienceKind::Users | AudienceKind::Tokens => Audience::User(target.as_str().into()),
                 AudienceKind::Broadcast { platform, filter } => Audience::Platform {
@@ -945,6 +988,7 @@ impl PushRequest {
                 frame,
                 push_type: task.push_type,
                 task_name: task.name.clone(),
+                collapse_key: self.collapse_keys[i].clone(),
             })
         })
     }
@@ -956,7 +1000,7 @@ impl PushRequest {
         now_ms: u64,
         task_id: u64,
         mut next_id: impl FnMut() -> u64,
-        mut build: impl FnMut(&(String, String), u64, Bytes) -> T,
+        mut build: impl FnMut(usize, &(String, String), u64, Bytes) -> T,
     ) -> Result<Vec<T>, ApiError> {
         let one_body = self.bodies.len() == 1;
         debug_assert!(one_body || self.bodies.len() == self.targets.len());
@@ -991,7 +1035,7 @@ impl PushRequest {
                         format!("the message{whom} is {body_len} bytes; at most {MAX_PUSH_BODY_BYTES}"),
                     ));
                 }
-                Ok(build(target, push.id, Bytes::from(frame)))
+                Ok(build(i, target, push.id, Bytes::from(frame)))
             })
             .collect()
     }
@@ -1509,6 +1553,69 @@ mod tests {
         assert_eq!(shared[1].audience, Audience::User("b".into()));
         assert_eq!(shared[1].task_id, 42);
         assert_eq!(decoded(&shared[1].frame).title, "Hi Bob");
+    }
+
+    #[test]
+    fn a_collapse_key_reaches_every_message_of_the_push() {
+        let mut body = base();
+        body["collapseKey"] = json!("score");
+        body["targetMsgkey"] = json!({"t1": "k1", "t2": "k2"});
+        let request = check(|r| *r = body.as_object().unwrap().clone()).unwrap();
+        let messages = request.messages(1, 0, || 1).unwrap();
+        assert!(messages
+            .iter()
+            .all(|m| m.collapse_key.as_deref() == Some("score")));
+        // Absent or null: none.
+        let request = check(|_| {}).unwrap();
+        assert_eq!(request.messages(1, 0, || 1).unwrap()[0].collapse_key, None);
+        let request = check(|r| drop(r.insert("collapseKey".into(), Value::Null))).unwrap();
+        assert_eq!(request.messages(1, 0, || 1).unwrap()[0].collapse_key, None);
+        // A number is its decimal text, like a msgKey.
+        let request = check(|r| drop(r.insert("collapseKey".into(), json!(7)))).unwrap();
+        assert_eq!(
+            request.messages(1, 0, || 1).unwrap()[0].collapse_key.as_deref(),
+            Some("7")
+        );
+        // To users: every user's shared message carries it.
+        let mut body = template_base();
+        body["deliveryType"] = json!(3);
+        body["collapseKey"] = json!("score");
+        let request = templated(PushKind::Template, &body)
+            .unwrap()
+            .render(&template())
+            .unwrap();
+        let shared = request.shared_messages(1, 0, || 1).unwrap();
+        assert_eq!(shared[0].collapse_key.as_deref(), Some("score"));
+    }
+
+    #[test]
+    fn a_collapse_key_is_one_to_64_characters() {
+        let max = "é".repeat(MAX_COLLAPSE_KEY_CHARS);
+        assert!(check(|r| drop(r.insert("collapseKey".into(), json!(max)))).is_ok());
+        let over = "é".repeat(MAX_COLLAPSE_KEY_CHARS + 1);
+        for bad in [json!(""), json!(over), json!(["a"]), json!({"a": 1})] {
+            assert_eq!(
+                check(|r| drop(r.insert("collapseKey".into(), bad.clone()))).unwrap_err(),
+                3028,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_multiple_push_target_may_have_its_own_collapse_key() {
+        let mut body = multiple_base();
+        body["collapseKey"] = json!("all");
+        body["targetMsgs"][0]["collapseKey"] = json!("mine");
+        let request = templated(PushKind::Multiple, &body)
+            .unwrap()
+            .render(&template())
+            .unwrap();
+        let messages = request.messages(1, 5, || 1).unwrap();
+        assert_eq!(messages[0].collapse_key.as_deref(), Some("mine"));
+        assert_eq!(messages[1].collapse_key.as_deref(), Some("all"), "the request's");
+        body["targetMsgs"][1]["collapseKey"] = json!("");
+        assert_eq!(templated(PushKind::Multiple, &body).unwrap_err(), 3028);
     }
 
     #[test]

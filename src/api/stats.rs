@@ -155,7 +155,10 @@ fn task_json(t: &TaskReport) -> Value {
     out.insert("pushType".into(), t.push_type.name().into());
     out.extend(counts_json(&t.counts));
     out.insert("startTime".into(), t.created_ms.into());
-    let end = (t.last_arrived_ms != 0).then_some(t.last_arrived_ms);
+    // The start is stamped by the API's clock, arrivals by the shard's
+    // (fixed to wall time when it started): they may disagree by a few
+    // milliseconds, but an end is never before the start.
+    let end = (t.last_arrived_ms != 0).then_some(t.last_arrived_ms.max(t.created_ms));
     out.insert("endTime".into(), end.into());
     out.insert(
         "duration".into(),

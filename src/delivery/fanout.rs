@@ -287,6 +287,7 @@ mod tests {
             frame: Bytes::from_static(b"frame"),
             push_type: crate::stats::PushType::Broadcast,
             task_name: Arc::from(""),
+            collapse_key: None,
         })
     }
 

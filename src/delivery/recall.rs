@@ -392,7 +392,8 @@ impl DeliveryCore {
         let (accepted_at_ms, expires_at_ms) = (record.accepted_at_ms, record.expires_at_ms);
         let written = match record.status {
             Status::Expired | Status::NoBindInfo => return CopyRecall::Not(RecallResult::Expired),
-            Status::Dropped => return CopyRecall::Not(RecallResult::Dropped),
+            // Collapsed: replaced before it was sent, so never delivered.
+            Status::Dropped | Status::Collapsed => return CopyRecall::Not(RecallResult::Dropped),
             Status::Recalled => return CopyRecall::Not(RecallResult::AlreadyRecalled),
             Status::Acked => true,
             Status::Pending => {

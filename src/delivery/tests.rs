@@ -6,9 +6,11 @@ use super::*;
 use crate::config::App;
 use crate::protocol::{decode_slice, FrameType};
 
+mod collapse;
 mod recall;
 mod shared;
 mod stats;
+mod tokens;
 
 const T0_UNIX_MS: u64 = 1_700_000_000_000;
 
@@ -222,6 +224,40 @@ impl Harness {
     }
 
     fn push_app(&mut self, app: &str, token: &str, msg_key: &str, ttl_secs: u64) -> (u64, Accepted) {
+        self.push_with(app, token, msg_key, ttl_secs, None)
+    }
+
+    /// Pushes one message with an optional collapse key and commits.
+    fn push_with(
+        &mut self,
+        app: &str,
+        token: &str,
+        msg_key: &str,
+        ttl_secs: u64,
+        collapse_key: Option<&str>,
+    ) -> (u64, Accepted) {
+        let (id, mut rx) = self.push_uncommitted(app, token, msg_key, ttl_secs, collapse_key);
+        self.commit();
+        let outcomes = rx
+            .try_recv()
+            .expect("the core answers once the journal is done")
+            .expect("the journal was written");
+        (id, outcomes[0])
+    }
+
+    /// Hands the core one message; the caller commits (or fails) the
+    /// journal. Answers the message id and the reply channel.
+    fn push_uncommitted(
+        &mut self,
+        app: &str,
+        token: &str,
+        msg_key: &str,
+        ttl_secs: u64,
+        collapse_key: Option<&str>,
+    ) -> (
+        u64,
+        tokio::sync::oneshot::Receiver<Result<Vec<Accepted>, StorageRefusal>>,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
         let accepted_at_ms = self.unix_ms();
@@ -234,7 +270,7 @@ impl Harness {
             expires_at_ms: accepted_at_ms + ttl_secs * 1000,
             ..Default::default()
         }));
-        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        let (reply, rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
             Command::Push {
                 messages: vec![Message {
@@ -246,17 +282,13 @@ impl Harness {
                     expires_at_ms: accepted_at_ms + ttl_secs * 1000,
                     frame: Bytes::from(frame.to_bytes()),
                     task: TaskTag::untasked(crate::stats::PushType::Simple),
+                    collapse_key: collapse_key.map(Into::into),
                 }],
                 reply,
             },
             self.now,
         );
-        self.commit();
-        let outcomes = rx
-            .try_recv()
-            .expect("the core answers once the journal is done")
-            .expect("the journal was written");
-        (id, outcomes[0])
+        (id, rx)
     }
 
     fn status(&mut self, token: &str, msg_key: &str) -> Option<Status> {
@@ -839,6 +871,11 @@ mod properties {
         Push {
             ttl_secs: u64,
         },
+        /// A push with one of two collapse keys.
+        PushCollapsing {
+            ttl_secs: u64,
+            key: bool,
+        },
         AckAll,
         AckFirst,
         Disconnect,
@@ -855,6 +892,7 @@ mod properties {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (1u64..20).prop_map(|ttl_secs| Op::Push { ttl_secs }),
+            2 => (1u64..20, any::<bool>()).prop_map(|(ttl_secs, key)| Op::PushCollapsing { ttl_secs, key }),
             2 => Just(Op::AckAll),
             2 => Just(Op::AckFirst),
             1 => Just(Op::Disconnect),
@@ -912,6 +950,19 @@ mod properties {
                             h.commit();
                             recalled.insert(id);
                         }
+                    }
+                    Op::PushCollapsing { ttl_secs, key } => {
+                        let msg_key = format!("k{}", h.next_id);
+                        let collapse = if key { "a" } else { "b" };
+                        let (id, accepted) = h.push_with("demo", &token, &msg_key, ttl_secs, Some(collapse));
+                        let queued = matches!(accepted, Accepted::Queued { .. });
+                        prop_assert!(queued, "push refused: {:?}", accepted);
+                        expires.insert(id, h.unix_ms() + ttl_secs * 1000);
+                        // At most one unsent message per key.
+                        let d = &h.core.devices[h.core.by_token[token.as_str()]];
+                        let unsent = d.queue.iter().skip(d.in_flight);
+                        let same = unsent.filter(|p| p.collapse_key.as_deref() == Some(collapse)).count();
+                        prop_assert!(same <= 1, "{} unsent messages with key {}", same, collapse);
                     }
                     Op::AckAll | Op::AckFirst => {
                         if let Some(c) = conn {
@@ -1106,6 +1157,7 @@ fn a_failed_commit_withdraws_messages_before_any_device_sees_them() {
                 expires_at_ms: h.unix_ms() + 60_000,
                 frame: Bytes::from(frame.to_bytes()),
                 task: TaskTag::untasked(crate::stats::PushType::Simple),
+                collapse_key: None,
             }],
             reply,
         },

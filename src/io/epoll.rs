@@ -87,7 +87,11 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
                         lp.read(conn, now);
                     }
                     if event.is_writable() {
-                        lp.flush(conn);
+                        // Only what earlier iterations handed over: bytes
+                        // the core produced in this one (a Welcome with a
+                        // new token, a confirmed rotation) wait for the
+                        // commit below and `run_actions`.
+                        lp.write_unsent(conn);
                     }
                 }
             }
@@ -190,7 +194,8 @@ impl Loop {
     }
 
     /// Writes what the core has for `conn` after what the socket still owes.
-    /// Returns false when the socket failed.
+    /// Returns false when the socket failed. Only after the iteration's
+    /// commit: the core's bytes may depend on it.
     fn flush(&mut self, conn: ConnId) -> bool {
         let more = self.core.take_outbound(conn);
         let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
@@ -203,6 +208,15 @@ impl Loop {
                 c.unsent.extend_from_slice(&more);
             }
         }
+        self.write_unsent(conn)
+    }
+
+    /// Writes what the socket still owes from earlier flushes (committed
+    /// bytes only). Returns false when the socket failed.
+    fn write_unsent(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
+            return false;
+        };
         while !c.unsent.is_empty() {
             match c.stream.write(&c.unsent) {
                 Ok(n) => c.unsent.advance(n),

@@ -255,6 +255,23 @@ impl Daemon {
         }
     }
 
+    /// Polls the device query until the daemon holds `token`'s device as
+    /// offline (a dropped connection is closed by its shard asynchronously),
+    /// panicking after PATIENCE.
+    pub fn wait_offline(&self, token: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let query = format!("/v1/devices?appId={TEST_APP}&workspaceId=default&token={token}");
+            let (_, json) = self.http("GET", &query, "");
+            let online = &json["PushResult"]["Data"]["devices"][0]["online"];
+            if *online == serde_json::Value::Bool(false) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{token} stayed online: {json}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn metrics(&self) -> String {
         let (code, body) = raw_http(self.admin, "GET", "/metrics", "");
         assert_eq!(code, 200);

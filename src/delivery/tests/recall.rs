@@ -89,6 +89,7 @@ impl Harness {
                 push_type: PushType::Multiple,
                 name: "".into(),
             },
+            collapse_key: None,
         };
         self.core.on_command(
             Command::Push {
@@ -122,6 +123,7 @@ impl Harness {
             msg_key: message.msg_key.clone(),
             app_id: message.app_id.clone(),
             task_name: message.task_name.clone(),
+            collapse_key: message.collapse_key.clone(),
             ..*message
         });
         let (reply, mut rx) = tokio::sync::oneshot::channel();

@@ -56,6 +56,7 @@ impl Harness {
             frame: Bytes::from(frame.to_bytes()),
             push_type: crate::stats::PushType::Broadcast,
             task_name: "news".into(),
+            collapse_key: None,
         });
         (id, message)
     }

@@ -37,6 +37,7 @@ impl Harness {
                         push_type,
                         name: "spring sale".into(),
                     },
+                    collapse_key: None,
                 }],
                 reply,
             },
@@ -68,6 +69,7 @@ impl Harness {
             frame: Bytes::from(frame.to_bytes()),
             push_type: PushType::Group,
             task_name: "to everyone".into(),
+            collapse_key: None,
         });
         let (reply, mut rx) = tokio::sync::oneshot::channel();
         self.core.on_command(
@@ -249,6 +251,7 @@ fn a_failed_commit_takes_back_the_counts_of_its_messages() {
                 expires_at_ms: h.unix_ms() + 60_000,
                 frame: Bytes::from(frame.to_bytes()),
                 task: TaskTag::untasked(PushType::Simple),
+                collapse_key: None,
             }],
             reply,
         },
@@ -326,4 +329,42 @@ fn counts_after_a_checkpoint_add_to_it() {
     replay_into(&mut after.core, &log, h.now);
     assert_eq!(after.day_counts(None), Counts([4, 4, 3, 1, 0]));
     assert_eq!(after.task(5).unwrap().counts, Counts([2, 2, 2, 1, 0]));
+}
+
+#[test]
+fn a_report_journaled_after_a_rotation_names_the_new_token() {
+    let mut h = Harness::new();
+    let (conn, w) = h.device("");
+    let (id, _) = h.push_task(&w.token, "k1", 0, PushType::Simple);
+    h.output(conn);
+    h.ack(conn, &[id]);
+    h.commit();
+    // The report waits for the next flush; the rotation's commit flushes
+    // it, after the rotation's record.
+    h.send(conn, &Frame::Opened(ids(&[id])));
+    assert!(h.core.stats.has_unflushed());
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    h.core.on_command(
+        Command::RotateToken {
+            app_id: "demo".into(),
+            token: w.token.as_str().into(),
+            reply,
+        },
+        h.now,
+    );
+    h.commit();
+    let Ok(Ok(Rotation::Rotated { token: new, .. })) = rx.try_recv() else {
+        panic!("rotated");
+    };
+    assert!(!h.core.stats.has_unflushed());
+    assert_eq!(h.day_counts(None), Counts([1, 1, 1, 1, 0]));
+    let mut after = h.restarted();
+    replay_into(&mut after.core, &h.log, h.now);
+    assert_eq!(after.day_counts(None), Counts([1, 1, 1, 1, 0]));
+    // The device's ring knows the message was reported: not counted again.
+    let (conn, _) = after.device(&new);
+    after.output(conn);
+    after.report(conn, Frame::Opened(ids(&[id])));
+    assert_eq!(after.day_counts(None), Counts([1, 1, 1, 1, 0]));
+    after.core.check_invariants();
 }
