@@ -369,11 +369,13 @@ fn the_daemon_answers_as_the_spec_says() {
     // both `delivering` and `queued`.
     let online = d.device("");
     let offline = d.device("").token.clone();
+    // The token-update example rotates this one's token away.
+    let rotated = d.device("").token.clone();
     let spec = spec();
     let mut run = Run {
         d: &d,
         spec: &spec,
-        tokens: vec![online.token.clone(), offline],
+        tokens: vec![online.token.clone(), offline, rotated],
         example_tokens: spec["x-example-tokens"]
             .as_array()
             .expect("x-example-tokens")
