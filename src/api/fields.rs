@@ -240,6 +240,70 @@ impl<'de> Deserialize<'de> for Field {
     }
 }
 
+/// A positive integer query parameter, at most `max` (3028 otherwise;
+/// `usize::MAX` for no limit of its own).
+pub(super) fn page_param(
+    query: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            let reason = if max == usize::MAX {
+                format!("{name} must be a positive integer")
+            } else {
+                format!("{name} must be an integer from 1 to {max}")
+            };
+            ApiError::new(ResultCode::InvalidParam, reason)
+        }),
+    }
+}
+
+/// Which page of a list a request asks for: `pageNumber` from 1,
+/// `pageSize` at most a limit of the list's own (3028 otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Page {
+    pub number: usize,
+    pub size: usize,
+}
+
+impl Page {
+    pub fn of_query(
+        query: &HashMap<String, String>,
+        default_size: usize,
+        max_size: usize,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            number: page_param(query, "pageNumber", 1, usize::MAX)?,
+            size: page_param(query, "pageSize", default_size, max_size)?,
+        })
+    }
+
+    /// This page of `all`.
+    pub fn of<'a, T>(&self, all: &'a [T]) -> impl Iterator<Item = &'a T> {
+        all.iter()
+            .skip((self.number - 1).saturating_mul(self.size))
+            .take(self.size)
+    }
+
+    /// The answer to a list request: `total`, the page, and this page of
+    /// `all` as JSON under `name`.
+    pub fn listing<T>(
+        &self,
+        all: &[T],
+        name: &str,
+        to_json: impl Fn(&T) -> serde_json::Value,
+    ) -> serde_json::Value {
+        let mut data = serde_json::json!({
+            "total": all.len(), "pageNumber": self.number, "pageSize": self.size,
+        });
+        data[name] = self.of(all).map(to_json).collect();
+        data
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +338,38 @@ mod tests {
         assert_eq!(flag_field(&field("\"1\""), "silent"), Ok(true));
         assert_eq!(flag_field(&None, "silent"), Ok(false));
         assert!(flag_field(&field("2"), "silent").is_err());
+    }
+
+    #[test]
+    fn page_parameters() {
+        let q = |v: &str| HashMap::from([("pageSize".to_string(), v.to_string())]);
+        assert_eq!(page_param(&HashMap::new(), "pageSize", 100, 500), Ok(100));
+        assert_eq!(page_param(&q("500"), "pageSize", 100, 500), Ok(500));
+        assert!(page_param(&q("0"), "pageSize", 100, 500).is_err());
+        assert!(page_param(&q("501"), "pageSize", 100, 500).is_err());
+        assert!(page_param(&q("x"), "pageSize", 100, 500).is_err());
+        let reason = |v: &str, max| page_param(&q(v), "pageSize", 1, max).unwrap_err().reason;
+        assert_eq!(reason("0", 500), "pageSize must be an integer from 1 to 500");
+        assert_eq!(reason("x", usize::MAX), "pageSize must be a positive integer");
+        assert_eq!(reason("-1", usize::MAX), "pageSize must be a positive integer");
+    }
+
+    #[test]
+    fn a_page_of_a_list() {
+        let q = HashMap::from([
+            ("pageNumber".to_string(), "2".to_string()),
+            ("pageSize".to_string(), "2".to_string()),
+        ]);
+        let page = Page::of_query(&q, 10, 100).unwrap();
+        assert_eq!(page.of(&[1, 2, 3, 4, 5]).collect::<Vec<_>>(), [&3, &4]);
+        let data = page.listing(&[1, 2, 3], "n", |n| (*n).into());
+        assert_eq!(
+            data,
+            serde_json::json!({"total": 3, "pageNumber": 2, "pageSize": 2, "n": [3]})
+        );
+        assert_eq!(
+            Page::of_query(&HashMap::new(), 10, 100).unwrap(),
+            Page { number: 1, size: 10 }
+        );
     }
 }

@@ -14,8 +14,8 @@ use axum::extract::{Path, Query, Request, State};
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::fields::Page;
 use super::result_code::{ApiError, ResultCode};
-use super::templates::page_param;
 use super::{admit, ask_all, envelope, error_response, record, resolve_app, ApiState};
 use crate::message::{unix_ms, Command};
 use crate::stats::{self, Counts, Event, Granularity, PushType, TaskReport};
@@ -189,8 +189,7 @@ pub(super) async fn list(
         let (caller, _) = admit(&state, request).await?;
         let app_id = app_of(&caller, &query)?;
         let (start, end) = time_range(&query)?;
-        let page = page_param(&query, "pageNumber", 1, usize::MAX)?;
-        let size = page_param(&query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        let page = Page::of_query(&query, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
         let (from_ms, to_ms) = (start.unwrap_or(0), end.unwrap_or(u64::MAX));
         let answers = ask_all(&state, |reply| Command::QueryTasks {
             app_id: app_id.clone(),
@@ -200,15 +199,7 @@ pub(super) async fn list(
         })
         .await?;
         let tasks = stats::merge_tasks(answers);
-        let shown: Vec<Value> = tasks
-            .iter()
-            .skip((page - 1).saturating_mul(size))
-            .take(size)
-            .map(task_json)
-            .collect();
-        Ok(json!({
-            "total": tasks.len(), "pageNumber": page, "pageSize": size, "tasks": shown,
-        }))
+        Ok(page.listing(&tasks, "tasks", task_json))
     }
     .await;
     match result {

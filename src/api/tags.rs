@@ -18,9 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::AuthenticatedApp;
-use super::fields::{self, string_field, Field};
+use super::fields::{self, string_field, Field, Page};
 use super::result_code::{ApiError, ResultCode};
-use super::templates::page_param;
 use super::{admit, admit_up_to, envelope, error_response, record, resolve_app, ApiState, MAX_BODY_BYTES};
 use crate::config::App;
 use crate::message::unix_ms;
@@ -485,20 +484,14 @@ pub(super) async fn read(
         let name = path_name(path)?;
         let (caller, _) = admit(&state, request).await?;
         let app = query_app(&caller, &query)?;
-        let page_number = page_param(&query, "pageNumber", 1, usize::MAX)?;
-        let page_size = page_param(&query, "pageSize", DEFAULT_USERS_PAGE_SIZE, MAX_USERS_PAGE_SIZE)?;
+        let page = Page::of_query(&query, DEFAULT_USERS_PAGE_SIZE, MAX_USERS_PAGE_SIZE)?;
         let store = state.tags.clone();
         blocking(move || {
             let (tag, ids) = store.user_ids(&app, &name).map_err(api_error)?;
-            let page: Vec<&String> = ids
-                .iter()
-                .skip((page_number - 1).saturating_mul(page_size))
-                .take(page_size)
-                .collect();
             let mut data = tag_json(&tag);
-            data["pageNumber"] = page_number.into();
-            data["pageSize"] = page_size.into();
-            data["userIds"] = json!(page);
+            data["pageNumber"] = page.number.into();
+            data["pageSize"] = page.size.into();
+            data["userIds"] = json!(page.of(&ids).collect::<Vec<_>>());
             Ok(data)
         })
         .await
@@ -522,19 +515,8 @@ pub(super) async fn list(
     let result = async {
         let (caller, _) = admit(&state, request).await?;
         let app = query_app(&caller, &query)?;
-        let page_number = page_param(&query, "pageNumber", 1, usize::MAX)?;
-        let page_size = page_param(&query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let all = state.tags.list(&app);
-        let page: Vec<Value> = all
-            .iter()
-            .skip((page_number - 1).saturating_mul(page_size))
-            .take(page_size)
-            .map(|t| tag_json(t))
-            .collect();
-        Ok::<_, ApiError>(json!({
-            "total": all.len(), "pageNumber": page_number, "pageSize": page_size,
-            "tags": page,
-        }))
+        let page = Page::of_query(&query, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        Ok::<_, ApiError>(page.listing(&state.tags.list(&app), "tags", |t| tag_json(t)))
     }
     .await;
     match result {

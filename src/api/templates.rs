@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::AuthenticatedApp;
-use super::fields::{self, flag_field, json_text_field, small_enum, string_field, Field};
+use super::fields::{self, flag_field, json_text_field, small_enum, string_field, Field, Page};
 use super::result_code::{ApiError, ResultCode};
 use super::{admit, envelope, error_response, record, resolve_app, ApiState};
 use crate::message::unix_ms;
@@ -276,45 +276,13 @@ pub(super) async fn list(
     let result = async {
         let (caller, _) = admit(&state, request).await?;
         let app = query_app(&caller, &query)?;
-        let page_number = page_param(&query, "pageNumber", 1, usize::MAX)?;
-        let page_size = page_param(&query, "pageSize", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
-        let all = state.templates.list(&app);
-        let page: Vec<Value> = all
-            .iter()
-            .skip((page_number - 1).saturating_mul(page_size))
-            .take(page_size)
-            .map(|t| template_json(t))
-            .collect();
-        Ok::<_, ApiError>(json!({
-            "total": all.len(), "pageNumber": page_number, "pageSize": page_size,
-            "templates": page,
-        }))
+        let page = Page::of_query(&query, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
+        Ok::<_, ApiError>(page.listing(&state.templates.list(&app), "templates", |t| template_json(t)))
     }
     .await;
     match result {
         Ok(data) => answer(OP, started, data),
         Err(e) => error_response(OP, started, e),
-    }
-}
-
-/// A positive integer query parameter, at most `max` (3028 otherwise;
-/// `usize::MAX` for no limit of its own).
-pub(super) fn page_param(
-    query: &HashMap<String, String>,
-    name: &str,
-    default: usize,
-    max: usize,
-) -> Result<usize, ApiError> {
-    match query.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(v) => v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-            let reason = if max == usize::MAX {
-                format!("{name} must be a positive integer")
-            } else {
-                format!("{name} must be an integer from 1 to {max}")
-            };
-            ApiError::new(ResultCode::InvalidParam, reason)
-        }),
     }
 }
 
@@ -430,19 +398,5 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(api_error(error).code.code(), code);
         }
-    }
-
-    #[test]
-    fn page_parameters() {
-        let q = |v: &str| HashMap::from([("pageSize".to_string(), v.to_string())]);
-        assert_eq!(page_param(&HashMap::new(), "pageSize", 100, 500), Ok(100));
-        assert_eq!(page_param(&q("500"), "pageSize", 100, 500), Ok(500));
-        assert!(page_param(&q("0"), "pageSize", 100, 500).is_err());
-        assert!(page_param(&q("501"), "pageSize", 100, 500).is_err());
-        assert!(page_param(&q("x"), "pageSize", 100, 500).is_err());
-        let reason = |v: &str, max| page_param(&q(v), "pageSize", 1, max).unwrap_err().reason;
-        assert_eq!(reason("0", 500), "pageSize must be an integer from 1 to 500");
-        assert_eq!(reason("x", usize::MAX), "pageSize must be a positive integer");
-        assert_eq!(reason("-1", usize::MAX), "pageSize must be a positive integer");
     }
 }
