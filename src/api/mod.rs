@@ -511,6 +511,26 @@ fn envelope<T: Serialize>(status: u16, code: &str, message: &str, push_result: T
     response
 }
 
+/// A successful answer carrying `data` as `PushResult.Data`, counted under
+/// `op`.
+fn answer(op: &'static str, started: Instant, data: serde_json::Value) -> Response {
+    record(op, "OK", started);
+    envelope(
+        200,
+        "OK",
+        "",
+        json!({"Success": true, "ResultMsg": "", "Data": data}),
+    )
+}
+
+/// `answer` or `error_response`, whichever `result` is.
+fn respond(op: &'static str, started: Instant, result: Result<serde_json::Value, ApiError>) -> Response {
+    match result {
+        Ok(data) => answer(op, started, data),
+        Err(e) => error_response(op, started, e),
+    }
+}
+
 fn error_response(op: &'static str, started: Instant, error: ApiError) -> Response {
     let code = error.code.code().to_string();
     let message = format!("{}: {}", error.code.name(), error.reason);

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::fields::Page;
 use super::result_code::{ApiError, ResultCode};
-use super::{admit, ask_all, envelope, error_response, record, resolve_app, ApiState};
+use super::{admit, ask_all, resolve_app, respond, ApiState};
 use crate::message::{unix_ms, Command};
 use crate::stats::{self, Counts, Event, Granularity, PushType, TaskReport};
 
@@ -167,16 +167,6 @@ fn task_json(t: &TaskReport) -> Value {
     Value::Object(out)
 }
 
-fn ok(op: &'static str, started: Instant, data: Value) -> Response {
-    record(op, "OK", started);
-    envelope(
-        200,
-        "OK",
-        "",
-        json!({"Success": true, "ResultMsg": "", "Data": data}),
-    )
-}
-
 /// `GET /v1/tasks?appId&workspaceId[&startTime][&endTime][&pageNumber][&pageSize]`
 pub(super) async fn list(
     State(state): State<Arc<ApiState>>,
@@ -202,10 +192,7 @@ pub(super) async fn list(
         Ok(page.listing(&tasks, "tasks", task_json))
     }
     .await;
-    match result {
-        Ok(data) => ok(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 /// `GET /v1/tasks/{taskId}?appId&workspaceId`
@@ -241,10 +228,7 @@ pub(super) async fn detail(
         }
     }
     .await;
-    match result {
-        Ok(data) => ok(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 /// `GET /v1/statistics?appId&workspaceId&startTime&endTime[&granularity][&platform][&pushType][&taskId]`
@@ -291,10 +275,7 @@ pub(super) async fn statistics(
         }))
     }
     .await;
-    match result {
-        Ok(data) => ok(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 #[cfg(test)]

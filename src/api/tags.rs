@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::auth::AuthenticatedApp;
 use super::fields::{self, string_field, Field, Page};
 use super::result_code::{ApiError, ResultCode};
-use super::{admit, admit_up_to, envelope, error_response, record, resolve_app, ApiState, MAX_BODY_BYTES};
+use super::{admit, admit_up_to, resolve_app, respond, ApiState, MAX_BODY_BYTES};
 use crate::config::App;
 use crate::message::unix_ms;
 use crate::tags::{Tag, TagError, TagStore, UsersChanged};
@@ -331,16 +331,6 @@ fn changed_json(t: &Tag, changed: UsersChanged) -> Value {
     data
 }
 
-fn answer(op: &'static str, started: Instant, data: Value) -> Response {
-    record(op, "OK", started);
-    envelope(
-        200,
-        "OK",
-        "",
-        json!({"Success": true, "ResultMsg": "", "Data": data}),
-    )
-}
-
 /// Runs `work` (decoding and a store change or file read) on a blocking
 /// thread: a 30 MB body or a 10 MB tag file must not stall the API thread.
 async fn blocking<T: Send + 'static>(
@@ -394,10 +384,7 @@ pub(super) async fn create(State(state): State<Arc<ApiState>>, request: Request)
         store.create(&c.app, &c.name, c.user_ids.unwrap_or_default(), unix_ms())
     })
     .await;
-    match result {
-        Ok(data) => answer(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 /// `PUT /v1/tags/{tagName}`: `{appId, workspaceId, userIds?, newTagName?}`
@@ -417,10 +404,7 @@ pub(super) async fn replace(
         .await
     }
     .await;
-    match result {
-        Ok(data) => answer(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 /// `PATCH /v1/tags/{tagName}`: `{appId, workspaceId, addUserIds?,
@@ -440,10 +424,7 @@ pub(super) async fn change_users(
         .await
     }
     .await;
-    match result {
-        Ok(data) => answer(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 /// `DELETE /v1/tags/{tagName}?appId=…&workspaceId=…`: answers with the
@@ -464,10 +445,7 @@ pub(super) async fn delete(
         blocking(move || store.delete(&app, &name).map_err(api_error)).await
     }
     .await;
-    match result {
-        Ok(tag) => answer(OP, started, tag_json(&tag)),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result.map(|tag| tag_json(&tag)))
 }
 
 /// `GET /v1/tags/{tagName}?appId=…&workspaceId=…[&pageNumber=1][&pageSize=1000]`:
@@ -497,10 +475,7 @@ pub(super) async fn read(
         .await
     }
     .await;
-    match result {
-        Ok(data) => answer(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 /// `GET /v1/tags?appId=…&workspaceId=…[&pageNumber=1][&pageSize=100]`:
@@ -519,10 +494,7 @@ pub(super) async fn list(
         Ok::<_, ApiError>(page.listing(&state.tags.list(&app), "tags", |t| tag_json(t)))
     }
     .await;
-    match result {
-        Ok(data) => answer(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::auth::AuthenticatedApp;
 use super::fields::{self, flag_field, json_text_field, small_enum, string_field, Field, Page};
 use super::result_code::{ApiError, ResultCode};
-use super::{admit, envelope, error_response, record, resolve_app, ApiState};
+use super::{admit, resolve_app, respond, ApiState};
 use crate::message::unix_ms;
 use crate::templates::{Draft, Template, TemplateError, TemplateStore};
 
@@ -131,16 +131,6 @@ fn template_json(t: &Template) -> Value {
     })
 }
 
-fn answer(op: &'static str, started: Instant, data: Value) -> Response {
-    record(op, "OK", started);
-    envelope(
-        200,
-        "OK",
-        "",
-        json!({"Success": true, "ResultMsg": "", "Data": data}),
-    )
-}
-
 /// Runs a store change on a blocking thread (it fsyncs).
 async fn change(
     state: &ApiState,
@@ -187,10 +177,7 @@ pub(super) async fn create(State(state): State<Arc<ApiState>>, request: Request)
         change(&state, move |store| store.create(&app, draft, unix_ms())).await
     }
     .await;
-    match result {
-        Ok(template) => answer(OP, started, template_json(&template)),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result.map(|template| template_json(&template)))
 }
 
 /// `PUT /v1/templates/{name}`: replaces every field; keeps `createdAt`.
@@ -208,10 +195,7 @@ pub(super) async fn update(
         change(&state, move |store| store.update(&app, draft, unix_ms())).await
     }
     .await;
-    match result {
-        Ok(template) => answer(OP, started, template_json(&template)),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result.map(|template| template_json(&template)))
 }
 
 /// `DELETE /v1/templates/{name}?appId=…&workspaceId=…`: answers with the
@@ -231,10 +215,7 @@ pub(super) async fn delete(
         change(&state, move |store| store.delete(&app, &name)).await
     }
     .await;
-    match result {
-        Ok(template) => answer(OP, started, template_json(&template)),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result.map(|template| template_json(&template)))
 }
 
 /// `GET /v1/templates/{name}?appId=…&workspaceId=…`.
@@ -258,10 +239,7 @@ pub(super) async fn read(
         })
     }
     .await;
-    match result {
-        Ok(template) => answer(OP, started, template_json(&template)),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result.map(|template| template_json(&template)))
 }
 
 /// `GET /v1/templates?appId=…&workspaceId=…[&pageNumber=1][&pageSize=100]`:
@@ -280,10 +258,7 @@ pub(super) async fn list(
         Ok::<_, ApiError>(page.listing(&state.templates.list(&app), "templates", |t| template_json(t)))
     }
     .await;
-    match result {
-        Ok(data) => answer(OP, started, data),
-        Err(e) => error_response(OP, started, e),
-    }
+    respond(OP, started, result)
 }
 
 #[cfg(test)]
