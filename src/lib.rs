@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod framed_file;
 pub mod io;
 pub mod journal;
 pub mod log;

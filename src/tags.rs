@@ -17,7 +17,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::{App, Config, FsyncMode};
+use crate::framed_file;
 use crate::message::{user_digest, TagUsers};
 
 /// A tag's name, in characters (the reference's console: 30).
@@ -460,7 +460,7 @@ impl TagStore {
         };
         std::fs::remove_file(&path).map_err(io(&path))?;
         if self.fsync {
-            sync_dir(&app.dir).map_err(io(&app.dir))?;
+            framed_file::sync_dir(&app.dir).map_err(io(&app.dir))?;
         }
         let mut next = (*tags).clone();
         next.remove(name);
@@ -505,22 +505,12 @@ impl TagStore {
             users: TagUsers::new(ids.iter().map(|u| user_digest(&app.app_id, u)).collect()),
         };
         let bytes = encode_file(&app.app_id, &tag, ids);
-        let path = app.dir.join(file_name(id));
-        let temp = app.dir.join(format!(".{}.tmp", file_name(id)));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| TagError::Io { path, source }
-        };
-        let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
-        file.write_all(&bytes).map_err(io(&temp))?;
-        if self.fsync {
-            file.sync_all().map_err(io(&temp))?;
-        }
-        drop(file);
-        std::fs::rename(&temp, &path).map_err(io(&path))?;
-        if self.fsync {
-            sync_dir(&app.dir).map_err(io(&app.dir))?;
-        }
+        framed_file::replace(&app.dir, &app.dir.join(file_name(id)), &bytes, self.fsync).map_err(|e| {
+            TagError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        })?;
         Ok(Arc::new(tag))
     }
 }
@@ -534,14 +524,10 @@ fn create_dir(dir: &Path, parent: &Path, fsync: bool) -> anyhow::Result<()> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         if fsync {
-            sync_dir(parent).with_context(|| format!("syncing {}", parent.display()))?;
+            framed_file::sync_dir(parent).with_context(|| format!("syncing {}", parent.display()))?;
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The directory of an app: its appId with every byte outside
@@ -675,49 +661,14 @@ fn encode_file(app_id: &str, tag: &Tag, ids: &[String]) -> Vec<u8> {
         body.extend_from_slice(id.as_bytes());
         body.push(b'\n');
     }
-    let mut out = format!(
-        "{FILE_MAGIC} {FILE_VERSION} crc32={:08x} bytes={}\n",
-        crc32fast::hash(&body),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    out
+    framed_file::frame(FILE_MAGIC, FILE_VERSION, &body)
 }
 
 /// Decodes and checks a tag file of app `app_id`: framing, checksum, the
 /// name and every userId against the rules, ids sorted and distinct, the
 /// count. Public for the fuzz target.
 pub fn decode_file<'a>(bytes: &'a [u8], app_id: &str) -> Result<TagFile<'a>, String> {
-    let newline = bytes.iter().position(|&b| b == b'\n').ok_or("no header line")?;
-    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "the header is not text")?;
-    let body = &bytes[newline + 1..];
-    let fields: Vec<&str> = header.split(' ').collect();
-    let [magic, version, crc, len] = fields[..] else {
-        return Err(format!("unexpected header {header:?}"));
-    };
-    if magic != FILE_MAGIC {
-        return Err(format!("unexpected header {header:?}"));
-    }
-    if version != FILE_VERSION.to_string() {
-        return Err(format!(
-            "format version {version}, this ringpush reads {FILE_VERSION}"
-        ));
-    }
-    let crc = crc
-        .strip_prefix("crc32=")
-        .and_then(|c| u32::from_str_radix(c, 16).ok())
-        .ok_or_else(|| format!("unexpected header {header:?}"))?;
-    let len: usize = len
-        .strip_prefix("bytes=")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("unexpected header {header:?}"))?;
-    if body.len() != len {
-        return Err(format!("the header says {len} bytes follow, {} do", body.len()));
-    }
-    if crc32fast::hash(body) != crc {
-        return Err("checksum mismatch".into());
-    }
+    let body = framed_file::unframe(bytes, FILE_MAGIC, FILE_VERSION)?;
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8")?;
     let (meta, ids) = text.split_once('\n').ok_or("no metadata line")?;
     let meta: Meta = serde_json::from_str(meta).map_err(|e| format!("bad metadata: {e}"))?;

@@ -14,7 +14,6 @@ pub mod text;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::{App, Config, FsyncMode};
+use crate::framed_file;
 use text::{is_name_char, Text};
 
 /// Template name, in characters (the reference's console: 200).
@@ -266,7 +266,7 @@ impl TemplateStore {
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             if fsync {
-                sync_dir(data_dir).with_context(|| format!("syncing {}", data_dir.display()))?;
+                framed_file::sync_dir(data_dir).with_context(|| format!("syncing {}", data_dir.display()))?;
             }
         }
         let mut store = TemplateStore {
@@ -411,28 +411,12 @@ impl TemplateStore {
     /// crash at any point leaves the old file or the new one, whole.
     fn save(&self, app: &AppTemplates, templates: &Templates) -> Result<(), TemplateError> {
         let bytes = encode_file(&app.app_id, templates);
-        let file_name = app.path.file_name().expect("a file path").to_string_lossy();
-        let temp = self.dir.join(format!(".{file_name}.tmp"));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| TemplateError::Io { path, source }
-        };
-        let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
-        file.write_all(&bytes).map_err(io(&temp))?;
-        if self.fsync {
-            file.sync_all().map_err(io(&temp))?;
-        }
-        drop(file);
-        std::fs::rename(&temp, &app.path).map_err(io(&app.path))?;
-        if self.fsync {
-            sync_dir(&self.dir).map_err(io(&self.dir))?;
-        }
+        framed_file::replace(&self.dir, &app.path, &bytes, self.fsync).map_err(|e| TemplateError::Io {
+            path: e.path,
+            source: e.source,
+        })?;
         Ok(())
     }
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The file of an app: its appId with every byte outside `[A-Za-z0-9_-]`
@@ -505,14 +489,7 @@ fn encode_file(app_id: &str, templates: &Templates) -> Vec<u8> {
             .collect(),
     };
     let json = serde_json::to_vec_pretty(&body).expect("templates serialise");
-    let mut out = format!(
-        "{FILE_MAGIC} {FILE_VERSION} crc32={:08x} bytes={}\n",
-        crc32fast::hash(&json),
-        json.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&json);
-    out
+    framed_file::frame(FILE_MAGIC, FILE_VERSION, &json)
 }
 
 /// Reads an app's template file; no file is no templates.
@@ -531,35 +508,7 @@ fn load(path: &Path, app_id: &str) -> anyhow::Result<Templates> {
 }
 
 fn decode_file(bytes: &[u8], app_id: &str) -> Result<Templates, String> {
-    let newline = bytes.iter().position(|&b| b == b'\n').ok_or("no header line")?;
-    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "the header is not text")?;
-    let json = &bytes[newline + 1..];
-    let fields: Vec<&str> = header.split(' ').collect();
-    let [magic, version, crc, len] = fields[..] else {
-        return Err(format!("unexpected header {header:?}"));
-    };
-    if magic != FILE_MAGIC {
-        return Err(format!("unexpected header {header:?}"));
-    }
-    if version != FILE_VERSION.to_string() {
-        return Err(format!(
-            "format version {version}, this ringpush reads {FILE_VERSION}"
-        ));
-    }
-    let crc = crc
-        .strip_prefix("crc32=")
-        .and_then(|c| u32::from_str_radix(c, 16).ok())
-        .ok_or_else(|| format!("unexpected header {header:?}"))?;
-    let len: usize = len
-        .strip_prefix("bytes=")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("unexpected header {header:?}"))?;
-    if json.len() != len {
-        return Err(format!("the header says {len} bytes follow, {} do", json.len()));
-    }
-    if crc32fast::hash(json) != crc {
-        return Err("checksum mismatch".into());
-    }
+    let json = framed_file::unframe(bytes, FILE_MAGIC, FILE_VERSION)?;
     let body: FileBody = serde_json::from_slice(json).map_err(|e| format!("bad JSON: {e}"))?;
     if body.app_id != app_id {
         return Err(format!("it holds the templates of app {:?}", body.app_id));
