@@ -194,8 +194,14 @@ pub enum GoAwayReason {
     Shutdown = 2,
     /// The device deleted its token; the next Hello gets a new one.
     TokenDeleted = 3,
-    /// The shard is saturated; reconnect after `retry_after_ms`.
+    /// The server is saturated; reconnect after `retry_after_ms`.
     Overloaded = 4,
+    /// The device's address holds `admission.max_connections_per_address`
+    /// connections already; reconnect after `retry_after_ms`.
+    TooManyConnections = 5,
+    /// The device's address connected faster than the admission rate and
+    /// is banned; `retry_after_ms` is the rest of the ban plus jitter.
+    Banned = 6,
 }
 
 /// Protocol error codes (Error.code). The connection closes after each one.
@@ -250,12 +256,23 @@ impl ErrorCode {
 }
 
 impl GoAwayReason {
+    pub const ALL: [GoAwayReason; 6] = [
+        Self::Replaced,
+        Self::Shutdown,
+        Self::TokenDeleted,
+        Self::Overloaded,
+        Self::TooManyConnections,
+        Self::Banned,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Replaced => "replaced",
             Self::Shutdown => "shutdown",
             Self::TokenDeleted => "token_deleted",
             Self::Overloaded => "overloaded",
+            Self::TooManyConnections => "too_many_connections",
+            Self::Banned => "banned",
         }
     }
 }

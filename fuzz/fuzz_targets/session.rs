@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                 }
-                IoAction::Close(c) | IoAction::HandOff { conn: c, .. } => {
+                IoAction::Close(c) | IoAction::Abort(c) | IoAction::HandOff { conn: c, .. } => {
                     core.take_outbound(c);
                     core.on_closed(c, now);
                     conns.retain(|x| *x != c);
