@@ -280,6 +280,7 @@ impl Admission {
         let (rate, burst) = (self.rate_per_sec, self.burst);
         let entry = stripe.entries.entry(key).or_insert_with(|| {
             self.tracked.fetch_add(1, Ordering::AcqRel);
+            self.metrics.tracked.increment(1.0);
             Entry {
                 open: 0,
                 tokens: burst,
@@ -287,7 +288,6 @@ impl Admission {
                 banned_until: None,
             }
         });
-        self.metrics.tracked.set(self.tracked() as f64);
         if let Some(until) = entry.banned_until {
             if until > now {
                 return Err(Refusal::Banned {
@@ -320,7 +320,8 @@ impl Admission {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::TotalCap);
         }
-        self.metrics.open.set((before + 1) as f64);
+        // Increments, not sets: shards update the gauge concurrently.
+        self.metrics.open.increment(1.0);
         Ok(())
     }
 
@@ -338,8 +339,8 @@ impl Admission {
                 entry.open = entry.open.saturating_sub(1);
             }
         }
-        let before = self.open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.open.set(before.saturating_sub(1) as f64);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.open.decrement(1.0);
     }
 
     fn sweep(&self, stripe: &mut Stripe, now: Instant) {
@@ -355,8 +356,8 @@ impl Admission {
         let before = stripe.entries.len();
         stripe.entries.retain(|_, e| !e.forgettable(now, rate, burst));
         let gone = before - stripe.entries.len();
-        let tracked = self.tracked.fetch_sub(gone, Ordering::AcqRel) - gone;
-        self.metrics.tracked.set(tracked as f64);
+        self.tracked.fetch_sub(gone, Ordering::AcqRel);
+        self.metrics.tracked.decrement(gone as f64);
     }
 
     /// The table key of `ip`, `None` when exempt.

@@ -94,6 +94,12 @@ impl Session {
         }
     }
 
+    /// Heap bytes held for a partial frame: what arrived, never what a
+    /// header announced.
+    pub fn partial_capacity(&self) -> usize {
+        self.partial.capacity()
+    }
+
     /// Keeps `rest` (the start of an incomplete frame) for the next read.
     pub fn keep_unconsumed(&mut self, rest: &[u8]) {
         if rest.is_empty() {

@@ -895,6 +895,34 @@ fn refusals_say_why_and_when_to_come_back() {
 }
 
 #[test]
+fn a_length_claim_allocates_only_the_bytes_that_arrived() {
+    let mut h = Harness::new();
+    let max = h.core.limits.max_frame;
+    let conn = h.connect();
+    // A Hello header announcing the largest allowed frame, and 100 bytes.
+    let mut claim = ((max - crate::protocol::HEADER_LEN) as u32)
+        .to_be_bytes()
+        .to_vec();
+    claim.extend_from_slice(&[FrameType::Hello as u8, 0]);
+    claim.extend_from_slice(&[0x12; 100]);
+    h.core.on_bytes(conn, &claim, h.now);
+    let held = h.core.sessions[conn].partial_capacity();
+    assert!(held <= claim.len(), "holds {held} bytes for a claim of {max}");
+    assert!(h.output(conn).is_empty(), "still waiting for the rest");
+
+    // 0xFFFFFFFF: refused from the header, nothing kept.
+    let huge = h.connect();
+    h.core
+        .on_bytes(huge, &[0xFF, 0xFF, 0xFF, 0xFF, FrameType::Hello as u8, 0], h.now);
+    assert_eq!(h.core.sessions[huge].partial_capacity(), 0);
+    match h.output(huge).as_slice() {
+        [Frame::Error(e)] => assert_eq!(e.code, ErrorCode::FrameTooLarge as u32),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.core.actions.contains(&IoAction::Close(huge)));
+}
+
+#[test]
 fn device_requests_get_result_codes() {
     let mut h = Harness::new();
     let (conn, _) = h.device("");

@@ -327,6 +327,42 @@ impl Device {
         }
     }
 
+    /// A device on a socket the test connected itself (from a chosen source
+    /// address, with chosen buffer sizes).
+    pub fn from_stream(stream: TcpStream) -> Device {
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Device {
+            stream,
+            buf: Vec::new(),
+            token: String::new(),
+            welcome: None,
+        }
+    }
+
+    /// Says Hello as a device of app `demo` and reads the Welcome, or
+    /// returns the frame that came instead (`None`: closed).
+    pub fn handshake(&mut self, token: &str) -> Result<(), Option<Frame>> {
+        self.send(&Frame::Hello(body::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            app_id: "demo".into(),
+            platform: 1,
+            token: token.into(),
+        }));
+        match self.recv() {
+            Some(Frame::Welcome(w)) => {
+                self.token = w.token.clone();
+                self.welcome = Some(w);
+                Ok(())
+            }
+            other => Err(other),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// Connects as a device of app `demo` and completes the handshake.
     pub fn connect(addr: SocketAddr, token: &str) -> Device {
         Self::connect_app(addr, "demo", token)
