@@ -851,7 +851,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         "ringpush_outbound_backlog_bytes",
         Unit::Bytes,
-        "Bytes queued for device sockets that they have not taken yet"
+        "Bytes the I/O layer holds for device sockets that they have not taken yet (io_uring: the sends in flight; what waits behind them is held by the core and bounded by limits.max_outbound_bytes too)"
     );
     describe_counter!(
         "ringpush_connections_closed_total",

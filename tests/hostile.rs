@@ -323,6 +323,29 @@ fn one_address_at_its_cap_does_not_affect_another() {
 }
 
 #[test]
+fn past_the_total_cap_even_an_exempt_source_gets_overloaded() {
+    for backend in BACKENDS {
+        // Loopback is exempt from the per-address rules by default, but
+        // not from the total.
+        let d = Daemon::start(backend, "[limits]\nmax_connections = 3\n");
+        let held: Vec<Device> = (0..3).map(|_| Device::connect(d.device, "")).collect();
+        let mut fourth = Device::raw(d.device);
+        let g = go_away(fourth.recv());
+        assert_eq!(g.reason, GoAwayReason::Overloaded as u32, "{backend}");
+        assert!((1_000..=5_000).contains(&g.retry_after_ms));
+        assert_eq!(
+            metric(&d, "ringpush_connections_closed_total", "max_connections"),
+            1.0
+        );
+        drop(held);
+        wait_for("the slots to be given back", || {
+            metric(&d, "ringpush_admission_connections", "") == 0.0
+        });
+        Device::connect(d.device, "");
+    }
+}
+
+#[test]
 fn a_flapping_address_is_banned_and_comes_back_after_the_ban() {
     for backend in BACKENDS {
         let d = Daemon::start(

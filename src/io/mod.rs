@@ -139,8 +139,11 @@ pub(crate) fn admit(
     // No address: the peer reset the connection before we asked.
     let peer = peer?;
     let limits = &context.config.limits;
-    let busy =
-        context.commands.len() * 100 >= limits.shard_queue * usize::from(limits.overload_queue_percent);
+    let busy = shard_busy(
+        context.commands.len(),
+        limits.shard_queue,
+        limits.overload_queue_percent,
+    );
     let decision = if busy {
         Err(Refusal::ShardBusy)
     } else {
@@ -153,5 +156,25 @@ pub(crate) fn admit(
             let _ = socket.send(&frame);
             None
         }
+    }
+}
+
+/// A shard is busy when `queued` API commands fill `percent` of its queue.
+fn shard_busy(queued: usize, capacity: usize, percent: u8) -> bool {
+    queued.saturating_mul(100) >= capacity.saturating_mul(usize::from(percent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_busy;
+
+    #[test]
+    fn a_shard_is_busy_from_its_queue_threshold_on() {
+        assert!(!shard_busy(0, 65_536, 75));
+        assert!(!shard_busy(49_151, 65_536, 75));
+        assert!(shard_busy(49_152, 65_536, 75));
+        assert!(shard_busy(65_536, 65_536, 100));
+        assert!(!shard_busy(65_535, 65_536, 100));
+        assert!(shard_busy(1, 10, 1), "1% of a tiny queue is one command");
     }
 }
