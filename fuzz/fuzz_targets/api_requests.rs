@@ -1,7 +1,8 @@
 //! Arbitrary bytes into the API's remaining request decoders: template
 //! create and replace bodies, the device registry bodies (bind, unbind,
-//! group join/leave, vendor token), the token-update body, and the query
-//! strings of the task list, statistics, device and template queries. The
+//! group join/leave, vendor token), the token-update body, broadcast and
+//! group push bodies (tag pushes are in `api_tags`), and the query strings
+//! of the task list, statistics, device and template queries. The
 //! first byte picks the decoder. A result code or a value, never a panic;
 //! what decodes names the caller's app and keeps the documented bounds.
 #![no_main]
@@ -12,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use ringpush::api::auth::{AppRegistry, AuthenticatedApp};
 use ringpush::api::devices::{self, Operation};
+use ringpush::api::push::{self, PushKind};
 use ringpush::api::{stats, templates};
 use ringpush::config::Config;
 
@@ -40,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    match selector % 11 {
+    match selector % 13 {
         0 => {
             if let Ok((app, draft)) = templates::parse_draft(body, caller, None) {
                 assert_eq!(&*app, "demo");
@@ -76,11 +78,13 @@ fuzz_target!(|data: &[u8]| {
             }
             drop(stats::parse_query(&q, retention, NOW_MS));
         }
-        _ => {
+        10 => {
             let q = query(body);
             if let Ok(app) = templates::query_app(caller, &q) {
                 assert_eq!(&*app, "demo");
             }
         }
+        11 => drop(push::parse_fanout(body, config, caller, PushKind::Broadcast)),
+        _ => drop(push::parse_fanout(body, config, caller, PushKind::Group)),
     }
 });
