@@ -27,7 +27,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::stats::describe_metrics();
     crate::templates::describe_metrics();
     crate::tags::describe_metrics();
-    let shards = crate::shard::start(&config).context("starting shards")?;
+    crate::receipts::describe_metrics();
+    // Before the shards: a bad signing key stops the start before any log
+    // is opened, and the queues exist before the first ack.
+    let (receipt_queue, receipts) = match crate::receipts::sender::start(&config)? {
+        Some((queue, sender)) => (Some(queue), Some(sender)),
+        None => (None, None),
+    };
+    let shards = crate::shard::start(&config, receipt_queue).context("starting shards")?;
     // After the shards: the data directory's LOCK is held by then.
     let templates = match crate::templates::TemplateStore::open(&config) {
         Ok(t) => Arc::new(t),
@@ -72,6 +79,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     ready.store(false, Ordering::SeqCst);
     api.stop();
     shards.stop();
+    // After the shards: their last commits may still hand over receipts.
+    if let Some(receipts) = receipts {
+        receipts.stop();
+    }
     info!("stopped");
     Ok(())
 }
