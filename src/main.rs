@@ -17,7 +17,7 @@ use ringpush::config::Config;
 #[command(name = "ringpush", version, about = "Push gateway daemon")]
 struct Cli {
     /// Configuration file; without it the embedded defaults are used.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
