@@ -30,11 +30,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::receipts::describe_metrics();
     // Before the shards: a bad signing key stops the start before any log
     // is opened, and the queues exist before the first ack.
-    let (receipt_queue, receipts) = match crate::receipts::sender::start(&config)? {
-        Some((queue, sender)) => (Some(queue), Some(sender)),
+    let (receipt_queue, receipts) = match crate::receipts::sender::prepare(&config)? {
+        Some((queue, prepared)) => (Some(queue), Some(prepared)),
         None => (None, None),
     };
     let shards = crate::shard::start(&config, receipt_queue).context("starting shards")?;
+    // After the shards: the data directory's LOCK is held, so the outbox
+    // file of the last stop is this daemon's to read.
+    let receipts = match receipts.map(|r| r.start(&config.durability.data_dir)).transpose() {
+        Ok(sender) => sender,
+        Err(e) => {
+            shards.stop();
+            return Err(e.context("starting the receipt sender"));
+        }
+    };
     // After the shards: the data directory's LOCK is held by then.
     let templates = match crate::templates::TemplateStore::open(&config) {
         Ok(t) => Arc::new(t),

@@ -2696,7 +2696,7 @@ impl DeliveryCore {
             }
             self.journal.write(&finished_entry(d, id, Status::Acked, now_ms));
             if self.journal.enabled && self.receipt_apps.contains(&*d.app) {
-                match receipt_for(d, &pending, &mut self.log_reader, &mut self.read_buf) {
+                match receipt_for(d, &pending, now_ms, &mut self.log_reader, &mut self.read_buf) {
                     Ok(receipt) => self.journal.receipts.push(receipt),
                     Err(reason) => {
                         tracing::error!(shard = self.shard_id, message_id = id, %reason, "no receipt for an acked message: its record could not be read back");
@@ -3664,6 +3664,7 @@ fn read_logged_message<'b>(
 fn receipt_for(
     d: &Device,
     pending: &Pending,
+    acked_at_ms: u64,
     reader: &mut Option<Box<dyn RecordReader>>,
     buf: &mut Vec<u8>,
 ) -> Result<Receipt, String> {
@@ -3688,6 +3689,7 @@ fn receipt_for(
         platform: d.platform,
         user,
         task_id,
+        acked_at_ms,
     })
 }
 

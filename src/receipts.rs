@@ -6,6 +6,7 @@
 //! retry policy is in `retry`, the HTTP sender in `sender`. A shard never
 //! waits here: a full queue drops the receipt and counts it.
 
+pub mod outbox;
 mod retry;
 pub mod sender;
 
@@ -41,6 +42,9 @@ pub struct Receipt {
     pub user: Option<Box<str>>,
     /// The task id of a multiple, broadcast, group or tag push (0: none).
     pub task_id: u64,
+    /// Unix ms of the ack: a receipt saved by one run and posted by the
+    /// next keeps its age.
+    pub acked_at_ms: u64,
 }
 
 /// The receipt body, field for field as MPS sends it (keys in this order),
@@ -213,7 +217,7 @@ pub struct Outstanding {
 }
 
 impl Outstanding {
-    fn add(&self) {
+    pub(crate) fn add(&self) {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.gauge.increment(1.0);
     }
@@ -334,6 +338,7 @@ mod tests {
             platform: 2,
             user: None,
             task_id: 0,
+            acked_at_ms: 1_700_000_000_000,
         }
     }
 

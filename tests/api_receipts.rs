@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ fn percent_decode(s: &str) -> String {
 struct Receiver {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    /// The status once the script is used up.
+    otherwise: Arc<AtomicU16>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -88,21 +91,22 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<u16>>()));
-        let (kept, next) = (received.clone(), script.clone());
+        let otherwise = Arc::new(AtomicU16::new(200));
+        let (kept, next, fallback) = (received.clone(), script.clone(), otherwise.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (kept, next, tls) = (kept.clone(), next.clone(), tls.clone());
+                let (kept, next, tls, fallback) = (kept.clone(), next.clone(), tls.clone(), fallback.clone());
                 tokio::spawn(async move {
                     match tls {
                         Some(tls) => {
                             if let Ok(stream) = tls.accept(stream).await {
-                                serve(stream, kept, next).await;
+                                serve(stream, kept, next, fallback).await;
                             }
                         }
-                        None => serve(stream, kept, next).await,
+                        None => serve(stream, kept, next, fallback).await,
                     }
                 });
             }
@@ -110,8 +114,13 @@ impl Receiver {
         Receiver {
             addr,
             received,
+            otherwise,
             _runtime: runtime,
         }
+    }
+
+    fn answer_from_now_on(&self, status: u16) {
+        self.otherwise.store(status, Ordering::Relaxed);
     }
 
     fn url(&self, scheme: &str, path: &str) -> String {
@@ -142,6 +151,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     kept: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<u16>>>,
+    otherwise: Arc<AtomicU16>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -175,7 +185,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
         let body = buf[head_end..head_end + length].to_vec();
         buf.drain(..head_end + length);
-        let status = script.lock().unwrap().pop_front().unwrap_or(200);
+        let status = script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| otherwise.load(Ordering::Relaxed));
         kept.lock().unwrap().push(Received {
             target,
             content_type: header("content-type"),
@@ -459,5 +473,42 @@ fn a_receipt_url_without_a_signing_key_or_with_a_bad_one_stops_the_start() {
         err.contains("receipts.signing_key_file") && err.contains("rsa-2048-public.pem"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn receipts_an_orderly_stop_could_not_deliver_are_posted_after_the_restart() {
+    let receiver = Receiver::http(&[]);
+    receiver.answer_from_now_on(503);
+    let dir = Daemon::scratch_dir("receipt-restart");
+    let config = format!(
+        "io = \"epoll\"\nshards = 2\n{}{}",
+        receipts_section("shutdown_grace_ms = 100"),
+        app("demo", Some(&receiver.url("http", "/r"))),
+    );
+    let mut d = Daemon::start_in(&dir, &config);
+    let mut phone = Device::connect_app(d.device, "demo", "");
+    push_and_ack(&d, "demo", &mut phone, "across");
+    receiver.wait_for(1);
+    assert!(d.terminate().success());
+    let outbox = dir.join("data").join("receipts.pending");
+    assert!(outbox.exists(), "the undelivered receipt is saved");
+    receiver.answer_from_now_on(200);
+    let d = Daemon::start_in(&dir, &config);
+    wait_metric(
+        &d,
+        "ringpush_receipts_sent_total",
+        &[("app", "demo"), ("result", "ok")],
+        1.0,
+    );
+    let last = receiver.received().pop().unwrap();
+    assert_eq!(last.json()["msgId"], "across");
+    assert_eq!(last.json()["extInfo"]["adToken"], phone.token.as_str());
+    let key = ringpush::api::auth::rsa_public_key_from_pem(
+        &std::fs::read_to_string(fixture("rsa-2048-public.pem")).unwrap(),
+    )
+    .unwrap();
+    assert!(verifies(&key, &last));
+    drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }

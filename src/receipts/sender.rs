@@ -3,8 +3,11 @@
 //! queue and at most `concurrency_per_app` receipts posting or waiting to
 //! retry, so a slow or dead receiver fills only its own app's queue. One
 //! HTTP client for all apps: rustls with the ring provider, public roots
-//! plus `ca_file`, keep-alive connections reused per host.
+//! plus `ca_file`, keep-alive connections reused per host. A stopping
+//! daemon posts for `shutdown_grace_ms`, then saves what is left in the
+//! outbox file, which the next start posts first.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,7 +20,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::{
-    dropped_counter, AppReceiver, Attempt, Outstanding, Queued, ReceiptQueue, RetryPolicy, Signer, Verdict,
+    dropped_counter, outbox, AppReceiver, Attempt, Queued, Receipt, ReceiptQueue, RetryPolicy, Signer,
+    Verdict,
 };
 use crate::config::Config;
 
@@ -31,9 +35,20 @@ pub struct ReceiptSender {
     thread: JoinHandle<()>,
 }
 
-/// Loads the signing key, builds the client and starts the sender thread,
-/// when some app has a `receiptUrl`. The queue goes to the shards.
-pub fn start(config: &Config) -> anyhow::Result<Option<(ReceiptQueue, ReceiptSender)>> {
+/// A sender ready to start: its key loaded, its client built, its queues
+/// taking receipts (which wait there until `start`).
+pub struct Prepared {
+    shared: Arc<Shared>,
+    apps: Vec<(reqwest::Url, AppReceiver)>,
+    runtime: tokio::runtime::Runtime,
+    grace: Duration,
+    max_age: Duration,
+}
+
+/// Loads the signing key and builds the client and the queues, when some app
+/// has a `receiptUrl`. The queue goes to the shards; `Prepared::start` once
+/// the data directory is locked.
+pub fn prepare(config: &Config) -> anyhow::Result<Option<(ReceiptQueue, Prepared)>> {
     let Some((queue, receivers)) = super::queues(config) else {
         return Ok(None);
     };
@@ -56,23 +71,69 @@ pub fn start(config: &Config) -> anyhow::Result<Option<(ReceiptQueue, ReceiptSen
         policy: r.retry_policy(),
         concurrency: r.concurrency_per_app,
     });
-    let grace = Duration::from_millis(r.shutdown_grace_ms);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the receipt sender's runtime")?;
-    let (stop, stopping) = watch::channel(false);
-    let thread = std::thread::Builder::new()
-        .name("receipts".into())
-        .spawn(move || run(runtime, shared, apps, stopping, grace))
-        .context("spawning the receipt sender thread")?;
-    Ok(Some((queue, ReceiptSender { stop, thread })))
+    Ok(Some((
+        queue,
+        Prepared {
+            shared,
+            apps,
+            runtime,
+            grace: Duration::from_millis(r.shutdown_grace_ms),
+            max_age: Duration::from_secs(r.max_age_secs),
+        },
+    )))
+}
+
+impl Prepared {
+    /// Queues what the last orderly stop saved in `data_dir` (ahead of
+    /// anything new; too old ones are dropped and counted), then starts the
+    /// sender thread. Call with the data directory's LOCK held.
+    pub fn start(self, data_dir: &Path) -> anyhow::Result<ReceiptSender> {
+        let saved = outbox::load(data_dir)?;
+        let now_ms = crate::message::unix_ms();
+        let now = Instant::now();
+        let mut backlogs: Vec<Vec<Queued>> = self.apps.iter().map(|_| Vec::new()).collect();
+        let mut dropped = 0;
+        for receipt in saved {
+            let age = Duration::from_millis(now_ms.saturating_sub(receipt.acked_at_ms));
+            let Some(i) = self.apps.iter().position(|(_, r)| r.app == receipt.app) else {
+                // The app has no receiptUrl any more.
+                dropped += 1;
+                continue;
+            };
+            if age >= self.max_age {
+                dropped_counter(&receipt.app, "expired").increment(1);
+                dropped += 1;
+                continue;
+            }
+            self.apps[i].1.outstanding.add();
+            backlogs[i].push(Queued {
+                receipt,
+                queued_at: now.checked_sub(age).unwrap_or(now),
+            });
+        }
+        let resumed: usize = backlogs.iter().map(Vec::len).sum();
+        if resumed + dropped > 0 {
+            info!(resumed, dropped, "receipts saved by the last stop");
+        }
+        let (stop, stopping) = watch::channel(false);
+        let data_dir = data_dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("receipts".into())
+            .spawn(move || run(self, backlogs, stopping, &data_dir))
+            .context("spawning the receipt sender thread")?;
+        Ok(ReceiptSender { stop, thread })
+    }
 }
 
 impl ReceiptSender {
-    /// Posts what is queued for at most `shutdown_grace_ms`, then drops the
-    /// rest (counted, `reason="shutdown"`). Call once every shard (and with
-    /// it every `ReceiptQueue`) is gone, so the queues can end.
+    /// Posts what is queued for at most `shutdown_grace_ms`, then saves the
+    /// rest for the next start (if that fails they are dropped and counted,
+    /// `reason="shutdown"`). Call once every shard (and with it every
+    /// `ReceiptQueue`) is gone, so the queues can end.
     pub fn stop(self) {
         let _ = self.stop.send(true);
         if self.thread.join().is_err() {
@@ -123,42 +184,70 @@ fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
         .context("building the receipt HTTP client")
 }
 
-fn run(
-    runtime: tokio::runtime::Runtime,
-    shared: Arc<Shared>,
-    apps: Vec<(reqwest::Url, AppReceiver)>,
-    mut stopping: watch::Receiver<bool>,
-    grace: Duration,
-) {
-    let counts: Vec<(Arc<str>, Arc<Outstanding>)> = apps
-        .iter()
-        .map(|(_, r)| (r.app.clone(), r.outstanding.clone()))
-        .collect();
-    runtime.block_on(async move {
+fn run(prepared: Prepared, backlogs: Vec<Vec<Queued>>, mut stopping: watch::Receiver<bool>, data_dir: &Path) {
+    let Prepared {
+        shared,
+        apps,
+        runtime,
+        grace,
+        ..
+    } = prepared;
+    let (abandon, abandoned_rx) = watch::channel(false);
+    let left = runtime.block_on(async move {
         let mut workers = JoinSet::new();
-        for (url, receiver) in apps {
-            workers.spawn(app_worker(shared.clone(), url, receiver));
+        for ((url, receiver), backlog) in apps.into_iter().zip(backlogs) {
+            workers.spawn(app_worker(
+                shared.clone(),
+                url,
+                receiver,
+                backlog,
+                abandoned_rx.clone(),
+            ));
         }
-        let finished = async { while workers.join_next().await.is_some() {} };
         let deadline = async {
             let _ = stopping.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
         };
-        tokio::select! {
-            () = finished => {}
-            () = deadline => {}
+        tokio::pin!(deadline);
+        let mut left = Vec::new();
+        let mut abandoning = false;
+        loop {
+            tokio::select! {
+                joined = workers.join_next() => match joined {
+                    Some(Ok(receipts)) => left.extend(receipts),
+                    Some(Err(e)) => warn!(error = %e, "a receipt worker failed"),
+                    None => break,
+                },
+                () = &mut deadline, if !abandoning => {
+                    abandoning = true;
+                    let _ = abandon.send(true);
+                }
+            }
         }
+        left
     });
-    // Dropping the runtime cancels whatever still posts or waits.
     drop(runtime);
-    for (app, outstanding) in counts {
-        let left = outstanding.get();
-        if left > 0 {
-            warn!(app = %app, receipts = left, "stopping with receipts not delivered; they are dropped");
-            dropped_counter(&app, "shutdown").increment(left as u64);
+    match outbox::save(data_dir, &left) {
+        Ok(()) if left.is_empty() => {}
+        Ok(()) => info!(
+            receipts = left.len(),
+            file = %outbox::path(data_dir).display(),
+            "receipts not delivered before the stop are saved for the next start"
+        ),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), receipts = left.len(), "could not save the undelivered receipts; they are dropped");
+            for r in &left {
+                dropped_counter(&r.app, "shutdown").increment(1);
+            }
         }
     }
     info!("receipt sender stopped");
+}
+
+/// Resolves once the sender gives up on what is in progress (the stop's
+/// grace is over).
+async fn abandoned(mut abandon: watch::Receiver<bool>) {
+    let _ = abandon.wait_for(|a| *a).await;
 }
 
 struct AppMetrics {
@@ -186,48 +275,92 @@ impl AppMetrics {
     }
 }
 
-/// Takes an app's receipts off its queue while fewer than
-/// `concurrency_per_app` are in progress; ends when the queue has closed
-/// (every shard stopped) and all are done.
-async fn app_worker(shared: Arc<Shared>, url: reqwest::Url, mut receiver: AppReceiver) {
+/// Takes an app's receipts (first `backlog`, then its queue) while fewer
+/// than `concurrency_per_app` are in progress. Ends when the queue has
+/// closed (every shard stopped) and all are done, or when abandoned: then
+/// it answers what was not delivered.
+async fn app_worker(
+    shared: Arc<Shared>,
+    url: reqwest::Url,
+    mut receiver: AppReceiver,
+    backlog: Vec<Queued>,
+    abandon: watch::Receiver<bool>,
+) -> Vec<Receipt> {
     let permits = Arc::new(Semaphore::new(shared.concurrency));
     let metrics = Arc::new(AppMetrics::new(&receiver.app));
     let url = Arc::new(url);
+    let mut backlog = backlog.into_iter();
     let mut posting = JoinSet::new();
     loop {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let Some(queued) = receiver.rx.recv().await else {
-            break;
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = abandoned(abandon.clone()) => break,
         };
-        let (shared, url, metrics, outstanding) = (
+        let queued = match backlog.next() {
+            Some(queued) => queued,
+            None => tokio::select! {
+                queued = receiver.rx.recv() => match queued {
+                    Some(queued) => queued,
+                    None => break,
+                },
+                () = abandoned(abandon.clone()) => break,
+            },
+        };
+        let (shared, url, metrics, outstanding, abandon) = (
             shared.clone(),
             url.clone(),
             metrics.clone(),
             receiver.outstanding.clone(),
+            abandon.clone(),
         );
         posting.spawn(async move {
-            deliver(&shared, &url, &metrics, queued).await;
+            let left = deliver(&shared, &url, &metrics, queued, abandon).await;
             outstanding.done();
             drop(permit);
+            left
         });
         while posting.try_join_next().is_some() {}
     }
-    while posting.join_next().await.is_some() {}
+    let mut left: Vec<Receipt> = backlog.map(|q| q.receipt).collect();
+    if *abandon.borrow() {
+        receiver.rx.close();
+        while let Ok(queued) = receiver.rx.try_recv() {
+            left.push(queued.receipt);
+        }
+    }
+    // Those never handed to `deliver` leave the gauge here.
+    for _ in 0..left.len() {
+        receiver.outstanding.done();
+    }
+    while let Some(done) = posting.join_next().await {
+        if let Ok(Some(receipt)) = done {
+            left.push(receipt);
+        }
+    }
+    left
 }
 
-/// Posts one receipt until it is delivered, rejected or too old.
-async fn deliver(shared: &Shared, url: &reqwest::Url, metrics: &AppMetrics, queued: Queued) {
+/// Posts one receipt until it is delivered, rejected or too old; gives it
+/// back if abandoned first.
+async fn deliver(
+    shared: &Shared,
+    url: &reqwest::Url,
+    metrics: &AppMetrics,
+    queued: Queued,
+    abandon: watch::Receiver<bool>,
+) -> Option<Receipt> {
     let body = Bytes::from(queued.receipt.body());
     let sign = shared.signer.sign(&body);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
         let started = Instant::now();
-        let attempt = post(&shared.client, url, &sign, body.clone()).await;
+        // A POST cut off here may have reached the receiver: it gets the
+        // receipt again after the restart (at least once).
+        let attempt = tokio::select! {
+            attempt = post(&shared.client, url, &sign, body.clone()) => attempt,
+            () = abandoned(abandon.clone()) => return Some(queued.receipt),
+        };
         metrics.latency.record(started.elapsed().as_secs_f64());
         let random = getrandom::u64().unwrap_or(u64::from(attempts));
         let verdict = shared
@@ -236,24 +369,27 @@ async fn deliver(shared: &Shared, url: &reqwest::Url, metrics: &AppMetrics, queu
         match verdict {
             Verdict::Delivered => {
                 metrics.ok.increment(1);
-                return;
+                return None;
             }
             Verdict::Rejected => {
                 metrics.rejected.increment(1);
                 metrics.dropped_rejected.increment(1);
                 warn!(app = %queued.receipt.app, msg_key = %queued.receipt.msg_key, ?attempt, "the receipt URL rejected a receipt; dropped");
-                return;
+                return None;
             }
             Verdict::Retry(delay) => {
                 metrics.failed.increment(1);
                 metrics.retries.increment(1);
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = abandoned(abandon.clone()) => return Some(queued.receipt),
+                }
             }
             Verdict::Expired => {
                 metrics.failed.increment(1);
                 metrics.dropped_expired.increment(1);
                 warn!(app = %queued.receipt.app, msg_key = %queued.receipt.msg_key, attempts, ?attempt, "a receipt reached receipts.max_age_secs undelivered; dropped");
-                return;
+                return None;
             }
         }
     }

@@ -42,6 +42,7 @@ fn an_ack_makes_one_receipt_once_it_is_committed() {
             platform: 1,
             user: None,
             task_id: 0,
+            acked_at_ms: h.unix_ms(),
         }]
     );
     // A second ack of the same id finds nothing pending: no second receipt.
