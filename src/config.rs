@@ -61,6 +61,14 @@ pub struct Receipts {
     pub max_age_secs: u64,
     /// How long a stopping daemon keeps posting what is queued.
     pub shutdown_grace_ms: u64,
+    /// Threads of the sender's runtime: each receipt costs an RSA signature
+    /// (about 0.3-0.5 ms for 2048 bits), so one thread posts a few thousand
+    /// a second at most.
+    pub sender_threads: usize,
+    /// 1: one receipt per POST, MPS's format. More: each POST carries a
+    /// JSON array of up to this many receipts (whatever is queued), signed
+    /// once.
+    pub batch_max: usize,
 }
 
 impl Default for Receipts {
@@ -76,6 +84,8 @@ impl Default for Receipts {
             retry_max_ms: 60_000,
             max_age_secs: 3_600,
             shutdown_grace_ms: 5_000,
+            sender_threads: 1,
+            batch_max: 1,
         }
     }
 }
@@ -627,6 +637,18 @@ impl Config {
                 r.queue_per_app, r.concurrency_per_app
             ));
         }
+        if !(1..=1000).contains(&r.batch_max) {
+            return invalid(format!(
+                "receipts.batch_max = {} (allowed 1 ..= 1000)",
+                r.batch_max
+            ));
+        }
+        if !(1..=64).contains(&r.sender_threads) {
+            return invalid(format!(
+                "receipts.sender_threads = {} (allowed 1 ..= 64)",
+                r.sender_threads
+            ));
+        }
         if r.connect_timeout_ms == 0 || r.request_timeout_ms == 0 || r.max_age_secs == 0 {
             return invalid(
                 "receipts.connect_timeout_ms, receipts.request_timeout_ms and receipts.max_age_secs must be > 0"
@@ -839,6 +861,10 @@ mod tests {
             "queue_per_app = 0",
             "concurrency_per_app = 0",
             "concurrency_per_app = 1025",
+            "sender_threads = 0",
+            "sender_threads = 65",
+            "batch_max = 0",
+            "batch_max = 1001",
             "connect_timeout_ms = 0",
             "request_timeout_ms = 0",
             "max_age_secs = 0",

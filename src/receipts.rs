@@ -98,6 +98,20 @@ impl Receipt {
     }
 }
 
+/// With `receipts.batch_max` > 1: the receipts' bodies as one JSON array,
+/// each element exactly the body it would have alone.
+pub fn batch_body(receipts: &[Receipt]) -> Vec<u8> {
+    let mut body = vec![b'['];
+    for (i, r) in receipts.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&r.body());
+    }
+    body.push(b']');
+    body
+}
+
 /// The gateway's receipt key: signs bodies, publishes its public half.
 pub struct Signer {
     key: RsaKeyPair,
@@ -359,6 +373,24 @@ mod tests {
         assert_eq!(json["taskId"], "42");
         assert_eq!(json["extInfo"]["osType"], "harmony");
         assert_eq!(json["extInfo"]["adToken"], "da64bc9d7d448684");
+    }
+
+    #[test]
+    fn a_batch_is_an_array_of_the_single_bodies() {
+        let two = [
+            receipt(),
+            Receipt {
+                task_id: 5,
+                ..receipt()
+            },
+        ];
+        let batch: serde_json::Value = serde_json::from_slice(&batch_body(&two)).unwrap();
+        let singles: Vec<serde_json::Value> = two
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body()).unwrap())
+            .collect();
+        assert_eq!(batch, serde_json::Value::Array(singles));
+        assert_eq!(batch_body(&two[..1]), [b"[", &two[0].body()[..], b"]"].concat());
     }
 
     #[test]

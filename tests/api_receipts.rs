@@ -512,3 +512,44 @@ fn receipts_an_orderly_stop_could_not_deliver_are_posted_after_the_restart() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn with_batch_max_a_post_carries_an_array_of_receipts_signed_once() {
+    let receiver = Receiver::http(&[]);
+    let config = format!(
+        "{}{}",
+        receipts_section("batch_max = 50"),
+        app("demo", Some(&receiver.url("http", "/batch"))),
+    );
+    let d = Daemon::start("uring", &config);
+    let key = ringpush::api::auth::rsa_public_key_from_pem(
+        &std::fs::read_to_string(fixture("rsa-2048-public.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut phone = Device::connect_app(d.device, "demo", "");
+    for i in 0..20 {
+        push_and_ack(&d, "demo", &mut phone, &format!("b{i}"));
+    }
+    wait_metric(
+        &d,
+        "ringpush_receipts_sent_total",
+        &[("app", "demo"), ("result", "ok")],
+        20.0,
+    );
+    let mut keys = Vec::new();
+    for post in receiver.received() {
+        assert!(verifies(&key, &post), "one signature over the whole array");
+        let serde_json::Value::Array(receipts) = post.json() else {
+            panic!("not an array: {}", String::from_utf8_lossy(&post.body));
+        };
+        for r in receipts {
+            assert_eq!(r["extInfo"]["adToken"], phone.token.as_str());
+            assert_eq!(r["statusDesc"], "Acked");
+            keys.push(r["msgId"].as_str().unwrap().to_string());
+        }
+    }
+    keys.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("b{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want, "every receipt once");
+}

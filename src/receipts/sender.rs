@@ -70,8 +70,11 @@ pub fn prepare(config: &Config) -> anyhow::Result<Option<(ReceiptQueue, Prepared
         signer,
         policy: r.retry_policy(),
         concurrency: r.concurrency_per_app,
+        batch_max: r.batch_max,
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(r.sender_threads)
+        .thread_name("receipts")
         .enable_all()
         .build()
         .context("building the receipt sender's runtime")?;
@@ -147,6 +150,7 @@ struct Shared {
     signer: Arc<Signer>,
     policy: RetryPolicy,
     concurrency: usize,
+    batch_max: usize,
 }
 
 fn client(config: &Config) -> anyhow::Result<reqwest::Client> {
@@ -276,9 +280,10 @@ impl AppMetrics {
 }
 
 /// Takes an app's receipts (first `backlog`, then its queue) while fewer
-/// than `concurrency_per_app` are in progress. Ends when the queue has
-/// closed (every shard stopped) and all are done, or when abandoned: then
-/// it answers what was not delivered.
+/// than `concurrency_per_app` POSTs are in progress, up to `batch_max` a
+/// POST (what is queued at that moment; a batch never waits to fill). Ends
+/// when the queue has closed (every shard stopped) and all are done, or
+/// when abandoned: then it answers what was not delivered.
 async fn app_worker(
     shared: Arc<Shared>,
     url: reqwest::Url,
@@ -296,7 +301,7 @@ async fn app_worker(
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = abandoned(abandon.clone()) => break,
         };
-        let queued = match backlog.next() {
+        let first = match backlog.next() {
             Some(queued) => queued,
             None => tokio::select! {
                 queued = receiver.rx.recv() => match queued {
@@ -306,6 +311,13 @@ async fn app_worker(
                 () = abandoned(abandon.clone()) => break,
             },
         };
+        let mut batch = vec![first];
+        while batch.len() < shared.batch_max {
+            match backlog.next().or_else(|| receiver.rx.try_recv().ok()) {
+                Some(queued) => batch.push(queued),
+                None => break,
+            }
+        }
         let (shared, url, metrics, outstanding, abandon) = (
             shared.clone(),
             url.clone(),
@@ -314,8 +326,11 @@ async fn app_worker(
             abandon.clone(),
         );
         posting.spawn(async move {
-            let left = deliver(&shared, &url, &metrics, queued, abandon).await;
-            outstanding.done();
+            let n = batch.len();
+            let left = deliver(&shared, &url, &metrics, batch, abandon).await;
+            for _ in 0..n {
+                outstanding.done();
+            }
             drop(permit);
             left
         });
@@ -333,24 +348,38 @@ async fn app_worker(
         receiver.outstanding.done();
     }
     while let Some(done) = posting.join_next().await {
-        if let Ok(Some(receipt)) = done {
-            left.push(receipt);
+        if let Ok(receipts) = done {
+            left.extend(receipts);
         }
     }
     left
 }
 
-/// Posts one receipt until it is delivered, rejected or too old; gives it
-/// back if abandoned first.
+/// Posts one receipt (or with `batch_max` > 1, an array of them: one
+/// signature for all) until it is delivered, rejected or too old; gives
+/// them back if abandoned first.
 async fn deliver(
     shared: &Shared,
     url: &reqwest::Url,
     metrics: &AppMetrics,
-    queued: Queued,
+    batch: Vec<Queued>,
     abandon: watch::Receiver<bool>,
-) -> Option<Receipt> {
-    let body = Bytes::from(queued.receipt.body());
+) -> Vec<Receipt> {
+    let n = batch.len() as u64;
+    let receipts: Vec<Receipt> = batch.iter().map(|q| q.receipt.clone()).collect();
+    let body = Bytes::from(if shared.batch_max > 1 {
+        super::batch_body(&receipts)
+    } else {
+        receipts[0].body()
+    });
     let sign = shared.signer.sign(&body);
+    // The oldest decides when retrying stops.
+    let queued_at = batch
+        .iter()
+        .map(|q| q.queued_at)
+        .min()
+        .expect("a batch is never empty");
+    let first = &receipts[0];
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -359,37 +388,37 @@ async fn deliver(
         // receipt again after the restart (at least once).
         let attempt = tokio::select! {
             attempt = post(&shared.client, url, &sign, body.clone()) => attempt,
-            () = abandoned(abandon.clone()) => return Some(queued.receipt),
+            () = abandoned(abandon.clone()) => return receipts,
         };
         metrics.latency.record(started.elapsed().as_secs_f64());
         let random = getrandom::u64().unwrap_or(u64::from(attempts));
         let verdict = shared
             .policy
-            .verdict(attempt, attempts, queued.queued_at.elapsed(), random);
+            .verdict(attempt, attempts, queued_at.elapsed(), random);
         match verdict {
             Verdict::Delivered => {
-                metrics.ok.increment(1);
-                return None;
+                metrics.ok.increment(n);
+                return Vec::new();
             }
             Verdict::Rejected => {
-                metrics.rejected.increment(1);
-                metrics.dropped_rejected.increment(1);
-                warn!(app = %queued.receipt.app, msg_key = %queued.receipt.msg_key, ?attempt, "the receipt URL rejected a receipt; dropped");
-                return None;
+                metrics.rejected.increment(n);
+                metrics.dropped_rejected.increment(n);
+                warn!(app = %first.app, msg_key = %first.msg_key, receipts = n, ?attempt, "the receipt URL rejected a receipt; dropped");
+                return Vec::new();
             }
             Verdict::Retry(delay) => {
-                metrics.failed.increment(1);
-                metrics.retries.increment(1);
+                metrics.failed.increment(n);
+                metrics.retries.increment(n);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = abandoned(abandon.clone()) => return Some(queued.receipt),
+                    () = abandoned(abandon.clone()) => return receipts,
                 }
             }
             Verdict::Expired => {
-                metrics.failed.increment(1);
-                metrics.dropped_expired.increment(1);
-                warn!(app = %queued.receipt.app, msg_key = %queued.receipt.msg_key, attempts, ?attempt, "a receipt reached receipts.max_age_secs undelivered; dropped");
-                return None;
+                metrics.failed.increment(n);
+                metrics.dropped_expired.increment(n);
+                warn!(app = %first.app, msg_key = %first.msg_key, receipts = n, attempts, ?attempt, "a receipt reached receipts.max_age_secs undelivered; dropped");
+                return Vec::new();
             }
         }
     }
