@@ -375,6 +375,56 @@ mod tests {
         assert_eq!(json["extInfo"]["adToken"], "da64bc9d7d448684");
     }
 
+    fn any_receipt() -> impl proptest::strategy::Strategy<Value = Receipt> {
+        use proptest::prelude::*;
+        (
+            "\\PC{0,64}",
+            "[A-Za-z0-9_-]{1,40}",
+            prop::option::of("\\PC{1,60}"),
+            any::<u64>(),
+            prop::sample::select(vec![1u8, 2, 7]),
+            any::<u64>(),
+        )
+            .prop_map(|(msg_key, token, user, task_id, platform, acked_at_ms)| Receipt {
+                app: "shop".into(),
+                msg_key: msg_key.into(),
+                token: token.into(),
+                platform,
+                user: user.map(Into::into),
+                task_id,
+                acked_at_ms,
+            })
+    }
+
+    proptest::proptest! {
+        /// Whatever the strings hold (quotes, backslashes, control and
+        /// non-ASCII characters), the body is JSON that gives them back.
+        #[test]
+        fn any_body_parses_back_to_its_fields(r in any_receipt()) {
+            let json: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+            proptest::prop_assert_eq!(json["msgId"].as_str(), Some(&*r.msg_key));
+            proptest::prop_assert_eq!(json["extInfo"]["adToken"].as_str(), Some(&*r.token));
+            proptest::prop_assert_eq!(json["targetId"].as_str(), Some(r.user.as_deref().unwrap_or(&r.token)));
+            proptest::prop_assert_eq!(json["extInfo"]["osType"].as_str(), Some(os_type(r.platform)));
+            let task = (r.task_id != 0).then(|| r.task_id.to_string());
+            proptest::prop_assert_eq!(json["taskId"].as_str(), task.as_deref());
+        }
+
+        #[test]
+        fn any_receipts_survive_the_outbox(receipts in proptest::collection::vec(any_receipt(), 0..8)) {
+            let dir = std::env::temp_dir().join(format!(
+                "ringpush-outbox-prop-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            outbox::save(&dir, &receipts).unwrap();
+            let back = outbox::load(&dir).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            proptest::prop_assert_eq!(back, receipts);
+        }
+    }
+
     #[test]
     fn a_batch_is_an_array_of_the_single_bodies() {
         let two = [

@@ -262,7 +262,12 @@ struct AppMetrics {
     dropped_rejected: Counter,
     dropped_expired: Counter,
     latency: Histogram,
+    /// Drops are logged at most once per `DROP_LOG_INTERVAL` per app: a
+    /// wrong URL would otherwise log every receipt.
+    last_drop_log: parking_lot::Mutex<Option<Instant>>,
 }
+
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl AppMetrics {
     fn new(app: &str) -> Self {
@@ -275,7 +280,19 @@ impl AppMetrics {
             dropped_rejected: dropped_counter(app, "rejected"),
             dropped_expired: dropped_counter(app, "expired"),
             latency: metrics::histogram!("ringpush_receipt_send_seconds", "app" => app.to_string()),
+            last_drop_log: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Whether a drop may be logged now (the metric counts every one).
+    fn may_log_drop(&self) -> bool {
+        let mut last = self.last_drop_log.lock();
+        let now = Instant::now();
+        if last.is_some_and(|at| now < at + DROP_LOG_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 
@@ -403,7 +420,9 @@ async fn deliver(
             Verdict::Rejected => {
                 metrics.rejected.increment(n);
                 metrics.dropped_rejected.increment(n);
-                warn!(app = %first.app, msg_key = %first.msg_key, receipts = n, ?attempt, "the receipt URL rejected a receipt; dropped");
+                if metrics.may_log_drop() {
+                    warn!(app = %first.app, msg_key = %first.msg_key, receipts = n, ?attempt, "the receipt URL rejected a receipt; dropped (further drops of this app for 10 s are only counted in ringpush_receipts_dropped_total)");
+                }
                 return Vec::new();
             }
             Verdict::Retry(delay) => {
@@ -417,7 +436,9 @@ async fn deliver(
             Verdict::Expired => {
                 metrics.failed.increment(n);
                 metrics.dropped_expired.increment(n);
-                warn!(app = %first.app, msg_key = %first.msg_key, receipts = n, attempts, ?attempt, "a receipt reached receipts.max_age_secs undelivered; dropped");
+                if metrics.may_log_drop() {
+                    warn!(app = %first.app, msg_key = %first.msg_key, receipts = n, attempts, ?attempt, "a receipt reached receipts.max_age_secs undelivered; dropped (further drops of this app for 10 s are only counted in ringpush_receipts_dropped_total)");
+                }
                 return Vec::new();
             }
         }
