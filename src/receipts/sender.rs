@@ -230,7 +230,9 @@ fn run(prepared: Prepared, backlogs: Vec<Vec<Queued>>, mut stopping: watch::Rece
         }
         left
     });
-    drop(runtime);
+    // Cancels what is left; a DNS lookup on a blocking thread is not
+    // waited for beyond a second.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match outbox::save(data_dir, &left) {
         Ok(()) if left.is_empty() => {}
         Ok(()) => info!(
