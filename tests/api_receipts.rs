@@ -553,3 +553,52 @@ fn with_batch_max_a_post_carries_an_array_of_receipts_signed_once() {
     want.sort();
     assert_eq!(keys, want, "every receipt once");
 }
+
+#[test]
+fn a_push_by_user_names_the_user_and_a_broadcast_its_task() {
+    use ringpush::protocol::{body, Frame};
+    let receiver = Receiver::http(&[]);
+    let config = format!(
+        "{}{}",
+        receipts_section(""),
+        app("demo", Some(&receiver.url("http", "/r"))),
+    );
+    let d = Daemon::start("epoll", &config);
+    let mut phone = Device::connect_app(d.device, "demo", "");
+    phone.send(&Frame::Bind(body::UserBinding {
+        request_id: 1,
+        user_id: "alice".into(),
+    }));
+    assert!(matches!(phone.recv(), Some(Frame::RequestResult(r)) if r.code == 100));
+    let to_user = json!({
+        "appId": "demo", "workspaceId": "default", "taskName": "to users",
+        "title": "Hi", "content": "For you", "deliveryType": 3,
+        "targetMsgkey": {"alice": "u-1"}, "expiredSeconds": 600,
+    });
+    assert_eq!(d.http("POST", "/v1/push/simple", &to_user.to_string()).0, 200);
+    let push = phone.recv_push();
+    phone.ack(&[push.id]);
+    let got = receiver.wait_for(1);
+    let r = got[0].json();
+    assert_eq!((&r["msgId"], &r["targetId"]), (&json!("u-1"), &json!("alice")));
+    assert_eq!(r["extInfo"]["adToken"], phone.token.as_str());
+    assert!(r.get("taskId").is_none(), "{r}");
+
+    let broadcast = json!({
+        "appId": "demo", "workspaceId": "default", "taskName": "news",
+        "title": "Hello all", "content": "A broadcast", "deliveryType": 1,
+        "msgkey": "b-1", "expiredSeconds": 600, "pushStatus": 1, "unBindPeriod": 4,
+    });
+    let (status, answer) = d.http("POST", "/v1/push/broadcast", &broadcast.to_string());
+    assert_eq!(status, 200, "{answer}");
+    let push = phone.recv_push();
+    assert!(!push.task_id.is_empty());
+    phone.ack(&[push.id]);
+    let got = receiver.wait_for(2);
+    let r = got[1].json();
+    assert_eq!(
+        (&r["msgId"], &r["targetId"]),
+        (&json!("b-1"), &json!(phone.token.as_str()))
+    );
+    assert_eq!(r["taskId"], push.task_id.as_str());
+}
