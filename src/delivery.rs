@@ -1120,7 +1120,8 @@ impl DeliveryCore {
             self.committed_receipts.append(&mut journal.receipts);
         } else {
             // The acks are not in the log: after a restart these messages
-            // are delivered again, and their acks make the receipts then.
+            // are delivered again, and their acks make the receipts then
+            // (unless a checkpoint restates the acked statuses first).
             for r in journal.receipts.drain(..) {
                 crate::receipts::dropped_counter(&r.app, "not_durable").increment(1);
             }
