@@ -28,6 +28,7 @@ pub struct Config {
     pub delivery: Delivery,
     pub durability: Durability,
     pub stats: Stats,
+    pub receipts: Receipts,
     pub apps: Vec<App>,
 }
 
@@ -68,6 +69,75 @@ impl Default for Admission {
             max_tracked_addresses: 262_144,
             ipv6_prefix_len: 64,
             exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+        }
+    }
+}
+
+/// Delivery receipts POSTed to each app's `receiptUrl` (docs/api.md,
+/// "Receipts").
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Receipts {
+    /// The gateway's RSA private key (PKCS#8 PEM, at least 2048 bits) that
+    /// signs every receipt. Required when an app has a `receiptUrl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// PEM certificates trusted for https receipt URLs besides the built-in
+    /// public roots (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Receipts waiting or being posted, per app; past it new ones are
+    /// dropped and counted (`reason="queue_full"`).
+    pub queue_per_app: usize,
+    /// POSTs in progress (or waiting to retry) per app.
+    pub concurrency_per_app: usize,
+    pub connect_timeout_ms: u64,
+    /// Whole request, response headers and body included.
+    pub request_timeout_ms: u64,
+    /// First retry delay; doubled per attempt up to `retry_max_ms`, each
+    /// delay jittered between half and all of it.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// A receipt not delivered this long after its ack is dropped and counted
+    /// (`reason="expired"`).
+    pub max_age_secs: u64,
+    /// How long a stopping daemon keeps posting what is queued.
+    pub shutdown_grace_ms: u64,
+    /// Threads of the sender's runtime: each receipt costs an RSA signature
+    /// (about 0.3-0.5 ms for 2048 bits), so one thread posts a few thousand
+    /// a second at most.
+    pub sender_threads: usize,
+    /// 1: one receipt per POST, MPS's format. More: each POST carries a
+    /// JSON array of up to this many receipts (whatever is queued), signed
+    /// once.
+    pub batch_max: usize,
+}
+
+impl Default for Receipts {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            ca_file: None,
+            queue_per_app: 10_000,
+            concurrency_per_app: 16,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 5_000,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 60_000,
+            max_age_secs: 3_600,
+            shutdown_grace_ms: 5_000,
+            sender_threads: 1,
+            batch_max: 1,
+        }
+    }
+}
+
+impl Receipts {
+    pub fn retry_policy(&self) -> crate::receipts::RetryPolicy {
+        crate::receipts::RetryPolicy {
+            initial: Duration::from_millis(self.retry_initial_ms),
+            max: Duration::from_millis(self.retry_max_ms),
+            max_age: Duration::from_secs(self.max_age_secs),
         }
     }
 }
@@ -394,6 +464,7 @@ impl Default for Config {
             delivery: Delivery::default(),
             durability: Durability::default(),
             stats: Stats::default(),
+            receipts: Receipts::default(),
             // The demo app takes unsigned requests so that the README's
             // curl works on the default loopback API address.
             apps: vec![App {
@@ -657,8 +728,48 @@ impl Config {
                 s.reportable_per_device
             ));
         }
+        let r = &self.receipts;
+        if r.queue_per_app == 0 || !(1..=1024).contains(&r.concurrency_per_app) {
+            return invalid(format!(
+                "receipts.queue_per_app = {} (allowed >= 1) and receipts.concurrency_per_app = {} (allowed 1 ..= 1024)",
+                r.queue_per_app, r.concurrency_per_app
+            ));
+        }
+        if !(1..=1000).contains(&r.batch_max) {
+            return invalid(format!(
+                "receipts.batch_max = {} (allowed 1 ..= 1000)",
+                r.batch_max
+            ));
+        }
+        if !(1..=64).contains(&r.sender_threads) {
+            return invalid(format!(
+                "receipts.sender_threads = {} (allowed 1 ..= 64)",
+                r.sender_threads
+            ));
+        }
+        if r.connect_timeout_ms == 0 || r.request_timeout_ms == 0 || r.max_age_secs == 0 {
+            return invalid(
+                "receipts.connect_timeout_ms, receipts.request_timeout_ms and receipts.max_age_secs must be > 0"
+                    .into(),
+            );
+        }
+        if r.retry_initial_ms == 0 || r.retry_initial_ms > r.retry_max_ms {
+            return invalid(format!(
+                "receipts.retry_initial_ms = {} and retry_max_ms = {}: need 1 <= initial <= max",
+                r.retry_initial_ms, r.retry_max_ms
+            ));
+        }
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());
+        }
+        if r.signing_key_file.is_none() {
+            if let Some(app) = self.apps.iter().find(|a| a.receipt_url.is_some()) {
+                return invalid(format!(
+                    "apps: appId {:?} has a receiptUrl, so receipts.signing_key_file (the gateway's \
+                     PKCS#8 PEM RSA private key that signs receipts) must be set",
+                    app.app_id
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for app in &self.apps {
@@ -825,11 +936,46 @@ mod tests {
             let err = app_error(&format!("allowUnsigned = true\nreceiptUrl = {url:?}"));
             assert!(err.contains("receiptUrl"), "{url}: {err}");
         }
-        assert_eq!(
-            app_error("allowUnsigned = true\nreceiptUrl = \"https://shop.example:8443/push/receipts?x=1\""),
-            ""
+        // A valid URL still needs the gateway's signing key.
+        let url = "receiptUrl = \"https://shop.example:8443/push/receipts?x=1\"";
+        let err = app_error(&format!("allowUnsigned = true\n{url}"));
+        assert!(
+            err.contains("\"shop\" has a receiptUrl") && err.contains("receipts.signing_key_file"),
+            "{err}"
         );
+        let text = format!(
+            "[receipts]\nsigning_key_file = \"/etc/ringpush/receipts.key\"\n\
+             [[apps]]\nappId = \"shop\"\nworkspaceId = \"prod\"\nallowUnsigned = true\n{url}\n"
+        );
+        Config::from_toml(&text).unwrap();
         assert!(app_error("allowUnsigned = true\napikey = 1").contains("apikey"));
+    }
+
+    #[test]
+    fn receipt_limits_are_checked() {
+        let receipts = |keys: &str| Config::from_toml(&format!("[receipts]\n{keys}\n"));
+        assert!(receipts("queue_per_app = 1\nconcurrency_per_app = 1024").is_ok());
+        for bad in [
+            "queue_per_app = 0",
+            "concurrency_per_app = 0",
+            "concurrency_per_app = 1025",
+            "sender_threads = 0",
+            "sender_threads = 65",
+            "batch_max = 0",
+            "batch_max = 1001",
+            "connect_timeout_ms = 0",
+            "request_timeout_ms = 0",
+            "max_age_secs = 0",
+            "retry_initial_ms = 0",
+            "retry_initial_ms = 5000\nretry_max_ms = 4000",
+        ] {
+            let err = receipts(bad).unwrap_err().to_string();
+            assert!(err.contains("receipts."), "{bad}: {err}");
+        }
+        assert!(receipts("retries = 3")
+            .unwrap_err()
+            .to_string()
+            .contains("retries"));
     }
 
     #[test]

@@ -28,7 +28,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::stats::describe_metrics();
     crate::templates::describe_metrics();
     crate::tags::describe_metrics();
-    let shards = crate::shard::start(&config).context("starting shards")?;
+    crate::receipts::describe_metrics();
+    // Before the shards: a bad signing key stops the start before any log
+    // is opened, and the queues exist before the first ack.
+    let (receipt_queue, receipts) = match crate::receipts::sender::prepare(&config)? {
+        Some((queue, prepared)) => (Some(queue), Some(prepared)),
+        None => (None, None),
+    };
+    let shards = crate::shard::start(&config, receipt_queue).context("starting shards")?;
+    // After the shards: the data directory's LOCK is held, so the outbox
+    // file of the last stop is this daemon's to read.
+    let receipts = match receipts.map(|r| r.start(&config.durability.data_dir)).transpose() {
+        Ok(sender) => sender,
+        Err(e) => {
+            shards.stop();
+            return Err(e.context("starting the receipt sender"));
+        }
+    };
     // After the shards: the data directory's LOCK is held by then.
     let templates = match crate::templates::TemplateStore::open(&config) {
         Ok(t) => Arc::new(t),
@@ -73,6 +89,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     ready.store(false, Ordering::SeqCst);
     api.stop();
     shards.stop();
+    // After the shards: their last commits may still hand over receipts.
+    if let Some(receipts) = receipts {
+        receipts.stop();
+    }
     info!("stopped");
     Ok(())
 }

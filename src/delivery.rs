@@ -47,6 +47,7 @@ use crate::message::{
     SharedMessage, SharedOutcome, Status, StatusReport, StorageRefusal, TagUsers, TaskTag, UserStatusReport,
 };
 use crate::protocol::{body, ErrorCode, Frame, GoAwayReason, PROTOCOL_VERSION};
+use crate::receipts::Receipt;
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
 use crate::stats::{Event, ForDevices, ReportOutcome, Reportable, ShardStats, TaskRef};
 use crate::timer::TimerWheel;
@@ -407,6 +408,9 @@ struct Journal {
     /// Messages collapsed since the last commit, with their queue position:
     /// restored if it fails.
     collapsed: Vec<(DeviceId, usize, Pending)>,
+    /// Receipts of the acks since the last commit: handed to the sender
+    /// once the acks are durable.
+    receipts: Vec<Receipt>,
 }
 
 /// What a rotation changed, to tell the device or to take it back.
@@ -943,6 +947,10 @@ pub struct DeliveryCore {
     last_stats_flush: Instant,
     /// The task name of replayed messages (their task's record has it).
     no_name: Arc<str>,
+    /// Apps with a `receiptUrl`: their acks make receipts.
+    receipt_apps: HashSet<Arc<str>>,
+    /// Receipts whose acks are durable, for the shard loop to hand over.
+    committed_receipts: Vec<Receipt>,
     /// Rotated-away tokens that still lead a Hello to their device.
     retired: HashMap<Box<str>, Retired>,
     /// The same, by device: they go with it when it is deleted (its slot may
@@ -1045,6 +1053,13 @@ impl DeliveryCore {
             next_stats_prune: now + STATS_PRUNE_INTERVAL,
             last_stats_flush: now,
             no_name: Arc::from(""),
+            receipt_apps: config
+                .apps
+                .iter()
+                .filter(|a| a.receipt_url.is_some())
+                .map(|a| Arc::from(a.app_id.as_str()))
+                .collect(),
+            committed_receipts: Vec::new(),
             retired: HashMap::new(),
             retired_by_device: HashMap::new(),
             retired_gc: VecDeque::new(),
@@ -1098,6 +1113,12 @@ impl DeliveryCore {
         (&self.journal.framed, self.journal.records)
     }
 
+    /// Receipts of acks that `journal_done` found durable, in ack order.
+    /// The shard loop takes them after every commit.
+    pub fn take_receipts(&mut self) -> std::vec::Drain<'_, Receipt> {
+        self.committed_receipts.drain(..)
+    }
+
     /// Whether `journal_done` has anything to do.
     pub fn journal_pending(&self) -> bool {
         self.journal.records > 0 || !self.journal.replies.is_empty()
@@ -1125,6 +1146,14 @@ impl DeliveryCore {
         let collapsed = std::mem::take(&mut journal.collapsed);
         if result.is_ok() {
             journal.sets.clear();
+            self.committed_receipts.append(&mut journal.receipts);
+        } else {
+            // The acks are not in the log: after a restart these messages
+            // are delivered again, and their acks make the receipts then
+            // (unless a checkpoint restates the acked statuses first).
+            for r in journal.receipts.drain(..) {
+                crate::receipts::dropped_counter(&r.app, "not_durable").increment(1);
+            }
         }
         match result {
             Ok(written_at) => {
@@ -2781,6 +2810,15 @@ impl DeliveryCore {
                 record.forget_at_ms = now_ms + self.limits.status_retention.as_millis() as u64;
             }
             self.journal.write(&finished_entry(d, id, Status::Acked, now_ms));
+            if self.journal.enabled && self.receipt_apps.contains(&*d.app) {
+                match receipt_for(d, &pending, now_ms, &mut self.log_reader, &mut self.read_buf) {
+                    Ok(receipt) => self.journal.receipts.push(receipt),
+                    Err(reason) => {
+                        tracing::error!(shard = self.shard_id, message_id = id, %reason, "no receipt for an acked message: its record could not be read back");
+                        crate::receipts::dropped_counter(&d.app, "unreadable").increment(1);
+                    }
+                }
+            }
             self.status_gc
                 .push_back((now + self.limits.status_retention, pending.status_key));
             self.metrics.acked.increment(1);
@@ -3778,6 +3816,49 @@ fn read_logged_message<'b>(
             "segment {} offset {} holds no Accepted record of message {message_id}",
             span.segment, span.offset
         )),
+    }
+}
+
+/// The receipt of `pending`, just acked by `d`. A message kept in the log
+/// is read back for its msgKey (one `pread`, usually from the page cache):
+/// only for apps with a receipt URL.
+fn receipt_for(
+    d: &Device,
+    pending: &Pending,
+    acked_at_ms: u64,
+    reader: &mut Option<Box<dyn RecordReader>>,
+    buf: &mut Vec<u8>,
+) -> Result<Receipt, String> {
+    let (msg_key, user, task_id): (Box<str>, Option<Box<str>>, u64) = match &pending.frame {
+        FrameSlot::Shared(m) => {
+            let user = match &m.audience {
+                Audience::User(user) => Some(user.clone()),
+                _ => None,
+            };
+            (m.msg_key.clone(), user, m.task_id)
+        }
+        FrameSlot::Memory(frame) => push_keys(frame),
+        FrameSlot::Log(span) => {
+            let a = read_logged_message(reader, *span, pending.id, buf)?;
+            (a.msg_key.into(), None, a.task_id)
+        }
+    };
+    Ok(Receipt {
+        app: d.app.clone(),
+        msg_key,
+        token: d.token.clone(),
+        platform: d.platform,
+        user,
+        task_id,
+        acked_at_ms,
+    })
+}
+
+/// The msgKey and task id inside a pre-encoded Push frame of a token push.
+fn push_keys(frame: &[u8]) -> (Box<str>, Option<Box<str>>, u64) {
+    match crate::protocol::decode_slice(frame, usize::MAX) {
+        Ok(Some((Frame::Push(p), _))) => (p.msg_key.into(), None, p.task_id.parse().unwrap_or(0)),
+        other => panic!("a queued message holds a non-Push frame: {other:?}"),
     }
 }
 

@@ -6,7 +6,8 @@
 //! Layers, from the wire inwards: `io` moves bytes, `shard` runs one loop per
 //! core, `delivery` and `session` are the sans-IO core, `protocol` is the
 //! codec; `templates` holds the apps' message templates and `tags` their
-//! user tags; `api` and `admin` are the HTTP faces.
+//! user tags; `api` and `admin` are the HTTP faces; `receipts` posts signed
+//! delivery receipts to the apps.
 
 pub mod admin;
 pub mod admission;
@@ -20,6 +21,7 @@ pub mod journal;
 pub mod log;
 pub mod message;
 pub mod protocol;
+pub mod receipts;
 pub mod session;
 pub mod shard;
 pub mod stats;

@@ -17,7 +17,7 @@ use ringpush::config::Config;
 #[command(name = "ringpush", version, about = "Push gateway daemon")]
 struct Cli {
     /// Configuration file; without it the embedded defaults are used.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,6 +32,9 @@ enum Command {
     /// it only when startup refuses with "corrupt log record", with the
     /// daemon stopped, on the same --config.
     Repair,
+    /// Print the public key (PEM) that verifies the delivery receipts signed
+    /// with receipts.signing_key_file of --config; give it to the receivers.
+    ReceiptPublicKey,
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -52,6 +55,13 @@ fn main() -> ExitCode {
             for (dir, kept) in ringpush::store::repair(&config)? {
                 println!("{}: {kept} records kept", dir.display());
             }
+            Ok(())
+        }),
+        Some(Command::ReceiptPublicKey) => load(cli.config).and_then(|config| {
+            let path = config.receipts.signing_key_file.ok_or_else(|| {
+                anyhow::anyhow!("receipts.signing_key_file is not set in the configuration")
+            })?;
+            print!("{}", ringpush::receipts::Signer::load(&path)?.public_key_pem());
             Ok(())
         }),
         None => load(cli.config).and_then(ringpush::daemon::run),

@@ -129,11 +129,16 @@ impl Shards {
 /// the listeners and starts `config.shard_count()` shard threads. Returns
 /// only when every shard has replayed its log, so the API and readiness come
 /// after recovery.
-pub fn start(config: &Config) -> anyhow::Result<Shards> {
+pub fn start(config: &Config, receipts: Option<crate::receipts::ReceiptQueue>) -> anyhow::Result<Shards> {
     let count = config.shard_count();
     let data_dir = DataDir::open(&config.durability.data_dir, count)?;
     let health = Arc::new(StorageHealth::default());
-    let recovered = recover_all(config, count, &health)?;
+    let mut recovered = recover_all(config, count, &health)?;
+    if let Some(queue) = receipts {
+        for (_, store) in &mut recovered {
+            store.set_receipts(queue.clone());
+        }
+    }
     let max_message_id = recovered
         .iter()
         .map(|(core, _)| core.max_message_id())

@@ -204,6 +204,9 @@ pub struct Store {
     since_checkpoint: u64,
     last_checkpoint: u64,
     metrics: StoreMetrics,
+    /// Where receipts of committed acks go; `None` drops them (no app has
+    /// a receipt URL, or a test).
+    receipts: Option<crate::receipts::ReceiptQueue>,
 }
 
 /// What recovery found, for the start-up log line.
@@ -264,6 +267,7 @@ impl Store {
             since_checkpoint: bytes,
             last_checkpoint: 0,
             metrics,
+            receipts: None,
         };
         Ok((store, Recovered { records, seconds }))
     }
@@ -298,9 +302,20 @@ impl Store {
             Err(e) => Err(self.refused(&e)),
         };
         core.journal_done(outcome, now);
+        // After the commit, so a receiver never hears of an ack the log
+        // does not hold; handing off never blocks this loop.
+        match &self.receipts {
+            Some(queue) => queue.hand_off(core.take_receipts(), now),
+            None => drop(core.take_receipts()),
+        }
         if outcome.is_ok() && self.since_checkpoint >= self.compact_after.max(2 * self.last_checkpoint) {
             self.checkpoint(core);
         }
+    }
+
+    /// Sends the receipts of acks this shard commits to `queue`.
+    pub fn set_receipts(&mut self, queue: crate::receipts::ReceiptQueue) {
+        self.receipts = Some(queue);
     }
 
     /// When `commit` must run even without new records (interval fsync).

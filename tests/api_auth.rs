@@ -36,7 +36,6 @@ apiEnabled = false
 appId = \"open\"
 workspaceId = \"default\"
 allowUnsigned = true
-receiptUrl = \"https://open.example/receipts\"
 ",
         fixture("rsa-2048-public.pem")
     )

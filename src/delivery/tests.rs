@@ -8,6 +8,7 @@ use crate::protocol::{decode_slice, FrameType};
 
 mod collapse;
 mod recall;
+mod receipts;
 mod shared;
 mod stats;
 mod tokens;
