@@ -62,6 +62,7 @@ fn core_step(c: &mut Criterion) {
         app_id: "demo".into(),
         platform: 1,
         token: String::new(),
+        ..Default::default()
     });
     core.on_bytes(conn, &hello.to_bytes(), start);
     let out = core.take_outbound(conn).unwrap();

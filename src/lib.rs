@@ -5,7 +5,7 @@
 //!
 //! Layers, from the wire inwards: `io` moves bytes, `shard` runs one loop per
 //! core, `delivery` and `session` are the sans-IO core, `protocol` is the
-//! codec; `templates` holds the apps' message templates and `tags` their
+//! codec, `device_auth` checks a Hello's proof of its app; `templates` holds the apps' message templates and `tags` their
 //! user tags; `api` and `admin` are the HTTP faces.
 
 pub mod admin;
@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod device_auth;
 pub mod framed_file;
 pub mod io;
 pub mod journal;

@@ -22,6 +22,7 @@ fn device_on(d: &Daemon, platform: u32, token: &str) -> Device {
         app_id: "demo".into(),
         platform,
         token: token.into(),
+        ..Default::default()
     }));
     match device.recv() {
         Some(Frame::Welcome(w)) => device.token = w.token,

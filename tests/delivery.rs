@@ -175,6 +175,7 @@ fn bytes_pipelined_after_hello_travel_with_a_handed_off_connection() {
                 app_id: "demo".into(),
                 platform: 1,
                 token: token.clone(),
+                ..Default::default()
             })
             .to_bytes();
             Frame::Ping(body::Heartbeat { time_ms: 99 }).encode(&mut bytes);

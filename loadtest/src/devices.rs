@@ -72,6 +72,7 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             app_id: config.app.clone(),
             platform: 1,
             token: token.cloned().unwrap_or_default(),
+            ..Default::default()
         })
         .to_bytes()
     };

@@ -163,6 +163,7 @@ impl Harness {
                 app_id: app.into(),
                 platform: 1,
                 token: token.into(),
+                ..Default::default()
             }),
         );
     }
@@ -579,6 +580,7 @@ fn a_token_owned_by_another_shard_is_handed_off_with_its_bytes() {
         app_id: "demo".into(),
         platform: 1,
         token: token.clone(),
+        ..Default::default()
     });
     let mut bytes = hello.to_bytes();
     let ping = Frame::Ping(body::Heartbeat { time_ms: 3 }).to_bytes();
@@ -636,6 +638,7 @@ fn frames_split_at_every_byte_are_reassembled() {
         app_id: "demo".into(),
         platform: 2,
         token: String::new(),
+        ..Default::default()
     })
     .to_bytes();
     Frame::Ping(body::Heartbeat { time_ms: 9 }).encode(&mut bytes);
@@ -678,6 +681,7 @@ fn hello_is_validated() {
             app_id: "demo".into(),
             platform: 1,
             token: String::new(),
+            ..Default::default()
         }),
     );
     assert_eq!(
@@ -692,6 +696,7 @@ fn hello_is_validated() {
             app_id: "demo".into(),
             platform: 3,
             token: String::new(),
+            ..Default::default()
         }),
     );
     assert_eq!(error_code(&h.output(conn)), Some(ErrorCode::BadPlatform as u32));

@@ -340,6 +340,7 @@ impl Device {
             app_id: app_id.into(),
             platform: 1,
             token: token.into(),
+            ..Default::default()
         }));
         match device.recv() {
             Some(Frame::Welcome(w)) => {
@@ -349,6 +350,29 @@ impl Device {
             other => panic!("expected Welcome, got {other:?}"),
         }
         device
+    }
+
+    /// Connects and sends `hello` as it is; returns the connection and the
+    /// server's first answer (Welcome, Error, GoAway; `None`: closed).
+    pub fn hello(addr: SocketAddr, hello: body::Hello) -> (Device, Option<Frame>) {
+        let mut device = Self::raw(addr);
+        device.send(&Frame::Hello(hello));
+        let answer = device.recv();
+        if let Some(Frame::Welcome(w)) = &answer {
+            device.token = w.token.clone();
+            device.welcome = Some(w.clone());
+        }
+        (device, answer)
+    }
+
+    /// Connects as a device of `app_id` with a Hello signed with
+    /// `device_secret(app_id)`, and completes the handshake.
+    pub fn connect_signed(addr: SocketAddr, app_id: &str, token: &str) -> Device {
+        let hello = signed_hello(app_id, token, &device_secret(app_id), now_ms(), &fresh_nonce());
+        match Self::hello(addr, hello) {
+            (device, Some(Frame::Welcome(_))) => device,
+            (_, other) => panic!("expected Welcome, got {other:?}"),
+        }
     }
 
     pub fn send(&mut self, frame: &Frame) {
@@ -411,6 +435,41 @@ impl Device {
     pub fn until_closed(&mut self) -> Vec<Frame> {
         std::iter::from_fn(|| self.recv()).collect()
     }
+}
+
+/// The deviceSecret tests give app `app_id`.
+pub fn device_secret(app_id: &str) -> String {
+    format!("integration-tests-{app_id}-device-secret")
+}
+
+/// A Hello of `app_id` presenting `token`, signed with `secret`.
+pub fn signed_hello(app_id: &str, token: &str, secret: &str, timestamp_ms: u64, nonce: &str) -> body::Hello {
+    let mut hello = body::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        app_id: app_id.into(),
+        platform: 1,
+        token: token.into(),
+        ..Default::default()
+    };
+    ringpush::device_auth::sign_hello(secret.as_bytes(), &mut hello, timestamp_ms, nonce);
+    hello
+}
+
+/// The `[[apps]]` entry of an app with signed API requests and, when
+/// `device_auth`, required device authentication; secrets from
+/// `test_app_secret` and `device_secret`.
+pub fn app_entry(app_id: &str, device_auth: bool) -> String {
+    let mut entry = format!(
+        "[[apps]]\nappId = \"{app_id}\"\nworkspaceId = \"default\"\napiSecret = \"{}\"\n",
+        test_app_secret(app_id)
+    );
+    if device_auth {
+        entry.push_str(&format!(
+            "deviceSecret = \"{}\"\ndeviceAuth = \"required\"\n",
+            device_secret(app_id)
+        ));
+    }
+    entry
 }
 
 /// The apiSecret tests give app `app_id`.
