@@ -61,22 +61,23 @@ impl Default for DeviceAuth {
 }
 
 /// The push API's and admin endpoints' HTTP connections: timeouts against
-/// slow clients and a cap on connections.
+/// slow clients, a header size cap and a cap on connections.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
-    /// A request's headers must have arrived this long after its first
-    /// byte (or, on a kept-alive connection, after the previous answer);
-    /// else the connection is closed (slowloris).
+    /// A request's headers must have arrived this long after the server
+    /// began waiting for them, else the connection is closed (slowloris).
+    /// The wait begins at connect and after each answer, so this is also
+    /// how long a kept-alive connection may sit idle.
     pub header_timeout_ms: u64,
-    /// A request's body must have arrived this long after its headers;
-    /// else it is answered 408 and the connection closed.
+    /// A request's body must have arrived this long after its headers,
+    /// else it is answered 408 (3902) and the connection closed.
     pub body_timeout_ms: u64,
-    /// A kept-alive connection with no request in progress is closed after
-    /// this long.
-    pub idle_timeout_ms: u64,
-    /// Open API connections; past it new ones are closed at accept until
-    /// some end.
+    /// Largest request head (request line and headers); past it 431 and
+    /// the connection is closed.
+    pub max_header_bytes: usize,
+    /// Open connections per listener (API, admin); past it new ones are
+    /// closed at accept until some end.
     pub max_connections: usize,
 }
 
@@ -85,7 +86,7 @@ impl Default for Http {
         Self {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
-            idle_timeout_ms: 60_000,
+            max_header_bytes: 16 * 1024,
             max_connections: 4096,
         }
     }
@@ -675,15 +676,14 @@ impl Config {
             );
         }
         let h = &self.http;
-        if h.header_timeout_ms == 0
-            || h.body_timeout_ms == 0
-            || h.idle_timeout_ms == 0
-            || h.max_connections == 0
-        {
-            return invalid(
-                "http.header_timeout_ms, body_timeout_ms, idle_timeout_ms and max_connections must be > 0"
-                    .into(),
-            );
+        if h.header_timeout_ms == 0 || h.body_timeout_ms == 0 || h.max_connections == 0 {
+            return invalid("http.header_timeout_ms, body_timeout_ms and max_connections must be > 0".into());
+        }
+        if !(1024..=1 << 20).contains(&h.max_header_bytes) {
+            return invalid(format!(
+                "http.max_header_bytes = {} (allowed 1024 ..= 1048576)",
+                h.max_header_bytes
+            ));
         }
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());

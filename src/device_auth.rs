@@ -466,25 +466,27 @@ mod tests {
     const SECRET: &str = "device-secret-of-the-doc-example";
 
     fn config() -> Config {
-        let mut config = Config::default();
-        config.apps = vec![
-            App {
-                device_secret: Some(Secret::new(SECRET)),
-                device_auth: DeviceAuthMode::Required,
-                allow_unsigned: true,
-                ..App::new("demo", "default")
-            },
-            App {
-                device_secret: Some(Secret::new("the-other-apps-device-secret")),
-                device_auth: DeviceAuthMode::Required,
-                allow_unsigned: true,
-                ..App::new("other", "default")
-            },
-            App {
-                allow_unsigned: true,
-                ..App::new("open", "default")
-            },
-        ];
+        let config = Config {
+            apps: vec![
+                App {
+                    device_secret: Some(Secret::new(SECRET)),
+                    device_auth: DeviceAuthMode::Required,
+                    allow_unsigned: true,
+                    ..App::new("demo", "default")
+                },
+                App {
+                    device_secret: Some(Secret::new("the-other-apps-device-secret")),
+                    device_auth: DeviceAuthMode::Required,
+                    allow_unsigned: true,
+                    ..App::new("other", "default")
+                },
+                App {
+                    allow_unsigned: true,
+                    ..App::new("open", "default")
+                },
+            ],
+            ..Config::default()
+        };
         config.validate().unwrap();
         config
     }

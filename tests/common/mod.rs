@@ -554,6 +554,18 @@ pub fn send_http(
     headers: &[(String, String)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    send_http_head(addr, method, path, headers, body).map(|(status, _, body)| (status, body))
+}
+
+/// `send_http` that also returns the response head (status line and
+/// headers).
+pub fn send_http_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     let mut head = format!(
@@ -578,7 +590,7 @@ pub fn send_http(
     } else {
         body.to_string()
     };
-    Ok((status, body))
+    Ok((status, head.to_string(), body))
 }
 
 fn dechunk(mut body: &str) -> String {
