@@ -781,6 +781,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn device_auth_and_rate_limits_are_validated() {
+        let app = |keys: &str| app_error(&format!("apiSecret = \"0123456789abcdef\"\n{keys}"));
+        assert_eq!(
+            app("deviceSecret = \"0123456789abcdef\"\ndeviceAuth = \"required\""),
+            ""
+        );
+        assert!(app("deviceAuth = \"required\"").contains("needs a deviceSecret"));
+        assert!(app("deviceSecret = \"short\"").contains("deviceSecret must be at least 16 bytes"));
+        assert!(app("deviceAuth = \"maybe\"").contains("unknown variant"));
+        assert!(app("apiRatePerSec = 5\napiBurst = 0").contains("apiBurst"));
+        assert_eq!(app("apiRatePerSec = 0\napiBurst = 0"), "");
+        let section = |text: &str| {
+            Config::from_toml(&format!(
+                "{text}\n[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n"
+            ))
+        };
+        assert!(section("[device_auth]\nmax_skew_secs = 301").is_err());
+        assert!(section("[device_auth]\nmax_skew_secs = 0").is_err());
+        assert!(section("[device_auth]\nnonces_per_app = 0").is_err());
+        assert!(section("[http]\nmax_connections = 0").is_err());
+        assert!(section("[http]\nmax_header_bytes = 100").is_err());
+        assert!(section("[http]\nidle_timeout_ms = 5")
+            .unwrap_err()
+            .to_string()
+            .contains("idle_timeout_ms"));
+        // The device secret is redacted like the API's.
+        let text = "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\ndeviceSecret = \"device-secret-never-shown\"\n";
+        let config = Config::from_toml(text).unwrap();
+        for shown in [format!("{config:?}"), toml::to_string_pretty(&config).unwrap()] {
+            assert!(!shown.contains("device-secret-never-shown"), "{shown}");
+        }
+    }
+
+    #[test]
     fn shipped_file_matches_the_defaults() {
         let text = include_str!("../config/ringpush.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
