@@ -39,6 +39,15 @@ fn an_app_over_its_rate_gets_429_then_is_served_after_the_refill() {
             app_entry("other", false)
         );
         let d = Daemon::start_with(&config);
+        // Requests whose signature does not verify spend nothing of the
+        // app's budget: a forger cannot starve it.
+        let forger = ringpush::api::auth::HmacSigner::new("slow", b"not-the-apps-secret-at-all");
+        for _ in 0..5 {
+            let path = status_query("slow");
+            let (status, body) =
+                send_http(d.api, "GET", &path, &sign(&forger, "GET", &path, ""), "").unwrap();
+            assert_eq!(status, 401, "{body}");
+        }
         for i in 0..3 {
             let (status, _, body) = signed_get(&d, "slow");
             assert_eq!(status, 200, "request {i} of the burst: {body}");
