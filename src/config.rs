@@ -79,6 +79,9 @@ pub struct Http {
     /// Open connections per listener (API, admin); past it new ones are
     /// closed at accept until some end.
     pub max_connections: usize,
+    /// On stop: how long requests in progress may take to finish before
+    /// their connections are dropped.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for Http {
@@ -88,6 +91,7 @@ impl Default for Http {
             body_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             max_connections: 4096,
+            shutdown_grace_ms: 5000,
         }
     }
 }

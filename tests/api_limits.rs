@@ -245,3 +245,35 @@ fn connections_past_the_cap_are_closed_at_accept() {
         );
     }
 }
+
+#[test]
+fn a_stop_is_not_held_up_by_idle_or_trickling_connections() {
+    for backend in BACKENDS {
+        let mut d = Daemon::start(backend, "[http]\nshutdown_grace_ms = 1000\n");
+        // An idle kept-alive connection, after an answered request.
+        let path = status_query("demo");
+        let signer = ringpush::api::auth::HmacSigner::new(TEST_APP, TEST_APP_SECRET.as_bytes());
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        for (name, value) in sign(&signer, "GET", &path, "") {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut idle = open(d.api, head.as_bytes());
+        let mut buf = [0u8; 12];
+        idle.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        // A head in progress, and a body in progress.
+        let _partial_head = open(d.api, b"GET /v1/statis");
+        let _partial_body = open(
+            d.api,
+            b"POST /v1/push/simple HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        let status = d.terminate();
+        let took = started.elapsed();
+        assert!(status.success(), "{backend}: {status}");
+        // The grace period bounds it, not the 10 s header or 30 s body timeout.
+        assert!(took < Duration::from_secs(8), "{backend}: stop took {took:?}");
+    }
+}

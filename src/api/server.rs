@@ -25,6 +25,7 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    pub shutdown_grace: Duration,
 }
 
 impl Limits {
@@ -33,6 +34,7 @@ impl Limits {
             header_timeout: Duration::from_millis(http.header_timeout_ms),
             max_header_bytes: http.max_header_bytes,
             max_connections: http.max_connections,
+            shutdown_grace: Duration::from_millis(http.shutdown_grace_ms),
         }
     }
 }
@@ -40,7 +42,7 @@ impl Limits {
 pub fn describe_metrics() {
     metrics::describe_counter!(
         "ringpush_http_limit_hits_total",
-        "HTTP limits hit, by server (api, admin) and limit: connections (http.max_connections, closed at accept), header_timeout (http.header_timeout_ms, closed), header_size (http.max_header_bytes, 431), body_timeout (http.body_timeout_ms, 408), body_size (3050 with 413)"
+        "HTTP limits hit, by server (api, admin) and limit: connections (http.max_connections, closed at accept), header_timeout (http.header_timeout_ms, closed), header_size (http.max_header_bytes, 431), body_timeout (http.body_timeout_ms, 408), body_size (3050 with 413), shutdown_grace (connections dropped at stop after http.shutdown_grace_ms)"
     );
     metrics::describe_gauge!(
         "ringpush_http_connections",
@@ -98,7 +100,21 @@ pub async fn serve(
         }
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    // Each connection finishes the request it is in and closes; one still
+    // trickling a head or a body is not waited for past the grace period.
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown_grace, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            server,
+            connections = connections.len(),
+            "HTTP connections still busy after http.shutdown_grace_ms; dropping them"
+        );
+        limit_hit(server, "shutdown_grace");
+        connections.shutdown().await;
+    }
     open.set(0.0);
 }
 
