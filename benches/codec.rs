@@ -57,13 +57,13 @@ fn core_step(c: &mut Criterion) {
     let start = Instant::now();
     let mut core = DeliveryCore::new(0, 1, &config, start);
     let conn = core.open_connection(start).unwrap();
-    let hello = Frame::Hello(body::Hello {
+    let hello = Frame::Hello(Box::new(body::Hello {
         protocol_version: PROTOCOL_VERSION,
         app_id: "demo".into(),
         platform: 1,
         token: String::new(),
         ..Default::default()
-    });
+    }));
     core.on_bytes(conn, &hello.to_bytes(), start);
     let out = core.take_outbound(conn).unwrap();
     let token = match decode_slice(&out, 4096).unwrap().unwrap().0 {

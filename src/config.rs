@@ -24,6 +24,7 @@ pub struct Config {
     /// Pin each shard thread to a core.
     pub pin_shards: bool,
     pub limits: Limits,
+    pub admission: Admission,
     pub delivery: Delivery,
     pub durability: Durability,
     pub stats: Stats,
@@ -56,6 +57,47 @@ impl Default for DeviceAuth {
             max_skew_secs: 300,
             nonces_per_app: 1_000_000,
             max_credential_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// Who may open device connections, per source address (`admission`
+/// module): caps and connect-rate limits that hold across shards, because
+/// SO_REUSEPORT spreads one address's connections over all of them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admission {
+    /// Open device connections from one address; past it a new one gets
+    /// GoAway(too_many_connections).
+    pub max_connections_per_address: usize,
+    /// Connection attempts one address may make per second, sustained.
+    pub connect_rate_per_sec: u32,
+    /// Attempts one address may make in a burst above the sustained rate;
+    /// once spent, the address is banned.
+    pub connect_burst: u32,
+    /// How long a ban lasts; its connections meanwhile get GoAway(banned).
+    pub ban_secs: u64,
+    /// Addresses tracked at once (their counts, buckets and bans); past it
+    /// connections from addresses not yet tracked get GoAway(overloaded).
+    pub max_tracked_addresses: usize,
+    /// IPv6 sources are counted per prefix of this length (one subscriber
+    /// usually holds a /64).
+    pub ipv6_prefix_len: u8,
+    /// Sources exempt from the per-address policy (CIDRs, e.g. a load
+    /// balancer); they still count towards `limits.max_connections`.
+    pub exempt: Vec<String>,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            max_connections_per_address: 2000,
+            connect_rate_per_sec: 100,
+            connect_burst: 500,
+            ban_secs: 30,
+            max_tracked_addresses: 262_144,
+            ipv6_prefix_len: 64,
+            exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -166,6 +208,13 @@ impl IoBackend {
 pub struct Limits {
     /// Largest frame a device may send, header included.
     pub max_frame_bytes: usize,
+    /// Device connections across all shards; past it new connections get
+    /// GoAway(overloaded).
+    pub max_connections: usize,
+    /// Percent of `shard_queue` that, once filled with API commands the
+    /// shard has not applied yet, makes it refuse new connections with
+    /// GoAway(overloaded): the shard is behind on work it already took.
+    pub overload_queue_percent: u8,
     /// Device connections per shard; past it new connections get
     /// GoAway(overloaded).
     pub max_connections_per_shard: usize,
@@ -189,6 +238,9 @@ pub struct Limits {
 pub struct Delivery {
     /// Seconds a new connection has to send Hello.
     pub handshake_timeout_secs: u64,
+    /// Seconds a connection may keep bytes waiting that its socket does
+    /// not take; then it is closed (a slow or stalled reader).
+    pub write_timeout_secs: u64,
     /// Heartbeat interval told to devices; a connection silent for three of
     /// them is closed.
     pub heartbeat_secs: u32,
@@ -444,6 +496,7 @@ impl Default for Config {
             io: IoBackend::Uring,
             pin_shards: true,
             limits: Limits::default(),
+            admission: Admission::default(),
             delivery: Delivery::default(),
             durability: Durability::default(),
             stats: Stats::default(),
@@ -474,6 +527,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME,
+            max_connections: 1_000_000,
+            overload_queue_percent: 75,
             max_connections_per_shard: 500_000,
             max_outbound_bytes: 256 * 1024,
             recv_buffers: 1024,
@@ -488,6 +543,7 @@ impl Default for Delivery {
     fn default() -> Self {
         Self {
             handshake_timeout_secs: 10,
+            write_timeout_secs: 30,
             heartbeat_secs: 60,
             ack_timeout_secs: 30,
             inflight_window: 32,
@@ -508,6 +564,9 @@ impl Default for Delivery {
 impl Delivery {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
     }
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(3 * u64::from(self.heartbeat_secs))
@@ -636,8 +695,47 @@ impl Config {
                 "delivery.recall_window_secs and delivery.max_revokes_per_device must be > 0".into(),
             );
         }
-        if d.heartbeat_secs == 0 || d.handshake_timeout_secs == 0 || d.ack_timeout_secs == 0 {
+        if l.max_connections == 0 || !(1..=100).contains(&l.overload_queue_percent) {
+            return invalid(format!(
+                "limits.max_connections = {} must be > 0 and limits.overload_queue_percent = {} in 1 ..= 100",
+                l.max_connections, l.overload_queue_percent
+            ));
+        }
+        let a = &self.admission;
+        if a.max_connections_per_address == 0
+            || a.connect_rate_per_sec == 0
+            || a.connect_burst == 0
+            || a.ban_secs == 0
+            || a.max_tracked_addresses == 0
+        {
+            return invalid(
+                "admission.max_connections_per_address, connect_rate_per_sec, connect_burst, ban_secs and max_tracked_addresses must be > 0"
+                    .into(),
+            );
+        }
+        if !(1..=128).contains(&a.ipv6_prefix_len) {
+            return invalid(format!(
+                "admission.ipv6_prefix_len = {} (allowed 1 ..= 128)",
+                a.ipv6_prefix_len
+            ));
+        }
+        for cidr in &a.exempt {
+            if let Err(e) = crate::admission::Cidr::parse(cidr) {
+                return invalid(format!("admission.exempt: {cidr:?}: {e}"));
+            }
+        }
+        if d.heartbeat_secs == 0
+            || d.handshake_timeout_secs == 0
+            || d.ack_timeout_secs == 0
+            || d.write_timeout_secs == 0
+        {
             return invalid("delivery timeouts and heartbeat_secs must be > 0".into());
+        }
+        if d.write_timeout_secs > 86_400 {
+            return invalid(format!(
+                "delivery.write_timeout_secs = {} (allowed 1 ..= 86400)",
+                d.write_timeout_secs
+            ));
         }
         if d.token_redirect_secs > MAX_TOKEN_REDIRECT_SECS {
             return invalid(format!(

@@ -23,6 +23,7 @@ pub fn init_logging() {
 pub fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
     crate::delivery::describe_metrics();
+    crate::admission::describe_metrics();
     crate::device_auth::describe_metrics();
     crate::store::describe_metrics();
     crate::stats::describe_metrics();

@@ -74,6 +74,11 @@ pub enum IoAction {
     /// Stop reading; hand the socket with `initial` (plus anything read after)
     /// to shard `to`, then call `on_closed`.
     HandOff { conn: ConnId, to: usize, initial: Bytes },
+    /// Close at once, dropping whatever the socket has not taken (a reader
+    /// past the outbound cap or the write deadline: waiting for it to drain
+    /// is what it must not be allowed to make us do); cancel a send in
+    /// flight; then call `on_closed`.
+    Abort(ConnId),
 }
 
 /// Result codes in RequestResult frames (push-semantics.md §6).
@@ -117,6 +122,11 @@ enum Timer {
         generation: u32,
     },
     AckTimeout {
+        conn: ConnId,
+        generation: u32,
+    },
+    /// The write deadline of a connection whose socket holds back bytes.
+    WriteStall {
         conn: ConnId,
         generation: u32,
     },
@@ -535,6 +545,7 @@ struct Limits {
     max_connections: usize,
     max_outbound: usize,
     handshake_timeout: Duration,
+    write_timeout: Duration,
     idle_timeout: Duration,
     ack_timeout: Duration,
     heartbeat_secs: u32,
@@ -572,6 +583,12 @@ impl Clock {
 
     fn unix_micros(&self, now: Instant) -> u64 {
         self.start_unix_ms * 1000 + now.saturating_duration_since(self.start).as_micros() as u64
+    }
+
+    /// Milliseconds since the clock's start, wrapping at 2^32 (49 days):
+    /// differences of two are right for spans shorter than that.
+    fn wrapping_ms(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.start).as_millis() as u32
     }
 
     fn instant_of(&self, unix_ms: u64) -> Instant {
@@ -621,6 +638,8 @@ struct CoreMetrics {
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
+    /// Bytes the I/O layer holds that sockets have not taken, all sessions.
+    outbound_backlog: Gauge,
     ack_latency: Histogram,
     api_to_device: Histogram,
     stats_tasks: Gauge,
@@ -676,6 +695,7 @@ impl CoreMetrics {
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
+            outbound_backlog: metrics::gauge!("ringpush_outbound_backlog_bytes", "shard" => shard.clone()),
             ack_latency: metrics::histogram!("ringpush_ack_latency_seconds", "shard" => shard.clone()),
             api_to_device: metrics::histogram!("ringpush_api_to_device_seconds", "shard" => shard.clone()),
             stats_tasks: metrics::gauge!("ringpush_stats_tasks", "shard" => shard.clone()),
@@ -833,9 +853,14 @@ pub fn describe_metrics() {
         "ringpush_sessions",
         "Device connections a shard holds, in any state"
     );
+    describe_gauge!(
+        "ringpush_outbound_backlog_bytes",
+        Unit::Bytes,
+        "Bytes the I/O layer holds for device sockets that they have not taken yet (io_uring: the sends in flight; what waits behind them is held by the core and bounded by limits.max_outbound_bytes too)"
+    );
     describe_counter!(
         "ringpush_connections_closed_total",
-        "Device connections closed, by reason"
+        "Device connections closed or refused, by reason (refusals: max_connections, shard_busy, address_cap, banned, admission_table_full, overloaded)"
     );
     describe_counter!(
         "ringpush_handshakes_total",
@@ -882,6 +907,8 @@ pub struct DeliveryCore {
     timers: TimerWheel<Timer>,
     fired: Vec<Timer>,
     actions: VecDeque<IoAction>,
+    /// Sum of the sessions' `io_unsent`.
+    outbound_backlog: usize,
     clock: Clock,
     pending_total: usize,
     jitter: u64,
@@ -966,6 +993,7 @@ impl DeliveryCore {
                 max_connections: config.limits.max_connections_per_shard,
                 max_outbound: config.limits.max_outbound_bytes,
                 handshake_timeout: d.handshake_timeout(),
+                write_timeout: d.write_timeout(),
                 idle_timeout: d.idle_timeout(),
                 ack_timeout: d.ack_timeout(),
                 heartbeat_secs: d.heartbeat_secs,
@@ -992,6 +1020,7 @@ impl DeliveryCore {
             timers: TimerWheel::new(now, Duration::from_millis(10), 4096),
             fired: Vec::new(),
             actions: VecDeque::new(),
+            outbound_backlog: 0,
             clock: Clock {
                 start: now,
                 start_unix_ms: unix_ms,
@@ -1906,6 +1935,91 @@ impl DeliveryCore {
         )
     }
 
+    /// The GoAway for a connection admission refused, counted by reason:
+    /// overloaded (1–5 s) for the server-wide caps, too_many_connections
+    /// (5–30 s: an address at its cap frees slots only as its devices
+    /// leave) and banned (the rest of the ban plus 1–5 s).
+    pub fn refusal_frame(&mut self, refusal: crate::admission::Refusal) -> Bytes {
+        use crate::admission::Refusal;
+        self.metrics.closed(refusal.as_str());
+        let (reason, retry_after_ms, message) = match refusal {
+            Refusal::TotalCap => (
+                GoAwayReason::Overloaded,
+                self.jittered_ms(1000, 5000),
+                "server at its connection limit",
+            ),
+            Refusal::ShardBusy => (
+                GoAwayReason::Overloaded,
+                self.jittered_ms(1000, 5000),
+                "server busy",
+            ),
+            Refusal::TableFull => (
+                GoAwayReason::Overloaded,
+                self.jittered_ms(1000, 5000),
+                "too many client addresses",
+            ),
+            Refusal::AddressCap => (
+                GoAwayReason::TooManyConnections,
+                self.jittered_ms(5000, 30_000),
+                "too many connections from your address",
+            ),
+            Refusal::Banned { remaining } => {
+                let ban = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX);
+                let jitter = self.jittered_ms(1000, 5000);
+                (
+                    GoAwayReason::Banned,
+                    ban.saturating_add(jitter),
+                    "connecting too often; banned for a while",
+                )
+            }
+        };
+        Bytes::from(
+            Frame::GoAway(body::GoAway {
+                reason: reason as u32,
+                retry_after_ms,
+                message: message.into(),
+            })
+            .to_bytes(),
+        )
+    }
+
+    /// The I/O layer's report of the bytes it holds for `conn` that the
+    /// socket has not taken (a send in flight counts until it completes).
+    /// Non-zero starts the write deadline unless it runs already; zero ends
+    /// it. Past `limits.max_outbound_bytes` with what the core still holds,
+    /// the connection is aborted as a slow reader.
+    pub fn on_write_progress(&mut self, conn: ConnId, unsent: usize, now: Instant) {
+        let now_ms = self.clock.wrapping_ms(now);
+        let Some(session) = self.sessions.get_mut(conn) else {
+            return;
+        };
+        let unsent = u32::try_from(unsent).unwrap_or(u32::MAX);
+        let was = session.io_unsent;
+        if was == unsent {
+            return;
+        }
+        self.outbound_backlog = self.outbound_backlog - was as usize + unsent as usize;
+        session.io_unsent = unsent;
+        self.metrics.outbound_backlog.set(self.outbound_backlog as f64);
+        if unsent == 0 {
+            return;
+        }
+        if was == 0 {
+            session.blocked_since_ms = now_ms;
+            if !session.write_timer_armed {
+                session.write_timer_armed = true;
+                let generation = session.generation;
+                self.timers.insert(
+                    now + self.limits.write_timeout,
+                    Timer::WriteStall { conn, generation },
+                );
+            }
+        }
+        if unsent as usize + session.outbound.len() > self.limits.max_outbound {
+            self.abort(conn, "slow_reader");
+        }
+    }
+
     fn jittered_ms(&mut self, low: u32, high: u32) -> u32 {
         // xorshift64: cheap and good enough to spread reconnects.
         self.jitter ^= self.jitter << 13;
@@ -1980,7 +2094,7 @@ impl DeliveryCore {
             SessionState::Closing => return Flow::Stop,
             SessionState::AwaitingHello => {
                 return match frame {
-                    Frame::Hello(hello) => self.on_hello(conn, hello, now),
+                    Frame::Hello(hello) => self.on_hello(conn, *hello, now),
                     other => self.fail(
                         conn,
                         ErrorCode::UnexpectedFrame,
@@ -2848,11 +2962,10 @@ impl DeliveryCore {
         let Some(session) = self.sessions.get_mut(conn) else {
             return;
         };
-        if session.outbound.len() > self.limits.max_outbound && session.state != SessionState::Closing {
+        if session.outbound.len() + session.io_unsent as usize > self.limits.max_outbound {
             // A slow reader: its unacked messages go back to pending, and
             // the memory goes back to the shard.
-            session.outbound = BytesMut::new();
-            self.close(conn, "slow_reader");
+            self.abort(conn, "slow_reader");
             return;
         }
         if !session.send_requested {
@@ -2865,7 +2978,7 @@ impl DeliveryCore {
     pub fn take_outbound(&mut self, conn: ConnId) -> Option<BytesMut> {
         let session = self.sessions.get_mut(conn)?;
         session.send_requested = false;
-        if session.outbound.is_empty() {
+        if session.outbound.is_empty() || session.aborted {
             return None;
         }
         let out = std::mem::take(&mut session.outbound);
@@ -2907,6 +3020,29 @@ impl DeliveryCore {
         );
         self.close(conn, reason.as_str());
         Flow::Stop
+    }
+
+    /// Closes without flushing: for a socket that does not take what it is
+    /// given, so no GoAway could reach the device anyway (the stream may be
+    /// stalled in the middle of a frame). Works on a closing session too,
+    /// whose flush is what stalled.
+    fn abort(&mut self, conn: ConnId, reason: &'static str) {
+        let Some(session) = self.sessions.get_mut(conn) else {
+            return;
+        };
+        session.outbound = BytesMut::new();
+        if session.aborted {
+            return;
+        }
+        session.aborted = true;
+        let device = session.device();
+        let last_activity = session.last_activity;
+        session.state = SessionState::Closing;
+        if let Some(device) = device {
+            self.detach(device, conn, last_activity);
+        }
+        self.metrics.closed(reason);
+        self.actions.push_back(IoAction::Abort(conn));
     }
 
     /// Decides to close: detaches the device at once (new messages queue for
@@ -2954,6 +3090,10 @@ impl DeliveryCore {
         let Some(session) = self.sessions.try_remove(conn) else {
             return;
         };
+        if session.io_unsent > 0 {
+            self.outbound_backlog -= session.io_unsent as usize;
+            self.metrics.outbound_backlog.set(self.outbound_backlog as f64);
+        }
         match session.state {
             SessionState::Closing => {}
             SessionState::AwaitingHello => self.metrics.closed("peer_closed"),
@@ -3493,6 +3633,26 @@ impl DeliveryCore {
                         Timer::AckTimeout { conn, generation },
                     ),
                     None => self.sessions[conn].ack_timer_armed = false,
+                }
+            }
+            Timer::WriteStall { conn, generation } => {
+                let now_ms = self.clock.wrapping_ms(now);
+                // Closing sessions too: a close whose flush stalled.
+                let Some(session) = self.sessions.get_mut(conn).filter(|s| s.generation == generation) else {
+                    return;
+                };
+                if session.io_unsent == 0 {
+                    session.write_timer_armed = false;
+                    return;
+                }
+                let stalled = Duration::from_millis(u64::from(now_ms.wrapping_sub(session.blocked_since_ms)));
+                if stalled >= self.limits.write_timeout {
+                    self.abort(conn, "write_timeout");
+                } else {
+                    self.timers.insert(
+                        now + (self.limits.write_timeout - stalled),
+                        Timer::WriteStall { conn, generation },
+                    );
                 }
             }
             Timer::Expiry { device, message_id } => {

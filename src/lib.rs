@@ -9,6 +9,7 @@
 //! user tags; `api` and `admin` are the HTTP faces.
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod daemon;

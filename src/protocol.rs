@@ -210,8 +210,14 @@ pub enum GoAwayReason {
     Shutdown = 2,
     /// The device deleted its token; the next Hello gets a new one.
     TokenDeleted = 3,
-    /// The shard is saturated; reconnect after `retry_after_ms`.
+    /// The server is saturated; reconnect after `retry_after_ms`.
     Overloaded = 4,
+    /// The device's address holds `admission.max_connections_per_address`
+    /// connections already; reconnect after `retry_after_ms`.
+    TooManyConnections = 5,
+    /// The device's address connected faster than the admission rate and
+    /// is banned; `retry_after_ms` is the rest of the ban plus jitter.
+    Banned = 6,
 }
 
 /// Protocol error codes (Error.code). The connection closes after each one.
@@ -271,12 +277,23 @@ impl ErrorCode {
 }
 
 impl GoAwayReason {
+    pub const ALL: [GoAwayReason; 6] = [
+        Self::Replaced,
+        Self::Shutdown,
+        Self::TokenDeleted,
+        Self::Overloaded,
+        Self::TooManyConnections,
+        Self::Banned,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Replaced => "replaced",
             Self::Shutdown => "shutdown",
             Self::TokenDeleted => "token_deleted",
             Self::Overloaded => "overloaded",
+            Self::TooManyConnections => "too_many_connections",
+            Self::Banned => "banned",
         }
     }
 }
@@ -374,7 +391,9 @@ impl FrameType {
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
-    Hello(body::Hello),
+    /// Boxed, like Push: with the authentication fields it is the largest
+    /// body, and every frame on the per-message path would pay its size.
+    Hello(Box<body::Hello>),
     Ack(body::Ids),
     Ping(body::Heartbeat),
     DeleteToken,
@@ -482,7 +501,7 @@ impl Frame {
 
     fn decode_body(frame_type: FrameType, body: &[u8]) -> Result<Self, prost::DecodeError> {
         Ok(match frame_type {
-            FrameType::Hello => Self::Hello(Message::decode(body)?),
+            FrameType::Hello => Self::Hello(Box::new(Message::decode(body)?)),
             FrameType::Ack => Self::Ack(Message::decode(body)?),
             FrameType::Ping => Self::Ping(Message::decode(body)?),
             FrameType::DeleteToken => {
@@ -689,7 +708,7 @@ mod tests {
                         (protocol_version, app_id, platform, token),
                         (timestamp_ms, nonce, signature, credential),
                     )| {
-                        Frame::Hello(body::Hello {
+                        Frame::Hello(Box::new(body::Hello {
                             protocol_version,
                             app_id,
                             platform,
@@ -698,7 +717,7 @@ mod tests {
                             nonce,
                             signature,
                             credential,
-                        })
+                        }))
                     }
                 ),
             arb_ids().prop_map(Frame::Ack),
@@ -900,13 +919,13 @@ mod tests {
     #[test]
     fn hello_hex_example_from_the_spec() {
         // docs/protocol.md shows this exact frame.
-        let hello = Frame::Hello(body::Hello {
+        let hello = Frame::Hello(Box::new(body::Hello {
             protocol_version: 1,
             app_id: "demo".into(),
             platform: 1,
             token: String::new(),
             ..Default::default()
-        });
+        }));
         assert_eq!(
             hex(&hello.to_bytes()),
             "0000000a 01 00 0801 1204 64656d6f 1801".replace(' ', "")

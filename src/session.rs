@@ -1,6 +1,8 @@
 //! One device connection as the core sees it: where it is in the handshake,
 //! the bytes of a frame that arrived only in part, the bytes waiting for the
-//! socket, and the activity clock for the idle deadline. No sockets here.
+//! socket (and how many the I/O layer still holds, for the outbound cap and
+//! the write deadline), and the activity clock for the idle deadline. No
+//! sockets here.
 //!
 //! Buffers are empty `BytesMut`s (no heap) unless a frame is split across
 //! reads or output is waiting, so an idle session costs its struct only.
@@ -32,6 +34,18 @@ pub struct Session {
     pub send_requested: bool,
     /// The ack-timeout timer is armed.
     pub ack_timer_armed: bool,
+    /// Bytes the I/O layer holds that the socket has not taken, as last
+    /// reported (`DeliveryCore::on_write_progress`).
+    pub io_unsent: u32,
+    /// While `io_unsent` is non-zero: since when it has been, without a
+    /// break (the start of the write deadline), in wrapping milliseconds of
+    /// the core's clock; 4 bytes where an `Instant` would take 16, and
+    /// correct for any stall shorter than 49 days.
+    pub blocked_since_ms: u32,
+    /// The write-deadline timer is armed.
+    pub write_timer_armed: bool,
+    /// An abort was decided; the I/O layer drops what it holds.
+    pub aborted: bool,
     partial: BytesMut,
     pub outbound: BytesMut,
 }
@@ -51,6 +65,10 @@ impl Session {
             last_activity: now,
             send_requested: false,
             ack_timer_armed: false,
+            io_unsent: 0,
+            blocked_since_ms: 0,
+            write_timer_armed: false,
+            aborted: false,
             partial: BytesMut::new(),
             outbound: BytesMut::new(),
         }
@@ -74,6 +92,12 @@ impl Session {
             joined.extend_from_slice(input);
             Input::Joined(joined)
         }
+    }
+
+    /// Heap bytes held for a partial frame: what arrived, never what a
+    /// header announced.
+    pub fn partial_capacity(&self) -> usize {
+        self.partial.capacity()
     }
 
     /// Keeps `rest` (the start of an incomplete frame) for the next read.

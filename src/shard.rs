@@ -13,6 +13,7 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tracing::{info, warn};
 
+use crate::admission::{Admission, Ticket};
 use crate::config::{Config, IoBackend};
 use crate::delivery::DeliveryCore;
 use crate::io::EventFd;
@@ -21,8 +22,13 @@ use crate::store::{DataDir, StorageHealth, Store};
 
 /// Shard-to-shard and lifecycle messages; never refused, never dropped.
 pub enum Control {
-    /// A connection whose token this shard owns, with the bytes read so far.
-    Adopt { fd: OwnedFd, initial: Vec<u8> },
+    /// A connection whose token this shard owns, with the bytes read so far
+    /// and its admission slot (still held: the connection lives on).
+    Adopt {
+        fd: OwnedFd,
+        initial: Vec<u8>,
+        ticket: Ticket,
+    },
     /// Send every device GoAway(shutdown), flush, and end the thread.
     Stop,
 }
@@ -64,6 +70,8 @@ pub(crate) struct ShardContext {
     pub control: Receiver<Control>,
     pub wake: Arc<EventFd>,
     pub peers: Arc<[ShardHandle]>,
+    /// The per-address policy all shards share.
+    pub admission: Arc<Admission>,
 }
 
 pub struct Shards {
@@ -153,6 +161,7 @@ pub fn start(config: &Config) -> anyhow::Result<Shards> {
         receivers.push((commands_rx, control_rx, wake));
     }
     let handles: Arc<[ShardHandle]> = handles.into();
+    let admission = Admission::new(config);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(count);
     let shard_parts = listeners.into_iter().zip(receivers).zip(recovered);
@@ -165,6 +174,7 @@ pub fn start(config: &Config) -> anyhow::Result<Shards> {
             control,
             wake,
             peers: handles.clone(),
+            admission: admission.clone(),
         };
         let pin = config.pin_shards.then_some(id % cores);
         let thread = std::thread::Builder::new()

@@ -235,14 +235,9 @@ fn proto_enums_match_the_codes_on_the_wire() {
         .map(|e| (e.as_str().to_uppercase(), *e as u32))
         .collect();
     assert_eq!(proto_enum("ErrorCode"), errors);
-    let reasons: BTreeMap<String, u32> = [
-        GoAwayReason::Replaced,
-        GoAwayReason::Shutdown,
-        GoAwayReason::TokenDeleted,
-        GoAwayReason::Overloaded,
-    ]
-    .iter()
-    .map(|r| (r.as_str().to_uppercase(), *r as u32))
-    .collect();
+    let reasons: BTreeMap<String, u32> = GoAwayReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_uppercase(), *r as u32))
+        .collect();
     assert_eq!(proto_enum("GoAwayReason"), reasons);
 }

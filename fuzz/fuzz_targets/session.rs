@@ -1,7 +1,12 @@
 //! Arbitrary byte streams from several connections, interleaved with pushes
-//! (some with collapse keys), token rotations and the passing of time, into
-//! one shard's delivery core: it must never panic, and its bookkeeping must
-//! stay consistent (`check_invariants`) after every step.
+//! (some with collapse keys), token rotations, the passing of time and the
+//! I/O layer's reports of bytes the socket holds back, into one shard's
+//! delivery core: it must never panic, and its bookkeeping must stay
+//! consistent (`check_invariants`) after every step. Besides raw bytes,
+//! one op frames its payload with a valid header of any frame type, so the
+//! state machine sees arbitrary sequences of well-framed frames (Hello,
+//! Ack, Bind, Revoke acks... in any order and state), not only bytes that
+//! rarely get past the header check.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -11,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use ringpush::config::Config;
 use ringpush::delivery::{DeliveryCore, IoAction};
 use ringpush::message::{Command, Message, Rotation, StorageRefusal};
-use ringpush::protocol::{body, decode_slice, Frame};
+use ringpush::protocol::{body, decode_slice, Frame, FrameType};
 
 const T0_MS: u64 = 1_700_000_000_000;
 
@@ -29,9 +34,25 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(64) {
         let (op, payload) = chunk.split_first().unwrap();
         let pick = usize::from(*op >> 3);
-        match op % 7 {
+        match op % 9 {
             0 => conns.extend(core.open_connection(now)),
             1 if !conns.is_empty() => core.on_bytes(conns[pick % conns.len()], payload, now),
+            7 if !conns.is_empty() && !payload.is_empty() => {
+                let (kind, body) = payload.split_first().unwrap();
+                let frame_type = FrameType::ALL[usize::from(*kind) % FrameType::ALL.len()];
+                let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+                framed.extend_from_slice(&[frame_type as u8, 0]);
+                framed.extend_from_slice(body);
+                core.on_bytes(conns[pick % conns.len()], &framed, now);
+            }
+            8 if !conns.is_empty() => {
+                // Bytes the socket holds back: up to 16 MiB, past the cap.
+                let held = payload
+                    .iter()
+                    .take(3)
+                    .fold(0usize, |n, b| n << 8 | usize::from(*b));
+                core.on_write_progress(conns[pick % conns.len()], held, now);
+            }
             2 if !conns.is_empty() => {
                 let c = conns.swap_remove(pick % conns.len());
                 core.on_closed(c, now);
@@ -79,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
                             expires_at_ms: now_ms + ttl_ms,
                             frame: Bytes::from(frame.to_bytes()),
                             task: ringpush::message::TaskTag::untasked(ringpush::stats::PushType::Simple),
-                            collapse_key: (op % 7 == 6)
+                            collapse_key: (op % 9 == 6)
                                 .then(|| format!("c{}", payload.get(1).copied().unwrap_or(0) % 3).into()),
                         }],
                         reply,
@@ -113,7 +134,7 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                 }
-                IoAction::Close(c) | IoAction::HandOff { conn: c, .. } => {
+                IoAction::Close(c) | IoAction::Abort(c) | IoAction::HandOff { conn: c, .. } => {
                     core.take_outbound(c);
                     core.on_closed(c, now);
                     conns.retain(|x| *x != c);

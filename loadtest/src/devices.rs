@@ -89,7 +89,7 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             let nonce = format!("{nonce_prefix}{hellos_signed:x}-{now_ms:x}");
             ringpush::device_auth::sign_hello(secret.as_bytes(), &mut hello, now_ms, &nonce);
         }
-        Frame::Hello(hello).to_bytes()
+        Frame::Hello(Box::new(hello)).to_bytes()
     };
     let mut scratch = vec![0u8; READ_BYTES];
     let start = Instant::now();

@@ -42,8 +42,8 @@ struct RegistryRequest {
 }
 
 /// Which registry change an endpoint makes.
-#[derive(Clone, Copy)]
-pub(super) enum Operation {
+#[derive(Clone, Copy, Debug)]
+pub enum Operation {
     Bind,
     Unbind,
     JoinGroup,
@@ -53,6 +53,15 @@ pub(super) enum Operation {
 }
 
 impl Operation {
+    pub const ALL: [Operation; 6] = [
+        Self::Bind,
+        Self::Unbind,
+        Self::JoinGroup,
+        Self::LeaveGroup,
+        Self::LeaveAllGroups,
+        Self::VendorToken,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Self::Bind => "user_bind",
@@ -66,7 +75,7 @@ impl Operation {
 }
 
 /// Validates a registry request into (app, token, change).
-fn parse(
+pub fn parse_change(
     bytes: &[u8],
     caller: &AuthenticatedApp,
     operation: Operation,
@@ -150,7 +159,7 @@ pub(super) async fn change(state: Arc<ApiState>, operation: Operation, request: 
     let started = Instant::now();
     let result = async {
         let (caller, bytes) = admit(&state, request).await?;
-        let (app_id, token, change) = parse(&bytes, &caller, operation)?;
+        let (app_id, token, change) = parse_change(&bytes, &caller, operation)?;
         let shard = owner_shard(token.as_bytes(), state.shards.len());
         let code = ask(&state, shard, |reply| Command::Registry {
             app_id,
@@ -173,7 +182,7 @@ pub(super) async fn change(state: Arc<ApiState>, operation: Operation, request: 
 }
 
 /// The shard's answer to a registry change as the API's: `None` for
-/// success (100). `parse` has made every check the shard makes on the
+/// success (100). `parse_change` has made every check the shard makes on the
 /// request alone, so what is left to refuse is the device's state (no such
 /// token, a join past the group limit); each code still gets the reason the
 /// shard (`DeliveryCore::change_registry`) refuses with it for this operation.
@@ -218,6 +227,20 @@ struct RotateRequest {
     delivery_token: Option<String>,
 }
 
+/// Validates a token rotation request into (app, token).
+pub fn parse_rotation(bytes: &[u8], caller: &AuthenticatedApp) -> Result<(Arc<str>, String), ApiError> {
+    let req: RotateRequest = super::json_body(bytes)?;
+    let app_id = resolve_app(caller, req.app_id.as_deref(), req.workspace_id.as_deref())?;
+    let token = req.delivery_token.unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::new(
+            ResultCode::NeedDeliveryToken,
+            "deliveryToken is required",
+        ));
+    }
+    Ok((app_id, token))
+}
+
 /// `POST /v1/devices/token-update`: gives the device a new token and
 /// answers it once durable. Pushes, registry changes and queries with the
 /// old token answer 3054 from then on; the device is sent a TokenUpdate
@@ -229,15 +252,7 @@ pub(super) async fn rotate(State(state): State<Arc<ApiState>>, request: Request)
     let started = Instant::now();
     let result = async {
         let (caller, bytes) = admit(&state, request).await?;
-        let req: RotateRequest = super::json_body(&bytes)?;
-        let app_id = resolve_app(&caller, req.app_id.as_deref(), req.workspace_id.as_deref())?;
-        let token = req.delivery_token.unwrap_or_default();
-        if token.is_empty() {
-            return Err(ApiError::new(
-                ResultCode::NeedDeliveryToken,
-                "deliveryToken is required",
-            ));
-        }
+        let (app_id, token) = parse_rotation(&bytes, &caller)?;
         let shard = owner_shard(token.as_bytes(), state.shards.len());
         let rotation = ask(&state, shard, |reply| Command::RotateToken {
             app_id,
@@ -379,7 +394,7 @@ mod tests {
         body.as_object_mut()
             .unwrap()
             .extend(fields.as_object().unwrap().clone());
-        match parse(body.to_string().as_bytes(), &caller(), operation) {
+        match parse_change(body.to_string().as_bytes(), &caller(), operation) {
             Ok(_) => (100, "OK".into()),
             Err(e) => (e.code.code(), e.reason),
         }

@@ -10,16 +10,16 @@
 //! lists every endpoint; `docs/openapi.yaml` must describe exactly those.
 
 pub mod auth;
-mod devices;
+pub mod devices;
 mod fields;
 pub mod push;
 pub mod rate_limit;
 pub mod recall;
 pub mod result_code;
 pub mod server;
-mod stats;
+pub mod stats;
 pub mod tags;
-mod templates;
+pub mod templates;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -30,7 +30,7 @@ fn invalid(reason: impl Into<String>) -> ApiError {
     ApiError::new(ResultCode::InvalidParam, reason)
 }
 
-fn app_of(
+pub fn app_of(
     caller: &super::auth::AuthenticatedApp,
     query: &HashMap<String, String>,
 ) -> Result<Arc<str>, ApiError> {
@@ -53,7 +53,7 @@ fn int_param(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>,
 }
 
 /// `startTime` and `endTime` (ms since the epoch), each optional here.
-fn time_range(query: &HashMap<String, String>) -> Result<(Option<u64>, Option<u64>), ApiError> {
+pub fn time_range(query: &HashMap<String, String>) -> Result<(Option<u64>, Option<u64>), ApiError> {
     let start = int_param(query, "startTime")?;
     let end = int_param(query, "endTime")?;
     if let (Some(start), Some(end)) = (start, end) {

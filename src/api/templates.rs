@@ -51,7 +51,7 @@ struct TemplateRequest {
 /// the path) request into the app and the draft. The template rules
 /// themselves (3037–3042) are checked by the store. A replace may repeat
 /// the name in the body but not change it: templates are not renamed.
-pub(super) fn parse_draft(
+pub fn parse_draft(
     bytes: &[u8],
     caller: &AuthenticatedApp,
     path_name: Option<&str>,
@@ -149,7 +149,7 @@ async fn change(
 }
 
 /// The app named by the query's appId and workspaceId.
-fn query_app(caller: &AuthenticatedApp, query: &HashMap<String, String>) -> Result<Arc<str>, ApiError> {
+pub fn query_app(caller: &AuthenticatedApp, query: &HashMap<String, String>) -> Result<Arc<str>, ApiError> {
     resolve_app(
         caller,
         query.get("appId").map(String::as_str),

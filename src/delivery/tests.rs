@@ -158,13 +158,13 @@ impl Harness {
     fn hello(&mut self, conn: ConnId, app: &str, token: &str) {
         self.send(
             conn,
-            &Frame::Hello(body::Hello {
+            &Frame::Hello(Box::new(body::Hello {
                 protocol_version: PROTOCOL_VERSION,
                 app_id: app.into(),
                 platform: 1,
                 token: token.into(),
                 ..Default::default()
-            }),
+            })),
         );
     }
 
@@ -205,10 +205,15 @@ impl Harness {
         // Keep the other connections' actions for the caller to inspect.
         for action in actions {
             let other = match &action {
-                IoAction::Send(c) | IoAction::Close(c) => *c != conn,
+                IoAction::Send(c) | IoAction::Close(c) | IoAction::Abort(c) => *c != conn,
                 IoAction::HandOff { conn: c, .. } => *c != conn,
             };
-            if other || matches!(action, IoAction::Close(_) | IoAction::HandOff { .. }) {
+            if other
+                || matches!(
+                    action,
+                    IoAction::Close(_) | IoAction::Abort(_) | IoAction::HandOff { .. }
+                )
+            {
                 self.core.actions.push_back(action);
             }
         }
@@ -575,13 +580,13 @@ fn a_token_owned_by_another_shard_is_handed_off_with_its_bytes() {
         .find(|t| owner_shard(t.as_bytes(), 2) == 1)
         .unwrap();
     let conn = h.connect();
-    let hello = Frame::Hello(body::Hello {
+    let hello = Frame::Hello(Box::new(body::Hello {
         protocol_version: 1,
         app_id: "demo".into(),
         platform: 1,
         token: token.clone(),
         ..Default::default()
-    });
+    }));
     let mut bytes = hello.to_bytes();
     let ping = Frame::Ping(body::Heartbeat { time_ms: 3 }).to_bytes();
     bytes.extend_from_slice(&ping[..4]);
@@ -633,13 +638,13 @@ fn an_oversized_header_is_refused_before_its_body_arrives() {
 fn frames_split_at_every_byte_are_reassembled() {
     let mut h = Harness::new();
     let conn = h.connect();
-    let mut bytes = Frame::Hello(body::Hello {
+    let mut bytes = Frame::Hello(Box::new(body::Hello {
         protocol_version: 1,
         app_id: "demo".into(),
         platform: 2,
         token: String::new(),
         ..Default::default()
-    })
+    }))
     .to_bytes();
     Frame::Ping(body::Heartbeat { time_ms: 9 }).encode(&mut bytes);
     for b in &bytes {
@@ -676,13 +681,13 @@ fn hello_is_validated() {
     let conn = h.connect();
     h.send(
         conn,
-        &Frame::Hello(body::Hello {
+        &Frame::Hello(Box::new(body::Hello {
             protocol_version: 2,
             app_id: "demo".into(),
             platform: 1,
             token: String::new(),
             ..Default::default()
-        }),
+        })),
     );
     assert_eq!(
         error_code(&h.output(conn)),
@@ -691,13 +696,13 @@ fn hello_is_validated() {
     let conn = h.connect();
     h.send(
         conn,
-        &Frame::Hello(body::Hello {
+        &Frame::Hello(Box::new(body::Hello {
             protocol_version: 1,
             app_id: "demo".into(),
             platform: 3,
             token: String::new(),
             ..Default::default()
-        }),
+        })),
     );
     assert_eq!(error_code(&h.output(conn)), Some(ErrorCode::BadPlatform as u32));
 }
@@ -764,7 +769,7 @@ fn a_device_that_writes_but_never_reads_is_closed_at_the_outbound_cap() {
     // Pings whose Pongs the socket never takes (nobody calls take_outbound).
     let ping = Frame::Ping(body::Heartbeat { time_ms: 1 }).to_bytes();
     let mut sent = 0;
-    while !h.core.actions.contains(&IoAction::Close(conn)) {
+    while !h.core.actions.contains(&IoAction::Abort(conn)) {
         h.core.on_bytes(conn, &ping, h.now);
         sent += ping.len();
         assert!(sent < 200_000, "the cap must trip");
@@ -777,6 +782,149 @@ fn a_device_that_writes_but_never_reads_is_closed_at_the_outbound_cap() {
         [id],
         "its messages wait for the next connection"
     );
+}
+
+#[test]
+fn bytes_the_socket_holds_back_count_towards_the_outbound_cap() {
+    let mut cfg = config();
+    cfg.limits.max_outbound_bytes = 80_000;
+    let mut h = Harness::with(cfg, 0, 1);
+    let (conn, _) = h.device("");
+    h.core.on_write_progress(conn, 79_000, h.now);
+    assert!(!h.core.actions.contains(&IoAction::Abort(conn)));
+    assert_eq!(h.core.outbound_backlog, 79_000);
+    // A Pong on top of what the I/O layer holds crosses the cap.
+    let ping = Frame::Ping(body::Heartbeat { time_ms: 1 }).to_bytes();
+    while !h.core.actions.contains(&IoAction::Abort(conn)) {
+        h.core.on_bytes(conn, &ping, h.now);
+        assert!(h.core.sessions[conn].outbound.len() < 2000, "the cap must trip");
+    }
+    assert!(h.core.take_outbound(conn).is_none());
+    h.core.on_closed(conn, h.now);
+    assert_eq!(h.core.outbound_backlog, 0, "a closed connection holds nothing");
+}
+
+#[test]
+fn a_socket_that_holds_bytes_past_the_write_deadline_is_aborted() {
+    let mut cfg = config();
+    cfg.delivery.ack_timeout_secs = 300;
+    let mut h = Harness::with(cfg, 0, 1);
+    let (conn, w) = h.device("");
+    let (id, _) = h.push(&w.token, "k", 600);
+    assert_eq!(push_ids(&h.output(conn)), [id]);
+    h.core.on_write_progress(conn, 500, h.now);
+    h.advance(Duration::from_secs(20));
+    // Some progress, but the socket never took everything: still stalled.
+    h.core.on_write_progress(conn, 300, h.now);
+    h.advance(Duration::from_secs(9));
+    assert!(!h
+        .core
+        .actions
+        .iter()
+        .any(|a| matches!(a, IoAction::Abort(_) | IoAction::Close(_))));
+    h.advance(Duration::from_millis(1100));
+    assert!(
+        h.core.actions.contains(&IoAction::Abort(conn)),
+        "{:?}",
+        h.core.actions
+    );
+    assert!(h.core.take_outbound(conn).is_none());
+    h.core.on_closed(conn, h.now);
+    assert_eq!(h.core.outbound_backlog, 0);
+    let (conn2, _) = h.device(&w.token);
+    assert_eq!(
+        push_ids(&h.output(conn2)),
+        [id],
+        "the unacked message is sent again"
+    );
+}
+
+#[test]
+fn a_socket_that_drains_restarts_the_write_deadline() {
+    let mut h = Harness::new();
+    let (conn, _) = h.device("");
+    for _ in 0..4 {
+        h.core.on_write_progress(conn, 4096, h.now);
+        h.advance(Duration::from_secs(20));
+        h.core.on_write_progress(conn, 0, h.now);
+    }
+    assert!(
+        !h.core.actions.contains(&IoAction::Abort(conn)),
+        "80 s of short stalls"
+    );
+    h.core.on_write_progress(conn, 4096, h.now);
+    h.advance(Duration::from_secs(31));
+    assert!(h.core.actions.contains(&IoAction::Abort(conn)));
+}
+
+#[test]
+fn a_stalled_close_is_aborted_at_the_write_deadline() {
+    let mut h = Harness::new();
+    let (conn, _) = h.device("");
+    h.core.on_write_progress(conn, 100, h.now);
+    h.core.shutdown();
+    h.output(conn);
+    assert!(h.core.actions.contains(&IoAction::Close(conn)));
+    h.core.actions.clear();
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.core.actions, [IoAction::Abort(conn)]);
+}
+
+#[test]
+fn refusals_say_why_and_when_to_come_back() {
+    use crate::admission::Refusal;
+    let mut h = Harness::new();
+    let goaway = |bytes: Bytes| match decode_slice(&bytes, 4096).unwrap() {
+        Some((Frame::GoAway(g), _)) => g,
+        other => panic!("{other:?}"),
+    };
+    for _ in 0..50 {
+        let g = goaway(h.core.refusal_frame(Refusal::Banned {
+            remaining: Duration::from_secs(20),
+        }));
+        assert_eq!(g.reason, GoAwayReason::Banned as u32);
+        assert!(
+            (21_000..=25_000).contains(&g.retry_after_ms),
+            "{}",
+            g.retry_after_ms
+        );
+        let g = goaway(h.core.refusal_frame(Refusal::AddressCap));
+        assert_eq!(g.reason, GoAwayReason::TooManyConnections as u32);
+        assert!((5_000..=30_000).contains(&g.retry_after_ms));
+        for r in [Refusal::TotalCap, Refusal::ShardBusy, Refusal::TableFull] {
+            let g = goaway(h.core.refusal_frame(r));
+            assert_eq!(g.reason, GoAwayReason::Overloaded as u32);
+            assert!((1_000..=5_000).contains(&g.retry_after_ms));
+        }
+    }
+}
+
+#[test]
+fn a_length_claim_allocates_only_the_bytes_that_arrived() {
+    let mut h = Harness::new();
+    let max = h.core.limits.max_frame;
+    let conn = h.connect();
+    // A Hello header announcing the largest allowed frame, and 100 bytes.
+    let mut claim = ((max - crate::protocol::HEADER_LEN) as u32)
+        .to_be_bytes()
+        .to_vec();
+    claim.extend_from_slice(&[FrameType::Hello as u8, 0]);
+    claim.extend_from_slice(&[0x12; 100]);
+    h.core.on_bytes(conn, &claim, h.now);
+    let held = h.core.sessions[conn].partial_capacity();
+    assert!(held <= claim.len(), "holds {held} bytes for a claim of {max}");
+    assert!(h.output(conn).is_empty(), "still waiting for the rest");
+
+    // 0xFFFFFFFF: refused from the header, nothing kept.
+    let huge = h.connect();
+    h.core
+        .on_bytes(huge, &[0xFF, 0xFF, 0xFF, 0xFF, FrameType::Hello as u8, 0], h.now);
+    assert_eq!(h.core.sessions[huge].partial_capacity(), 0);
+    match h.output(huge).as_slice() {
+        [Frame::Error(e)] => assert_eq!(e.code, ErrorCode::FrameTooLarge as u32),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.core.actions.contains(&IoAction::Close(huge)));
 }
 
 #[test]
@@ -1350,7 +1498,7 @@ fn signed_hello(token: &str, unix_ms: u64, nonce: &str) -> Frame {
         ..Default::default()
     };
     device_auth::sign_hello(DEVICE_SECRET.as_bytes(), &mut hello, unix_ms, nonce);
-    Frame::Hello(hello)
+    Frame::Hello(Box::new(hello))
 }
 
 #[test]

@@ -14,6 +14,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use tracing::warn;
 
+use crate::admission::Ticket;
 use crate::delivery::{ConnId, DeliveryCore, IoAction};
 use crate::shard::{Control, ShardContext};
 use crate::store::Store;
@@ -26,6 +27,8 @@ struct Conn {
     stream: TcpStream,
     /// Bytes the socket did not take yet; empty (no heap) when caught up.
     unsent: BytesMut,
+    /// The connection's admission slot, given back when `Conn` is dropped.
+    ticket: Ticket,
 }
 
 struct Loop {
@@ -80,7 +83,7 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         let mut stop = false;
         for event in events.iter() {
             match event.token() {
-                LISTENER => lp.accept_all(&listener, now),
+                LISTENER => lp.accept_all(&listener, &context, now),
                 WAKE => stop |= super::drain_queues(&context, &mut lp.core, now, &mut adopted),
                 Token(conn) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -91,13 +94,13 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
                         // the core produced in this one (a Welcome with a
                         // new token, a confirmed rotation) wait for the
                         // commit below and `run_actions`.
-                        lp.write_unsent(conn);
+                        lp.write_unsent(conn, now);
                     }
                 }
             }
         }
-        for (fd, initial) in adopted.drain(..) {
-            lp.adopt(fd, &initial, now);
+        for (fd, initial, ticket) in adopted.drain(..) {
+            lp.adopt(fd, &initial, ticket, now);
         }
         lp.core.on_timers(now);
         // Before any byte of this iteration reaches a socket: a device sees
@@ -114,12 +117,15 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
 }
 
 impl Loop {
-    fn accept_all(&mut self, listener: &TcpListener, now: Instant) {
+    fn accept_all(&mut self, listener: &TcpListener, context: &ShardContext, now: Instant) {
         loop {
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     super::count_accept(&self.shard);
-                    self.register(stream, &[], now);
+                    let socket = socket2::SockRef::from(&stream);
+                    if let Some(ticket) = super::admit(context, &mut self.core, socket, Some(peer), now) {
+                        self.register(stream, &[], ticket, now);
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => {}
@@ -135,7 +141,7 @@ impl Loop {
         }
     }
 
-    fn register(&mut self, mut stream: TcpStream, initial: &[u8], now: Instant) {
+    fn register(&mut self, mut stream: TcpStream, initial: &[u8], ticket: Ticket, now: Instant) {
         let _ = stream.set_nodelay(true);
         let Some(conn) = self.core.open_connection(now) else {
             let refusal = self.core.overload_frame();
@@ -154,6 +160,7 @@ impl Loop {
         self.conns[conn] = Some(Conn {
             stream,
             unsent: BytesMut::new(),
+            ticket,
         });
         self.open.increment(1.0);
         if !initial.is_empty() {
@@ -161,8 +168,8 @@ impl Loop {
         }
     }
 
-    fn adopt(&mut self, fd: OwnedFd, initial: &[u8], now: Instant) {
-        self.register(TcpStream::from(fd), initial, now);
+    fn adopt(&mut self, fd: OwnedFd, initial: &[u8], ticket: Ticket, now: Instant) {
+        self.register(TcpStream::from(fd), initial, ticket, now);
     }
 
     fn read(&mut self, conn: ConnId, now: Instant) {
@@ -196,7 +203,7 @@ impl Loop {
     /// Writes what the core has for `conn` after what the socket still owes.
     /// Returns false when the socket failed. Only after the iteration's
     /// commit: the core's bytes may depend on it.
-    fn flush(&mut self, conn: ConnId) -> bool {
+    fn flush(&mut self, conn: ConnId, now: Instant) -> bool {
         let more = self.core.take_outbound(conn);
         let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
             return false;
@@ -208,24 +215,30 @@ impl Loop {
                 c.unsent.extend_from_slice(&more);
             }
         }
-        self.write_unsent(conn)
+        self.write_unsent(conn, now)
     }
 
     /// Writes what the socket still owes from earlier flushes (committed
-    /// bytes only). Returns false when the socket failed.
-    fn write_unsent(&mut self, conn: ConnId) -> bool {
+    /// bytes only) and tells the core how much it still holds (the outbound
+    /// cap and the write deadline). Returns false when the socket failed.
+    fn write_unsent(&mut self, conn: ConnId, now: Instant) -> bool {
         let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
             return false;
         };
         while !c.unsent.is_empty() {
             match c.stream.write(&c.unsent) {
                 Ok(n) => c.unsent.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let held = c.unsent.len();
+                    self.core.on_write_progress(conn, held, now);
+                    return true;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
         }
         c.unsent = BytesMut::new();
+        self.core.on_write_progress(conn, 0, now);
         true
     }
 
@@ -242,14 +255,16 @@ impl Loop {
         while let Some(action) = self.core.poll_action() {
             match action {
                 IoAction::Send(conn) => {
-                    if !self.flush(conn) {
+                    if !self.flush(conn, now) {
                         self.close_now(conn, now);
                     }
                 }
                 IoAction::Close(conn) => {
-                    self.flush(conn);
+                    self.flush(conn, now);
                     self.close_now(conn, now);
                 }
+                // Whatever the socket did not take is dropped with `Conn`.
+                IoAction::Abort(conn) => self.close_now(conn, now),
                 IoAction::HandOff { conn, to, initial } => {
                     if let Some(mut c) = self.conns.get_mut(conn).and_then(Option::take) {
                         let _ = self.poll.registry().deregister(&mut c.stream);
@@ -257,6 +272,7 @@ impl Loop {
                         context.peers[to].control(Control::Adopt {
                             fd: OwnedFd::from(c.stream),
                             initial: initial.to_vec(),
+                            ticket: c.ticket,
                         });
                     }
                     self.core.on_closed(conn, now);

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::admission::{Refusal, Ticket};
 use crate::config::IoBackend;
 use crate::delivery::DeliveryCore;
 use crate::shard::{Control, ShardContext};
@@ -88,9 +89,9 @@ pub(crate) fn run_shard(context: ShardContext, core: DeliveryCore, store: Store,
     }
 }
 
-/// A connection handed over by another shard: its socket and the bytes that
-/// shard already read.
-pub(crate) type Adopted = (OwnedFd, Vec<u8>);
+/// A connection handed over by another shard: its socket, the bytes that
+/// shard already read, and its admission slot.
+pub(crate) type Adopted = (OwnedFd, Vec<u8>, Ticket);
 
 /// Applies queued API commands to the core and collects adopted connections
 /// for the backend to register. Returns `true` when the shard must stop.
@@ -104,7 +105,7 @@ pub(crate) fn drain_queues(
     let mut stop = false;
     while let Ok(message) = context.control.try_recv() {
         match message {
-            Control::Adopt { fd, initial } => adopted.push((fd, initial)),
+            Control::Adopt { fd, initial, ticket } => adopted.push((fd, initial, ticket)),
             Control::Stop => stop = true,
         }
     }
@@ -120,4 +121,60 @@ pub(crate) fn drain_queues(
 
 pub(crate) fn count_accept(shard: &str) {
     metrics::counter!("ringpush_accepts_total", "shard" => shard.to_string()).increment(1);
+}
+
+/// Decides on a socket just accepted from `peer`: its admission slot, or
+/// `None` once the refusal (a GoAway with a reason and a retry-after) was
+/// written, best effort and without blocking; the caller then drops the
+/// socket, which closes it. A shard whose API command queue is past
+/// `limits.overload_queue_percent` full is behind on work it already took,
+/// and refuses new connections as overloaded rather than let them time out.
+pub(crate) fn admit(
+    context: &ShardContext,
+    core: &mut DeliveryCore,
+    socket: socket2::SockRef<'_>,
+    peer: Option<std::net::SocketAddr>,
+    now: Instant,
+) -> Option<Ticket> {
+    // No address: the peer reset the connection before we asked.
+    let peer = peer?;
+    let limits = &context.config.limits;
+    let busy = shard_busy(
+        context.commands.len(),
+        limits.shard_queue,
+        limits.overload_queue_percent,
+    );
+    let decision = if busy {
+        Err(Refusal::ShardBusy)
+    } else {
+        context.admission.admit(peer.ip(), now)
+    };
+    match decision {
+        Ok(ticket) => Some(ticket),
+        Err(refusal) => {
+            let frame = core.refusal_frame(refusal);
+            let _ = socket.send(&frame);
+            None
+        }
+    }
+}
+
+/// A shard is busy when `queued` API commands fill `percent` of its queue.
+fn shard_busy(queued: usize, capacity: usize, percent: u8) -> bool {
+    queued.saturating_mul(100) >= capacity.saturating_mul(usize::from(percent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_busy;
+
+    #[test]
+    fn a_shard_is_busy_from_its_queue_threshold_on() {
+        assert!(!shard_busy(0, 65_536, 75));
+        assert!(!shard_busy(49_151, 65_536, 75));
+        assert!(shard_busy(49_152, 65_536, 75));
+        assert!(shard_busy(65_536, 65_536, 100));
+        assert!(!shard_busy(65_535, 65_536, 100));
+        assert!(shard_busy(1, 10, 1), "1% of a tiny queue is one command");
+    }
 }

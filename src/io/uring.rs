@@ -17,6 +17,7 @@ use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use tracing::warn;
 
+use crate::admission::Ticket;
 use crate::delivery::{ConnId, DeliveryCore, IoAction};
 use crate::shard::{Control, ShardContext};
 use crate::store::Store;
@@ -202,6 +203,9 @@ enum ConnState {
     Open,
     /// Close after the in-flight send completes.
     Closing,
+    /// Close as soon as the in-flight send, cancelled, completes; its
+    /// bytes are not waited for.
+    Aborting,
     /// Recv cancelled; waiting for its last completion before the socket
     /// moves to shard `to` with these bytes.
     HandingOff {
@@ -220,6 +224,8 @@ struct Conn {
     /// The core asked for a send while one was in flight.
     send_wanted: bool,
     recv_armed: bool,
+    /// The connection's admission slot, given back when `Conn` is dropped.
+    ticket: Ticket,
 }
 
 /// Field order matters: the ring is dropped before the buffer memory it
@@ -289,7 +295,7 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         for (data, result, flags) in completions.drain(..) {
             let (op, generation, conn) = decode_user_data(data);
             match op {
-                x if x == Op::Accept as u8 => b.on_accept(result, flags, now),
+                x if x == Op::Accept as u8 => b.on_accept(&context, result, flags, now),
                 x if x == Op::Recv as u8 => b.on_recv(conn, generation, result, flags, now),
                 x if x == Op::Send as u8 => b.on_send(conn, generation, result, now),
                 x if x == Op::Wake as u8 => {
@@ -302,8 +308,8 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
             }
         }
         b.buffers.publish();
-        for (fd, initial) in adopted.drain(..) {
-            b.register(fd, &initial, now);
+        for (fd, initial, ticket) in adopted.drain(..) {
+            b.register(fd, &initial, ticket, now);
         }
         if b.accept_retry_at.is_some_and(|at| at <= now) {
             b.accept_retry_at = None;
@@ -444,7 +450,7 @@ impl Backend {
         self.push(entry);
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32, now: Instant) {
+    fn on_accept(&mut self, context: &ShardContext, result: i32, flags: u32, now: Instant) {
         if result < 0 {
             metrics::counter!("ringpush_accept_errors_total", "shard" => self.shard.clone()).increment(1);
             if matches!(
@@ -469,10 +475,14 @@ impl Backend {
         // SAFETY: a non-negative accept result is a new descriptor that only
         // this completion refers to.
         let fd = unsafe { OwnedFd::from_raw_fd(result) };
-        self.register(fd, &[], now);
+        let socket = socket2::SockRef::from(&fd);
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        if let Some(ticket) = super::admit(context, &mut self.core, socket, peer, now) {
+            self.register(fd, &[], ticket, now);
+        }
     }
 
-    fn register(&mut self, fd: OwnedFd, initial: &[u8], now: Instant) {
+    fn register(&mut self, fd: OwnedFd, initial: &[u8], ticket: Ticket, now: Instant) {
         let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
         let Some(conn) = self.core.open_connection(now) else {
             let refusal = self.core.overload_frame();
@@ -491,6 +501,7 @@ impl Backend {
             in_flight: None,
             send_wanted: false,
             recv_armed: false,
+            ticket,
         });
         self.open.increment(1.0);
         self.arm_recv(conn);
@@ -531,7 +542,7 @@ impl Backend {
                     initial.extend_from_slice(buffers.bytes(bid, data_len));
                 }
             }
-            ConnState::Closing => {}
+            ConnState::Closing | ConnState::Aborting => {}
             ConnState::Open if result > 0 => {
                 let bid = bid.expect("a receive with data names its buffer");
                 self.core.on_bytes(conn, self.buffers.bytes(bid, data_len), now);
@@ -573,7 +584,7 @@ impl Backend {
             match c.state {
                 ConnState::Open => self.rearm.push(conn),
                 ConnState::HandingOff { .. } => self.finish_hand_off(conn, now),
-                ConnState::Closing => {}
+                ConnState::Closing | ConnState::Aborting => {}
             }
         }
     }
@@ -582,10 +593,10 @@ impl Backend {
         let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
             return;
         };
-        if c.in_flight.is_some() {
-            c.state = ConnState::Closing;
-        } else {
+        if c.in_flight.is_none() {
             self.finish_close(conn, now);
+        } else if !matches!(c.state, ConnState::Aborting) {
+            c.state = ConnState::Closing;
         }
     }
 
@@ -596,19 +607,26 @@ impl Backend {
         let Some((buf, mut sent)) = c.in_flight.take() else {
             return;
         };
-        if result < 0 {
+        if result < 0 || matches!(c.state, ConnState::Aborting) {
+            // The kernel is done with `buf`: this was its completion.
             self.finish_close(conn, now);
             return;
         }
         sent += result as usize;
         if sent < buf.len() {
-            self.submit_send(conn, buf, sent);
+            self.submit_send(conn, buf, sent, now);
             return;
         }
         let closing = matches!(c.state, ConnState::Closing);
-        if c.send_wanted || closing {
-            c.send_wanted = false;
-            self.start_send(conn);
+        let wanted = c.send_wanted;
+        // The socket took everything it was given: the write deadline
+        // starts over with the next send.
+        self.core.on_write_progress(conn, 0, now);
+        if wanted || closing {
+            if let Some(c) = self.live(conn, generation) {
+                c.send_wanted = false;
+            }
+            self.start_send(conn, now);
         }
         let idle = self.live(conn, generation).is_some_and(|c| c.in_flight.is_none());
         if closing && idle {
@@ -618,7 +636,7 @@ impl Backend {
 
     /// Starts a send of whatever the core has queued, unless one is in
     /// flight already (then it follows when that completes).
-    fn start_send(&mut self, conn: ConnId) {
+    fn start_send(&mut self, conn: ConnId, now: Instant) {
         let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
             return;
         };
@@ -627,15 +645,18 @@ impl Backend {
             return;
         }
         if let Some(buf) = self.core.take_outbound(conn) {
-            self.submit_send(conn, buf, 0);
+            self.submit_send(conn, buf, 0, now);
         }
     }
 
-    fn submit_send(&mut self, conn: ConnId, buf: BytesMut, offset: usize) {
+    /// Submits `buf[offset..]`; until its completion those bytes count as
+    /// held back by the socket (the outbound cap, the write deadline).
+    fn submit_send(&mut self, conn: ConnId, buf: BytesMut, offset: usize, now: Instant) {
         let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
             return;
         };
-        let len = u32::try_from(buf.len() - offset).unwrap_or(u32::MAX);
+        let held = buf.len() - offset;
+        let len = u32::try_from(held).unwrap_or(u32::MAX);
         // SAFETY (for the pointer in the SQE): `buf` moves into `c.in_flight`
         // below; moving a BytesMut does not move its heap allocation, and it
         // is neither mutated nor dropped until this send's completion.
@@ -646,6 +667,7 @@ impl Backend {
             .user_data(user_data(Op::Send, c.generation, conn));
         c.in_flight = Some((buf, offset));
         self.push(entry);
+        self.core.on_write_progress(conn, held, now);
     }
 
     fn finish_close(&mut self, conn: ConnId, now: Instant) {
@@ -657,6 +679,32 @@ impl Backend {
             self.open.decrement(1.0);
         }
         self.core.on_closed(conn, now);
+    }
+
+    /// Closes now, or once the send in flight completes: it is cancelled
+    /// and the socket shut down, so the completion comes without the peer
+    /// reading (the kernel may still hold the buffer until then).
+    fn abort(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
+            self.core.on_closed(conn, now);
+            return;
+        };
+        if c.in_flight.is_none() {
+            self.finish_close(conn, now);
+            return;
+        }
+        if matches!(c.state, ConnState::Aborting) {
+            return;
+        }
+        c.state = ConnState::Aborting;
+        c.send_wanted = false;
+        let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
+        let target = user_data(Op::Send, c.generation, conn);
+        let entry =
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(user_data(Op::Cancel, c.generation, conn));
+        self.push(entry);
     }
 
     fn begin_hand_off(&mut self, conn: ConnId, to: usize, initial: Vec<u8>, now: Instant) {
@@ -682,7 +730,11 @@ impl Backend {
         };
         self.open.decrement(1.0);
         if let ConnState::HandingOff { to, initial } = c.state {
-            self.peers[to].control(Control::Adopt { fd: c.fd, initial });
+            self.peers[to].control(Control::Adopt {
+                fd: c.fd,
+                initial,
+                ticket: c.ticket,
+            });
         }
         self.core.on_closed(conn, now);
     }
@@ -690,14 +742,15 @@ impl Backend {
     fn run_actions(&mut self, now: Instant) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                IoAction::Send(conn) => self.start_send(conn),
+                IoAction::Send(conn) => self.start_send(conn, now),
+                IoAction::Abort(conn) => self.abort(conn, now),
                 IoAction::Close(conn) => {
                     let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
                         self.core.on_closed(conn, now);
                         continue;
                     };
                     c.state = ConnState::Closing;
-                    self.start_send(conn);
+                    self.start_send(conn, now);
                     let idle = self.conns[conn].as_ref().is_some_and(|c| c.in_flight.is_none());
                     if idle {
                         self.finish_close(conn, now);

@@ -327,6 +327,43 @@ impl Device {
         }
     }
 
+    /// A device on a socket the test connected itself (from a chosen source
+    /// address, with chosen buffer sizes).
+    pub fn from_stream(stream: TcpStream) -> Device {
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Device {
+            stream,
+            buf: Vec::new(),
+            token: String::new(),
+            welcome: None,
+        }
+    }
+
+    /// Says Hello as a device of app `demo` and reads the Welcome, or
+    /// returns the frame that came instead (`None`: closed).
+    pub fn handshake(&mut self, token: &str) -> Result<(), Option<Frame>> {
+        self.send(&Frame::Hello(Box::new(body::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            app_id: "demo".into(),
+            platform: 1,
+            token: token.into(),
+            ..Default::default()
+        })));
+        match self.recv() {
+            Some(Frame::Welcome(w)) => {
+                self.token = w.token.clone();
+                self.welcome = Some(w);
+                Ok(())
+            }
+            other => Err(other),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// Connects as a device of app `demo` and completes the handshake.
     pub fn connect(addr: SocketAddr, token: &str) -> Device {
         Self::connect_app(addr, "demo", token)
@@ -335,13 +372,13 @@ impl Device {
     /// Connects as a device of `app_id` and completes the handshake.
     pub fn connect_app(addr: SocketAddr, app_id: &str, token: &str) -> Device {
         let mut device = Self::raw(addr);
-        device.send(&Frame::Hello(body::Hello {
+        device.send(&Frame::Hello(Box::new(body::Hello {
             protocol_version: PROTOCOL_VERSION,
             app_id: app_id.into(),
             platform: 1,
             token: token.into(),
             ..Default::default()
-        }));
+        })));
         match device.recv() {
             Some(Frame::Welcome(w)) => {
                 device.token = w.token.clone();
@@ -356,7 +393,7 @@ impl Device {
     /// server's first answer (Welcome, Error, GoAway; `None`: closed).
     pub fn hello(addr: SocketAddr, hello: body::Hello) -> (Device, Option<Frame>) {
         let mut device = Self::raw(addr);
-        device.send(&Frame::Hello(hello));
+        device.send(&Frame::Hello(Box::new(hello)));
         let answer = device.recv();
         if let Some(Frame::Welcome(w)) = &answer {
             device.token = w.token.clone();
