@@ -57,12 +57,13 @@ fn core_step(c: &mut Criterion) {
     let start = Instant::now();
     let mut core = DeliveryCore::new(0, 1, &config, start);
     let conn = core.open_connection(start).unwrap();
-    let hello = Frame::Hello(body::Hello {
+    let hello = Frame::Hello(Box::new(body::Hello {
         protocol_version: PROTOCOL_VERSION,
         app_id: "demo".into(),
         platform: 1,
         token: String::new(),
-    });
+        ..Default::default()
+    }));
     core.on_bytes(conn, &hello.to_bytes(), start);
     let out = core.take_outbound(conn).unwrap();
     let token = match decode_slice(&out, 4096).unwrap().unwrap().0 {
@@ -111,5 +112,68 @@ fn core_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, core_step);
+/// The server's cost of device authentication per Hello: a signed Hello
+/// (HMAC verify and the shared nonce cache insert, a fresh nonce each) and
+/// a credential (decode and HMAC verify).
+fn device_auth(c: &mut Criterion) {
+    use ringpush::config::{App, DeviceAuthMode, Secret};
+    use ringpush::device_auth::{mint_credential, sign_hello, Claims, DeviceAuth};
+    const T0: u64 = 1_767_225_600_000;
+    let secret = "bench-device-secret-0123456789";
+    let mut config = Config {
+        apps: vec![App {
+            device_secret: Some(Secret::new(secret)),
+            device_auth: DeviceAuthMode::Required,
+            allow_unsigned: true,
+            ..App::new("demo", "default")
+        }],
+        ..Config::default()
+    };
+    config.device_auth.nonces_per_app = 50_000_000;
+    let hello = || body::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        app_id: "demo".into(),
+        platform: 1,
+        ..Default::default()
+    };
+    let mut group = c.benchmark_group("device_auth");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("check_signed_hello", |b| {
+        b.iter_custom(|iters| {
+            let auth = DeviceAuth::new(&config, T0 - 1000);
+            let hellos: Vec<body::Hello> = (0..iters)
+                .map(|i| {
+                    let mut h = hello();
+                    sign_hello(secret.as_bytes(), &mut h, T0, &format!("nonce-{i:012}"));
+                    h
+                })
+                .collect();
+            let start = Instant::now();
+            for h in &hellos {
+                auth.check(h, T0).unwrap();
+            }
+            start.elapsed()
+        })
+    });
+    let credential = mint_credential(
+        secret.as_bytes(),
+        &Claims {
+            app_id: "demo".into(),
+            exp: T0 + 3_600_000,
+            token: None,
+        },
+    );
+    let with_credential = body::Hello {
+        credential,
+        ..hello()
+    };
+    let auth = DeviceAuth::new(&config, T0 - 1000);
+    group.bench_function("check_credential", |b| {
+        b.iter(|| auth.check(std::hint::black_box(&with_credential), T0).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, core_step, device_auth);
 criterion_main!(benches);

@@ -29,7 +29,37 @@ pub struct Config {
     pub durability: Durability,
     pub stats: Stats,
     pub receipts: Receipts,
+    pub device_auth: DeviceAuth,
+    pub http: Http,
     pub apps: Vec<App>,
+}
+
+/// How devices prove they belong to an app (docs/protocol.md, "Device
+/// authentication"); which apps require it is each app's `deviceAuth`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceAuth {
+    /// A signed Hello's `timestamp_ms` may differ from the server's clock by
+    /// this much either way (1 ..= 300).
+    pub max_skew_secs: u64,
+    /// Signed-Hello nonces remembered per app, shared by all shards, each
+    /// until its timestamp leaves the skew window; past it signed Hellos of
+    /// that app get GoAway(overloaded) until older nonces expire.
+    pub nonces_per_app: usize,
+    /// Longest a credential may still be valid when it is presented: one
+    /// minted with a later expiry is refused (a leaked credential must not
+    /// work for long).
+    pub max_credential_secs: u64,
+}
+
+impl Default for DeviceAuth {
+    fn default() -> Self {
+        Self {
+            max_skew_secs: 300,
+            nonces_per_app: 1_000_000,
+            max_credential_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// Who may open device connections, per source address (`admission`
@@ -132,6 +162,42 @@ impl Default for Receipts {
     }
 }
 
+/// The push API's and admin endpoints' HTTP connections: timeouts against
+/// slow clients, a header size cap and a cap on connections.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// A request's headers must have arrived this long after the server
+    /// began waiting for them, else the connection is closed (slowloris).
+    /// The wait begins at connect and after each answer, so this is also
+    /// how long a kept-alive connection may sit idle.
+    pub header_timeout_ms: u64,
+    /// A request's body must have arrived this long after its headers,
+    /// else it is answered 408 (3902) and the connection closed.
+    pub body_timeout_ms: u64,
+    /// Largest request head (request line and headers); past it 431 and
+    /// the connection is closed.
+    pub max_header_bytes: usize,
+    /// Open connections per listener (API, admin); past it new ones are
+    /// closed at accept until some end.
+    pub max_connections: usize,
+    /// On stop: how long requests in progress may take to finish before
+    /// their connections are dropped.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_header_bytes: 16 * 1024,
+            max_connections: 4096,
+            shutdown_grace_ms: 5000,
+        }
+    }
+}
+
 impl Receipts {
     pub fn retry_policy(&self) -> crate::receipts::RetryPolicy {
         crate::receipts::RetryPolicy {
@@ -141,6 +207,9 @@ impl Receipts {
         }
     }
 }
+
+/// Longest `device_auth.max_skew_secs`: the nonce cache is sized for it.
+pub const MAX_DEVICE_SKEW_SECS: u64 = 300;
 
 /// What the push statistics keep, per shard (docs/api.md, "Statistics").
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -381,6 +450,39 @@ pub struct App {
     /// change gets 3028.
     #[serde(default = "default_max_tag_users")]
     pub max_tag_users: usize,
+    /// HMAC-SHA256 key devices sign their Hello with, and the app's backend
+    /// mints device credentials with (at least 16 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_secret: Option<Secret>,
+    /// `off` (default): a Hello naming the app is enough. `required`: a
+    /// Hello must carry a signature or a credential made with
+    /// `deviceSecret`.
+    #[serde(default)]
+    pub device_auth: DeviceAuthMode,
+    /// API requests per second for this app (token bucket); past it 3901
+    /// with HTTP 429 and Retry-After. 0: unlimited.
+    #[serde(default = "default_api_rate")]
+    pub api_rate_per_sec: u32,
+    /// Requests the bucket holds: how many may come at once after a quiet
+    /// spell. At least 1 when the rate is limited.
+    #[serde(default = "default_api_burst")]
+    pub api_burst: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceAuthMode {
+    #[default]
+    Off,
+    Required,
+}
+
+fn default_api_rate() -> u32 {
+    10_000
+}
+
+fn default_api_burst() -> u32 {
+    20_000
 }
 
 fn default_max_tags() -> usize {
@@ -414,6 +516,10 @@ impl App {
             max_templates: crate::templates::DEFAULT_MAX_TEMPLATES,
             max_tags: crate::tags::DEFAULT_MAX_TAGS,
             max_tag_users: crate::tags::DEFAULT_MAX_TAG_USERS,
+            device_secret: None,
+            device_auth: DeviceAuthMode::Off,
+            api_rate_per_sec: default_api_rate(),
+            api_burst: default_api_burst(),
         }
     }
 }
@@ -465,6 +571,8 @@ impl Default for Config {
             durability: Durability::default(),
             stats: Stats::default(),
             receipts: Receipts::default(),
+            device_auth: DeviceAuth::default(),
+            http: Http::default(),
             // The demo app takes unsigned requests so that the README's
             // curl works on the default loopback API address.
             apps: vec![App {
@@ -759,6 +867,28 @@ impl Config {
                 r.retry_initial_ms, r.retry_max_ms
             ));
         }
+        let a = &self.device_auth;
+        if !(1..=MAX_DEVICE_SKEW_SECS).contains(&a.max_skew_secs) {
+            return invalid(format!(
+                "device_auth.max_skew_secs = {} (allowed 1 ..= {MAX_DEVICE_SKEW_SECS})",
+                a.max_skew_secs
+            ));
+        }
+        if a.nonces_per_app == 0 || a.max_credential_secs == 0 {
+            return invalid(
+                "device_auth.nonces_per_app and device_auth.max_credential_secs must be > 0".into(),
+            );
+        }
+        let h = &self.http;
+        if h.header_timeout_ms == 0 || h.body_timeout_ms == 0 || h.max_connections == 0 {
+            return invalid("http.header_timeout_ms, body_timeout_ms and max_connections must be > 0".into());
+        }
+        if !(1024..=1 << 20).contains(&h.max_header_bytes) {
+            return invalid(format!(
+                "http.max_header_bytes = {} (allowed 1024 ..= 1048576)",
+                h.max_header_bytes
+            ));
+        }
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());
         }
@@ -829,6 +959,19 @@ impl App {
         if let Some(url) = &self.receipt_url {
             validate_http_url(url).map_err(|e| format!("receiptUrl {url:?}: {e}"))?;
         }
+        if let Some(secret) = &self.device_secret {
+            if secret.expose().len() < MIN_API_SECRET_BYTES {
+                return Err(format!(
+                    "deviceSecret must be at least {MIN_API_SECRET_BYTES} bytes (use random bytes, e.g. `openssl rand -base64 32`)"
+                ));
+            }
+        }
+        if self.device_auth == DeviceAuthMode::Required && self.device_secret.is_none() {
+            return Err("deviceAuth = \"required\" needs a deviceSecret".into());
+        }
+        if self.api_rate_per_sec > 0 && self.api_burst == 0 {
+            return Err("apiBurst must be at least 1 when apiRatePerSec is set".into());
+        }
         Ok(())
     }
 }
@@ -849,6 +992,40 @@ fn validate_http_url(url: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_auth_and_rate_limits_are_validated() {
+        let app = |keys: &str| app_error(&format!("apiSecret = \"0123456789abcdef\"\n{keys}"));
+        assert_eq!(
+            app("deviceSecret = \"0123456789abcdef\"\ndeviceAuth = \"required\""),
+            ""
+        );
+        assert!(app("deviceAuth = \"required\"").contains("needs a deviceSecret"));
+        assert!(app("deviceSecret = \"short\"").contains("deviceSecret must be at least 16 bytes"));
+        assert!(app("deviceAuth = \"maybe\"").contains("unknown variant"));
+        assert!(app("apiRatePerSec = 5\napiBurst = 0").contains("apiBurst"));
+        assert_eq!(app("apiRatePerSec = 0\napiBurst = 0"), "");
+        let section = |text: &str| {
+            Config::from_toml(&format!(
+                "{text}\n[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n"
+            ))
+        };
+        assert!(section("[device_auth]\nmax_skew_secs = 301").is_err());
+        assert!(section("[device_auth]\nmax_skew_secs = 0").is_err());
+        assert!(section("[device_auth]\nnonces_per_app = 0").is_err());
+        assert!(section("[http]\nmax_connections = 0").is_err());
+        assert!(section("[http]\nmax_header_bytes = 100").is_err());
+        assert!(section("[http]\nidle_timeout_ms = 5")
+            .unwrap_err()
+            .to_string()
+            .contains("idle_timeout_ms"));
+        // The device secret is redacted like the API's.
+        let text = "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\ndeviceSecret = \"device-secret-never-shown\"\n";
+        let config = Config::from_toml(text).unwrap();
+        for shown in [format!("{config:?}"), toml::to_string_pretty(&config).unwrap()] {
+            assert!(!shown.contains("device-secret-never-shown"), "{shown}");
+        }
+    }
 
     #[test]
     fn shipped_file_matches_the_defaults() {

@@ -24,6 +24,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
     crate::delivery::describe_metrics();
     crate::admission::describe_metrics();
+    crate::device_auth::describe_metrics();
     crate::store::describe_metrics();
     crate::stats::describe_metrics();
     crate::templates::describe_metrics();

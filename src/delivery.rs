@@ -36,6 +36,7 @@ use metrics::{Counter, Gauge, Histogram};
 use slab::Slab;
 
 use crate::config::Config;
+use crate::device_auth::{self, DeviceAuth};
 use crate::journal::{
     AcceptedEntry, AudienceEntry, DeviceEntry, DeviceRecallEntry, Entry, FinalStatusEntry, RecallEntry,
     SharedEntry, TagUsersEntry, TokenEntry,
@@ -87,6 +88,10 @@ const RESULT_NEED_DELIVERYTOKEN: i32 = 3001;
 const RESULT_NEED_USERID: i32 = 3012;
 const RESULT_INVALID_PARAM: i32 = 3028;
 const RESULT_DELIVERYTOKEN_INVALID: i32 = 3054;
+
+/// When a signed Hello met a full nonce cache: nonces leave it within a
+/// second of their expiry second, so a second later there is likely room.
+const NONCE_CACHE_RETRY_MS: u32 = 1000;
 
 /// Connections (and devices) a shard's tables have room for before they grow.
 pub const INITIAL_CONNECTIONS: usize = 16_384;
@@ -891,6 +896,10 @@ pub struct DeliveryCore {
     shard_count: usize,
     limits: Limits,
     apps: HashMap<Box<str>, Arc<str>>,
+    /// Checks the Hellos of apps that require device authentication; one
+    /// for all shards (`share_device_auth`), so a nonce replayed to another
+    /// shard is caught.
+    device_auth: Arc<DeviceAuth>,
     sessions: Slab<Session>,
     next_generation: u32,
     devices: Slab<Device>,
@@ -1009,6 +1018,7 @@ impl DeliveryCore {
                 .iter()
                 .map(|a| (a.app_id.clone().into_boxed_str(), Arc::from(a.app_id.as_str())))
                 .collect(),
+            device_auth: Arc::new(DeviceAuth::new(config, unix_ms)),
             sessions: Slab::with_capacity(initial),
             next_generation: 0,
             devices: Slab::with_capacity(initial),
@@ -1087,6 +1097,12 @@ impl DeliveryCore {
     }
 
     /// Highest message id replayed or accepted.
+    /// Makes this core check Hellos with `auth`, the one every shard of
+    /// the process shares.
+    pub fn share_device_auth(&mut self, auth: Arc<DeviceAuth>) {
+        self.device_auth = auth;
+    }
+
     pub fn max_message_id(&self) -> u64 {
         self.max_message_id
     }
@@ -2107,7 +2123,7 @@ impl DeliveryCore {
             SessionState::Closing => return Flow::Stop,
             SessionState::AwaitingHello => {
                 return match frame {
-                    Frame::Hello(hello) => self.on_hello(conn, hello, now),
+                    Frame::Hello(hello) => self.on_hello(conn, *hello, now),
                     other => self.fail(
                         conn,
                         ErrorCode::UnexpectedFrame,
@@ -2187,6 +2203,21 @@ impl DeliveryCore {
             if owner != self.shard_id {
                 return Flow::HandOff(owner);
             }
+        }
+        // Here, on the shard that owns the token, not before a hand-off: the
+        // nonce of a signed Hello is recorded exactly once.
+        if let Err(refusal) = self.device_auth.check(&hello, self.clock.unix_ms(now)) {
+            if refusal.failure == device_auth::Failure::NonceCacheFull {
+                self.metrics.handshake("failed");
+                return self.go_away(
+                    conn,
+                    GoAwayReason::Overloaded,
+                    NONCE_CACHE_RETRY_MS,
+                    &refusal.reason,
+                );
+            }
+            let reason = format!("{}: {}", refusal.failure.label(), refusal.reason);
+            return self.fail(conn, ErrorCode::AuthFailed, &reason);
         }
         // A token of another app is treated as unknown: the device gets a new
         // token of its own app and never sees the other app's state.

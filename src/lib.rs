@@ -5,9 +5,9 @@
 //!
 //! Layers, from the wire inwards: `io` moves bytes, `shard` runs one loop per
 //! core, `delivery` and `session` are the sans-IO core, `protocol` is the
-//! codec; `templates` holds the apps' message templates and `tags` their
-//! user tags; `api` and `admin` are the HTTP faces; `receipts` posts signed
-//! delivery receipts to the apps.
+//! codec, `device_auth` checks a Hello's proof of its app; `templates` holds
+//! the apps' message templates and `tags` their user tags; `api` and `admin`
+//! are the HTTP faces; `receipts` posts signed delivery receipts to the apps.
 
 pub mod admin;
 pub mod admission;
@@ -15,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod device_auth;
 pub mod framed_file;
 pub mod io;
 pub mod journal;

@@ -35,6 +35,22 @@ pub mod body {
         /// Empty on first contact: the server issues one in Welcome.
         #[prost(string, tag = "4")]
         pub token: String,
+        /// Signed Hello (device authentication): unix milliseconds when it
+        /// was signed.
+        #[prost(uint64, tag = "5")]
+        pub timestamp_ms: u64,
+        /// Signed Hello: 8..=64 characters of A-Z a-z 0-9 - _, new for
+        /// every Hello.
+        #[prost(string, tag = "6")]
+        pub nonce: String,
+        /// Signed Hello: HMAC-SHA256 with the app's device secret over
+        /// `device_auth::hello_string_to_sign` (32 bytes).
+        #[prost(bytes = "vec", tag = "7")]
+        pub signature: Vec<u8>,
+        /// A credential the app's backend minted (`device_auth`), instead
+        /// of a signature.
+        #[prost(string, tag = "8")]
+        pub credential: String,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -223,10 +239,13 @@ pub enum ErrorCode {
     UnsupportedVersion = 8,
     UnknownApp = 9,
     BadPlatform = 10,
+    /// The app requires device authentication and the Hello's signature or
+    /// credential is missing or does not verify (the reason says which).
+    AuthFailed = 11,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownFrameType,
@@ -237,6 +256,7 @@ impl ErrorCode {
         Self::UnsupportedVersion,
         Self::UnknownApp,
         Self::BadPlatform,
+        Self::AuthFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -251,6 +271,7 @@ impl ErrorCode {
             Self::UnsupportedVersion => "unsupported_version",
             Self::UnknownApp => "unknown_app",
             Self::BadPlatform => "bad_platform",
+            Self::AuthFailed => "auth_failed",
         }
     }
 }
@@ -370,7 +391,9 @@ impl FrameType {
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
-    Hello(body::Hello),
+    /// Boxed, like Push: with the authentication fields it is the largest
+    /// body, and every frame on the per-message path would pay its size.
+    Hello(Box<body::Hello>),
     Ack(body::Ids),
     Ping(body::Heartbeat),
     DeleteToken,
@@ -478,7 +501,7 @@ impl Frame {
 
     fn decode_body(frame_type: FrameType, body: &[u8]) -> Result<Self, prost::DecodeError> {
         Ok(match frame_type {
-            FrameType::Hello => Self::Hello(Message::decode(body)?),
+            FrameType::Hello => Self::Hello(Box::new(Message::decode(body)?)),
             FrameType::Ack => Self::Ack(Message::decode(body)?),
             FrameType::Ping => Self::Ping(Message::decode(body)?),
             FrameType::DeleteToken => {
@@ -671,14 +694,32 @@ mod tests {
         let group =
             || (any::<u64>(), arb_string()).prop_map(|(request_id, group)| body::Group { request_id, group });
         prop_oneof![
-            (any::<u32>(), arb_string(), any::<u32>(), arb_string()).prop_map(
-                |(protocol_version, app_id, platform, token)| Frame::Hello(body::Hello {
-                    protocol_version,
-                    app_id,
-                    platform,
-                    token
-                })
-            ),
+            (
+                (any::<u32>(), arb_string(), any::<u32>(), arb_string()),
+                (
+                    any::<u64>(),
+                    arb_string(),
+                    prop::collection::vec(any::<u8>(), 0..40),
+                    arb_string()
+                )
+            )
+                .prop_map(
+                    |(
+                        (protocol_version, app_id, platform, token),
+                        (timestamp_ms, nonce, signature, credential),
+                    )| {
+                        Frame::Hello(Box::new(body::Hello {
+                            protocol_version,
+                            app_id,
+                            platform,
+                            token,
+                            timestamp_ms,
+                            nonce,
+                            signature,
+                            credential,
+                        }))
+                    }
+                ),
             arb_ids().prop_map(Frame::Ack),
             any::<u64>().prop_map(|time_ms| Frame::Ping(body::Heartbeat { time_ms })),
             Just(Frame::DeleteToken),
@@ -878,12 +919,13 @@ mod tests {
     #[test]
     fn hello_hex_example_from_the_spec() {
         // docs/protocol.md shows this exact frame.
-        let hello = Frame::Hello(body::Hello {
+        let hello = Frame::Hello(Box::new(body::Hello {
             protocol_version: 1,
             app_id: "demo".into(),
             platform: 1,
             token: String::new(),
-        });
+            ..Default::default()
+        }));
         assert_eq!(
             hex(&hello.to_bytes()),
             "0000000a 01 00 0801 1204 64656d6f 1801".replace(' ', "")

@@ -214,14 +214,20 @@ fn recover_all(
     health: &Arc<StorageHealth>,
 ) -> anyhow::Result<Vec<(DeliveryCore, Store)>> {
     let started = std::time::Instant::now();
+    let device_auth = Arc::new(crate::device_auth::DeviceAuth::new(
+        config,
+        crate::message::unix_ms(),
+    ));
     let results: Vec<anyhow::Result<(DeliveryCore, Store, crate::store::Recovered)>> =
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..count)
                 .map(|id| {
                     let health = health.clone();
+                    let device_auth = device_auth.clone();
                     scope.spawn(move || {
                         let now = std::time::Instant::now();
                         let mut core = DeliveryCore::new(id, count, config, now);
+                        core.share_device_auth(device_auth);
                         let (store, recovered) = Store::recover(config, id, &mut core, health, now)?;
                         Ok((core, store, recovered))
                     })

@@ -17,12 +17,13 @@ const HOUR_MS: u64 = 3_600_000;
 /// A device of app `demo` on `platform` (1 Android, 2 iOS, 7 HarmonyOS).
 fn device_on(d: &Daemon, platform: u32, token: &str) -> Device {
     let mut device = Device::raw(d.device);
-    device.send(&Frame::Hello(body::Hello {
+    device.send(&Frame::Hello(Box::new(body::Hello {
         protocol_version: PROTOCOL_VERSION,
         app_id: "demo".into(),
         platform,
         token: token.into(),
-    }));
+        ..Default::default()
+    })));
     match device.recv() {
         Some(Frame::Welcome(w)) => device.token = w.token,
         other => panic!("expected Welcome, got {other:?}"),

@@ -170,12 +170,13 @@ fn bytes_pipelined_after_hello_travel_with_a_handed_off_connection() {
         let tokens: Vec<String> = (0..20).map(|_| d.device("").token.clone()).collect();
         for token in &tokens {
             let mut dev = common::Device::raw(d.device);
-            let mut bytes = Frame::Hello(body::Hello {
+            let mut bytes = Frame::Hello(Box::new(body::Hello {
                 protocol_version: 1,
                 app_id: "demo".into(),
                 platform: 1,
                 token: token.clone(),
-            })
+                ..Default::default()
+            }))
             .to_bytes();
             Frame::Ping(body::Heartbeat { time_ms: 99 }).encode(&mut bytes);
             dev.send_bytes(&bytes);

@@ -149,12 +149,13 @@ fn a_client_that_never_says_hello_is_closed_at_the_handshake_deadline() {
         // for the whole Hello.
         let started = Instant::now();
         let mut dribbler = Device::raw(d.device);
-        let hello = Frame::Hello(body::Hello {
+        let hello = Frame::Hello(Box::new(body::Hello {
             protocol_version: 1,
             app_id: "demo".into(),
             platform: 1,
             token: String::new(),
-        })
+            ..Default::default()
+        }))
         .to_bytes();
         for byte in &hello[..4] {
             dribbler.send_bytes(&[*byte]);

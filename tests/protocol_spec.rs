@@ -101,6 +101,10 @@ fn proto_file_matches_the_prost_structs() {
                 app_id: s(),
                 platform: 1,
                 token: s(),
+                timestamp_ms: 1,
+                nonce: s(),
+                signature: vec![1],
+                credential: s(),
             }
             .encode_to_vec(),
         ),

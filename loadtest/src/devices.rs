@@ -33,6 +33,9 @@ pub struct DeviceConfig {
     /// Disconnect after Welcome: the tokens exist, the devices are offline,
     /// so pushes measure the store path alone.
     pub offline: bool,
+    /// The app's deviceSecret: every Hello is signed with it (device
+    /// authentication), with the current time and a fresh nonce.
+    pub device_secret: Option<String>,
 }
 
 /// What the device threads share with the rest of the client.
@@ -66,14 +69,27 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
     // Tokens of the devices closed on `disconnect`, by index.
     let mut saved_tokens: Vec<Option<String>> = vec![None; config.count];
     let (mut disconnected, mut reconnecting) = (false, false);
-    let hello = |token: Option<&String>| {
-        Frame::Hello(body::Hello {
+    // Unique across threads and runs: the process, this thread's first
+    // device and a counter.
+    let nonce_prefix = format!("b{:x}-{:x}-", std::process::id(), config.first_index);
+    let mut hellos_signed = 0u64;
+    let mut hello = |token: Option<&String>| {
+        let mut hello = body::Hello {
             protocol_version: PROTOCOL_VERSION,
             app_id: config.app.clone(),
             platform: 1,
             token: token.cloned().unwrap_or_default(),
-        })
-        .to_bytes()
+            ..Default::default()
+        };
+        if let Some(secret) = &config.device_secret {
+            hellos_signed += 1;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let nonce = format!("{nonce_prefix}{hellos_signed:x}-{now_ms:x}");
+            ringpush::device_auth::sign_hello(secret.as_bytes(), &mut hello, now_ms, &nonce);
+        }
+        Frame::Hello(Box::new(hello)).to_bytes()
     };
     let mut scratch = vec![0u8; READ_BYTES];
     let start = Instant::now();

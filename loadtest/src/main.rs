@@ -44,6 +44,10 @@ struct Args {
     /// Prefer the environment variable: a command line is visible in ps.
     #[arg(long, env = "RINGPUSH_BENCH_APP_SECRET", hide_env_values = true)]
     app_secret: Option<String>,
+    /// The app's deviceSecret: every Hello is signed with it (for apps with
+    /// deviceAuth = "required"). Prefer the environment variable.
+    #[arg(long, env = "RINGPUSH_BENCH_DEVICE_SECRET", hide_env_values = true)]
+    device_secret: Option<String>,
     #[arg(long, default_value = "default")]
     workspace: String,
     /// Source addresses for device connections: a range `A-B`, a comma list,
@@ -185,6 +189,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             count,
             record_after: record.clone(),
             offline: args.offline,
+            device_secret: args.device_secret.clone(),
         };
         let shared = shared.clone();
         device_threads.push(

@@ -20,6 +20,7 @@ use base64::engine::{DecodePaddingMode, Engine as _};
 use parking_lot::Mutex;
 use ring::{digest, hmac, signature};
 
+use super::rate_limit::TokenBucket;
 use super::result_code::{ApiError, ResultCode};
 use crate::config::App;
 pub use nonces::{NonceCache, NonceRefusal};
@@ -167,6 +168,9 @@ pub struct RegisteredApp {
     hmac: Option<hmac::Key>,
     rsa: Option<signature::UnparsedPublicKey<Vec<u8>>>,
     nonces: Mutex<NonceCache>,
+    /// `apiRatePerSec`/`apiBurst`; `None`: unlimited.
+    rate: Option<TokenBucket>,
+    rate_limited: metrics::Counter,
 }
 
 impl std::fmt::Debug for RegisteredApp {
@@ -185,6 +189,29 @@ impl std::fmt::Debug for RegisteredApp {
 impl RegisteredApp {
     pub fn allows_unsigned(&self) -> bool {
         self.allow_unsigned
+    }
+
+    /// Charges one request to the app's rate limit: 3901 (HTTP 429, with
+    /// the seconds until the next request is allowed) when it is spent.
+    pub fn take_request(&self, now_ms: u64) -> Result<(), ApiError> {
+        let Some(bucket) = &self.rate else {
+            return Ok(());
+        };
+        bucket.try_take(now_ms).map_err(|wait_ms| {
+            self.rate_limited.increment(1);
+            ApiError::new(
+                ResultCode::ApiRateLimited,
+                format!(
+                    "app {:?} sent more than its apiRatePerSec = {} requests per second; retry after {} ms",
+                    self.id,
+                    bucket.rate_per_sec(),
+                    wait_ms
+                ),
+            )
+            // Retry-After is whole seconds; rounding down would invite an
+            // early retry that is refused again.
+            .with_retry_after(wait_ms.div_ceil(1000).max(1))
+        })
     }
 }
 
@@ -229,6 +256,8 @@ impl AppRegistry {
                     .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.expose())),
                 rsa,
                 nonces: Mutex::new(NonceCache::new(nonces_per_app)),
+                rate: TokenBucket::new(app.api_rate_per_sec, app.api_burst),
+                rate_limited: metrics::counter!("ringpush_api_rate_limited_total", "app" => app.app_id.clone()),
             };
             registered.insert(app.app_id.as_str().into(), Arc::new(entry));
         }
@@ -356,6 +385,9 @@ impl AuthenticatedApp {
                 .refuse(Failure::ApiDisabled, api_disabled(app))
                 .into());
         }
+        // A signed request was charged in `api::admit`; an unsigned one
+        // names its app only here.
+        app.take_request(crate::message::unix_ms())?;
         Ok(app)
     }
 }

@@ -13,8 +13,10 @@ pub mod auth;
 pub mod devices;
 mod fields;
 pub mod push;
+pub mod rate_limit;
 pub mod recall;
 pub mod result_code;
+pub mod server;
 pub mod stats;
 pub mod tags;
 pub mod templates;
@@ -274,6 +276,8 @@ struct ApiState {
     multiple_push_metrics: OpMetrics,
     status_metrics: OpMetrics,
     accepted: metrics::Counter,
+    /// `http.body_timeout_ms`: how long `admit` waits for a body.
+    body_timeout: Duration,
 }
 
 impl ApiState {
@@ -352,6 +356,7 @@ pub fn serve(
         multiple_push_metrics: OpMetrics::new("push_multiple"),
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
+        body_timeout: Duration::from_millis(config.http.body_timeout_ms),
     });
     let api = ROUTES
         .iter()
@@ -361,17 +366,12 @@ pub fn serve(
         .with_state(state);
     let admin = crate::admin::router(ready, shards.storage_health(), prometheus);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = server::Limits::from_config(&config.http);
     let thread = std::thread::Builder::new().name("api".into()).spawn(move || {
         runtime.block_on(async move {
-            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            };
-            let api = axum::serve(api_listener, api).with_graceful_shutdown(stopped(stop_rx.clone()));
-            let admin = axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(stop_rx));
-            let (a, b) = tokio::join!(api, admin);
-            if let Err(e) = a.and(b) {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            let api = server::serve(api_listener, api, limits.clone(), "api", stop_rx.clone());
+            let admin = server::serve(admin_listener, admin, limits, "admin", stop_rx);
+            tokio::join!(api, admin);
         });
     })?;
     Ok(HttpServers {
@@ -405,6 +405,7 @@ fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
 
 fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram, Unit};
+    server::describe_metrics();
     describe_counter!(
         "ringpush_api_requests_total",
         "API requests by operation and result code"
@@ -421,6 +422,10 @@ fn describe_metrics() {
     describe_counter!(
         "ringpush_api_auth_failures_total",
         "API requests refused by authentication, by reason"
+    );
+    describe_counter!(
+        "ringpush_api_rate_limited_total",
+        "API requests refused with 3901 (HTTP 429) because their app sent more than apiRatePerSec, by app"
     );
 }
 
@@ -541,7 +546,20 @@ fn error_response(op: &'static str, started: Instant, error: ApiError) -> Respon
         data: None,
         targets: None,
     };
-    envelope(error.http_status(), &code, &message, result)
+    let mut response = envelope(error.http_status(), &code, &message, result);
+    if let Some(secs) = error.retry_after_secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if error.code == ResultCode::RequestTimeout {
+        // The rest of the body may still come; the connection cannot carry
+        // another request after it (RFC 9110 §15.5.9).
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Metric handles for the common outcome, registered once: a labelled
@@ -914,14 +932,33 @@ async fn admit_up_to(
     limit: usize,
 ) -> Result<(AuthenticatedApp, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ResultCode::MsgPayloadTooLong,
-            format!("the request body is over {limit} bytes"),
-        )
-        .with_http_status(413)
-    })?;
-    let caller = auth::authenticate(&state.auth, &parts, &bytes, unix_ms())?;
+    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            server::limit_hit("api", "body_size");
+            return Err(ApiError::new(
+                ResultCode::MsgPayloadTooLong,
+                format!("the request body is over {limit} bytes"),
+            )
+            .with_http_status(413));
+        }
+        Err(_) => {
+            server::limit_hit("api", "body_timeout");
+            return Err(ApiError::new(
+                ResultCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within http.body_timeout_ms = {} ms",
+                    state.body_timeout.as_millis()
+                ),
+            ));
+        }
+    };
+    let now_ms = unix_ms();
+    let caller = auth::authenticate(&state.auth, &parts, &bytes, now_ms)?;
+    if let Some(app) = caller.signed_by() {
+        app.take_request(now_ms)?;
+    }
     Ok((caller, bytes))
 }
 

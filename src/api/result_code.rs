@@ -41,6 +41,8 @@ pub enum ResultCode {
     TagAlreadyExist,
     TagNotExist,
     TagNumTooMuch,
+    ApiRateLimited,
+    RequestTimeout,
     AccountNoPermission,
     SystemError,
     StorageFailed,
@@ -49,7 +51,7 @@ pub enum ResultCode {
 
 impl ResultCode {
     /// Every code, in the enum's (and the numbers') order.
-    pub const ALL: [ResultCode; 41] = [
+    pub const ALL: [ResultCode; 43] = [
         Self::SignatureMismatch,
         Self::NeedDeliveryToken,
         Self::NeedAppIdWorkspaceId,
@@ -87,6 +89,8 @@ impl ResultCode {
         Self::TagAlreadyExist,
         Self::TagNotExist,
         Self::TagNumTooMuch,
+        Self::ApiRateLimited,
+        Self::RequestTimeout,
         Self::AccountNoPermission,
         Self::SystemError,
         Self::StorageFailed,
@@ -134,6 +138,11 @@ impl ResultCode {
             Self::TagAlreadyExist => 3101,
             Self::TagNotExist => 3102,
             Self::TagNumTooMuch => 3103,
+            // Ours: the app sent more than its apiRatePerSec (HTTP 429 with
+            // Retry-After); 39xx is free in the reference's table.
+            Self::ApiRateLimited => 3901,
+            // Ours: the body did not arrive within http.body_timeout_ms.
+            Self::RequestTimeout => 3902,
             Self::AccountNoPermission => 8014,
             Self::SystemError => 9000,
             Self::StorageFailed => 9001,
@@ -180,6 +189,8 @@ impl ResultCode {
             Self::TagAlreadyExist => "TAG_ALREADY_EXIST",
             Self::TagNotExist => "TAG_NOT_EXIST",
             Self::TagNumTooMuch => "TAG_NUM_TOO_MUCH",
+            Self::ApiRateLimited => "API_RATE_LIMITED",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::AccountNoPermission => "ACCOUNT_NO_PERMISSION",
             Self::SystemError => "SYSTEM_ERROR",
             Self::StorageFailed => "STORAGE_FAILED",
@@ -201,6 +212,8 @@ impl ResultCode {
             | Self::TemplateNumTooMuch
             | Self::TagAlreadyExist
             | Self::TagNumTooMuch => 409,
+            Self::RequestTimeout => 408,
+            Self::ApiRateLimited => 429,
             Self::SystemError | Self::StorageFailed => 503,
             Self::StorageFull => 507,
             _ => 400,
@@ -215,6 +228,8 @@ pub struct ApiError {
     pub reason: String,
     /// Overrides the code's HTTP status (413 for an oversized body).
     http_status: Option<u16>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -223,7 +238,13 @@ impl ApiError {
             code,
             reason: reason.into(),
             http_status: None,
+            retry_after_secs: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn with_http_status(mut self, status: u16) -> Self {

@@ -159,12 +159,13 @@ impl Harness {
     fn hello(&mut self, conn: ConnId, app: &str, token: &str) {
         self.send(
             conn,
-            &Frame::Hello(body::Hello {
+            &Frame::Hello(Box::new(body::Hello {
                 protocol_version: PROTOCOL_VERSION,
                 app_id: app.into(),
                 platform: 1,
                 token: token.into(),
-            }),
+                ..Default::default()
+            })),
         );
     }
 
@@ -580,12 +581,13 @@ fn a_token_owned_by_another_shard_is_handed_off_with_its_bytes() {
         .find(|t| owner_shard(t.as_bytes(), 2) == 1)
         .unwrap();
     let conn = h.connect();
-    let hello = Frame::Hello(body::Hello {
+    let hello = Frame::Hello(Box::new(body::Hello {
         protocol_version: 1,
         app_id: "demo".into(),
         platform: 1,
         token: token.clone(),
-    });
+        ..Default::default()
+    }));
     let mut bytes = hello.to_bytes();
     let ping = Frame::Ping(body::Heartbeat { time_ms: 3 }).to_bytes();
     bytes.extend_from_slice(&ping[..4]);
@@ -637,12 +639,13 @@ fn an_oversized_header_is_refused_before_its_body_arrives() {
 fn frames_split_at_every_byte_are_reassembled() {
     let mut h = Harness::new();
     let conn = h.connect();
-    let mut bytes = Frame::Hello(body::Hello {
+    let mut bytes = Frame::Hello(Box::new(body::Hello {
         protocol_version: 1,
         app_id: "demo".into(),
         platform: 2,
         token: String::new(),
-    })
+        ..Default::default()
+    }))
     .to_bytes();
     Frame::Ping(body::Heartbeat { time_ms: 9 }).encode(&mut bytes);
     for b in &bytes {
@@ -679,12 +682,13 @@ fn hello_is_validated() {
     let conn = h.connect();
     h.send(
         conn,
-        &Frame::Hello(body::Hello {
+        &Frame::Hello(Box::new(body::Hello {
             protocol_version: 2,
             app_id: "demo".into(),
             platform: 1,
             token: String::new(),
-        }),
+            ..Default::default()
+        })),
     );
     assert_eq!(
         error_code(&h.output(conn)),
@@ -693,12 +697,13 @@ fn hello_is_validated() {
     let conn = h.connect();
     h.send(
         conn,
-        &Frame::Hello(body::Hello {
+        &Frame::Hello(Box::new(body::Hello {
             protocol_version: 1,
             app_id: "demo".into(),
             platform: 3,
             token: String::new(),
-        }),
+            ..Default::default()
+        })),
     );
     assert_eq!(error_code(&h.output(conn)), Some(ErrorCode::BadPlatform as u32));
 }
@@ -1472,4 +1477,82 @@ fn an_unreadable_frame_fails_the_checkpoint_and_keeps_the_older_segments() {
         .write_checkpoint(|chunk, _| Ok::<_, UnreadableFrame>(Some(segments.append(2, chunk))));
     assert!(result.is_err());
     assert!(segments.0.lock().contains_key(&1));
+}
+
+/// A config where app "other" requires device authentication.
+fn device_auth_config(nonces_per_app: usize) -> Config {
+    let mut c = config();
+    c.apps[1].device_secret = Some(crate::config::Secret::new(DEVICE_SECRET));
+    c.apps[1].device_auth = crate::config::DeviceAuthMode::Required;
+    c.device_auth.nonces_per_app = nonces_per_app;
+    c
+}
+
+const DEVICE_SECRET: &str = "core-test-device-secret";
+
+fn signed_hello(token: &str, unix_ms: u64, nonce: &str) -> Frame {
+    let mut hello = body::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        app_id: "other".into(),
+        platform: 1,
+        token: token.into(),
+        ..Default::default()
+    };
+    device_auth::sign_hello(DEVICE_SECRET.as_bytes(), &mut hello, unix_ms, nonce);
+    Frame::Hello(Box::new(hello))
+}
+
+#[test]
+fn device_auth_refuses_a_bare_hello_and_a_full_nonce_cache_says_come_back() {
+    let mut h = Harness::with(device_auth_config(1), 0, 1);
+    let conn = h.connect();
+    h.hello(conn, "other", "");
+    let frames = h.output(conn);
+    assert_eq!(error_code(&frames), Some(ErrorCode::AuthFailed as u32));
+    assert!(matches!(&frames[0], Frame::Error(e) if e.reason.starts_with("missing")));
+    assert_eq!(h.actions(), vec![IoAction::Close(conn)]);
+    // The other app is unaffected.
+    h.device("");
+
+    let conn = h.connect();
+    h.send(conn, &signed_hello("", h.unix_ms(), "nonce-0001"));
+    assert!(matches!(h.output(conn).first(), Some(Frame::Welcome(_))));
+    // The cache holds one nonce: the next signed Hello is told to come back.
+    let conn = h.connect();
+    h.send(conn, &signed_hello("", h.unix_ms(), "nonce-0002"));
+    let frames = h.output(conn);
+    assert_eq!(go_away_reason(&frames), Some(GoAwayReason::Overloaded as u32));
+    assert!(matches!(&frames[0], Frame::GoAway(g) if g.retry_after_ms == NONCE_CACHE_RETRY_MS));
+    // Once the first nonce's timestamp has left the window, there is room.
+    h.advance(Duration::from_secs(302));
+    let conn = h.connect();
+    h.send(conn, &signed_hello("", h.unix_ms(), "nonce-0003"));
+    assert!(matches!(h.output(conn).first(), Some(Frame::Welcome(_))));
+}
+
+#[test]
+fn device_auth_is_checked_on_the_owner_shard_only() {
+    let mut h0 = Harness::with(device_auth_config(100), 0, 2);
+    let mut h1 = Harness::with(device_auth_config(100), 1, 2);
+    h1.core.share_device_auth(h0.core.device_auth.clone());
+    let token = (0..)
+        .map(|i| format!("token-{i}"))
+        .find(|t| owner_shard(t.as_bytes(), 2) == 1)
+        .unwrap();
+    let hello = signed_hello(&token, h0.unix_ms(), "nonce-0001");
+    // Shard 0 hands the connection over without looking at the proof...
+    let conn = h0.connect();
+    h0.send(conn, &hello);
+    assert!(matches!(&h0.actions()[..], [IoAction::HandOff { to: 1, .. }]));
+    // ...so the owner records the nonce, once.
+    let conn = h1.connect();
+    h1.send(conn, &hello);
+    assert!(matches!(h1.output(conn).first(), Some(Frame::Welcome(_))));
+    let conn = h1.connect();
+    h1.send(conn, &hello);
+    let frames = h1.output(conn);
+    assert!(
+        matches!(&frames[0], Frame::Error(e) if e.reason.starts_with("replayed_nonce")),
+        "{frames:?}"
+    );
 }

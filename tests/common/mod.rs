@@ -343,12 +343,13 @@ impl Device {
     /// Says Hello as a device of app `demo` and reads the Welcome, or
     /// returns the frame that came instead (`None`: closed).
     pub fn handshake(&mut self, token: &str) -> Result<(), Option<Frame>> {
-        self.send(&Frame::Hello(body::Hello {
+        self.send(&Frame::Hello(Box::new(body::Hello {
             protocol_version: PROTOCOL_VERSION,
             app_id: "demo".into(),
             platform: 1,
             token: token.into(),
-        }));
+            ..Default::default()
+        })));
         match self.recv() {
             Some(Frame::Welcome(w)) => {
                 self.token = w.token.clone();
@@ -371,12 +372,13 @@ impl Device {
     /// Connects as a device of `app_id` and completes the handshake.
     pub fn connect_app(addr: SocketAddr, app_id: &str, token: &str) -> Device {
         let mut device = Self::raw(addr);
-        device.send(&Frame::Hello(body::Hello {
+        device.send(&Frame::Hello(Box::new(body::Hello {
             protocol_version: PROTOCOL_VERSION,
             app_id: app_id.into(),
             platform: 1,
             token: token.into(),
-        }));
+            ..Default::default()
+        })));
         match device.recv() {
             Some(Frame::Welcome(w)) => {
                 device.token = w.token.clone();
@@ -385,6 +387,29 @@ impl Device {
             other => panic!("expected Welcome, got {other:?}"),
         }
         device
+    }
+
+    /// Connects and sends `hello` as it is; returns the connection and the
+    /// server's first answer (Welcome, Error, GoAway; `None`: closed).
+    pub fn hello(addr: SocketAddr, hello: body::Hello) -> (Device, Option<Frame>) {
+        let mut device = Self::raw(addr);
+        device.send(&Frame::Hello(Box::new(hello)));
+        let answer = device.recv();
+        if let Some(Frame::Welcome(w)) = &answer {
+            device.token = w.token.clone();
+            device.welcome = Some(w.clone());
+        }
+        (device, answer)
+    }
+
+    /// Connects as a device of `app_id` with a Hello signed with
+    /// `device_secret(app_id)`, and completes the handshake.
+    pub fn connect_signed(addr: SocketAddr, app_id: &str, token: &str) -> Device {
+        let hello = signed_hello(app_id, token, &device_secret(app_id), now_ms(), &fresh_nonce());
+        match Self::hello(addr, hello) {
+            (device, Some(Frame::Welcome(_))) => device,
+            (_, other) => panic!("expected Welcome, got {other:?}"),
+        }
     }
 
     pub fn send(&mut self, frame: &Frame) {
@@ -447,6 +472,41 @@ impl Device {
     pub fn until_closed(&mut self) -> Vec<Frame> {
         std::iter::from_fn(|| self.recv()).collect()
     }
+}
+
+/// The deviceSecret tests give app `app_id`.
+pub fn device_secret(app_id: &str) -> String {
+    format!("integration-tests-{app_id}-device-secret")
+}
+
+/// A Hello of `app_id` presenting `token`, signed with `secret`.
+pub fn signed_hello(app_id: &str, token: &str, secret: &str, timestamp_ms: u64, nonce: &str) -> body::Hello {
+    let mut hello = body::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        app_id: app_id.into(),
+        platform: 1,
+        token: token.into(),
+        ..Default::default()
+    };
+    ringpush::device_auth::sign_hello(secret.as_bytes(), &mut hello, timestamp_ms, nonce);
+    hello
+}
+
+/// The `[[apps]]` entry of an app with signed API requests and, when
+/// `device_auth`, required device authentication; secrets from
+/// `test_app_secret` and `device_secret`.
+pub fn app_entry(app_id: &str, device_auth: bool) -> String {
+    let mut entry = format!(
+        "[[apps]]\nappId = \"{app_id}\"\nworkspaceId = \"default\"\napiSecret = \"{}\"\n",
+        test_app_secret(app_id)
+    );
+    if device_auth {
+        entry.push_str(&format!(
+            "deviceSecret = \"{}\"\ndeviceAuth = \"required\"\n",
+            device_secret(app_id)
+        ));
+    }
+    entry
 }
 
 /// The apiSecret tests give app `app_id`.
@@ -531,6 +591,18 @@ pub fn send_http(
     headers: &[(String, String)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    send_http_head(addr, method, path, headers, body).map(|(status, _, body)| (status, body))
+}
+
+/// `send_http` that also returns the response head (status line and
+/// headers).
+pub fn send_http_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     let mut head = format!(
@@ -555,7 +627,7 @@ pub fn send_http(
     } else {
         body.to_string()
     };
-    Ok((status, body))
+    Ok((status, head.to_string(), body))
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -38,22 +38,35 @@ pub struct NonceCache {
     /// Every bucket of a second before this one has been emptied.
     swept_until_s: u64,
     capacity: usize,
+    /// The accepted clock skew: a nonce is kept until its timestamp is this
+    /// far in the past.
+    window_ms: u64,
 }
 
 impl NonceCache {
+    /// A cache for the API's window, `MAX_CLOCK_SKEW_MS`.
     pub fn new(capacity: usize) -> Self {
+        Self::with_window(capacity, MAX_CLOCK_SKEW_MS)
+    }
+
+    /// A cache for timestamps accepted up to `window_ms` either way (the
+    /// device Hello's `device_auth.max_skew_secs`); at most
+    /// `MAX_CLOCK_SKEW_MS`, which the expiry buckets are sized for.
+    pub fn with_window(capacity: usize, window_ms: u64) -> Self {
+        assert!(window_ms <= MAX_CLOCK_SKEW_MS, "nonce window {window_ms} ms");
         Self {
             fingerprint_key: RandomState::new(),
             seen: HashSet::default(),
             buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
             swept_until_s: 0,
             capacity,
+            window_ms,
         }
     }
 
     /// Records `nonce` of a request stamped `timestamp_ms`, which the caller
-    /// has checked is within `MAX_CLOCK_SKEW_MS` of `now_ms`. It is kept
-    /// until `now_ms` passes `timestamp_ms + MAX_CLOCK_SKEW_MS`: past that
+    /// has checked is within the window of `now_ms`. It is kept until
+    /// `now_ms` passes `timestamp_ms` plus the window: past that
     /// the request's timestamp alone refuses it.
     pub fn insert(&mut self, nonce: &[u8], timestamp_ms: u64, now_ms: u64) -> Result<(), NonceRefusal> {
         self.sweep(now_ms / 1000);
@@ -66,7 +79,7 @@ impl NonceCache {
         }
         // Removed once the clock's second is past this one, i.e. at
         // least a second after the last instant the timestamp is accepted.
-        let expires_s = (timestamp_ms + MAX_CLOCK_SKEW_MS) / 1000 + 1;
+        let expires_s = (timestamp_ms + self.window_ms) / 1000 + 1;
         self.seen.insert(fingerprint);
         self.buckets[(expires_s % BUCKETS) as usize].push(fingerprint);
         Ok(())
