@@ -315,3 +315,32 @@ fn shutdown_sends_goaway_then_close_notify() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn unreadable_certificate_files_stop_the_start() {
+    let dir = cert_dir("badfiles");
+    let missing = format!(
+        "io = \"epoll\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        dir.join("absent.pem").display(),
+        dir.join("absent.key").display()
+    );
+    let err = Daemon::try_start_in(&dir, &missing).err().expect("refused");
+    assert!(err.contains("absent.pem"), "{err}");
+    std::fs::write(
+        dir.join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("garbage.key"), "nothing").unwrap();
+    let garbage = format!(
+        "io = \"epoll\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        dir.join("garbage.pem").display(),
+        dir.join("garbage.key").display()
+    );
+    let err = Daemon::try_start_in(&dir, &garbage).err().expect("refused");
+    assert!(
+        err.contains("garbage.pem") || err.contains("garbage.key"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
