@@ -218,10 +218,7 @@ impl TlsDevice {
     /// (rustls reports a plain EOF as an error).
     pub fn closed_cleanly(&mut self) -> bool {
         let mut rest = Vec::new();
-        match self.stream.read_to_end(&mut rest) {
-            Ok(_) => true,
-            Err(_) => false,
-        }
+        self.stream.read_to_end(&mut rest).is_ok()
     }
 
     pub fn recv_push(&mut self) -> body::Push {
