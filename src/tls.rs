@@ -445,6 +445,9 @@ impl TlsSession {
         let result = self.process(Some(plaintext), &mut read.peer_closed);
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
+        } else if self.incoming.capacity() > 4 * self.incoming.len() + MAX_RECORD_PLAINTEXT {
+            // A large read left a record's start: keep the bytes, not the read.
+            self.incoming.shrink_to_fit();
         }
         if let Err(e) = result {
             return Err(self.fail(e));
@@ -769,4 +772,4 @@ const _: () = {
 };
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -11,12 +11,12 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use super::*;
 
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -25,12 +25,12 @@ impl Ca {
         }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A leaf for `name`: (certificate PEM, key PEM).
-    fn leaf(&self, name: &str) -> (String, String) {
+    pub(crate) fn leaf(&self, name: &str) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec![name.to_string()])
             .unwrap()
@@ -40,12 +40,12 @@ impl Ca {
     }
 }
 
-struct Fixture {
-    server_ca: Ca,
-    shared: SharedTlsConfig,
+pub(crate) struct Fixture {
+    pub(crate) server_ca: Ca,
+    pub(crate) shared: SharedTlsConfig,
 }
 
-fn fixture(apps: &[AppClientAuth]) -> Fixture {
+pub(crate) fn fixture(apps: &[AppClientAuth]) -> Fixture {
     let server_ca = Ca::new("server ca");
     let (chain, key) = server_ca.leaf("push.example");
     let resumption = Resumption::new(2, 100).unwrap();
@@ -56,7 +56,7 @@ fn fixture(apps: &[AppClientAuth]) -> Fixture {
     }
 }
 
-fn client_config(
+pub(crate) fn client_config(
     ca: &Ca,
     versions: &[&'static rustls::SupportedProtocolVersion],
     client_cert: Option<(String, String)>,
@@ -83,7 +83,7 @@ fn client_config(
     Arc::new(config)
 }
 
-fn client(config: &Arc<ClientConfig>) -> ClientConnection {
+pub(crate) fn client(config: &Arc<ClientConfig>) -> ClientConnection {
     ClientConnection::new(config.clone(), ServerName::try_from("push.example").unwrap()).unwrap()
 }
 
