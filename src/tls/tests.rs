@@ -394,3 +394,51 @@ fn bad_pem_is_a_clear_error() {
     let err = TlsConfig::from_pem(chain.as_bytes(), key.as_bytes(), &bad_ca, &resumption).err();
     assert!(err.unwrap().to_string().contains("clientCaFile of app a"));
 }
+
+/// Mutated handshakes and records never panic: each run either fails with
+/// an error or goes on; a failed session only reports `Failed` after.
+#[test]
+fn mutated_input_never_panics() {
+    let f = fixture(&[]);
+    let config = client_config(
+        &f.server_ca,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        None,
+    );
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..300 {
+        let mut c = client(&config);
+        let mut s = TlsSession::new(f.shared.current()).unwrap();
+        let mut wire = Vec::new();
+        c.write_tls(&mut wire).unwrap();
+        // Flip a few bytes of the ClientHello, or of a later record.
+        let flips = 1 + (next() % 4) as usize;
+        for _ in 0..flips {
+            let at = (next() as usize) % wire.len();
+            wire[at] ^= (next() % 255 + 1) as u8;
+        }
+        let mut plain = BytesMut::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let take = 1 + (next() as usize) % 64;
+            let end = (at + take).min(wire.len());
+            if s.read_tls(&wire[at..end], &mut plain).is_err() {
+                assert!(
+                    matches!(s.read_tls(b"x", &mut plain), Err(TlsError::Failed)),
+                    "round {round}"
+                );
+                break;
+            }
+            at = end;
+        }
+        let mut out = BytesMut::new();
+        let _ = s.write_tls(b"frame", &mut out);
+        s.close(&mut out);
+    }
+}
