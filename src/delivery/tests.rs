@@ -11,6 +11,7 @@ mod recall;
 mod receipts;
 mod shared;
 mod stats;
+mod tls;
 mod tokens;
 
 const T0_UNIX_MS: u64 = 1_700_000_000_000;
