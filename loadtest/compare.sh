@@ -15,7 +15,11 @@
 #          [--out DIR]
 # --quick: 2,000 devices, 5 s per measurement, three push rates (minutes,
 # not the better part of an hour). Peers and python3-matplotlib are
-# installed with apt-get when missing (root, or sudo).
+# installed with apt-get when missing (root, or sudo). Every server listens
+# on its own ports, PORT_BASE (default 27000) + 70 devices, + 71 TLS
+# devices, + 80 API (the floor's control socket), + 464 admin, + 883
+# Mosquitto, + 422 NATS, so the run does not collide with a daemon on the
+# default ports.
 set -euo pipefail
 
 devices=19000
@@ -43,12 +47,20 @@ results=${results:-$here/../results/$(date -u +%Y-%m-%d)}
 mkdir -p "$results/raw"
 results=$(cd "$results" && pwd)
 
+# Debian's python3 is the one apt-get gives matplotlib to (a pyenv or venv
+# python3 earlier on PATH may not have it).
+py=python3
+if ! python3 -c 'import matplotlib' 2>/dev/null && [ -x /usr/bin/python3 ]; then py=/usr/bin/python3; fi
+base=${PORT_BASE:-27000}
+device_port=$((base + 70)) tls_port=$((base + 71)) api_port=$((base + 80)) admin_port=$((base + 464))
+mqtt_port=$((base + 883)) nats_port=$((base + 422))
+
 install_missing() {
   local missing=()
   command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
   command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-  python3 -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
+  $py -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
   if [ ${#missing[@]} -gt 0 ]; then
     local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     echo "== installing ${missing[*]}" >&2
@@ -63,7 +75,7 @@ trap 'stop_system; rm -rf "$out"' EXIT
 tls_config=""
 if $bench --help | grep -q -- --tls-resume; then
   make_tls_certs "$out/tls"
-  tls_config="[listen]\ndevice_tls = \"127.0.0.1:7071\"\n[tls]\ncert_file = \"$out/tls/server.pem\"\nkey_file = \"$out/tls/server.key\"\n"
+  tls_config="device_tls = \"127.0.0.1:$tls_port\"\n[tls]\ncert_file = \"$out/tls/server.pem\"\nkey_file = \"$out/tls/server.key\"\n"
 fi
 
 p2p_devices=$((devices < 10000 ? devices : 10000))
@@ -85,36 +97,39 @@ wait_port() {
 # $server (pid) and $target_args (how the bench reaches it).
 start_system() {
   system=$1
-  for port in 7070 7071 8080 9464 1883 4222; do
-    port_free $port || { echo "port $port is taken: stop what listens there (a packaged mosquitto service?)" >&2; exit 1; }
+  for port in $device_port $tls_port $api_port $admin_port $mqtt_port $nats_port; do
+    port_free $port || { echo "port $port is taken: stop what listens there, or set PORT_BASE" >&2; exit 1; }
   done
   case $system in
     ringpush-uring | ringpush-epoll)
-      run_server "$system" "io = \"${system#ringpush-}\"\n$tls_config[delivery]\nmax_pending_per_device = 100000"
-      target_args=(--target ringpush)
+      run_server "$system" "io = \"${system#ringpush-}\"\n[listen]\ndevice = \"127.0.0.1:$device_port\"\napi = \"127.0.0.1:$api_port\"\nadmin = \"127.0.0.1:$admin_port\"\n$tls_config[delivery]\nmax_pending_per_device = 100000"
+      target_args=(--target ringpush --device-addr "127.0.0.1:$device_port" --api-addr "127.0.0.1:$api_port")
       ;;
     mosquitto)
       # Its persistence file in the scratch directory, so every start is
       # empty; the broker drops to the mosquitto user when started as root.
       mkdir -p "$out/mosquitto" && chmod 777 "$out/mosquitto"
-      sed "s|^persistence_location .*|persistence_location $out/mosquitto/|" "$here/peers/mosquitto.conf" >"$out/mosquitto.conf"
+      sed -e "s|^persistence_location .*|persistence_location $out/mosquitto/|" \
+        -e "s|^listener .*|listener $mqtt_port 127.0.0.1|" "$here/peers/mosquitto.conf" >"$out/mosquitto.conf"
       (ulimit -n 20000; exec mosquitto -c "$out/mosquitto.conf") 2>>"$out/mosquitto.log" &
       server=$!
-      wait_port 1883
-      target_args=(--target mosquitto)
+      wait_port $mqtt_port
+      target_args=(--target mosquitto --peer-addr "127.0.0.1:$mqtt_port")
       ;;
     nats)
-      (ulimit -n 20000; exec nats-server -c "$here/peers/nats.conf") 2>>"$out/nats.log" &
+      sed "s|^port: .*|port: $nats_port|" "$here/peers/nats.conf" >"$out/nats.conf"
+      (ulimit -n 20000; exec nats-server -c "$out/nats.conf") 2>>"$out/nats.log" &
       server=$!
-      wait_port 4222
-      target_args=(--target nats)
+      wait_port $nats_port
+      target_args=(--target nats --peer-addr "127.0.0.1:$nats_port")
       ;;
     floor-uring | floor-epoll)
-      (ulimit -n 20000; exec "$bin/ringpush-floor" --backend "${system#floor-}") 2>>"$out/$system.log" &
+      (ulimit -n 20000; exec "$bin/ringpush-floor" --backend "${system#floor-}" \
+        --listen "127.0.0.1:$device_port" --control "127.0.0.1:$api_port") 2>>"$out/$system.log" &
       server=$!
-      wait_port 7070
-      wait_port 8080
-      target_args=(--target floor)
+      wait_port $device_port
+      wait_port $api_port
+      target_args=(--target floor --device-addr "127.0.0.1:$device_port" --api-addr "127.0.0.1:$api_port")
       ;;
     *) echo "unknown system $system" >&2; exit 2 ;;
   esac
@@ -167,7 +182,7 @@ idle_hold() {
   sleep "$seconds"
   t1=$(date +%s.%N); c1=$(cpu_ticks); held=$(($(fd_count) - base))
   wait $pid || true
-  extra idle-hold "$(python3 -c "import os; print('{\"server_idle_cpu_percent\": %.2f, \"server_fds_held\": %d}' % (100 * ($c1 - $c0) / os.sysconf('SC_CLK_TCK') / ($t1 - $t0), $held))")"
+  extra idle-hold "$($py -c "import os; print('{\"server_idle_cpu_percent\": %.2f, \"server_fds_held\": %d}' % (100 * ($c1 - $c0) / os.sysconf('SC_CLK_TCK') / ($t1 - $t0), $held))")"
   stop_system
 }
 
@@ -183,7 +198,7 @@ connect_storm() {
   system=$1
   storm connect-storm
   if [[ $system == ringpush-* && -n $tls_config ]]; then
-    local tls=(--tls --device-addr 127.0.0.1:7071 --tls-ca "$out/tls/ca.pem" --tls-server-name localhost)
+    local tls=(--tls --device-addr "127.0.0.1:$tls_port" --tls-ca "$out/tls/ca.pem" --tls-server-name localhost)
     storm connect-storm-tls-full "${tls[@]}"
     storm connect-storm-tls-resumed "${tls[@]}" --tls-resume
   fi
@@ -258,7 +273,7 @@ for s in $systems; do
     esac
   done
 done
-python3 -c "import json; d = json.load(open('$results/environment.json')); d['load_average_at_end'] = open('/proc/loadavg').read().split()[:3]; json.dump(d, open('$results/environment.json', 'w'), indent=2)"
+$py -c "import json; d = json.load(open('$results/environment.json')); d['load_average_at_end'] = open('/proc/loadavg').read().split()[:3]; json.dump(d, open('$results/environment.json', 'w'), indent=2)"
 
-python3 "$here/summarize.py" "$results"
+$py "$here/summarize.py" "$results"
 echo "== written: $results/summary.md" >&2
