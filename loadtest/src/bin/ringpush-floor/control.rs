@@ -1,7 +1,9 @@
 //! The floor's control socket and the job its workers share. A job is a
 //! push schedule (message k due at start + k / rate, split over the workers
 //! by k mod workers) or a broadcast (one frame to every connection). The
-//! control connection gets progress lines while a job runs.
+//! control connection gets progress lines while a job runs. A frame's
+//! msgKey carries the time it is written (as the bench stamps a ringpush
+//! push when it sends the request); lateness shows as BEHIND.
 //!
 //! Protocol, one command per connection:
 //! `push RATE MILLIS PAYLOAD_BYTES TTL_SECS` → `sent N` every 100 ms, then
@@ -33,7 +35,7 @@ pub enum JobKind {
 pub struct Job {
     pub kind: JobKind,
     pub start: Instant,
-    /// `start` in unix µs: the msgKey stamp of message k is its due time.
+    /// `start` in unix µs: a broadcast's msgKey stamp.
     pub start_unix_us: u64,
     pub template: PushTemplate,
 }
@@ -42,10 +44,6 @@ impl Job {
     /// When message `k` of a push job is due.
     pub fn due(&self, rate: f64, k: u64) -> Instant {
         self.start + Duration::from_secs_f64(k as f64 / rate)
-    }
-
-    pub fn due_unix_us(&self, rate: f64, k: u64) -> u64 {
-        self.start_unix_us + (k as f64 * 1e6 / rate) as u64
     }
 }
 
@@ -84,7 +82,7 @@ impl Shared {
     }
 }
 
-fn unix_micros() -> u64 {
+pub fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

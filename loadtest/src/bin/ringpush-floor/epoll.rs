@@ -6,12 +6,12 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::{TcpListener as MioListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::control::{JobKind, Shared};
+use crate::control::{unix_micros, JobKind, Shared};
 use crate::frames::{self, Answer, Scanner};
 use crate::schedule::Schedule;
 
@@ -41,8 +41,8 @@ pub fn run(listener: TcpListener, shared: &Shared, worker: u64, workers: u64) ->
     let (welcome, pong) = (frames::welcome(), frames::pong());
     let mut schedule = Schedule::new(worker, workers);
     loop {
-        let timeout = if schedule.busy() { 1 } else { 10 };
-        match poll.poll(&mut events, Some(Duration::from_millis(timeout))) {
+        // mio rounds the wait up to whole milliseconds (epoll_wait).
+        match poll.poll(&mut events, Some(schedule.wait(Instant::now()))) {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             other => other?,
         };
@@ -154,7 +154,8 @@ pub fn run(listener: TcpListener, shared: &Shared, worker: u64, workers: u64) ->
             shared.broadcast_done.fetch_add(1, Ordering::AcqRel);
         }
         let now = Instant::now();
-        while let Some((seq, stamp_us)) = schedule.next_due(now, shared) {
+        let stamp_us = unix_micros();
+        while let Some(seq) = schedule.next_due(now, shared) {
             if live.is_empty() {
                 break;
             }

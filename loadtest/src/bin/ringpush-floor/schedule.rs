@@ -10,6 +10,12 @@ use crate::control::{Job, JobKind, Shared};
 
 /// A message written later than this after its due time counts as behind.
 const LATE: Duration = Duration::from_millis(10);
+/// The shortest I/O wait of a worker: both backends write what is due
+/// once a millisecond (epoll_wait's granularity; waking io_uring more often
+/// only costs CPU, as frames carry the time they are written).
+const TICK: Duration = Duration::from_millis(1);
+/// The longest I/O wait of a worker.
+const IDLE_WAIT: Duration = Duration::from_millis(10);
 
 pub struct Schedule {
     worker: u64,
@@ -44,14 +50,27 @@ impl Schedule {
         }
     }
 
-    /// A push job is running: the worker should wake every millisecond.
-    pub fn busy(&self) -> bool {
-        self.job.is_some()
+    /// How long the worker may wait for I/O: until this worker's next
+    /// message is due, between `TICK` and `IDLE_WAIT` (so a new job starts
+    /// promptly).
+    pub fn wait(&self, now: Instant) -> Duration {
+        match self.job.as_deref() {
+            Some(
+                job @ Job {
+                    kind: JobKind::Push { rate, .. },
+                    ..
+                },
+            ) => job
+                .due(*rate, self.next_k)
+                .saturating_duration_since(now)
+                .clamp(TICK, IDLE_WAIT),
+            _ => IDLE_WAIT,
+        }
     }
 
-    /// The next message due by `now`, as (sequence, msgKey stamp in unix
-    /// µs), counting it behind when late.
-    pub fn next_due(&mut self, now: Instant, shared: &Shared) -> Option<(u64, u64)> {
+    /// The sequence number of the next message due by `now`, counting it
+    /// behind when late.
+    pub fn next_due(&mut self, now: Instant, shared: &Shared) -> Option<u64> {
         let job = self.job.as_ref()?;
         let JobKind::Push { rate, until } = job.kind else {
             return None;
@@ -65,7 +84,7 @@ impl Schedule {
         }
         let k = self.next_k;
         self.next_k += self.workers;
-        Some((k, job.due_unix_us(rate, k)))
+        Some(k)
     }
 
     pub fn job(&self) -> Option<&Arc<Job>> {

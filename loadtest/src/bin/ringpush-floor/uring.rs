@@ -8,11 +8,11 @@
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::control::{JobKind, Shared};
+use crate::control::{unix_micros, JobKind, Shared};
 use crate::frames::{self, Answer, Scanner};
 use crate::schedule::Schedule;
 
@@ -229,8 +229,7 @@ pub fn run(listener: TcpListener, shared: &Shared, worker_index: u64, workers: u
     let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(4096);
     let mut dirty: Vec<usize> = Vec::new();
     loop {
-        let wait = Duration::from_millis(if schedule.busy() { 1 } else { 10 });
-        let timespec = types::Timespec::from(wait);
+        let timespec = types::Timespec::from(schedule.wait(Instant::now()));
         let args = types::SubmitArgs::new().timespec(&timespec);
         match worker.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
@@ -277,7 +276,8 @@ pub fn run(listener: TcpListener, shared: &Shared, worker_index: u64, workers: u
             shared.broadcast_done.fetch_add(1, Ordering::AcqRel);
         }
         let now = Instant::now();
-        while let Some((seq, stamp_us)) = schedule.next_due(now, shared) {
+        let stamp_us = unix_micros();
+        while let Some(seq) = schedule.next_due(now, shared) {
             if worker.live.is_empty() {
                 break;
             }
