@@ -129,7 +129,7 @@ impl Summary {
             + self.http_errors.values().sum::<u64>()
             + self.closed_by_server.values().sum::<u64>()
             // A skipped scenario connected nothing, and that is no error.
-            + u64::from(self.connected < self.devices && !(self.connected == 0 && !self.unsupported.is_empty()))
+            + u64::from(self.connected < self.devices && (self.connected > 0 || self.unsupported.is_empty()))
             + u64::from(
                 self.offline_broadcasts
                     .as_ref()
