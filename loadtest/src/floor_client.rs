@@ -93,6 +93,13 @@ pub fn run(addr: SocketAddr, config: PushConfig, shared: Arc<Shared>) -> PushOut
     {
         Ok(done) => {
             Counters::add(&shared.counters.behind_schedule, done.behind);
+            // Every frame written is on its way over loopback: wait for it
+            // (so the latency tail is complete), with a generous deadline.
+            let give_up = Instant::now() + Duration::from_secs(10);
+            let c = &shared.counters;
+            while Counters::get(&c.delivered) < Counters::get(&c.messages_sent) && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             eprintln!(
                 "floor: sent {} frames, counted {} acked ids",
                 done.sent, done.acked

@@ -62,9 +62,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let shared = Arc::new(control::Shared::default());
     let mut workers = Vec::new();
+    // Port 0 picks a port for the first listener; the others share it.
+    let mut listen = args.listen;
     for worker in 0..threads {
-        let listener =
-            reuseport_listener(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+        let listener = reuseport_listener(listen).with_context(|| format!("listening on {listen}"))?;
+        listen = listener.local_addr()?;
         let shared = shared.clone();
         let (index, count) = (worker as u64, threads as u64);
         workers.push(
@@ -79,8 +81,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let control =
         TcpListener::bind(args.control).with_context(|| format!("control socket {}", args.control))?;
     eprintln!(
-        "ringpush-floor ready: {:?}, {threads} workers, devices on {}, control on {}",
-        args.backend, args.listen, args.control
+        "ringpush-floor ready: {:?}, {threads} workers, devices on {listen}, control on {}",
+        args.backend,
+        control.local_addr()?
     );
     let control_shared = shared.clone();
     std::thread::spawn(move || control::serve(control, control_shared, threads as u64));
