@@ -10,7 +10,7 @@
 # of one run, not absolute figures across machines.
 #
 # Usage: loadtest/compare.sh [--quick] [--devices N] [--seconds S]
-#          [--systems "ringpush-uring ringpush-epoll mosquitto nats floor-uring floor-epoll"]
+#          [--systems "ringpush-uring ringpush-epoll ringpush-uring-interval mosquitto nats floor-uring floor-epoll"]
 #          [--scenarios "idle-hold connect-storm point-to-point fan-out offline-backlog churn"]
 #          [--out DIR]
 # --quick: 2,000 devices, 5 s per measurement, three push rates (minutes,
@@ -25,7 +25,7 @@ set -euo pipefail
 devices=19000
 seconds=15
 rates="5000 10000 20000 40000 80000"
-systems="ringpush-uring ringpush-epoll mosquitto nats floor-uring floor-epoll"
+systems="ringpush-uring ringpush-epoll ringpush-uring-interval mosquitto nats floor-uring floor-epoll"
 scenarios="idle-hold connect-storm point-to-point fan-out offline-backlog churn"
 results=""
 while [ $# -gt 0 ]; do
@@ -83,7 +83,9 @@ storm_devices=$((devices < 2000 ? devices : 2000))
 system=""
 server=""
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Whether anything listens on the port (ss, not a test connect: a connect
+# would count as a client of the server being checked).
+port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
 wait_port() {
   for _ in $(seq 1000); do
     port_free "$1" || return 0
@@ -98,11 +100,17 @@ wait_port() {
 start_system() {
   system=$1
   for port in $device_port $tls_port $api_port $admin_port $mqtt_port $nats_port; do
+    for _ in $(seq 100); do port_free $port && break; sleep 0.1; done
     port_free $port || { echo "port $port is taken: stop what listens there, or set PORT_BASE" >&2; exit 1; }
   done
   case $system in
-    ringpush-uring | ringpush-epoll)
-      run_server "$system" "io = \"${system#ringpush-}\"\n[listen]\ndevice = \"127.0.0.1:$device_port\"\napi = \"127.0.0.1:$api_port\"\nadmin = \"127.0.0.1:$admin_port\"\n$tls_config[delivery]\nmax_pending_per_device = 100000"
+    ringpush-uring | ringpush-epoll | ringpush-uring-interval)
+      # -interval: fsync at most every 100 ms instead of before each answer,
+      # the like-for-like with Mosquitto's periodic persistence (NATS keeps
+      # nothing); the plain names run ringpush's default, fsync always.
+      local backend=${system#ringpush-} durability=""
+      if [[ $backend == *-interval ]]; then backend=${backend%-interval} durability='fsync = "interval"'; fi
+      run_server "$system" "io = \"$backend\"\n[listen]\ndevice = \"127.0.0.1:$device_port\"\napi = \"127.0.0.1:$api_port\"\nadmin = \"127.0.0.1:$admin_port\"\n$tls_config[delivery]\nmax_pending_per_device = 100000" "$durability"
       target_args=(--target ringpush --device-addr "127.0.0.1:$device_port" --api-addr "127.0.0.1:$api_port")
       ;;
     mosquitto)
@@ -139,6 +147,11 @@ stop_system() {
   if [ -n "$server" ]; then
     kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
+    # A server that drains its devices may outlive an interrupted wait.
+    for _ in $(seq 300); do
+      [ -d "/proc/$server" ] || break
+      sleep 0.1
+    done
     server=""
   fi
 }
@@ -197,7 +210,7 @@ storm() {
 connect_storm() {
   system=$1
   storm connect-storm
-  if [[ $system == ringpush-* && -n $tls_config ]]; then
+  if [[ $system == ringpush-uring || $system == ringpush-epoll ]] && [ -n "$tls_config" ]; then
     local tls=(--tls --device-addr "127.0.0.1:$tls_port" --tls-ca "$out/tls/ca.pem" --tls-server-name localhost)
     storm connect-storm-tls-full "${tls[@]}"
     storm connect-storm-tls-resumed "${tls[@]}" --tls-resume

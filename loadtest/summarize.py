@@ -12,7 +12,7 @@ import os
 import sys
 
 REFERENCE = "ringpush-uring"
-ORDER = ["ringpush-uring", "ringpush-epoll", "mosquitto", "nats", "floor-uring", "floor-epoll"]
+ORDER = ["ringpush-uring", "ringpush-epoll", "ringpush-uring-interval", "mosquitto", "nats", "floor-uring", "floor-epoll"]
 
 
 def load(results):
@@ -82,6 +82,8 @@ def build_rows(runs, extras, systems, devices):
             run = runs.get(f"{system}-{scenario}")
             if run is None or scenario_unsupported(run):
                 return None
+            if path == "acked_per_sec" and any(r.startswith("acknowledged") for r in run.get("unsupported", [])):
+                return None  # at-most-once: nothing is acked, which is not a measurement of 0
             value = dig(run, path)
             return None if value is None else value * scale
 
