@@ -1,11 +1,16 @@
-# Sourced by the run-*.sh scripts: builds the workspace, sets $bench and a
-# scratch directory $out (removed on exit), gives the demo app a random
-# apiSecret in RINGPUSH_BENCH_APP_SECRET so every push is signed and
-# verified (the production path), and defines the server helpers.
+# Sourced by the run-*.sh scripts and compare.sh: builds the workspace
+# (unless RINGPUSH_BIN names a directory of binaries already built), sets
+# $bin and $bench and a scratch directory $out (removed on exit), gives the
+# demo app a random apiSecret in RINGPUSH_BENCH_APP_SECRET so every push is
+# signed and verified (the production path), and defines the server and
+# certificate helpers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo build --release --workspace -q
-bench=./target/release/ringpush-bench
+if [ -z "${RINGPUSH_BIN:-}" ]; then
+  cargo build --release --workspace -q
+fi
+bin=${RINGPUSH_BIN:-./target/release}
+bench=$bin/ringpush-bench
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 RINGPUSH_BENCH_APP_SECRET=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
@@ -25,7 +30,7 @@ write_config() {
 start_server() {
   local start
   start=$(date +%s.%N)
-  ./target/release/ringpush --config "$out/$1.toml" >"$out/$1.ready" 2>>"$out/$1.log" &
+  "$bin/ringpush" --config "$out/$1.toml" >"$out/$1.ready" 2>>"$out/$1.log" &
   server=$!
   for _ in $(seq 6000); do
     if grep -q 'ringpush ready' "$out/$1.ready" 2>/dev/null; then
@@ -46,3 +51,24 @@ run_server() {
 }
 
 stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
+
+# make_tls_certs DIR: a throwaway CA (DIR/ca.pem, the bench client's only
+# trust anchor) and a server certificate for localhost and 127.0.0.1
+# signed by it (DIR/server.pem, DIR/server.key), ECDSA P-256, valid 2 days.
+make_tls_certs() {
+  local dir=$1
+  if ! command -v openssl >/dev/null 2>&1; then
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -q && $sudo apt-get install -y -q openssl
+  fi
+  mkdir -p "$dir"
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=ringpush bench CA" -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+    >"$dir/leaf.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$dir/leaf.ext" -out "$dir/server.pem" 2>/dev/null
+}

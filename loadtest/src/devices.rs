@@ -234,7 +234,7 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
     histogram
 }
 
-fn connect(config: &DeviceConfig, index: usize) -> std::io::Result<TcpStream> {
+pub(crate) fn connect(config: &DeviceConfig, index: usize) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None)?;
     if !config.source_ips.is_empty() {

@@ -5,6 +5,10 @@
 //! `loadtest/README.md` for the scenarios.
 
 mod devices;
+mod floor_client;
+mod mqtt;
+mod nats;
+mod peers;
 mod pusher;
 mod stats;
 
@@ -18,6 +22,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use devices::{DeviceConfig, Shared};
+use peers::Target;
 use ringpush::api::auth::HmacSigner;
 use stats::{Counters, Summary};
 
@@ -118,6 +123,15 @@ struct Args {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// The system under test: ringpush, a peer (mosquitto, nats: devices
+    /// and publishers speak its protocol at --peer-addr) or ringpush-floor
+    /// (devices at --device-addr, its control socket at --api-addr).
+    #[arg(long, value_enum, default_value_t = Target::Ringpush)]
+    target: Target,
+    /// The peer's address (default 127.0.0.1:1883 for mosquitto,
+    /// 127.0.0.1:4222 for nats).
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -159,12 +173,26 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     let threads = args.threads.clamp(1, args.devices.max(1));
     let wall_start = Instant::now();
     let cpu_start = stats::own_cpu_seconds();
+    let target = args.target;
+    let peer_addr = args.peer_addr.or(target.default_peer_addr());
     let mut summary = Summary {
+        target,
         devices: args.devices as u64,
         offered_rate: if args.hold { 0 } else { args.push_rate },
         ..Default::default()
     };
     summary.server_rss_before_kib = args.server_pid.and_then(stats::rss_kib);
+    summary.server_cpu_before_seconds = args.server_pid.and_then(stats::cpu_seconds);
+    if let Some(reason) = target.unsupported(args.offline, args.offline_broadcasts > 0) {
+        eprintln!("skipped: {reason}");
+        summary.unsupported.push(reason);
+        return Ok(summary);
+    }
+    if target == Target::Nats && (args.push_rate > 0 || args.broadcasts > 0) {
+        summary
+            .unsupported
+            .push("acknowledged delivery: not supported by core NATS (at most once; acked stays 0)".into());
+    }
 
     let shared = Arc::new(Shared {
         counters: Counters::default(),
@@ -181,7 +209,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         let first = t * per_thread;
         let count = per_thread.min(args.devices.saturating_sub(first));
         let config = DeviceConfig {
-            device_addr: args.device_addr,
+            device_addr: peer_addr.unwrap_or(args.device_addr),
             app: args.app.clone(),
             source_ips: source_ips.clone(),
             connect_rate: args.connect_rate as f64 / threads as f64,
@@ -195,7 +223,10 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         device_threads.push(
             std::thread::Builder::new()
                 .name(format!("devices-{t}"))
-                .spawn(move || devices::run(config, shared))?,
+                .spawn(move || match target {
+                    Target::Ringpush | Target::Floor => devices::run(config, shared),
+                    peer => peers::run_devices(peer, config, shared),
+                })?,
         );
     }
 
@@ -249,7 +280,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         std::thread::sleep(Duration::from_secs(1));
         let rss_before = args.server_pid.and_then(stats::rss_kib);
         let started = Instant::now();
-        let mut broadcaster = Broadcaster::new(args, signer.as_deref())?;
+        let mut broadcaster = Broadcaster::new(args, signer.as_deref(), &shared)?;
         for i in 0..args.offline_broadcasts {
             broadcaster.send(i, &mut push_errors)?;
             Counters::add(&c.messages_sent, 1);
@@ -298,7 +329,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     } else if args.broadcasts > 0 {
         record.store(true, Ordering::SeqCst);
         let delivered0 = Counters::get(&c.delivered);
-        let mut broadcaster = Broadcaster::new(args, signer.as_deref())?;
+        let mut broadcaster = Broadcaster::new(args, signer.as_deref(), &shared)?;
         let started = Instant::now();
         for i in 0..args.broadcasts {
             broadcaster.send(i, &mut push_errors)?;
@@ -323,18 +354,24 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         let phase_start = Instant::now();
         let warm_until = phase_start + Duration::from_secs(args.warmup);
         let until = warm_until + Duration::from_secs(args.duration);
-        if args.push_kind == pusher::PushKind::Multiple {
+        if args.push_kind == pusher::PushKind::Multiple && target == Target::Ringpush {
             pusher::ensure_template(args.api_addr, &args.app, &args.workspace, signer.as_deref())?;
         }
         let mut pushers = Vec::new();
-        for p in 0..args.push_connections.max(1) {
+        // The floor schedules every frame itself: one command, whole rate.
+        let push_connections = if target == Target::Floor {
+            1
+        } else {
+            args.push_connections.max(1)
+        };
+        for p in 0..push_connections {
             let config = pusher::PushConfig {
                 kind: args.push_kind,
                 api_addr: args.api_addr,
                 app: args.app.clone(),
                 workspace: args.workspace.clone(),
                 signer: signer.clone(),
-                rate: args.push_rate as f64 / args.push_connections.max(1) as f64,
+                rate: args.push_rate as f64 / push_connections as f64,
                 targets_per_request: args.targets_per_request.clamp(1, args.push_kind.max_targets()),
                 ttl_secs: args.ttl,
                 until,
@@ -343,10 +380,15 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
                 payload_bytes: args.payload_bytes.max(10),
             };
             let shared = shared.clone();
+            let api_addr = args.api_addr;
             pushers.push(
                 std::thread::Builder::new()
                     .name(format!("push-{p}"))
-                    .spawn(move || pusher::run(config, shared))?,
+                    .spawn(move || match (target, peer_addr) {
+                        (Target::Floor, _) => floor_client::run(api_addr, config, shared),
+                        (_, Some(broker)) => peers::run_publisher(target, broker, config, shared),
+                        _ => pusher::run(config, shared),
+                    })?,
             );
         }
         let mut marks = None;
@@ -413,6 +455,11 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     summary.closed_by_server = shared.closes.lock().clone();
     summary.wall_seconds = wall_start.elapsed().as_secs_f64();
     summary.client_cpu_seconds = stats::own_cpu_seconds() - cpu_start;
+    summary.server_cpu_seconds = args
+        .server_pid
+        .and_then(stats::cpu_seconds)
+        .zip(summary.server_cpu_before_seconds)
+        .map(|(after, before)| after - before);
     summary.client_cpu_percent_of_one_core = 100.0 * summary.client_cpu_seconds / summary.wall_seconds;
     summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
     Ok(summary)
@@ -433,16 +480,32 @@ fn wait_for(mut done: impl FnMut() -> bool, seconds: u64) -> bool {
 /// Posts broadcasts to every Android device of the app (pushStatus 1: bound
 /// or not), each msgKey carrying its send time.
 struct Broadcaster<'a> {
-    client: pusher::HttpClient,
+    client: Option<pusher::HttpClient>,
+    peer: Option<peers::PeerBroadcaster>,
+    shared: &'a Shared,
     args: &'a Args,
     signer: Option<&'a HmacSigner>,
     content: String,
 }
 
 impl<'a> Broadcaster<'a> {
-    fn new(args: &'a Args, signer: Option<&'a HmacSigner>) -> anyhow::Result<Self> {
+    fn new(args: &'a Args, signer: Option<&'a HmacSigner>, shared: &'a Shared) -> anyhow::Result<Self> {
+        let peer = match args.peer_addr.or(args.target.default_peer_addr()) {
+            Some(broker) => Some(peers::PeerBroadcaster::new(
+                args.target,
+                broker,
+                args.ttl,
+                args.payload_bytes.max(10),
+            )?),
+            None => None,
+        };
         Ok(Self {
-            client: pusher::HttpClient::connect(args.api_addr)?,
+            client: match args.target {
+                Target::Ringpush => Some(pusher::HttpClient::connect(args.api_addr)?),
+                _ => None,
+            },
+            peer,
+            shared,
             args,
             signer,
             content: "x".repeat(args.payload_bytes.max(10)),
@@ -452,6 +515,20 @@ impl<'a> Broadcaster<'a> {
     fn send(&mut self, i: u64, errors: &mut std::collections::BTreeMap<String, u64>) -> anyhow::Result<()> {
         const PATH: &str = "/v1/push/broadcast";
         let args = self.args;
+        if let Some(peer) = self.peer.as_mut() {
+            return peer.send(i, errors);
+        }
+        let Some(client) = self.client.as_mut() else {
+            floor_client::broadcast(
+                args.api_addr,
+                args.payload_bytes.max(10),
+                args.ttl,
+                i,
+                self.shared,
+                errors,
+            );
+            return Ok(());
+        };
         let body = serde_json::json!({
             "appId": args.app, "workspaceId": args.workspace, "taskName": "bench broadcast",
             "title": "broadcast", "content": self.content,
@@ -464,7 +541,7 @@ impl<'a> Broadcaster<'a> {
             let nonce = format!("bc{:x}-{i:x}", stats::unix_micros());
             pusher::sign_into(&mut headers, signer, PATH, &body, &nonce);
         }
-        let (status, answer) = self.client.post(PATH, &headers, &body)?;
+        let (status, answer) = client.post(PATH, &headers, &body)?;
         if status != 200 {
             *errors.entry(format!("broadcast_{status}")).or_default() += 1;
             eprintln!("broadcast {i}: HTTP {status}: {answer}");

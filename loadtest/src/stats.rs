@@ -62,6 +62,12 @@ impl Latency {
 
 #[derive(Serialize, Debug, Default)]
 pub struct Summary {
+    /// The system measured (`--target`).
+    pub target: crate::peers::Target,
+    /// Scenarios the target cannot run, each with why (nothing was measured
+    /// for them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<String>,
     pub devices: u64,
     pub connected: u64,
     pub connect_errors: u64,
@@ -91,6 +97,11 @@ pub struct Summary {
     pub offline_broadcasts: Option<OfflineBroadcasts>,
     pub client_cpu_seconds: f64,
     pub client_cpu_percent_of_one_core: f64,
+    /// The server's CPU (user + system) at the start, with --server-pid.
+    #[serde(skip)]
+    pub server_cpu_before_seconds: Option<f64>,
+    /// The server's CPU seconds over the whole run, with --server-pid.
+    pub server_cpu_seconds: Option<f64>,
     pub wall_seconds: f64,
     pub interrupted: bool,
 }
@@ -117,7 +128,8 @@ impl Summary {
         self.connect_errors
             + self.http_errors.values().sum::<u64>()
             + self.closed_by_server.values().sum::<u64>()
-            + u64::from(self.connected < self.devices)
+            // A skipped scenario connected nothing, and that is no error.
+            + u64::from(self.connected < self.devices && (self.connected > 0 || self.unsupported.is_empty()))
             + u64::from(
                 self.offline_broadcasts
                     .as_ref()
@@ -127,7 +139,13 @@ impl Summary {
 
     pub fn print_human(&self) {
         let l = &self.latency;
-        eprintln!("== ringpush-bench summary (client and server share this machine)");
+        eprintln!(
+            "== ringpush-bench summary, target {:?} (client and server share this machine)",
+            self.target
+        );
+        for reason in &self.unsupported {
+            eprintln!("unsupported   {reason}");
+        }
         eprintln!(
             "connections   {}/{} in {:.2}s = {:.0}/s (connect + Hello/Welcome), {} errors",
             self.connected, self.devices, self.connect_seconds, self.connect_rate, self.connect_errors
@@ -185,6 +203,13 @@ impl Summary {
             "client CPU    {:.2}s = {:.0}% of one core over {:.1}s",
             self.client_cpu_seconds, self.client_cpu_percent_of_one_core, self.wall_seconds
         );
+        if let Some(cpu) = self.server_cpu_seconds {
+            eprintln!(
+                "server CPU    {cpu:.2}s = {:.0}% of one core over {:.1}s",
+                100.0 * cpu / self.wall_seconds.max(1e-9),
+                self.wall_seconds
+            );
+        }
         if !self.http_errors.is_empty() {
             eprintln!("HTTP errors   {:?}", self.http_errors);
         }
@@ -225,6 +250,18 @@ pub fn own_cpu_seconds() -> f64 {
     let usage = unsafe { usage.assume_init() };
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// User + system CPU seconds a process has used (`/proc/PID/stat`, fields
+/// 14 and 15 in clock ticks).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
 }
 
 /// VmRSS of a process in KiB.
@@ -272,5 +309,6 @@ mod tests {
     fn own_rss_is_readable() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(own_cpu_seconds() >= 0.0);
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
 }
