@@ -21,6 +21,10 @@ pub struct Counters {
     pub acked: AtomicU64,
     /// Devices closed by the client on `Shared::disconnect`.
     pub disconnected: AtomicU64,
+    /// TLS connections welcomed after a full handshake, and after a
+    /// resumed one.
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
 }
 
 impl Counters {
@@ -89,6 +93,13 @@ pub struct Summary {
     /// The --offline-broadcasts (and --catch-up) figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offline_broadcasts: Option<OfflineBroadcasts>,
+    /// TLS connections welcomed over the whole run, by handshake kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsHandshakes>,
+    /// The --reconnect-storm figures (its connect-to-Welcome latency is in
+    /// `latency`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<Storm>,
     pub client_cpu_seconds: f64,
     pub client_cpu_percent_of_one_core: f64,
     pub wall_seconds: f64,
@@ -110,6 +121,33 @@ pub struct OfflineBroadcasts {
     pub catch_up_seconds: Option<f64>,
     pub catch_up_requested: bool,
     pub caught_up_devices: u64,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct TlsHandshakes {
+    /// "1.3" (the server's choice of 1.2 or 1.3) or "1.2" (forced).
+    pub versions: String,
+    pub resumption: bool,
+    pub full: u64,
+    pub resumed: u64,
+    /// TLS 1.3 tickets in the shared store at the end (with resumption).
+    pub tickets_held: Option<usize>,
+}
+
+/// Connect, TLS handshake, Hello, Welcome, close, again: measured after the
+/// warmup.
+#[derive(Serialize, Debug, Default)]
+pub struct Storm {
+    pub seconds: f64,
+    /// Welcomes (each a new connection, handshake and Hello) in the window.
+    pub welcomes: u64,
+    pub welcomes_per_sec: f64,
+    pub full_handshakes: u64,
+    pub resumed_handshakes: u64,
+    pub client_cpu_seconds: f64,
+    /// With --server-pid: the server's user + system CPU in the window.
+    pub server_cpu_seconds: Option<f64>,
+    pub max_pending_connects: u64,
 }
 
 impl Summary {
@@ -156,6 +194,38 @@ impl Summary {
                     o.caught_up_devices, o.broadcasts
                 );
             }
+        }
+        if let Some(t) = &self.tls {
+            eprintln!(
+                "TLS           versions {}, resumption {}: {} full and {} resumed handshakes{}",
+                t.versions,
+                if t.resumption { "on" } else { "off" },
+                t.full,
+                t.resumed,
+                t.tickets_held
+                    .map_or(String::new(), |n| format!(", {n} tickets held at the end"))
+            );
+        }
+        if let Some(s) = &self.storm {
+            eprintln!(
+                "storm         {} connect+Hello/Welcome+close in {:.1}s = {:.0}/s ({} full, {} resumed handshakes; at most {} in flight, 0 = no bound)",
+                s.welcomes,
+                s.seconds,
+                s.welcomes_per_sec,
+                s.full_handshakes,
+                s.resumed_handshakes,
+                s.max_pending_connects
+            );
+            eprintln!(
+                "storm CPU     client {:.2}s, server {} over the window",
+                s.client_cpu_seconds,
+                s.server_cpu_seconds
+                    .map_or("? (no --server-pid)".to_string(), |c| format!("{c:.2}s"))
+            );
+            eprintln!(
+                "storm latency connect-to-Welcome p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+                l.p50_us, l.p99_us, l.p999_us, l.max_us
+            );
         }
         if self.offered_rate > 0 || self.messages_sent > 0 {
             eprintln!(
@@ -227,6 +297,20 @@ pub fn own_cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
+/// User + system CPU seconds of another process so far (from
+/// /proc/PID/stat, fields 14 and 15, in clock ticks).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from
+    // the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
+}
+
 /// VmRSS of a process in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -272,5 +356,6 @@ mod tests {
     fn own_rss_is_readable() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(own_cpu_seconds() >= 0.0);
+        assert!(process_cpu_seconds(std::process::id()).is_some());
     }
 }
