@@ -5,7 +5,9 @@
 # A throwaway CA and server certificate (ECDSA P-256, for localhost and
 # 127.0.0.1) are made with openssl in the scratch directory; the server runs
 # its default durability on a fresh data directory per measurement, and
-# every push is signed.
+# every push is signed. Its own ports (PORT_BASE, default 17000: devices
+# +70, TLS devices +71, API +80, admin +464), so it can run beside a daemon
+# on the default ones.
 # Usage: loadtest/run-tls-bars.sh [SECONDS]   (default 20; storms and
 # throughput run that long after their warmup)
 secs=${1:-20}
@@ -29,13 +31,15 @@ printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:
 openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
   -days 2 -extfile "$tls/leaf.ext" -out "$tls/server.pem" 2>/dev/null
 
-# Both listeners on; 7071 is TLS.
+base=${PORT_BASE:-17000}
+# Both device listeners on.
 server_top() {
-  printf 'io = "%s"\\n[listen]\\ndevice_tls = "127.0.0.1:7071"\\n[tls]\\ncert_file = "%s"\\nkey_file = "%s"' \
-    "$1" "$tls/server.pem" "$tls/server.key"
+  printf 'io = "%s"\\n[listen]\\ndevice = "127.0.0.1:%s"\\ndevice_tls = "127.0.0.1:%s"\\napi = "127.0.0.1:%s"\\nadmin = "127.0.0.1:%s"\\n[tls]\\ncert_file = "%s"\\nkey_file = "%s"' \
+    "$1" $((base + 70)) $((base + 71)) $((base + 80)) $((base + 464)) "$tls/server.pem" "$tls/server.key"
 }
 
-tls_opts="--tls --tls-ca $tls/ca.pem --tls-server-name localhost"
+tcp_opts="--device-addr 127.0.0.1:$((base + 70)) --api-addr 127.0.0.1:$((base + 80))"
+tls_opts="--tls --device-addr 127.0.0.1:$((base + 71)) --api-addr 127.0.0.1:$((base + 80)) --tls-ca $tls/ca.pem --tls-server-name localhost"
 commands="$out/commands"
 : >"$commands"
 # measure BACKEND NAME BENCH-ARGS...: a fresh server, one bench run into
@@ -57,14 +61,14 @@ measure() {
 storm=(--reconnect-storm --devices 2000 --threads 2 --max-pending-connects 128 --duration "$secs" --warmup 2 --server-pid SERVER_PID)
 push=(--devices 10000 --threads 2 --push-kind multiple --targets-per-request 100 --push-rate 100000 --push-connections 4 --duration "$secs" --warmup 3)
 for b in uring epoll; do
-  measure $b idle-tcp --devices 19000 --threads 2 --hold --duration 5 --server-pid SERVER_PID
+  measure $b idle-tcp $tcp_opts --devices 19000 --threads 2 --hold --duration 5 --server-pid SERVER_PID
   measure $b idle-tls $tls_opts --devices 19000 --threads 2 --max-pending-connects 256 --hold --duration 5 --server-pid SERVER_PID
-  measure $b storm-tcp "${storm[@]}"
+  measure $b storm-tcp $tcp_opts "${storm[@]}"
   measure $b storm-tls13-full $tls_opts "${storm[@]}"
   measure $b storm-tls13-resumed $tls_opts --tls-resume "${storm[@]}"
   measure $b storm-tls12-full $tls_opts --tls12 "${storm[@]}"
   measure $b storm-tls12-resumed $tls_opts --tls12 --tls-resume "${storm[@]}"
-  measure $b push-tcp "${push[@]}"
+  measure $b push-tcp $tcp_opts "${push[@]}"
   measure $b push-tls $tls_opts "${push[@]}"
 done
 

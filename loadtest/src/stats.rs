@@ -166,10 +166,12 @@ impl Summary {
     pub fn print_human(&self) {
         let l = &self.latency;
         eprintln!("== ringpush-bench summary (client and server share this machine)");
-        eprintln!(
-            "connections   {}/{} in {:.2}s = {:.0}/s (connect + Hello/Welcome), {} errors",
-            self.connected, self.devices, self.connect_seconds, self.connect_rate, self.connect_errors
-        );
+        if self.storm.is_none() {
+            eprintln!(
+                "connections   {}/{} in {:.2}s = {:.0}/s (connect + Hello/Welcome), {} errors",
+                self.connected, self.devices, self.connect_seconds, self.connect_rate, self.connect_errors
+            );
+        }
         if let (Some(before), Some(after), Some(per)) = (
             self.server_rss_before_kib,
             self.server_rss_after_kib,
@@ -207,14 +209,17 @@ impl Summary {
             );
         }
         if let Some(s) = &self.storm {
+            let handshakes = if s.full_handshakes + s.resumed_handshakes > 0 {
+                format!(
+                    "{} full, {} resumed TLS handshakes; ",
+                    s.full_handshakes, s.resumed_handshakes
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "storm         {} connect+Hello/Welcome+close in {:.1}s = {:.0}/s ({} full, {} resumed handshakes; at most {} in flight, 0 = no bound)",
-                s.welcomes,
-                s.seconds,
-                s.welcomes_per_sec,
-                s.full_handshakes,
-                s.resumed_handshakes,
-                s.max_pending_connects
+                "storm         {} connect+Hello/Welcome+close in {:.1}s = {:.0}/s ({handshakes}at most {} in flight, 0 = no bound), {} connect errors",
+                s.welcomes, s.seconds, s.welcomes_per_sec, s.max_pending_connects, self.connect_errors
             );
             eprintln!(
                 "storm CPU     client {:.2}s, server {} over the window",
