@@ -31,7 +31,36 @@ pub struct Config {
     pub receipts: Receipts,
     pub device_auth: DeviceAuth,
     pub http: Http,
+    pub tls: Tls,
     pub apps: Vec<App>,
+}
+
+/// The TLS device listener's certificate and session resumption
+/// (docs/protocol.md, "TLS"). The listener (`listen.device_tls`) is on
+/// when `cert_file` and `key_file` are set and `listen.device_tls_enabled`
+/// is true. SIGHUP re-reads the files.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: Option<std::path::PathBuf>,
+    /// TLS 1.3 session tickets sent after each full handshake (0: none).
+    pub tickets_per_handshake: usize,
+    /// TLS 1.2 sessions remembered for session-id resumption (0: none).
+    pub session_cache_size: usize,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            tickets_per_handshake: 2,
+            session_cache_size: 20_000,
+        }
+    }
 }
 
 /// How devices prove they belong to an app (docs/protocol.md, "Device
@@ -249,6 +278,12 @@ impl Default for Stats {
 pub struct Listen {
     /// Plain TCP device listener.
     pub device: SocketAddr,
+    /// TLS device listener (needs `[tls]` cert_file and key_file).
+    pub device_tls: SocketAddr,
+    /// Serve the plain device listener.
+    pub device_enabled: bool,
+    /// Serve the TLS device listener when a certificate is configured.
+    pub device_tls_enabled: bool,
     /// HTTP push API.
     pub api: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`.
@@ -467,6 +502,13 @@ pub struct App {
     /// spell. At least 1 when the rate is limited.
     #[serde(default = "default_api_burst")]
     pub api_burst: u32,
+    /// PEM CA certificate(s) that issue this app's device certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// A Hello of this app over TLS needs a client certificate that chains
+    /// to `clientCaFile`; otherwise (and over plain TCP) it gets Error 20.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -520,6 +562,8 @@ impl App {
             device_auth: DeviceAuthMode::Off,
             api_rate_per_sec: default_api_rate(),
             api_burst: default_api_burst(),
+            client_ca_file: None,
+            require_client_cert: false,
         }
     }
 }
@@ -573,6 +617,7 @@ impl Default for Config {
             receipts: Receipts::default(),
             device_auth: DeviceAuth::default(),
             http: Http::default(),
+            tls: Tls::default(),
             // The demo app takes unsigned requests so that the README's
             // curl works on the default loopback API address.
             apps: vec![App {
@@ -587,6 +632,9 @@ impl Default for Listen {
     fn default() -> Self {
         Self {
             device: "0.0.0.0:7070".parse().expect("literal address"),
+            device_tls: "0.0.0.0:7071".parse().expect("literal address"),
+            device_enabled: true,
+            device_tls_enabled: true,
             api: "127.0.0.1:8080".parse().expect("literal address"),
             admin: "127.0.0.1:9464".parse().expect("literal address"),
             backlog: 4096,
@@ -892,6 +940,16 @@ impl Config {
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());
         }
+        let t = &self.tls;
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return invalid("tls.cert_file and tls.key_file must be set together".into());
+        }
+        if t.tickets_per_handshake > 16 {
+            return invalid(format!(
+                "tls.tickets_per_handshake = {} (allowed 0 ..= 16)",
+                t.tickets_per_handshake
+            ));
+        }
         if r.signing_key_file.is_none() {
             if let Some(app) = self.apps.iter().find(|a| a.receipt_url.is_some()) {
                 return invalid(format!(
@@ -965,6 +1023,9 @@ impl App {
                     "deviceSecret must be at least {MIN_API_SECRET_BYTES} bytes (use random bytes, e.g. `openssl rand -base64 32`)"
                 ));
             }
+        }
+        if self.require_client_cert && self.client_ca_file.is_none() {
+            return Err("requireClientCert = true needs a clientCaFile".into());
         }
         if self.device_auth == DeviceAuthMode::Required && self.device_secret.is_none() {
             return Err("deviceAuth = \"required\" needs a deviceSecret".into());

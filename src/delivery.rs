@@ -52,6 +52,7 @@ use crate::receipts::Receipt;
 use crate::session::{decode_next, Decoded, Input, Session, SessionState};
 use crate::stats::{Event, ForDevices, ReportOutcome, Reportable, ShardStats, TaskRef};
 use crate::timer::TimerWheel;
+use crate::tls::{ClientCertCheck, Handshake, TlsSession};
 
 mod fanout;
 mod recall;
@@ -92,6 +93,9 @@ const RESULT_DELIVERYTOKEN_INVALID: i32 = 3054;
 /// When a signed Hello met a full nonce cache: nonces leave it within a
 /// second of their expiry second, so a second later there is likely room.
 const NONCE_CACHE_RETRY_MS: u32 = 1000;
+
+/// Largest decryption buffer a shard keeps between reads.
+const MAX_KEPT_TLS_PLAINTEXT: usize = 64 * 1024;
 
 /// Connections (and devices) a shard's tables have room for before they grow.
 pub const INITIAL_CONNECTIONS: usize = 16_384;
@@ -642,6 +646,7 @@ struct CoreMetrics {
     pending: Gauge,
     devices: Gauge,
     sessions: Gauge,
+    tls_sessions: Gauge,
     /// Bytes the I/O layer holds that sockets have not taken, all sessions.
     outbound_backlog: Gauge,
     ack_latency: Histogram,
@@ -699,6 +704,7 @@ impl CoreMetrics {
             pending: metrics::gauge!("ringpush_messages_pending", "shard" => shard.clone()),
             devices: metrics::gauge!("ringpush_devices", "shard" => shard.clone()),
             sessions: metrics::gauge!("ringpush_sessions", "shard" => shard.clone()),
+            tls_sessions: metrics::gauge!("ringpush_tls_sessions", "shard" => shard.clone()),
             outbound_backlog: metrics::gauge!("ringpush_outbound_backlog_bytes", "shard" => shard.clone()),
             ack_latency: metrics::histogram!("ringpush_ack_latency_seconds", "shard" => shard.clone()),
             api_to_device: metrics::histogram!("ringpush_api_to_device_seconds", "shard" => shard.clone()),
@@ -722,6 +728,37 @@ impl CoreMetrics {
     fn closed(&self, reason: &'static str) {
         metrics::counter!("ringpush_connections_closed_total", "shard" => self.shard.clone(), "reason" => reason)
             .increment(1);
+    }
+
+    fn tls_handshake(&self, h: Handshake) {
+        metrics::counter!(
+            "ringpush_tls_handshakes_total",
+            "shard" => self.shard.clone(),
+            "result" => "ok",
+            "version" => h.version.as_str(),
+            "resumed" => if h.resumed { "true" } else { "false" }
+        )
+        .increment(1);
+    }
+
+    /// A TLS session failed: during its handshake (a failed handshake,
+    /// by reason) or after it (a TLS error on an established session).
+    fn tls_failed(&self, reason: &'static str, during_handshake: bool) {
+        if during_handshake {
+            metrics::counter!(
+                "ringpush_tls_handshakes_total",
+                "shard" => self.shard.clone(),
+                "result" => "failed",
+                "version" => "none",
+                "resumed" => "false"
+            )
+            .increment(1);
+            metrics::counter!("ringpush_tls_handshake_failures_total", "shard" => self.shard.clone(), "reason" => reason)
+                .increment(1);
+        } else {
+            metrics::counter!("ringpush_tls_errors_total", "shard" => self.shard.clone(), "reason" => reason)
+                .increment(1);
+        }
     }
 
     fn handshake(&self, result: &'static str) {
@@ -958,6 +995,13 @@ pub struct DeliveryCore {
     no_name: Arc<str>,
     /// Apps with a `receiptUrl`: their acks make receipts.
     receipt_apps: HashSet<Arc<str>>,
+    /// Apps whose Hellos need a TLS client certificate from their CA.
+    client_cert_apps: HashSet<Arc<str>>,
+    /// Decrypted input of one `on_bytes` call, reused so TLS reads do not
+    /// allocate per read.
+    tls_plaintext: BytesMut,
+    /// TLS sessions open on this shard.
+    tls_sessions: usize,
     /// Receipts whose acks are durable, for the shard loop to hand over.
     committed_receipts: Vec<Receipt>,
     /// Rotated-away tokens that still lead a Hello to their device.
@@ -1069,6 +1113,14 @@ impl DeliveryCore {
                 .filter(|a| a.receipt_url.is_some())
                 .map(|a| Arc::from(a.app_id.as_str()))
                 .collect(),
+            client_cert_apps: config
+                .apps
+                .iter()
+                .filter(|a| a.require_client_cert)
+                .map(|a| Arc::from(a.app_id.as_str()))
+                .collect(),
+            tls_plaintext: BytesMut::new(),
+            tls_sessions: 0,
             committed_receipts: Vec::new(),
             retired: HashMap::new(),
             retired_by_device: HashMap::new(),
@@ -1936,13 +1988,30 @@ impl DeliveryCore {
     /// Registers a new socket. `None` when the shard is at
     /// `limits.max_connections_per_shard`: write `overload_frame` and close.
     pub fn open_connection(&mut self, now: Instant) -> Option<ConnId> {
+        self.open_connection_with(now, None)
+    }
+
+    /// `open_connection` for a socket of the TLS listener (or one handed
+    /// over with its TLS session): `on_bytes` then takes ciphertext. The
+    /// handshake deadline covers the TLS handshake and the Hello.
+    pub fn open_tls_connection(&mut self, now: Instant, tls: Box<TlsSession>) -> Option<ConnId> {
+        self.open_connection_with(now, Some(tls))
+    }
+
+    fn open_connection_with(&mut self, now: Instant, tls: Option<Box<TlsSession>>) -> Option<ConnId> {
         if self.sessions.len() >= self.limits.max_connections {
             self.metrics.closed("overloaded");
             return None;
         }
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
-        let conn = self.sessions.insert(Session::new(generation, now));
+        let mut session = Session::new(generation, now);
+        if tls.is_some() {
+            session.tls = tls;
+            self.tls_sessions += 1;
+            self.metrics.tls_sessions.set(self.tls_sessions as f64);
+        }
+        let conn = self.sessions.insert(session);
         self.timers.insert(
             now + self.limits.handshake_timeout,
             Timer::Handshake { conn, generation },
@@ -2065,6 +2134,8 @@ impl DeliveryCore {
             .is_some_and(|s| s.state != SessionState::Closing)
     }
 
+    /// Bytes read from the socket: plaintext frames, or ciphertext on a
+    /// TLS connection.
     pub fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
         let Some(session) = self.sessions.get_mut(conn) else {
             return;
@@ -2072,12 +2143,94 @@ impl DeliveryCore {
         if session.state == SessionState::Closing {
             return;
         }
-        session.last_activity = now;
         self.metrics.bytes_in.increment(bytes.len() as u64);
+        if session.tls.is_some() {
+            session.last_activity = now;
+            return self.on_ciphertext(conn, bytes, now);
+        }
+        self.on_plaintext(conn, bytes, now);
+    }
+
+    /// The plaintext a shard read before it handed this connection over
+    /// (decrypted already on a TLS connection), then whatever its TLS
+    /// session still holds.
+    pub fn on_handed_over(&mut self, conn: ConnId, initial: &[u8], now: Instant) {
+        self.on_plaintext(conn, initial, now);
+        if self.sessions.get(conn).is_some_and(|s| s.tls.is_some()) {
+            self.on_ciphertext(conn, &[], now);
+        }
+    }
+
+    fn on_plaintext(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
+        let Some(session) = self.sessions.get_mut(conn) else {
+            return;
+        };
+        if session.state == SessionState::Closing || bytes.is_empty() {
+            return;
+        }
+        session.last_activity = now;
         match session.take_input(bytes) {
             Input::Borrowed => self.process_input(conn, bytes, now),
             Input::Joined(joined) => self.process_input(conn, &joined, now),
         }
+    }
+
+    /// Decrypts into a reused buffer and decodes frames from it as from a
+    /// plain socket; handshake records and alerts go out through
+    /// `take_outbound`.
+    fn on_ciphertext(&mut self, conn: ConnId, ciphertext: &[u8], now: Instant) {
+        let Some(tls) = self.sessions.get_mut(conn).and_then(|s| s.tls.as_mut()) else {
+            return;
+        };
+        let mut plaintext = std::mem::take(&mut self.tls_plaintext);
+        plaintext.clear();
+        let result = tls.read_tls(ciphertext, &mut plaintext);
+        let owes_records = tls.wants_write();
+        let handshake = tls.handshake();
+        match result {
+            Err(e) => {
+                self.metrics.tls_failed(e.reason(), handshake.is_none());
+                tracing::debug!(shard = self.shard_id, error = %e, "TLS session failed");
+                if owes_records {
+                    self.request_send(conn);
+                }
+                self.close(conn, "tls_error");
+            }
+            Ok(read) => {
+                if read.handshake_completed {
+                    if let Some(h) = handshake {
+                        self.metrics.tls_handshake(h);
+                    }
+                }
+                self.on_plaintext(conn, &plaintext, now);
+                // A Hello that hands the connection over keeps the records
+                // owed (tickets) in the session, which travels with the
+                // socket: the adopting shard writes them before its Welcome.
+                let handed_off = matches!(
+                    self.actions.back(),
+                    Some(IoAction::HandOff { conn: c, .. }) if *c == conn
+                );
+                if owes_records && !handed_off {
+                    self.request_send(conn);
+                }
+                if read.peer_closed {
+                    self.close(conn, "peer_closed");
+                }
+            }
+        }
+        // A burst of large frames must not leave a large buffer behind.
+        if plaintext.capacity() <= MAX_KEPT_TLS_PLAINTEXT {
+            self.tls_plaintext = plaintext;
+        }
+    }
+
+    /// The TLS session of a connection being handed over, to travel with
+    /// its socket (`Control::Adopt`).
+    pub fn take_tls(&mut self, conn: ConnId) -> Option<Box<TlsSession>> {
+        let tls = self.sessions.get_mut(conn)?.tls.take()?;
+        self.tls_sessions -= 1;
+        self.metrics.tls_sessions.set(self.tls_sessions as f64);
+        Some(tls)
     }
 
     fn process_input(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
@@ -2202,6 +2355,23 @@ impl DeliveryCore {
             let owner = owner_shard(presented.as_bytes(), self.shard_count);
             if owner != self.shard_id {
                 return Flow::HandOff(owner);
+            }
+        }
+        if self.client_cert_apps.contains(&*app) {
+            let now_unix =
+                rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_millis(self.clock.unix_ms(now)));
+            let check = match &self.sessions[conn].tls {
+                Some(tls) => tls.check_client_cert(&app, now_unix),
+                None => ClientCertCheck::Missing,
+            };
+            if !check.passed() {
+                let reason = match check {
+                    ClientCertCheck::NotTrusted => "the client certificate is not from this app's CA",
+                    _ => "this app requires a TLS client certificate",
+                };
+                metrics::counter!("ringpush_tls_client_cert_refusals_total", "shard" => self.metrics.shard.clone())
+                    .increment(1);
+                return self.fail(conn, ErrorCode::ClientCertRequired, reason);
             }
         }
         // Here, on the shard that owns the token, not before a hand-off: the
@@ -3013,10 +3183,30 @@ impl DeliveryCore {
     }
 
     /// Bytes to write for `conn`; the session keeps no buffer afterwards.
+    /// On a TLS connection: the records it owes, the frames sealed, and
+    /// once the session is closing, close_notify.
     pub fn take_outbound(&mut self, conn: ConnId) -> Option<BytesMut> {
         let session = self.sessions.get_mut(conn)?;
         session.send_requested = false;
-        if session.outbound.is_empty() || session.aborted {
+        if session.aborted {
+            return None;
+        }
+        if let Some(tls) = session.tls.as_mut() {
+            let plaintext = std::mem::take(&mut session.outbound);
+            let mut out = BytesMut::new();
+            if tls.write_tls(&plaintext, &mut out).is_err() {
+                self.metrics.tls_failed("encrypt", false);
+            }
+            if session.state == SessionState::Closing {
+                tls.close(&mut out);
+            }
+            if out.is_empty() {
+                return None;
+            }
+            self.metrics.bytes_out.increment(out.len() as u64);
+            return Some(out);
+        }
+        if session.outbound.is_empty() {
             return None;
         }
         let out = std::mem::take(&mut session.outbound);
@@ -3131,6 +3321,10 @@ impl DeliveryCore {
         if session.io_unsent > 0 {
             self.outbound_backlog -= session.io_unsent as usize;
             self.metrics.outbound_backlog.set(self.outbound_backlog as f64);
+        }
+        if session.tls.is_some() {
+            self.tls_sessions -= 1;
+            self.metrics.tls_sessions.set(self.tls_sessions as f64);
         }
         match session.state {
             SessionState::Closing => {}

@@ -30,3 +30,4 @@ pub mod store;
 pub mod tags;
 pub mod templates;
 pub mod timer;
+pub mod tls;

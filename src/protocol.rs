@@ -242,10 +242,14 @@ pub enum ErrorCode {
     /// The app requires device authentication and the Hello's signature or
     /// credential is missing or does not verify (the reason says which).
     AuthFailed = 11,
+    /// The app requires a TLS client certificate issued by its CA
+    /// (`clientCaFile`) and the connection has none, or one from another
+    /// CA, or is not TLS.
+    ClientCertRequired = 20,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownFrameType,
@@ -257,6 +261,7 @@ impl ErrorCode {
         Self::UnknownApp,
         Self::BadPlatform,
         Self::AuthFailed,
+        Self::ClientCertRequired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -272,6 +277,7 @@ impl ErrorCode {
             Self::UnknownApp => "unknown_app",
             Self::BadPlatform => "bad_platform",
             Self::AuthFailed => "auth_failed",
+            Self::ClientCertRequired => "client_cert_required",
         }
     }
 }

@@ -6,6 +6,11 @@
 //!
 //! Buffers are empty `BytesMut`s (no heap) unless a frame is split across
 //! reads or output is waiting, so an idle session costs its struct only.
+//! A TLS connection also holds its `TlsSession`, boxed beside the buffers:
+//! `partial` and `outbound` then hold plaintext, and the TLS session turns
+//! it into and out of ciphertext at the edges (`DeliveryCore::on_bytes`,
+//! `take_outbound`), so the frame decoder runs unchanged and a plaintext
+//! connection pays one empty pointer.
 
 use std::time::Instant;
 
@@ -48,6 +53,8 @@ pub struct Session {
     pub aborted: bool,
     partial: BytesMut,
     pub outbound: BytesMut,
+    /// The connection's TLS state; `None` on the plain listener.
+    pub tls: Option<Box<crate::tls::TlsSession>>,
 }
 
 /// What `Session::read` found in the input.
@@ -71,6 +78,7 @@ impl Session {
             aborted: false,
             partial: BytesMut::new(),
             outbound: BytesMut::new(),
+            tls: None,
         }
     }
 

@@ -1,11 +1,10 @@
-//! Shard threads: one per core, each with its own device listener
-//! (SO_REUSEPORT), its own I/O backend and its own `DeliveryCore`. This file
+//! Shard threads: one per core, each with its own device listeners (plain
+//! and TLS, SO_REUSEPORT), its own I/O backend and its own `DeliveryCore`. This file
 //! owns starting and stopping them and the two ways work reaches a shard: the
 //! bounded command queue the API fills (`ShardHandle::send`) and the control
 //! queue shards use to hand connections to each other.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -13,7 +12,7 @@ use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tracing::{info, warn};
 
-use crate::admission::{Admission, Ticket};
+use crate::admission::Admission;
 use crate::config::{Config, IoBackend};
 use crate::delivery::DeliveryCore;
 use crate::io::EventFd;
@@ -22,13 +21,10 @@ use crate::store::{DataDir, StorageHealth, Store};
 
 /// Shard-to-shard and lifecycle messages; never refused, never dropped.
 pub enum Control {
-    /// A connection whose token this shard owns, with the bytes read so far
-    /// and its admission slot (still held: the connection lives on).
-    Adopt {
-        fd: OwnedFd,
-        initial: Vec<u8>,
-        ticket: Ticket,
-    },
+    /// A connection whose token this shard owns, with the (plaintext)
+    /// bytes read so far, its admission slot (still held: the connection
+    /// lives on) and, from the TLS listener, its TLS session.
+    Adopt(crate::io::Adopted),
     /// Send every device GoAway(shutdown), flush, and end the thread.
     Stop,
 }
@@ -65,7 +61,11 @@ impl ShardHandle {
 pub(crate) struct ShardContext {
     pub id: usize,
     pub config: Config,
-    pub listener: std::net::TcpListener,
+    /// The plain device listener; `None` when `listen.device_enabled` is off.
+    pub listener: Option<std::net::TcpListener>,
+    /// The TLS device listener and the configuration its accepts use;
+    /// `None` when TLS is off.
+    pub tls_listener: Option<(std::net::TcpListener, Arc<crate::tls::SharedTlsConfig>)>,
     pub commands: Receiver<Command>,
     pub control: Receiver<Control>,
     pub wake: Arc<EventFd>,
@@ -78,7 +78,8 @@ pub struct Shards {
     handles: Arc<[ShardHandle]>,
     threads: Vec<JoinHandle<()>>,
     backend: IoBackend,
-    device_addr: SocketAddr,
+    device_addr: Option<SocketAddr>,
+    device_tls_addr: Option<SocketAddr>,
     health: Arc<StorageHealth>,
     max_message_id: u64,
     _data_dir: DataDir,
@@ -94,9 +95,15 @@ impl Shards {
         self.backend
     }
 
-    /// The bound device address (the real port when the config says 0).
-    pub fn local_device_addr(&self) -> SocketAddr {
+    /// The bound plain device address (the real port when the config says
+    /// 0); `None` when that listener is off.
+    pub fn local_device_addr(&self) -> Option<SocketAddr> {
         self.device_addr
+    }
+
+    /// The bound TLS device address; `None` when TLS is off.
+    pub fn local_device_tls_addr(&self) -> Option<SocketAddr> {
+        self.device_tls_addr
     }
 
     pub fn count(&self) -> usize {
@@ -129,7 +136,11 @@ impl Shards {
 /// the listeners and starts `config.shard_count()` shard threads. Returns
 /// only when every shard has replayed its log, so the API and readiness come
 /// after recovery.
-pub fn start(config: &Config, receipts: Option<crate::receipts::ReceiptQueue>) -> anyhow::Result<Shards> {
+pub fn start(
+    config: &Config,
+    receipts: Option<crate::receipts::ReceiptQueue>,
+    tls: Option<Arc<crate::tls::SharedTlsConfig>>,
+) -> anyhow::Result<Shards> {
     let count = config.shard_count();
     let data_dir = DataDir::open(&config.durability.data_dir, count)?;
     let health = Arc::new(StorageHealth::default());
@@ -145,13 +156,21 @@ pub fn start(config: &Config, receipts: Option<crate::receipts::ReceiptQueue>) -
         .max()
         .unwrap_or(0);
     let backend = choose_backend(config);
-    let first = bind_listener(config.listen.device, config.listen.backlog)
-        .with_context(|| format!("binding the device listener on {}", config.listen.device))?;
-    let device_addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..count {
-        listeners.push(bind_listener(device_addr, config.listen.backlog)?);
-    }
+    let listeners = if config.listen.device_enabled {
+        bind_listeners(config.listen.device, config.listen.backlog, count)
+            .with_context(|| format!("binding the device listener on {}", config.listen.device))?
+    } else {
+        Vec::new()
+    };
+    let device_addr = listeners.first().map(|l| l.local_addr()).transpose()?;
+    let tls_listeners = match &tls {
+        Some(_) => bind_listeners(config.listen.device_tls, config.listen.backlog, count)
+            .with_context(|| format!("binding the TLS device listener on {}", config.listen.device_tls))?,
+        None => Vec::new(),
+    };
+    let device_tls_addr = tls_listeners.first().map(|l| l.local_addr()).transpose()?;
+    let mut listeners = listeners.into_iter();
+    let mut tls_listeners = tls_listeners.into_iter();
     let mut handles = Vec::with_capacity(count);
     let mut receivers = Vec::with_capacity(count);
     for _ in 0..count {
@@ -169,12 +188,13 @@ pub fn start(config: &Config, receipts: Option<crate::receipts::ReceiptQueue>) -
     let admission = Admission::new(config);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(count);
-    let shard_parts = listeners.into_iter().zip(receivers).zip(recovered);
-    for (id, ((listener, (commands, control, wake)), (core, store))) in shard_parts.enumerate() {
+    let shard_parts = receivers.into_iter().zip(recovered);
+    for (id, ((commands, control, wake), (core, store))) in shard_parts.enumerate() {
         let context = ShardContext {
             id,
             config: config.clone(),
-            listener,
+            listener: listeners.next(),
+            tls_listener: tls_listeners.next().zip(tls.clone()),
             commands,
             control,
             wake,
@@ -194,12 +214,19 @@ pub fn start(config: &Config, receipts: Option<crate::receipts::ReceiptQueue>) -
         threads.push(thread);
     }
     metrics::gauge!("ringpush_io_backend", "backend" => backend.as_str()).set(1.0);
-    info!(shards = count, backend = backend.as_str(), device = %device_addr, "shards started");
+    info!(
+        shards = count,
+        backend = backend.as_str(),
+        device = ?device_addr,
+        device_tls = ?device_tls_addr,
+        "shards started"
+    );
     Ok(Shards {
         handles,
         threads,
         backend,
         device_addr,
+        device_tls_addr,
         health,
         max_message_id,
         _data_dir: data_dir,
@@ -272,6 +299,22 @@ fn choose_backend(config: &Config) -> IoBackend {
             }
         },
     }
+}
+
+/// One listener per shard on `addr` (the first fixes the port when `addr`
+/// says 0).
+fn bind_listeners(
+    addr: SocketAddr,
+    backlog: u32,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_listener(addr, backlog)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(bind_listener(bound, backlog)?);
+    }
+    Ok(listeners)
 }
 
 fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {

@@ -21,6 +21,7 @@ use crate::store::Store;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
+const TLS_LISTENER: Token = Token(usize::MAX - 3);
 const SCRATCH_BYTES: usize = 64 * 1024;
 
 struct Conn {
@@ -43,9 +44,23 @@ struct Loop {
 
 pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> std::io::Result<()> {
     let poll = Poll::new()?;
-    let mut listener = TcpListener::from_std(context.listener.try_clone()?);
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut listener = context
+        .listener
+        .as_ref()
+        .map(|l| l.try_clone().map(TcpListener::from_std))
+        .transpose()?;
+    if let Some(listener) = listener.as_mut() {
+        poll.registry().register(listener, LISTENER, Interest::READABLE)?;
+    }
+    let mut tls_listener = context
+        .tls_listener
+        .as_ref()
+        .map(|(l, _)| l.try_clone().map(TcpListener::from_std))
+        .transpose()?;
+    if let Some(listener) = tls_listener.as_mut() {
+        poll.registry()
+            .register(listener, TLS_LISTENER, Interest::READABLE)?;
+    }
     poll.registry()
         .register(&mut SourceFd(&context.wake.raw()), WAKE, Interest::READABLE)?;
     let shard = context.id.to_string();
@@ -83,7 +98,16 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         let mut stop = false;
         for event in events.iter() {
             match event.token() {
-                LISTENER => lp.accept_all(&listener, &context, now),
+                LISTENER => {
+                    if let Some(listener) = &listener {
+                        lp.accept_all(listener, &context, false, now);
+                    }
+                }
+                TLS_LISTENER => {
+                    if let Some(listener) = &tls_listener {
+                        lp.accept_all(listener, &context, true, now);
+                    }
+                }
                 WAKE => stop |= super::drain_queues(&context, &mut lp.core, now, &mut adopted),
                 Token(conn) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -99,8 +123,8 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
                 }
             }
         }
-        for (fd, initial, ticket) in adopted.drain(..) {
-            lp.adopt(fd, &initial, ticket, now);
+        for connection in adopted.drain(..) {
+            lp.adopt(connection, now);
         }
         lp.core.on_timers(now);
         // Before any byte of this iteration reaches a socket: a device sees
@@ -117,14 +141,20 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
 }
 
 impl Loop {
-    fn accept_all(&mut self, listener: &TcpListener, context: &ShardContext, now: Instant) {
+    fn accept_all(&mut self, listener: &TcpListener, context: &ShardContext, tls: bool, now: Instant) {
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     super::count_accept(&self.shard);
                     let socket = socket2::SockRef::from(&stream);
-                    if let Some(ticket) = super::admit(context, &mut self.core, socket, Some(peer), now) {
-                        self.register(stream, &[], ticket, now);
+                    let Some(ticket) = super::admit(context, &mut self.core, socket, Some(peer), tls, now)
+                    else {
+                        continue;
+                    };
+                    if !tls {
+                        self.register(stream, ticket, None, now);
+                    } else if let Some(session) = super::new_tls_session(context) {
+                        self.register(stream, ticket, Some(session), now);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -141,18 +171,31 @@ impl Loop {
         }
     }
 
-    fn register(&mut self, mut stream: TcpStream, initial: &[u8], ticket: Ticket, now: Instant) {
+    fn register(
+        &mut self,
+        mut stream: TcpStream,
+        ticket: Ticket,
+        tls: Option<Box<crate::tls::TlsSession>>,
+        now: Instant,
+    ) -> Option<ConnId> {
         let _ = stream.set_nodelay(true);
-        let Some(conn) = self.core.open_connection(now) else {
+        let is_tls = tls.is_some();
+        let opened = match tls {
+            Some(tls) => self.core.open_tls_connection(now, tls),
+            None => self.core.open_connection(now),
+        };
+        let Some(conn) = opened else {
             let refusal = self.core.overload_frame();
-            let _ = stream.write(&refusal);
-            return;
+            if !is_tls {
+                let _ = stream.write(&refusal);
+            }
+            return None;
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.poll.registry().register(&mut stream, Token(conn), interest) {
             warn!(error = %e, "epoll registration failed");
             self.core.on_closed(conn, now);
-            return;
+            return None;
         }
         if self.conns.len() <= conn {
             self.conns.resize_with(conn + 1, || None);
@@ -163,13 +206,19 @@ impl Loop {
             ticket,
         });
         self.open.increment(1.0);
-        if !initial.is_empty() {
-            self.core.on_bytes(conn, initial, now);
-        }
+        Some(conn)
     }
 
-    fn adopt(&mut self, fd: OwnedFd, initial: &[u8], ticket: Ticket, now: Instant) {
-        self.register(TcpStream::from(fd), initial, ticket, now);
+    fn adopt(&mut self, connection: super::Adopted, now: Instant) {
+        let super::Adopted {
+            fd,
+            initial,
+            ticket,
+            tls,
+        } = connection;
+        if let Some(conn) = self.register(TcpStream::from(fd), ticket, tls, now) {
+            self.core.on_handed_over(conn, &initial, now);
+        }
     }
 
     fn read(&mut self, conn: ConnId, now: Instant) {
@@ -269,11 +318,18 @@ impl Loop {
                     if let Some(mut c) = self.conns.get_mut(conn).and_then(Option::take) {
                         let _ = self.poll.registry().deregister(&mut c.stream);
                         self.open.decrement(1.0);
-                        context.peers[to].control(Control::Adopt {
+                        let mut tls = self.core.take_tls(conn);
+                        // TLS records the socket has not taken yet (the
+                        // session tickets) go first from the new shard.
+                        if let Some(tls) = tls.as_mut() {
+                            tls.requeue_output(&c.unsent);
+                        }
+                        context.peers[to].control(Control::Adopt(super::Adopted {
                             fd: OwnedFd::from(c.stream),
                             initial: initial.to_vec(),
                             ticket: c.ticket,
-                        });
+                            tls,
+                        }));
                     }
                     self.core.on_closed(conn, now);
                 }

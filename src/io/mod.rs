@@ -89,9 +89,15 @@ pub(crate) fn run_shard(context: ShardContext, core: DeliveryCore, store: Store,
     }
 }
 
-/// A connection handed over by another shard: its socket, the bytes that
-/// shard already read, and its admission slot.
-pub(crate) type Adopted = (OwnedFd, Vec<u8>, Ticket);
+/// A connection handed over by another shard: its socket, the plaintext
+/// that shard already read (decrypted, on TLS), its admission slot, and its
+/// TLS session (with any ciphertext of an incomplete record).
+pub struct Adopted {
+    pub fd: OwnedFd,
+    pub initial: Vec<u8>,
+    pub ticket: Ticket,
+    pub tls: Option<Box<crate::tls::TlsSession>>,
+}
 
 /// Applies queued API commands to the core and collects adopted connections
 /// for the backend to register. Returns `true` when the shard must stop.
@@ -105,7 +111,7 @@ pub(crate) fn drain_queues(
     let mut stop = false;
     while let Ok(message) = context.control.try_recv() {
         match message {
-            Control::Adopt { fd, initial, ticket } => adopted.push((fd, initial, ticket)),
+            Control::Adopt(connection) => adopted.push(connection),
             Control::Stop => stop = true,
         }
     }
@@ -119,6 +125,19 @@ pub(crate) fn drain_queues(
     stop
 }
 
+/// A TLS session for a socket the TLS listener accepted, on the current
+/// configuration (a reload changes what later accepts get).
+pub(crate) fn new_tls_session(context: &ShardContext) -> Option<Box<crate::tls::TlsSession>> {
+    let (_, shared) = context.tls_listener.as_ref()?;
+    match crate::tls::TlsSession::new(shared.current()) {
+        Ok(session) => Some(Box::new(session)),
+        Err(e) => {
+            tracing::warn!(shard = context.id, error = %e, "could not start a TLS session");
+            None
+        }
+    }
+}
+
 pub(crate) fn count_accept(shard: &str) {
     metrics::counter!("ringpush_accepts_total", "shard" => shard.to_string()).increment(1);
 }
@@ -126,7 +145,9 @@ pub(crate) fn count_accept(shard: &str) {
 /// Decides on a socket just accepted from `peer`: its admission slot, or
 /// `None` once the refusal (a GoAway with a reason and a retry-after) was
 /// written, best effort and without blocking; the caller then drops the
-/// socket, which closes it. A shard whose API command queue is past
+/// socket, which closes it. A socket of the TLS listener (`tls`) is closed
+/// without the GoAway: its client expects a ServerHello, and no key exists
+/// yet to seal a frame with. A shard whose API command queue is past
 /// `limits.overload_queue_percent` full is behind on work it already took,
 /// and refuses new connections as overloaded rather than let them time out.
 pub(crate) fn admit(
@@ -134,6 +155,7 @@ pub(crate) fn admit(
     core: &mut DeliveryCore,
     socket: socket2::SockRef<'_>,
     peer: Option<std::net::SocketAddr>,
+    tls: bool,
     now: Instant,
 ) -> Option<Ticket> {
     // No address: the peer reset the connection before we asked.
@@ -153,7 +175,9 @@ pub(crate) fn admit(
         Ok(ticket) => Some(ticket),
         Err(refusal) => {
             let frame = core.refusal_frame(refusal);
-            let _ = socket.send(&frame);
+            if !tls {
+                let _ = socket.send(&frame);
+            }
             None
         }
     }

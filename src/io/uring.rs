@@ -23,6 +23,9 @@ use crate::shard::{Control, ShardContext};
 use crate::store::Store;
 
 const BUFFER_GROUP: u16 = 0;
+/// Index of the plain and the TLS device listener in `listener_fds`.
+const PLAIN: usize = 0;
+const TLS: usize = 1;
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a stopping shard waits for its last sends to complete.
@@ -37,6 +40,8 @@ enum Op {
     Send = 3,
     Wake = 4,
     Cancel = 5,
+    /// Accept on the TLS listener.
+    AcceptTls = 6,
 }
 
 /// `user_data` layout: op (8 bits) | generation (24 bits) | conn (32 bits).
@@ -207,10 +212,12 @@ enum ConnState {
     /// bytes are not waited for.
     Aborting,
     /// Recv cancelled; waiting for its last completion before the socket
-    /// moves to shard `to` with these bytes.
+    /// moves to shard `to` with these bytes (plaintext: a TLS session
+    /// decrypts what arrives meanwhile and moves too).
     HandingOff {
         to: usize,
         initial: Vec<u8>,
+        tls: Option<Box<crate::tls::TlsSession>>,
     },
 }
 
@@ -237,12 +244,14 @@ struct Backend {
     store: Store,
     conns: Vec<Option<Conn>>,
     next_generation: u32,
-    listener_fd: i32,
+    /// The plain and the TLS listener, each if enabled.
+    listener_fds: [Option<i32>; 2],
     wake_fd: i32,
     /// Connections whose multishot recv ended and must be re-armed.
     rearm: Vec<ConnId>,
-    /// Accepting paused after EMFILE/ENFILE; re-armed at this time.
-    accept_retry_at: Option<Instant>,
+    /// Accepting paused after EMFILE/ENFILE; re-armed at this time (per
+    /// listener, as `listener_fds`).
+    accept_retry_at: [Option<Instant>; 2],
     peers: std::sync::Arc<[crate::shard::ShardHandle]>,
     shard: String,
     open: metrics::Gauge,
@@ -268,10 +277,13 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
                 .min(crate::delivery::INITIAL_CONNECTIONS),
         ),
         next_generation: 0,
-        listener_fd: context.listener.as_raw_fd(),
+        listener_fds: [
+            context.listener.as_ref().map(AsRawFd::as_raw_fd),
+            context.tls_listener.as_ref().map(|(l, _)| l.as_raw_fd()),
+        ],
         wake_fd: context.wake.raw(),
         rearm: Vec::new(),
-        accept_retry_at: None,
+        accept_retry_at: [None, None],
         peers: context.peers.clone(),
         open: metrics::gauge!("ringpush_connections", "shard" => shard.clone(), "backend" => "uring"),
         submissions: metrics::counter!("ringpush_uring_submissions_total", "shard" => shard.clone()),
@@ -279,7 +291,8 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         enobufs: metrics::counter!("ringpush_uring_recv_enobufs_total", "shard" => shard.clone()),
         shard,
     };
-    b.arm_accept();
+    b.arm_accept(PLAIN);
+    b.arm_accept(TLS);
     b.arm_wake();
     let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     let mut adopted = Vec::new();
@@ -295,7 +308,8 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         for (data, result, flags) in completions.drain(..) {
             let (op, generation, conn) = decode_user_data(data);
             match op {
-                x if x == Op::Accept as u8 => b.on_accept(&context, result, flags, now),
+                x if x == Op::Accept as u8 => b.on_accept(&context, PLAIN, result, flags, now),
+                x if x == Op::AcceptTls as u8 => b.on_accept(&context, TLS, result, flags, now),
                 x if x == Op::Recv as u8 => b.on_recv(conn, generation, result, flags, now),
                 x if x == Op::Send as u8 => b.on_send(conn, generation, result, now),
                 x if x == Op::Wake as u8 => {
@@ -308,12 +322,14 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
             }
         }
         b.buffers.publish();
-        for (fd, initial, ticket) in adopted.drain(..) {
-            b.register(fd, &initial, ticket, now);
+        for connection in adopted.drain(..) {
+            b.adopt(connection, now);
         }
-        if b.accept_retry_at.is_some_and(|at| at <= now) {
-            b.accept_retry_at = None;
-            b.arm_accept();
+        for listener in [PLAIN, TLS] {
+            if b.accept_retry_at[listener].is_some_and(|at| at <= now) {
+                b.accept_retry_at[listener] = None;
+                b.arm_accept(listener);
+            }
         }
         b.core.on_timers(now);
         // Before any byte of this iteration reaches a socket: a device sees
@@ -401,7 +417,8 @@ impl Backend {
         let queued = self.ring.submission().len();
         let deadline = [
             self.core.next_deadline(),
-            self.accept_retry_at,
+            self.accept_retry_at[PLAIN],
+            self.accept_retry_at[TLS],
             self.store.next_deadline(),
         ]
         .into_iter()
@@ -421,10 +438,18 @@ impl Backend {
         }
     }
 
-    fn arm_accept(&mut self) {
-        let entry = opcode::AcceptMulti::new(types::Fd(self.listener_fd))
+    fn arm_accept(&mut self, listener: usize) {
+        let Some(fd) = self.listener_fds[listener] else {
+            return;
+        };
+        let op = if listener == TLS {
+            Op::AcceptTls
+        } else {
+            Op::Accept
+        };
+        let entry = opcode::AcceptMulti::new(types::Fd(fd))
             .build()
-            .user_data(user_data(Op::Accept, 0, 0));
+            .user_data(user_data(op, 0, 0));
         self.push(entry);
     }
 
@@ -450,7 +475,7 @@ impl Backend {
         self.push(entry);
     }
 
-    fn on_accept(&mut self, context: &ShardContext, result: i32, flags: u32, now: Instant) {
+    fn on_accept(&mut self, context: &ShardContext, listener: usize, result: i32, flags: u32, now: Instant) {
         if result < 0 {
             metrics::counter!("ringpush_accept_errors_total", "shard" => self.shard.clone()).increment(1);
             if matches!(
@@ -460,16 +485,16 @@ impl Backend {
                 // Out of descriptors or memory: the connection waits in the
                 // backlog. Re-arming at once would fail at once, in a loop.
                 if !cqueue::more(flags) {
-                    self.accept_retry_at = Some(now + ACCEPT_BACKOFF);
+                    self.accept_retry_at[listener] = Some(now + ACCEPT_BACKOFF);
                 }
                 warn!(shard = %self.shard, errno = -result, "accept failed; retrying shortly");
             } else if !cqueue::more(flags) {
-                self.arm_accept();
+                self.arm_accept(listener);
             }
             return;
         }
         if !cqueue::more(flags) {
-            self.arm_accept();
+            self.arm_accept(listener);
         }
         super::count_accept(&self.shard);
         // SAFETY: a non-negative accept result is a new descriptor that only
@@ -477,18 +502,49 @@ impl Backend {
         let fd = unsafe { OwnedFd::from_raw_fd(result) };
         let socket = socket2::SockRef::from(&fd);
         let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
-        if let Some(ticket) = super::admit(context, &mut self.core, socket, peer, now) {
-            self.register(fd, &[], ticket, now);
+        let tls = listener == TLS;
+        let Some(ticket) = super::admit(context, &mut self.core, socket, peer, tls, now) else {
+            return;
+        };
+        if !tls {
+            self.register(fd, ticket, None, now);
+        } else if let Some(session) = super::new_tls_session(context) {
+            self.register(fd, ticket, Some(session), now);
         }
     }
 
-    fn register(&mut self, fd: OwnedFd, initial: &[u8], ticket: Ticket, now: Instant) {
+    fn adopt(&mut self, connection: super::Adopted, now: Instant) {
+        let super::Adopted {
+            fd,
+            initial,
+            ticket,
+            tls,
+        } = connection;
+        if let Some(conn) = self.register(fd, ticket, tls, now) {
+            self.core.on_handed_over(conn, &initial, now);
+        }
+    }
+
+    fn register(
+        &mut self,
+        fd: OwnedFd,
+        ticket: Ticket,
+        tls: Option<Box<crate::tls::TlsSession>>,
+        now: Instant,
+    ) -> Option<ConnId> {
         let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
-        let Some(conn) = self.core.open_connection(now) else {
-            let refusal = self.core.overload_frame();
-            // Best effort on a non-blocking write; the socket closes on drop.
-            let _ = socket2::SockRef::from(&fd).send(&refusal);
-            return;
+        let is_tls = tls.is_some();
+        let opened = match tls {
+            Some(tls) => self.core.open_tls_connection(now, tls),
+            None => self.core.open_connection(now),
+        };
+        let Some(conn) = opened else {
+            if !is_tls {
+                let refusal = self.core.overload_frame();
+                // Best effort on a non-blocking write; the socket closes on drop.
+                let _ = socket2::SockRef::from(&fd).send(&refusal);
+            }
+            return None;
         };
         self.next_generation = self.next_generation.wrapping_add(1);
         if self.conns.len() <= conn {
@@ -505,9 +561,7 @@ impl Backend {
         });
         self.open.increment(1.0);
         self.arm_recv(conn);
-        if !initial.is_empty() {
-            self.core.on_bytes(conn, initial, now);
-        }
+        Some(conn)
     }
 
     fn live(&mut self, conn: ConnId, generation: u32) -> Option<&mut Conn> {
@@ -537,9 +591,19 @@ impl Backend {
             c.recv_armed = false;
         }
         match &mut c.state {
-            ConnState::HandingOff { initial, .. } => {
+            ConnState::HandingOff { initial, tls, .. } => {
                 if let Some(bid) = bid {
-                    initial.extend_from_slice(buffers.bytes(bid, data_len));
+                    let bytes = buffers.bytes(bid, data_len);
+                    match tls {
+                        None => initial.extend_from_slice(bytes),
+                        Some(tls) => {
+                            // A failure stays in the session: the adopting
+                            // shard's first read reports it and closes.
+                            let mut plaintext = BytesMut::new();
+                            let _ = tls.read_tls(bytes, &mut plaintext);
+                            initial.extend_from_slice(&plaintext);
+                        }
+                    }
                 }
             }
             ConnState::Closing | ConnState::Aborting => {}
@@ -615,6 +679,12 @@ impl Backend {
         sent += result as usize;
         if sent < buf.len() {
             self.submit_send(conn, buf, sent, now);
+            return;
+        }
+        if matches!(c.state, ConnState::HandingOff { .. }) {
+            if !c.recv_armed {
+                self.finish_hand_off(conn, now);
+            }
             return;
         }
         let closing = matches!(c.state, ConnState::Closing);
@@ -711,7 +781,11 @@ impl Backend {
         let Some(c) = self.conns.get_mut(conn).and_then(Option::as_mut) else {
             return;
         };
-        c.state = ConnState::HandingOff { to, initial };
+        c.state = ConnState::HandingOff {
+            to,
+            initial,
+            tls: self.core.take_tls(conn),
+        };
         if c.recv_armed {
             let target = user_data(Op::Recv, c.generation, conn);
             let entry =
@@ -725,16 +799,28 @@ impl Backend {
     }
 
     fn finish_hand_off(&mut self, conn: ConnId, now: Instant) {
+        // A send in flight (a TLS session's tickets) completes here first:
+        // its buffer must outlive it, and its bytes precede the new
+        // shard's. `on_send` comes back here.
+        if self
+            .conns
+            .get(conn)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.in_flight.is_some())
+        {
+            return;
+        }
         let Some(c) = self.conns.get_mut(conn).and_then(Option::take) else {
             return;
         };
         self.open.decrement(1.0);
-        if let ConnState::HandingOff { to, initial } = c.state {
-            self.peers[to].control(Control::Adopt {
+        if let ConnState::HandingOff { to, initial, tls } = c.state {
+            self.peers[to].control(Control::Adopt(super::Adopted {
                 fd: c.fd,
                 initial,
                 ticket: c.ticket,
-            });
+                tls,
+            }));
         }
         self.core.on_closed(conn, now);
     }
