@@ -11,10 +11,15 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
-use rustls::client::{ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue, WebPkiServerVerifier,
+};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, NamedGroup, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup, RootCertStore,
+};
 
 /// What every TLS device connection of a run shares.
 #[derive(Clone)]
@@ -52,12 +57,16 @@ impl TlsClient {
         } else {
             rustls::DEFAULT_VERSIONS
         };
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(versions)
-                .context("protocol versions")?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let provider = Arc::new(phone_like_provider());
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .context("the certificate verifier")?;
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .context("protocol versions")?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(RememberingVerifier::new(verifier)))
+            .with_no_client_auth();
         let store = options
             .resume
             .then(|| Arc::new(SharedSessionStore::new(options.max_tickets)));
@@ -89,6 +98,119 @@ impl TlsClient {
             self.config.clone(),
             self.server_name.clone(),
         )?)
+    }
+}
+
+/// ring's suites in the order Android (BoringSSL) and Apple clients offer
+/// them on hardware with AES instructions: AES-128-GCM first. rustls's
+/// own order puts AES-256-GCM-SHA384 first, whose key schedule runs
+/// SHA-384, which has no SHA extensions on x86: the server would spend
+/// most of a resumed TLS 1.3 handshake in it, unlike with real phones.
+/// The server honours the client's order (rustls's default).
+fn phone_like_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::cipher_suite as suite;
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    }
+}
+
+/// Verifies the server's chain with webpki, and remembers for a minute the
+/// one chain it last verified for a name, as browsers' certificate
+/// verifiers cache results: in a storm of full handshakes every connection
+/// presents the same chain, and verifying its CA signature again each time
+/// would make the client, not the server, the bottleneck. The handshake
+/// signature (the server proving it holds the key) is checked every time.
+#[derive(Debug)]
+struct RememberingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    last: Mutex<Option<VerifiedChain>>,
+}
+
+#[derive(Debug)]
+struct VerifiedChain {
+    end_entity: Vec<u8>,
+    intermediates: Vec<Vec<u8>>,
+    server_name: ServerName<'static>,
+    until: u64,
+}
+
+const REMEMBER_SECS: u64 = 60;
+
+impl RememberingVerifier {
+    fn new(inner: Arc<WebPkiServerVerifier>) -> Self {
+        Self {
+            inner,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl ServerCertVerifier for RememberingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let same = |chain: &VerifiedChain| {
+            chain.until > now.as_secs()
+                && chain.end_entity == end_entity.as_ref()
+                && chain.server_name == *server_name
+                && chain.intermediates.len() == intermediates.len()
+                && chain
+                    .intermediates
+                    .iter()
+                    .zip(intermediates)
+                    .all(|(a, b)| a == b.as_ref())
+        };
+        if self.last.lock().as_ref().is_some_and(same) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        *self.last.lock() = Some(VerifiedChain {
+            end_entity: end_entity.to_vec(),
+            intermediates: intermediates.iter().map(|c| c.to_vec()).collect(),
+            server_name: server_name.to_owned(),
+            until: now.as_secs() + REMEMBER_SECS,
+        });
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -227,16 +349,15 @@ mod tests {
 
     /// A CA file on disk and a server configuration with a leaf it signed
     /// for "localhost".
-    fn server(name: &str) -> (std::path::PathBuf, Arc<ServerConfig>) {
+    fn server(name: &str) -> (std::path::PathBuf, Arc<ServerConfig>, CertificateDer<'static>) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf_params.not_after = rcgen::date_time_ymd(2200, 1, 1);
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -248,7 +369,7 @@ mod tests {
             .unwrap();
         let ca_file = std::env::temp_dir().join(format!("ringpush-bench-{name}-{}.pem", std::process::id()));
         std::fs::write(&ca_file, ca.pem()).unwrap();
-        (ca_file, Arc::new(config))
+        (ca_file, Arc::new(config), leaf.der().clone())
     }
 
     /// One connection in memory: the client says "hello" (handed over
@@ -278,6 +399,8 @@ mod tests {
             }
             receive(&mut conn, &to_client, &mut plain).unwrap();
             if plain == b"welcome" {
+                let suite = conn.negotiated_cipher_suite().unwrap().suite();
+                assert!(format!("{suite:?}").contains("AES_128_GCM_SHA256"), "{suite:?}");
                 return resumed(&conn);
             }
         }
@@ -286,7 +409,7 @@ mod tests {
 
     #[test]
     fn reconnects_resume_only_with_the_shared_store() {
-        let (ca_file, server_config) = server("resume");
+        let (ca_file, server_config, _) = server("resume");
         for tls12_only in [false, true] {
             let options = |resume| TlsOptions {
                 ca_file: &ca_file,
@@ -311,9 +434,40 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_chain_is_still_checked_against_the_name_and_expires() {
+        let (ca_file, _, leaf) = server("name");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&ca_file).unwrap())
+            .unwrap();
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(phone_like_provider()))
+                .build()
+                .unwrap();
+        let verifier = RememberingVerifier::new(inner);
+        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        let now = UnixTime::now();
+        let check = |n: &str, at: UnixTime| verifier.verify_server_cert(&leaf, &[], &name(n), &[], at);
+        assert!(check("localhost", now).is_ok());
+        assert!(verifier.last.lock().is_some(), "remembered");
+        assert!(check("localhost", now).is_ok());
+        assert!(
+            check("elsewhere.example", now).is_err(),
+            "another name is verified, and fails"
+        );
+        let much_later =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs() + 200 * 365 * 86_400));
+        assert!(
+            check("localhost", much_later).is_err(),
+            "past the remembered minute the chain is verified again (and has expired)"
+        );
+        let _ = std::fs::remove_file(ca_file);
+    }
+
+    #[test]
     fn a_certificate_from_another_ca_is_refused() {
-        let (ca_file, _) = server("trusted");
-        let (_, other_server) = server("other");
+        let (ca_file, _, _) = server("trusted");
+        let (_, other_server, _) = server("other");
         let client = TlsClient::new(&TlsOptions {
             ca_file: &ca_file,
             server_name: "localhost",
@@ -338,7 +492,7 @@ mod tests {
 
     #[test]
     fn the_store_keeps_its_bound_and_hands_each_ticket_out_once() {
-        let (ca_file, server_config) = server("bound");
+        let (ca_file, server_config, _) = server("bound");
         let client = TlsClient::new(&TlsOptions {
             ca_file: &ca_file,
             server_name: "localhost",
