@@ -1089,6 +1089,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_validated() {
+        let base = "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n";
+        let with = |extra: &str| Config::from_toml(&format!("{extra}\n{base}"));
+        let only_cert = with("[tls]\ncert_file = \"/x.pem\"").unwrap_err().to_string();
+        assert!(only_cert.contains("set together"), "{only_cert}");
+        assert!(with("[tls]\ntickets_per_handshake = 17").is_err());
+        let no_ca = Config::from_toml(&format!("{base}requireClientCert = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(no_ca.contains("needs a clientCaFile"), "{no_ca}");
+        let listen = with("[listen]\ndevice_enabled = false\ndevice_tls = \"127.0.0.1:7443\"").unwrap();
+        assert!(!listen.listen.device_enabled);
+        assert_eq!(listen.tls.tickets_per_handshake, 2);
+        assert_eq!(listen.tls.session_cache_size, 20_000);
+    }
+
+    #[test]
     fn shipped_file_matches_the_defaults() {
         let text = include_str!("../config/ringpush.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());

@@ -350,7 +350,7 @@ fn client_certificates_are_checked_per_app() {
     let config = client_config(&f.server_ca, &[&rustls::version::TLS13], Some(stranger.leaf("x")));
     let mut c = client(&config);
     let mut s = TlsSession::new(f.shared.current()).unwrap();
-    let err = pump(&mut c, &mut s).err().expect("refused");
+    let err = pump(&mut c, &mut s).expect_err("refused");
     assert_eq!(err.reason(), "bad_certificate", "{err:?}");
 }
 

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -38,6 +40,8 @@ pub const SIGNED_DEMO_APP: &str = "[[apps]]\nappId = \"demo\"\nworkspaceId = \"d
 pub struct Daemon {
     child: Child,
     pub device: SocketAddr,
+    /// The TLS device listener, when the config has a certificate.
+    pub device_tls: Option<SocketAddr>,
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub backend: String,
@@ -113,7 +117,7 @@ impl Daemon {
             )
         };
         let text = format!(
-            "{top}\n[listen]\ndevice = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{sections}"
+            "{top}\n[listen]\ndevice = \"127.0.0.1:0\"\ndevice_tls = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{sections}"
         );
         let path = dir.join("ringpush.toml");
         std::fs::write(&path, text).unwrap();
@@ -168,6 +172,7 @@ impl Daemon {
         };
         Ok(Daemon {
             device: field("device").parse().unwrap(),
+            device_tls: field("device_tls").parse().ok(),
             api: field("api").parse().unwrap(),
             admin: field("admin").parse().unwrap(),
             backend: field("backend"),
@@ -175,6 +180,15 @@ impl Daemon {
             dir,
             owns_dir: false,
         })
+    }
+
+    /// Sends `signal` (a `kill -s` name such as HUP) to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
     }
 
     /// SIGKILL: the process gets no chance to flush or say goodbye.
