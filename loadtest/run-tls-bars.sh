@@ -143,7 +143,8 @@ if errors:
 PY
 echo
 echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (client and server share them)."
-echo "Server: ringpush --config with the lines: $(server_top uring | sed "s|$tls|\$TLS|g")  (and io = \"epoll\")"
+echo "Server config (and io = \"epoll\"), with [durability] data_dir and the demo app's apiSecret added:"
+printf '%b\n' "$(server_top uring | sed "s|$tls|\$TLS|g")"
 echo "\$TLS: a throwaway CA (ca.pem) and server cert (server.pem, server.key), ECDSA P-256, made by openssl above."
 echo "Commands (each against a fresh server, \$PID its pid):"
 cat "$commands"
