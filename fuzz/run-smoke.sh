@@ -11,7 +11,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
-for target in frame_decoder session api_push journal_replay template_text api_multiple api_recall api_tags api_requests device_auth; do
+for target in frame_decoder session api_push journal_replay template_text api_multiple api_recall api_tags api_requests device_auth tls_session; do
   echo "== fuzz $target for ${seconds}s"
   mkdir -p "corpus/$target"
   # Fuzz into a scratch copy so the committed seed corpus stays small.

@@ -552,11 +552,18 @@ impl TlsSession {
     fn fail(&mut self, e: rustls::Error) -> TlsError {
         self.failed = true;
         // rustls queued its alert (if it chose one); collect it for the
-        // caller's last write. The input stays until then: rustls may
-        // still point into it.
-        let mut ignored = false;
-        let _ = self.process(None, &mut ignored);
-        self.incoming = Vec::new();
+        // caller's last write. One call only, with the input still there
+        // (rustls's handshake joiner keeps offsets into it): rustls hands
+        // out a queued record before it reads, but a second call would
+        // deframe the bad record again and send a second fatal alert (a
+        // debug assertion in rustls; found by
+        // fuzz/fuzz_targets/tls_session.rs).
+        let mut incoming = std::mem::take(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
+            self.conn.process_tls_records(&mut incoming).state
+        {
+            encode_into(&mut encode, &mut self.outgoing);
+        }
         TlsError::Protocol(e)
     }
 

@@ -5,8 +5,12 @@
 //! latency from the msgKey, and sends heartbeats. On `Shared::disconnect`
 //! every device closes its connection (keeping its token); on
 //! `Shared::reconnect` every device connects again at once and says Hello
-//! with its saved token, as phones coming back online do.
+//! with its saved token, as phones coming back online do. With TLS each
+//! connection runs through a rustls client (`crate::tls`); in a reconnect
+//! storm every device closes right after its Welcome and connects again,
+//! with at most `max_pending_connects` handshakes in flight per thread.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +24,7 @@ use parking_lot::Mutex;
 use ringpush::protocol::{body, decode_slice, Frame, GoAwayReason, PROTOCOL_VERSION};
 
 use crate::stats::{self, Counters};
+use crate::tls::{self, TlsClient};
 
 pub struct DeviceConfig {
     pub device_addr: SocketAddr,
@@ -36,6 +41,15 @@ pub struct DeviceConfig {
     /// The app's deviceSecret: every Hello is signed with it (device
     /// authentication), with the current time and a fresh nonce.
     pub device_secret: Option<String>,
+    /// Connect over TLS with this client configuration.
+    pub tls: Option<TlsClient>,
+    /// This thread's bound on connections opened but not yet welcomed
+    /// (0 = none).
+    pub max_pending_connects: usize,
+    /// Reconnect storm: close each connection at its Welcome and open it
+    /// again at once (with the saved token); the latency histogram records
+    /// connect-to-Welcome instead of API-to-device.
+    pub storm: bool,
 }
 
 /// What the device threads share with the rest of the client.
@@ -52,11 +66,20 @@ pub struct Shared {
 
 struct Device {
     stream: TcpStream,
+    /// Present on TLS connections: every byte goes through it.
+    tls: Option<Box<rustls::ClientConnection>>,
+    opened_at: Instant,
     partial: Vec<u8>,
     unsent: Vec<u8>,
     welcomed: bool,
     /// From Welcome.
     token: Option<String>,
+}
+
+impl Device {
+    fn wants_write(&self) -> bool {
+        !self.unsent.is_empty() || self.tls.as_ref().is_some_and(|c| c.wants_write())
+    }
 }
 
 const READ_BYTES: usize = 64 * 1024;
@@ -92,8 +115,14 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
         Frame::Hello(Box::new(hello)).to_bytes()
     };
     let mut scratch = vec![0u8; READ_BYTES];
+    // Plaintext out of TLS sessions, reused.
+    let mut plain = Vec::new();
     let start = Instant::now();
     let mut next_to_connect = 0usize;
+    // Opened and not yet welcomed: the handshakes in flight.
+    let mut pending = 0usize;
+    // Storm: devices closed at their Welcome, to open again.
+    let mut storm_queue: VecDeque<usize> = VecDeque::new();
     let mut heartbeat = Duration::from_secs(60);
     let mut next_ping = Instant::now() + heartbeat;
     let mut ids: Vec<u64> = Vec::new();
@@ -103,6 +132,7 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             for (slot, saved) in devices.iter_mut().zip(saved_tokens.iter_mut()) {
                 if let Some(mut device) = slot.take() {
                     let _ = poll.registry().deregister(&mut device.stream);
+                    pending -= usize::from(!device.welcomed);
                     *saved = device.token.take();
                     Counters::add(&shared.counters.disconnected, 1);
                 }
@@ -115,38 +145,66 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
         // Open the connections that are due by the pacing schedule (all at
         // once when reconnecting).
         let now = Instant::now();
-        while next_to_connect < config.count && (!disconnected || reconnecting) {
-            if config.connect_rate > 0.0 && !reconnecting {
-                let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
-                if due > now {
-                    break;
-                }
+        let mut opened = 0usize;
+        loop {
+            if config.max_pending_connects > 0 && pending >= config.max_pending_connects {
+                break;
             }
-            let index = config.first_index + next_to_connect;
-            match connect(&config, index) {
-                Ok(mut stream) => {
-                    let token = Token(next_to_connect);
+            let slot = if next_to_connect < config.count && (!disconnected || reconnecting) {
+                if config.connect_rate > 0.0 && !reconnecting {
+                    let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
+                    if due > now {
+                        break;
+                    }
+                }
+                next_to_connect += 1;
+                next_to_connect - 1
+            } else if let Some(slot) = storm_queue.pop_front() {
+                slot
+            } else {
+                break;
+            };
+            let index = config.first_index + slot;
+            let opening = connect(&config, index).and_then(|stream| {
+                let tls = match &config.tls {
+                    Some(client) => Some(Box::new(client.connection().map_err(std::io::Error::other)?)),
+                    None => None,
+                };
+                Ok((stream, tls))
+            });
+            match opening {
+                Ok((mut stream, tls)) => {
                     poll.registry()
-                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
                         .expect("register a device socket");
-                    let token = saved_tokens[next_to_connect].take();
-                    devices[next_to_connect] = Some(Device {
+                    let token = saved_tokens[slot].take();
+                    devices[slot] = Some(Device {
                         stream,
+                        tls,
+                        opened_at: now,
                         partial: Vec::new(),
                         unsent: hello(token.as_ref()),
                         welcomed: false,
                         token,
                     });
+                    pending += 1;
                 }
-                Err(_) => Counters::add(&shared.counters.connect_errors, 1),
+                Err(_) => {
+                    Counters::add(&shared.counters.connect_errors, 1);
+                    if config.storm {
+                        storm_queue.push_back(slot);
+                    }
+                }
             }
-            next_to_connect += 1;
+            opened += 1;
             // Keep the loop responsive while connecting as fast as possible.
-            if (config.connect_rate == 0.0 || reconnecting) && next_to_connect.is_multiple_of(256) {
+            if (config.connect_rate == 0.0 || reconnecting || config.storm) && opened.is_multiple_of(256) {
                 break;
             }
         }
-        let timeout = if next_to_connect < config.count && (!disconnected || reconnecting) {
+        let connecting = next_to_connect < config.count && (!disconnected || reconnecting);
+        let throttled = config.max_pending_connects > 0 && pending >= config.max_pending_connects;
+        let timeout = if (connecting || !storm_queue.is_empty()) && !throttled {
             Duration::from_millis(1)
         } else {
             Duration::from_millis(100)
@@ -163,14 +221,19 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             let Some(device) = devices[i].as_mut() else {
                 continue;
             };
-            if event.is_writable() && !device.unsent.is_empty() && !flush(device) {
-                close(&mut devices[i], &mut poll, &shared, "write_error");
+            if event.is_writable() && device.wants_write() && !flush(device) {
+                if config.storm {
+                    saved_tokens[i] = device.token.take();
+                    storm_queue.push_back(i);
+                }
+                pending -= close(&mut devices[i], &mut poll, &shared, "write_error");
                 continue;
             }
             if !(event.is_readable() || event.is_read_closed()) {
                 continue;
             }
             let mut closed = None;
+            let was_welcomed = device.welcomed;
             loop {
                 match device.stream.read(&mut scratch) {
                     Ok(0) => {
@@ -178,14 +241,23 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
                         break;
                     }
                     Ok(n) => {
-                        let outcome = handle_bytes(
-                            device,
-                            &scratch[..n],
-                            &shared,
-                            &mut ids,
-                            record.then_some(&mut histogram),
-                            &mut heartbeat,
-                        );
+                        let received = match device.tls.as_deref_mut() {
+                            None => Ok(&scratch[..n]),
+                            Some(conn) => {
+                                plain.clear();
+                                tls::receive(conn, &scratch[..n], &mut plain).map(|()| plain.as_slice())
+                            }
+                        };
+                        let outcome = received.and_then(|bytes| {
+                            handle_bytes(
+                                device,
+                                bytes,
+                                &shared,
+                                &mut ids,
+                                (record && !config.storm).then_some(&mut histogram),
+                                &mut heartbeat,
+                            )
+                        });
                         if let Err(reason) = outcome {
                             closed = Some(reason);
                             break;
@@ -214,9 +286,36 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
                 if !flush(device) {
                     closed = closed.or(Some("write_error"));
                 }
+            } else if device.tls.as_ref().is_some_and(|c| c.wants_write()) && !flush(device) {
+                // Handshake messages, or the Hello rustls held until the
+                // handshake completed.
+                closed = closed.or(Some("write_error"));
+            }
+            if device.welcomed && !was_welcomed {
+                pending -= 1;
+                if let Some(conn) = &device.tls {
+                    let kind = if tls::resumed(conn) {
+                        &shared.counters.tls_resumed
+                    } else {
+                        &shared.counters.tls_full
+                    };
+                    Counters::add(kind, 1);
+                }
             }
             if let Some(reason) = closed {
-                close(&mut devices[i], &mut poll, &shared, reason);
+                if config.storm {
+                    saved_tokens[i] = device.token.take();
+                    storm_queue.push_back(i);
+                }
+                pending -= close(&mut devices[i], &mut poll, &shared, reason);
+            } else if config.storm && device.welcomed {
+                if record {
+                    let _ = histogram.record((device.opened_at.elapsed().as_micros() as u64).max(1));
+                }
+                let _ = poll.registry().deregister(&mut device.stream);
+                saved_tokens[i] = device.token.take();
+                devices[i] = None;
+                storm_queue.push_back(i);
             } else if config.offline && device.welcomed {
                 let _ = poll.registry().deregister(&mut device.stream);
                 devices[i] = None;
@@ -340,6 +439,9 @@ fn handle_bytes(
 }
 
 fn flush(device: &mut Device) -> bool {
+    if let Some(conn) = device.tls.as_deref_mut() {
+        return tls::flush(conn, &mut device.stream, &mut device.unsent);
+    }
     while !device.unsent.is_empty() {
         match device.stream.write(&device.unsent) {
             Ok(n) => {
@@ -356,13 +458,17 @@ fn flush(device: &mut Device) -> bool {
     true
 }
 
-fn close(slot: &mut Option<Device>, poll: &mut Poll, shared: &Shared, reason: &'static str) {
-    if let Some(mut device) = slot.take() {
-        let _ = poll.registry().deregister(&mut device.stream);
-        if !device.welcomed {
-            Counters::add(&shared.counters.connect_errors, 1);
-        }
-        Counters::add(&shared.counters.closed_by_server, 1);
-        *shared.closes.lock().entry(reason.to_string()).or_default() += 1;
+/// Drops a device the server closed (or that failed); 1 when it was still
+/// waiting for its Welcome (so no longer a pending connect), else 0.
+fn close(slot: &mut Option<Device>, poll: &mut Poll, shared: &Shared, reason: &'static str) -> usize {
+    let Some(mut device) = slot.take() else {
+        return 0;
+    };
+    let _ = poll.registry().deregister(&mut device.stream);
+    if !device.welcomed {
+        Counters::add(&shared.counters.connect_errors, 1);
     }
+    Counters::add(&shared.counters.closed_by_server, 1);
+    *shared.closes.lock().entry(reason.to_string()).or_default() += 1;
+    usize::from(!device.welcomed)
 }

@@ -1,8 +1,10 @@
 //! `ringpush-bench`: holds N device connections to a ringpush server, drives
 //! simple pushes through its HTTP API at a chosen rate, and reports connect
 //! rate, delivered and acked messages per second, API-to-device latency, the
-//! server's RSS growth per connection and the client's own CPU. See
-//! `loadtest/README.md` for the scenarios.
+//! server's RSS growth per connection and the client's own CPU; devices
+//! connect over plain TCP or TLS, and a reconnect storm measures connects
+//! (full or resumed handshakes) per second. See `loadtest/README.md` for the
+//! scenarios.
 
 mod devices;
 mod floor_client;
@@ -11,6 +13,7 @@ mod nats;
 mod peers;
 mod pusher;
 mod stats;
+mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -38,8 +41,37 @@ struct Args {
     /// Device event-loop threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    device_addr: SocketAddr,
+    /// The device listener [default: 127.0.0.1:7070, or 127.0.0.1:7071
+    /// with --tls].
+    #[arg(long)]
+    device_addr: Option<SocketAddr>,
+    /// Connect devices over TLS (rustls, ring provider); needs --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// PEM file of the CA certificate(s) to trust: the only trust anchors.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name to verify the server's certificate against (and send as SNI
+    /// when it is a DNS name) [default: the IP address of --device-addr].
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// Offer TLS 1.2 only (default: 1.3 and 1.2, the server chooses).
+    #[arg(long, requires = "tls")]
+    tls12: bool,
+    /// Keep session tickets (TLS 1.3) or sessions (1.2) in one store shared
+    /// by all devices, so reconnects resume. Without it every handshake is
+    /// full.
+    #[arg(long, requires = "tls")]
+    tls_resume: bool,
+    /// Reconnect storm for --duration seconds after --warmup: each device
+    /// connects, says Hello, closes at its Welcome and connects again.
+    /// Reports connects + Hello per second and full vs resumed handshakes.
+    #[arg(long, conflicts_with_all = ["hold", "offline", "push_rate", "broadcasts", "offline_broadcasts"])]
+    reconnect_storm: bool,
+    /// At most this many connections opened and not yet welcomed at once,
+    /// over all threads (0 = no bound).
+    #[arg(long, default_value_t = 0)]
+    max_pending_connects: usize,
     #[arg(long, default_value = "127.0.0.1:8080")]
     api_addr: SocketAddr,
     #[arg(long, default_value = "demo")]
@@ -170,6 +202,24 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     raise_fd_limit(args.devices + args.push_connections + 64)?;
     let source_ips = parse_source_ips(&args.source_ips)?;
+    let device_addr = args
+        .device_addr
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], if args.tls { 7071 } else { 7070 })));
+    let tls_client = match (&args.tls_ca, args.tls) {
+        (Some(ca_file), true) => Some(tls::TlsClient::new(&tls::TlsOptions {
+            ca_file,
+            server_name: &args
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| device_addr.ip().to_string()),
+            tls12_only: args.tls12,
+            resume: args.tls_resume,
+            // Two tickets per connection (rustls's default) for every
+            // device, so a storm never runs dry.
+            max_tickets: (2 * args.devices).max(64),
+        })?),
+        _ => None,
+    };
     let threads = args.threads.clamp(1, args.devices.max(1));
     let wall_start = Instant::now();
     let cpu_start = stats::own_cpu_seconds();
@@ -182,7 +232,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         ..Default::default()
     };
     summary.server_rss_before_kib = args.server_pid.and_then(stats::rss_kib);
-    summary.server_cpu_before_seconds = args.server_pid.and_then(stats::cpu_seconds);
+    summary.server_cpu_before_seconds = args.server_pid.and_then(stats::process_cpu_seconds);
     if let Some(reason) = target.unsupported(args.offline, args.offline_broadcasts > 0) {
         eprintln!("skipped: {reason}");
         summary.unsupported.push(reason);
@@ -209,7 +259,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         let first = t * per_thread;
         let count = per_thread.min(args.devices.saturating_sub(first));
         let config = DeviceConfig {
-            device_addr: peer_addr.unwrap_or(args.device_addr),
+            device_addr: peer_addr.unwrap_or(device_addr),
             app: args.app.clone(),
             source_ips: source_ips.clone(),
             connect_rate: args.connect_rate as f64 / threads as f64,
@@ -218,6 +268,9 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             record_after: record.clone(),
             offline: args.offline,
             device_secret: args.device_secret.clone(),
+            tls: tls_client.clone(),
+            max_pending_connects: args.max_pending_connects.div_ceil(threads),
+            storm: args.reconnect_storm,
         };
         let shared = shared.clone();
         device_threads.push(
@@ -237,7 +290,12 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     let c = &shared.counters;
     loop {
         let done = Counters::get(&c.connected) + Counters::get(&c.connect_errors);
-        if done >= args.devices as u64 || Instant::now() > give_up || INTERRUPTED.load(Ordering::SeqCst) {
+        // A storm never settles: it is measured below.
+        if args.reconnect_storm
+            || done >= args.devices as u64
+            || Instant::now() > give_up
+            || INTERRUPTED.load(Ordering::SeqCst)
+        {
             break;
         }
         if Instant::now() >= next_line {
@@ -249,12 +307,14 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     summary.connect_seconds = connect_start.elapsed().as_secs_f64();
     summary.connected = Counters::get(&c.connected);
     summary.connect_rate = summary.connected as f64 / summary.connect_seconds.max(1e-9);
-    eprintln!(
-        "connected {} of {} in {:.2}s ({:.0}/s)",
-        summary.connected, args.devices, summary.connect_seconds, summary.connect_rate
-    );
+    if !args.reconnect_storm {
+        eprintln!(
+            "connected {} of {} in {:.2}s ({:.0}/s)",
+            summary.connected, args.devices, summary.connect_seconds, summary.connect_rate
+        );
+    }
 
-    if let Some(pid) = args.server_pid {
+    if let Some(pid) = args.server_pid.filter(|_| !args.reconnect_storm) {
         // Let the server finish its handshake work before measuring.
         std::thread::sleep(Duration::from_secs(2));
         summary.server_rss_after_kib = stats::rss_kib(pid);
@@ -269,7 +329,14 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         .as_ref()
         .map(|secret| Arc::new(HmacSigner::new(args.app.as_str(), secret.as_bytes())));
     let mut push_errors = std::collections::BTreeMap::new();
-    if args.offline_broadcasts > 0 {
+    if args.reconnect_storm {
+        let storm = reconnect_storm(args, &shared, &record, connect_start);
+        // Every Welcome of the run counts as a connection here.
+        summary.connected = Counters::get(&c.connected);
+        summary.connect_seconds = connect_start.elapsed().as_secs_f64();
+        summary.connect_rate = storm.welcomes_per_sec;
+        summary.storm = Some(storm);
+    } else if args.offline_broadcasts > 0 {
         // Every device goes offline; the server must notice each close.
         let offline0 = Counters::get(&c.disconnected);
         shared.disconnect.store(true, Ordering::SeqCst);
@@ -453,16 +520,68 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     summary.connect_errors = Counters::get(&c.connect_errors);
     summary.http_errors = push_errors;
     summary.closed_by_server = shared.closes.lock().clone();
+    if args.tls {
+        summary.tls = Some(stats::TlsHandshakes {
+            versions: if args.tls12 { "1.2" } else { "1.3" }.to_string(),
+            resumption: args.tls_resume,
+            full: Counters::get(&c.tls_full),
+            resumed: Counters::get(&c.tls_resumed),
+            tickets_held: tls_client.as_ref().and_then(tls::TlsClient::tickets_held),
+        });
+    }
     summary.wall_seconds = wall_start.elapsed().as_secs_f64();
     summary.client_cpu_seconds = stats::own_cpu_seconds() - cpu_start;
     summary.server_cpu_seconds = args
         .server_pid
-        .and_then(stats::cpu_seconds)
+        .and_then(stats::process_cpu_seconds)
         .zip(summary.server_cpu_before_seconds)
         .map(|(after, before)| after - before);
     summary.client_cpu_percent_of_one_core = 100.0 * summary.client_cpu_seconds / summary.wall_seconds;
     summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
     Ok(summary)
+}
+
+/// The storm runs from the start; measures the window after the warmup.
+fn reconnect_storm(args: &Args, shared: &Shared, record: &AtomicBool, started: Instant) -> stats::Storm {
+    let c = &shared.counters;
+    let warm_until = started + Duration::from_secs(args.warmup);
+    let until = warm_until + Duration::from_secs(args.duration);
+    let mut next_line = started + Duration::from_secs(1);
+    let mut marks = None;
+    let sample = || {
+        (
+            Instant::now(),
+            Counters::get(&c.connected),
+            Counters::get(&c.tls_full),
+            Counters::get(&c.tls_resumed),
+            stats::own_cpu_seconds(),
+            args.server_pid.and_then(stats::process_cpu_seconds),
+        )
+    };
+    while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
+        if marks.is_none() && Instant::now() >= warm_until {
+            record.store(true, Ordering::SeqCst);
+            marks = Some(sample());
+        }
+        if Instant::now() >= next_line {
+            next_line += Duration::from_secs(1);
+            progress(started, shared);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (at0, welcomes0, full0, resumed0, cpu0, server0) = marks.unwrap_or_else(sample);
+    let (at1, welcomes1, full1, resumed1, cpu1, server1) = sample();
+    let seconds = (at1 - at0).as_secs_f64().max(1e-9);
+    stats::Storm {
+        seconds,
+        welcomes: welcomes1 - welcomes0,
+        welcomes_per_sec: (welcomes1 - welcomes0) as f64 / seconds,
+        full_handshakes: full1 - full0,
+        resumed_handshakes: resumed1 - resumed0,
+        client_cpu_seconds: cpu1 - cpu0,
+        server_cpu_seconds: server0.zip(server1).map(|(a, b)| b - a),
+        max_pending_connects: args.max_pending_connects as u64,
+    }
 }
 
 /// Polls `done` every 5 ms for at most `seconds`; whether it came true.

@@ -21,6 +21,10 @@ pub struct Counters {
     pub acked: AtomicU64,
     /// Devices closed by the client on `Shared::disconnect`.
     pub disconnected: AtomicU64,
+    /// TLS connections welcomed after a full handshake, and after a
+    /// resumed one.
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
 }
 
 impl Counters {
@@ -95,6 +99,13 @@ pub struct Summary {
     /// The --offline-broadcasts (and --catch-up) figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offline_broadcasts: Option<OfflineBroadcasts>,
+    /// TLS connections welcomed over the whole run, by handshake kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsHandshakes>,
+    /// The --reconnect-storm figures (its connect-to-Welcome latency is in
+    /// `latency`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<Storm>,
     pub client_cpu_seconds: f64,
     pub client_cpu_percent_of_one_core: f64,
     /// The server's CPU (user + system) at the start, with --server-pid.
@@ -123,6 +134,33 @@ pub struct OfflineBroadcasts {
     pub caught_up_devices: u64,
 }
 
+#[derive(Serialize, Debug, Default)]
+pub struct TlsHandshakes {
+    /// "1.3" (the server's choice of 1.2 or 1.3) or "1.2" (forced).
+    pub versions: String,
+    pub resumption: bool,
+    pub full: u64,
+    pub resumed: u64,
+    /// TLS 1.3 tickets in the shared store at the end (with resumption).
+    pub tickets_held: Option<usize>,
+}
+
+/// Connect, TLS handshake, Hello, Welcome, close, again: measured after the
+/// warmup.
+#[derive(Serialize, Debug, Default)]
+pub struct Storm {
+    pub seconds: f64,
+    /// Welcomes (each a new connection, handshake and Hello) in the window.
+    pub welcomes: u64,
+    pub welcomes_per_sec: f64,
+    pub full_handshakes: u64,
+    pub resumed_handshakes: u64,
+    pub client_cpu_seconds: f64,
+    /// With --server-pid: the server's user + system CPU in the window.
+    pub server_cpu_seconds: Option<f64>,
+    pub max_pending_connects: u64,
+}
+
 impl Summary {
     pub fn errors(&self) -> u64 {
         self.connect_errors
@@ -146,10 +184,12 @@ impl Summary {
         for reason in &self.unsupported {
             eprintln!("unsupported   {reason}");
         }
-        eprintln!(
-            "connections   {}/{} in {:.2}s = {:.0}/s (connect + Hello/Welcome), {} errors",
-            self.connected, self.devices, self.connect_seconds, self.connect_rate, self.connect_errors
-        );
+        if self.storm.is_none() {
+            eprintln!(
+                "connections   {}/{} in {:.2}s = {:.0}/s (connect + Hello/Welcome), {} errors",
+                self.connected, self.devices, self.connect_seconds, self.connect_rate, self.connect_errors
+            );
+        }
         if let (Some(before), Some(after), Some(per)) = (
             self.server_rss_before_kib,
             self.server_rss_after_kib,
@@ -174,6 +214,41 @@ impl Summary {
                     o.caught_up_devices, o.broadcasts
                 );
             }
+        }
+        if let Some(t) = &self.tls {
+            eprintln!(
+                "TLS           versions {}, resumption {}: {} full and {} resumed handshakes{}",
+                t.versions,
+                if t.resumption { "on" } else { "off" },
+                t.full,
+                t.resumed,
+                t.tickets_held
+                    .map_or(String::new(), |n| format!(", {n} tickets held at the end"))
+            );
+        }
+        if let Some(s) = &self.storm {
+            let handshakes = if s.full_handshakes + s.resumed_handshakes > 0 {
+                format!(
+                    "{} full, {} resumed TLS handshakes; ",
+                    s.full_handshakes, s.resumed_handshakes
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "storm         {} connect+Hello/Welcome+close in {:.1}s = {:.0}/s ({handshakes}at most {} in flight, 0 = no bound), {} connect errors",
+                s.welcomes, s.seconds, s.welcomes_per_sec, s.max_pending_connects, self.connect_errors
+            );
+            eprintln!(
+                "storm CPU     client {:.2}s, server {} over the window",
+                s.client_cpu_seconds,
+                s.server_cpu_seconds
+                    .map_or("? (no --server-pid)".to_string(), |c| format!("{c:.2}s"))
+            );
+            eprintln!(
+                "storm latency connect-to-Welcome p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+                l.p50_us, l.p99_us, l.p999_us, l.max_us
+            );
         }
         if self.offered_rate > 0 || self.messages_sent > 0 {
             eprintln!(
@@ -252,16 +327,18 @@ pub fn own_cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// User + system CPU seconds a process has used (`/proc/PID/stat`, fields
-/// 14 and 15 in clock ticks).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// User + system CPU seconds of another process so far (from
+/// /proc/PID/stat, fields 14 and 15, in clock ticks).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf reads a constant of the running system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+    // The command name may hold spaces and parentheses: fields count from
+    // the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// VmRSS of a process in KiB.
@@ -309,6 +386,6 @@ mod tests {
     fn own_rss_is_readable() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(own_cpu_seconds() >= 0.0);
-        assert!(cpu_seconds(std::process::id()).is_some());
+        assert!(process_cpu_seconds(std::process::id()).is_some());
     }
 }

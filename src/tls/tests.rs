@@ -260,6 +260,29 @@ fn garbage_fails_with_an_alert() {
     assert_eq!(s.buffered_bytes(), 0);
 }
 
+#[test]
+fn a_corrupt_client_hello_gets_one_alert() {
+    // A ClientHello record claiming 65,535 bytes: rustls refuses it while
+    // deframing. Collecting the alert must not make rustls read the bad
+    // record again (a second fatal alert; a panic with debug assertions).
+    let f = fixture(&[]);
+    let config = client_config(&f.server_ca, &[&rustls::version::TLS13], None);
+    let mut c = client(&config);
+    let mut hello = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut hello).unwrap();
+    }
+    hello[3] = 0xff;
+    hello[4] = 0xff;
+    let mut s = TlsSession::new(f.shared.current()).unwrap();
+    let mut plain = BytesMut::new();
+    assert!(s.read_tls(&hello, &mut plain).is_err());
+    let mut out = BytesMut::new();
+    s.write_tls(&[], &mut out).unwrap();
+    assert_eq!(out.len(), 7, "one alert record: {out:?}");
+    assert_eq!(out.first(), Some(&21));
+}
+
 /// A TLS 1.1 ClientHello (no supported_versions extension) with 1.1 and
 /// 1.2-era suites.
 pub(crate) fn tls11_client_hello() -> Vec<u8> {
