@@ -9,7 +9,6 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::BytesMut;
 use common::tls::*;
@@ -27,14 +26,23 @@ const TLS12_IDLE_BOUND: isize = 3584;
 
 struct Counting;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// Per thread: the test harness runs tests on threads of their own at
+    /// once, and one test's allocations must not show in another's count.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
 }
 
 fn counting() -> bool {
     COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn count(delta: isize) {
+    let _ = LIVE.try_with(|live| live.set(live.get() + delta));
+}
+
+fn live() -> isize {
+    LIVE.with(Cell::get)
 }
 
 // SAFETY: forwards every call to the system allocator unchanged; the
@@ -42,7 +50,7 @@ fn counting() -> bool {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if counting() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count(layout.size() as isize);
         }
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
@@ -50,7 +58,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if counting() {
-            LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+            count(-(layout.size() as isize));
         }
         // SAFETY: same contract as ours.
         unsafe { System.dealloc(ptr, layout) }
@@ -58,7 +66,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if counting() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            count(new_size as isize - layout.size() as isize);
         }
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -88,7 +96,7 @@ fn idle_session_heap(versions: &[&'static rustls::SupportedProtocolVersion]) -> 
     let mut client =
         ClientConnection::new(client_config, ServerName::try_from(SERVER_NAME).unwrap()).unwrap();
     let current = shared.current();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     let mut session = server(|| Box::new(TlsSession::new(current).unwrap()));
     let mut plaintext = BytesMut::new();
     let exchange = |client: &mut ClientConnection, session: &mut TlsSession, plaintext: &mut BytesMut| {
@@ -131,7 +139,7 @@ fn idle_session_heap(versions: &[&'static rustls::SupportedProtocolVersion]) -> 
         drop(out);
         drop(plaintext);
     });
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = live() - before;
     assert_eq!(
         session.buffered_bytes(),
         0,
@@ -158,11 +166,11 @@ fn an_idle_tls_session_holds_little_heap() {
 
 #[test]
 fn sessions_do_not_leak() {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     for _ in 0..5 {
         idle_session_heap(TLS13);
     }
     // Everything counted was the server's and was dropped by it.
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = live();
     assert!(after - before <= 0, "{} bytes never freed", after - before);
 }
