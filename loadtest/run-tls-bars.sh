@@ -14,22 +14,9 @@ secs=${1:-20}
 source "$(dirname "$0")/bench-env.sh"
 trap 'if [ -n "${KEEP_RESULTS:-}" ]; then echo "results kept in $out" >&2; else rm -rf "$out"; fi' EXIT
 
-if ! command -v openssl >/dev/null 2>&1; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -q && $sudo apt-get install -y -q openssl
-fi
-
 # The CA (the bench client's only trust anchor) and the server's leaf.
-tls="$out/tls"; mkdir -p "$tls"
-openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=ringpush bench CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-  -subj "/CN=localhost" -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
-  >"$tls/leaf.ext"
-openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
-  -days 2 -extfile "$tls/leaf.ext" -out "$tls/server.pem" 2>/dev/null
+tls="$out/tls"
+make_tls_certs "$tls"
 
 base=${PORT_BASE:-17000}
 # Both device listeners on.
