@@ -3,6 +3,8 @@
 //! authenticated Hello. The delivery core is in `benches/core.rs`, the log
 //! and templates in `benches/storage.rs`. Run: `cargo bench --bench codec`.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -10,21 +12,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringpush::config::Config;
 use ringpush::protocol::{body, decode_frame, decode_slice, Frame, PROTOCOL_VERSION};
 
-fn sample_push(id: u64) -> Frame {
-    Frame::Push(Box::new(body::Push {
-        id,
-        msg_key: "order-1234567".into(),
-        title: "Your order shipped".into(),
-        content: "Parcel 1Z999 left the warehouse and arrives tomorrow before noon.".into(),
-        uri: "app://orders/1234567".into(),
-        accepted_at_ms: 1_700_000_000_000,
-        expires_at_ms: 1_700_000_300_000,
-        ..Default::default()
-    }))
-}
-
 fn codec(c: &mut Criterion) {
-    let push = sample_push(42);
+    let push = common::sample_push(42);
     let bytes = push.to_bytes();
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));

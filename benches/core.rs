@@ -6,6 +6,8 @@
 //! Journal commits are answered at once (`journal_done(Ok(None))`), so the
 //! figures are the core's own cost; the log's is in `benches/storage.rs`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,19 +18,6 @@ use ringpush::delivery::{ConnId, DeliveryCore, IoAction};
 use ringpush::message::{unix_ms, Command, Message, TaskTag};
 use ringpush::protocol::{body, decode_slice, Frame, PROTOCOL_VERSION};
 use ringpush::stats::PushType;
-
-fn sample_push(id: u64) -> Frame {
-    Frame::Push(Box::new(body::Push {
-        id,
-        msg_key: "order-1234567".into(),
-        title: "Your order shipped".into(),
-        content: "Parcel 1Z999 left the warehouse and arrives tomorrow before noon.".into(),
-        uri: "app://orders/1234567".into(),
-        accepted_at_ms: 1_700_000_000_000,
-        expires_at_ms: 1_700_000_300_000,
-        ..Default::default()
-    }))
-}
 
 fn hello(token: &str) -> Vec<u8> {
     Frame::Hello(Box::new(body::Hello {
@@ -108,7 +97,7 @@ impl Pusher {
                     msg_key: id.to_string().into(),
                     accepted_at_ms: self.now_ms,
                     expires_at_ms: self.now_ms + 300_000,
-                    frame: Bytes::from(sample_push(id).to_bytes()),
+                    frame: Bytes::from(common::sample_push(id).to_bytes()),
                     task: self.task.clone(),
                     collapse_key: None,
                 }],

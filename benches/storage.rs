@@ -4,28 +4,18 @@
 //! cache's, not the disk's), and rendering a personalised template. Run:
 //! `cargo bench --bench storage`.
 
+mod common;
+
 use std::collections::HashMap;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ringpush::journal::{AcceptedEntry, Entry};
 use ringpush::log::{FsyncPolicy, Log, LogConfig};
-use ringpush::protocol::{body, Frame};
 use ringpush::stats::PushType;
 use ringpush::templates::text::Text;
 
 fn push_frame() -> Vec<u8> {
-    Frame::Push(Box::new(body::Push {
-        id: 42,
-        msg_key: "order-1234567".into(),
-        title: "Your order shipped".into(),
-        content: "Parcel 1Z999 left the warehouse and arrives tomorrow before noon.".into(),
-        uri: "app://orders/1234567".into(),
-        accepted_at_ms: 1_700_000_000_000,
-        expires_at_ms: 1_700_000_300_000,
-        ..Default::default()
-    }))
-    .to_bytes()
-    .to_vec()
+    common::sample_push(42).to_bytes().to_vec()
 }
 
 fn accepted(frame: &[u8]) -> Entry<'_> {
