@@ -3,7 +3,11 @@
 //! the same mio loop shape as `devices.rs` (paced connects from spread
 //! source addresses, disconnect and reconnect on the shared flags),
 //! publishers are the "API" side on an open-loop schedule, and a
-//! broadcaster sends one message every device receives.
+//! broadcaster sends one message every device receives. In a reconnect
+//! storm every device closes as soon as it is subscribed (MQTT: SUBACK, or
+//! a CONNACK that resumes its session; NATS: the PONG after its SUBs) and
+//! connects again, with at most `max_pending_connects` in flight per
+//! thread, as `devices.rs` does for ringpush.
 //!
 //! Mapping (loadtest/README.md has the table): device *i* is MQTT client
 //! `d<i>` subscribed at QoS 1 to `d/<i>` and `all`, or a NATS connection
@@ -12,7 +16,7 @@
 //! acknowledgements and no retention: its devices count deliveries only
 //! and the offline scenarios are reported as unsupported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,6 +92,7 @@ struct PeerDevice {
     ready: bool,
     /// Ready at least once (its id is in `Shared::tokens`).
     known: bool,
+    opened_at: Instant,
 }
 
 fn device_id(index: usize) -> String {
@@ -133,6 +138,10 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
     let mut scratch = vec![0u8; READ_BYTES];
     let start = Instant::now();
     let mut next_to_connect = 0usize;
+    // Opened and not yet subscribed: the handshakes in flight.
+    let mut pending = 0usize;
+    // Storm: devices closed once subscribed, to open again.
+    let mut storm_queue: VecDeque<usize> = VecDeque::new();
     let heartbeat = Duration::from_secs(u64::from(KEEP_ALIVE_SECS));
     let mut next_ping = Instant::now() + heartbeat;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -145,6 +154,7 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
                         let _ = device.stream.write(&device.unsent);
                     }
                     let _ = poll.registry().deregister(&mut device.stream);
+                    pending -= usize::from(!device.ready);
                     Counters::add(&shared.counters.disconnected, 1);
                 }
             }
@@ -154,39 +164,57 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
             next_to_connect = 0;
         }
         let now = Instant::now();
-        while next_to_connect < config.count && (!disconnected || reconnecting) {
-            if config.connect_rate > 0.0 && !reconnecting {
-                let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
-                if due > now {
-                    break;
-                }
+        let mut opened = 0usize;
+        loop {
+            if config.max_pending_connects > 0 && pending >= config.max_pending_connects {
+                break;
             }
-            let index = config.first_index + next_to_connect;
+            let slot = if next_to_connect < config.count && (!disconnected || reconnecting) {
+                if config.connect_rate > 0.0 && !reconnecting {
+                    let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
+                    if due > now {
+                        break;
+                    }
+                }
+                next_to_connect += 1;
+                next_to_connect - 1
+            } else if let Some(slot) = storm_queue.pop_front() {
+                slot
+            } else {
+                break;
+            };
+            let index = config.first_index + slot;
             match devices::connect(&config, index) {
                 Ok(mut stream) => {
                     poll.registry()
-                        .register(
-                            &mut stream,
-                            Token(next_to_connect),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
+                        .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
                         .expect("register a device socket");
-                    devices[next_to_connect] = Some(PeerDevice {
+                    devices[slot] = Some(PeerDevice {
                         stream,
                         partial: Vec::new(),
-                        unsent: greeting(target, index, reconnecting),
+                        unsent: greeting(target, index, reconnecting || known[slot]),
                         ready: false,
-                        known: known[next_to_connect],
+                        known: known[slot],
+                        opened_at: now,
                     });
+                    pending += 1;
                 }
-                Err(_) => Counters::add(&shared.counters.connect_errors, 1),
+                Err(_) => {
+                    Counters::add(&shared.counters.connect_errors, 1);
+                    if config.storm {
+                        storm_queue.push_back(slot);
+                    }
+                }
             }
-            next_to_connect += 1;
-            if (config.connect_rate == 0.0 || reconnecting) && next_to_connect.is_multiple_of(256) {
+            opened += 1;
+            // Keep the loop responsive while connecting as fast as possible.
+            if (config.connect_rate == 0.0 || reconnecting || config.storm) && opened.is_multiple_of(256) {
                 break;
             }
         }
-        let timeout = if next_to_connect < config.count && (!disconnected || reconnecting) {
+        let connecting = next_to_connect < config.count && (!disconnected || reconnecting);
+        let throttled = config.max_pending_connects > 0 && pending >= config.max_pending_connects;
+        let timeout = if (connecting || !storm_queue.is_empty()) && !throttled {
             Duration::from_millis(1)
         } else {
             Duration::from_millis(100)
@@ -204,13 +232,17 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
                 continue;
             };
             if event.is_writable() && !device.unsent.is_empty() && !flush(device) {
-                close(&mut devices[i], &mut poll, &shared, "write_error");
+                if config.storm {
+                    storm_queue.push_back(i);
+                }
+                pending -= close(&mut devices[i], &mut poll, &shared, "write_error");
                 continue;
             }
             if !(event.is_readable() || event.is_read_closed()) {
                 continue;
             }
             let mut closed = None;
+            let was_ready = device.ready;
             loop {
                 match device.stream.read(&mut scratch) {
                     Ok(0) => {
@@ -225,7 +257,7 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
                             device,
                             &scratch[..n],
                             &shared,
-                            record.then_some(&mut histogram),
+                            (record && !config.storm).then_some(&mut histogram),
                         ) {
                             closed = Some(reason);
                             break;
@@ -246,8 +278,21 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
             if !device.unsent.is_empty() && !flush(device) {
                 closed = closed.or(Some("write_error"));
             }
+            if device.ready && !was_ready {
+                pending -= 1;
+            }
             if let Some(reason) = closed {
-                close(&mut devices[i], &mut poll, &shared, reason);
+                if config.storm {
+                    storm_queue.push_back(i);
+                }
+                pending -= close(&mut devices[i], &mut poll, &shared, reason);
+            } else if config.storm && device.ready {
+                if record {
+                    let _ = histogram.record((device.opened_at.elapsed().as_micros() as u64).max(1));
+                }
+                let _ = poll.registry().deregister(&mut device.stream);
+                devices[i] = None;
+                storm_queue.push_back(i);
             } else if config.offline && device.ready {
                 if target == Target::Mosquitto {
                     mqtt::disconnect(&mut device.unsent);
@@ -395,15 +440,19 @@ fn flush(device: &mut PeerDevice) -> bool {
     true
 }
 
-fn close(slot: &mut Option<PeerDevice>, poll: &mut Poll, shared: &Shared, reason: &'static str) {
-    if let Some(mut device) = slot.take() {
-        let _ = poll.registry().deregister(&mut device.stream);
-        if !device.ready {
-            Counters::add(&shared.counters.connect_errors, 1);
-        }
-        Counters::add(&shared.counters.closed_by_server, 1);
-        *shared.closes.lock().entry(reason.to_string()).or_default() += 1;
+/// Closes a device's connection and counts why; 1 when it was still
+/// connecting (one handshake fewer in flight), else 0.
+fn close(slot: &mut Option<PeerDevice>, poll: &mut Poll, shared: &Shared, reason: &'static str) -> usize {
+    let Some(mut device) = slot.take() else {
+        return 0;
+    };
+    let _ = poll.registry().deregister(&mut device.stream);
+    if !device.ready {
+        Counters::add(&shared.counters.connect_errors, 1);
     }
+    Counters::add(&shared.counters.closed_by_server, 1);
+    *shared.closes.lock().entry(reason.to_string()).or_default() += 1;
+    usize::from(!device.ready)
 }
 
 /// The payload of a message: its msgKey, a space, padding to `bytes`.
