@@ -199,9 +199,14 @@ idle_hold() {
   stop_system
 }
 
+# storm NAME ARGS...: a reconnect storm on a fresh server; with storm_tls
+# set, against ringpush's TLS listener.
 storm() {
   local name=$1; shift
   start_system "$system"
+  if [ -n "${storm_tls:-}" ]; then
+    target_args=(--target ringpush --device-addr "127.0.0.1:$tls_port" --api-addr "127.0.0.1:$api_port")
+  fi
   bench_run "$name" --reconnect-storm --devices "$storm_devices" --threads 2 --max-pending-connects 128 \
     --duration "$seconds" --warmup 2 --server-pid "$server" "$@"
   stop_system
@@ -211,9 +216,9 @@ connect_storm() {
   system=$1
   storm connect-storm
   if [[ $system == ringpush-uring || $system == ringpush-epoll ]] && [ -n "$tls_config" ]; then
-    local tls=(--tls --device-addr "127.0.0.1:$tls_port" --tls-ca "$out/tls/ca.pem" --tls-server-name localhost)
-    storm connect-storm-tls-full "${tls[@]}"
-    storm connect-storm-tls-resumed "${tls[@]}" --tls-resume
+    local tls=(--tls --tls-ca "$out/tls/ca.pem" --tls-server-name localhost)
+    storm_tls=1 storm connect-storm-tls-full "${tls[@]}"
+    storm_tls=1 storm connect-storm-tls-resumed "${tls[@]}" --tls-resume
   fi
 }
 
