@@ -107,7 +107,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (count, backend) = (shards.count(), shards.backend().as_str());
     let status = move || {
         format!(
-            "{} connections, {count} shards, backend {backend}",
+            "devices connected: {}, shards: {count}, backend: {backend}",
             admission.open()
         )
     };

@@ -50,6 +50,10 @@ impl Notifier {
             }
         };
         let socket = UnixDatagram::unbound()?;
+        // A reader that stopped reading (a wedged systemd, a test's fake)
+        // must not block the watchdog thread or the stop: a full queue
+        // fails the send instead, and the caller logs it.
+        socket.set_nonblocking(true)?;
         Ok(Self {
             target: Some((socket, address)),
         })
@@ -60,9 +64,8 @@ impl Notifier {
     }
 
     /// Sends `state` (newline-separated `KEY=VALUE` assignments) as one
-    /// datagram. The socket is a local datagram socket that systemd keeps
-    /// reading, so a send does not block in practice; an error is returned
-    /// for the caller to log, never retried.
+    /// datagram, without blocking; an error is returned for the caller to
+    /// log, never retried (the next ping or status follows anyway).
     pub fn notify(&self, state: &str) -> io::Result<()> {
         match &self.target {
             Some((socket, address)) => socket.send_to_addr(state.as_bytes(), address).map(drop),
