@@ -385,8 +385,8 @@ pub struct Delivery {
     pub token_redirect_secs: u64,
     /// On stop (SIGTERM, SIGINT): how long shards wait for the GoAways and
     /// any other bytes still owed to devices to leave before they close the
-    /// remaining sockets anyway; also bounds how long the daemon waits for a
-    /// shard thread to end.
+    /// remaining sockets anyway; also bounds (plus `shard::STOP_SLACK`) how
+    /// long the daemon waits for a shard thread to end.
     pub drain_timeout_secs: u64,
     /// On stop, every device is told to come back after a retry-after drawn
     /// uniformly from `shutdown_retry_min_ms ..= shutdown_retry_max_ms`, so

@@ -139,14 +139,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     info!("stopping: refusing new work, sending GoAway to devices");
     // First, so systemd neither restarts a daemon that is stopping on
     // purpose nor kills it at TimeoutStopSec while the drain is within what
-    // the configuration allows: the API's grace, the shards' drain (and the
-    // second `Shards::stop` allows past it), the receipts' grace, and a
-    // margin for the logs' last fsync.
+    // the configuration allows: the API's grace, the shards' drain and the
+    // slack `Shards::stop` allows past it, the receipts' grace, and a
+    // second to exit.
     let stop_budget = Duration::from_millis(config.http.shutdown_grace_ms)
         + drain_timeout
-        + Duration::from_secs(1)
+        + crate::shard::STOP_SLACK
         + Duration::from_millis(config.receipts.shutdown_grace_ms)
-        + Duration::from_secs(5);
+        + Duration::from_secs(1);
     notify(
         &notifier,
         &format!(

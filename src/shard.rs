@@ -66,6 +66,11 @@ impl ShardHandle {
     }
 }
 
+/// What a stopping shard may take beyond the drain timeout: the iteration
+/// the Stop arrived in (up to 4096 commands, maybe a checkpoint), its last
+/// commit and fsync.
+pub const STOP_SLACK: Duration = Duration::from_secs(5);
+
 /// How far each shard loop has got. A loop stores its iteration count after
 /// every iteration (one relaxed store to a line no other shard writes: no
 /// syscall, no lock on the hot path); the watchdog compares two readings.
@@ -170,16 +175,16 @@ impl Shards {
     }
 
     /// Tells every shard to send GoAway to its devices, drain and stop;
-    /// waits for them, but not past `delivery.drain_timeout_secs` plus a
-    /// second for the shards' own bookkeeping: a shard stuck in a system
-    /// call must not keep the process from exiting. What the API accepted
-    /// is in the log already, so leaving such a thread behind loses
-    /// nothing.
+    /// waits for them, but not past `delivery.drain_timeout_secs` plus
+    /// `STOP_SLACK`: a shard stuck in a system call must not keep the
+    /// process from exiting. What the API accepted is in the log already,
+    /// so leaving such a thread behind loses nothing; to the log it is a
+    /// crash (a torn tail is cut at the next start).
     pub fn stop(self, drain_timeout: Duration) {
         for handle in self.handles.iter() {
             handle.control(Control::Stop);
         }
-        let deadline = Instant::now() + drain_timeout + Duration::from_secs(1);
+        let deadline = Instant::now() + drain_timeout + STOP_SLACK;
         let mut running = self.threads.len();
         while running > 0 {
             match self.ended.recv_deadline(deadline) {
