@@ -159,7 +159,9 @@ fn ready_comes_once_devices_can_connect_and_the_watchdog_pings_while_shards_adva
             periodic_status.unwrap(),
             format!("devices connected: 1, shards: 2, backend: {backend}")
         );
-        assert_eq!(metric(&d, "ringpush_watchdog_stuck_total", ""), 0.0, "{backend}");
+        // No assertion that no look found a shard stuck: with 200 ms a
+        // loaded machine may well leave a healthy shard unscheduled for the
+        // 100 ms between two looks; the pings above are what must hold.
         drop(d);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -183,9 +185,15 @@ fn a_stalled_shard_stops_the_watchdog_pings_until_it_moves_again() {
         let marker = faults.join("stall-shard-1");
         std::fs::write(&marker, b"").unwrap();
         let stuck = |d: &Daemon| metric(d, "ringpush_watchdog_stuck_total", "shard=\"1\"");
-        wait_for("a stuck shard 1", || stuck(&d) >= 1.0);
-        // From the first stuck look on, the shard is blocked (it checks the
-        // marker before it counts an iteration): no ping may follow.
+        wait_for("shard 1 to stall", || {
+            faults.join("stall-shard-1.stalled").exists()
+        });
+        // Of two looks that count after this reading, the second read the
+        // shard's last count (the first's count came after the shard
+        // blocked), and the watchdog sends what a look decides before the
+        // next one: from then on no ping is on its way or can follow.
+        let seen = stuck(&d);
+        wait_for("two looks at the stalled shard", || stuck(&d) >= seen + 2.0);
         systemd.queued();
         let seen = stuck(&d);
         wait_for("three more stuck looks", || stuck(&d) >= seen + 3.0);
@@ -194,7 +202,6 @@ fn a_stalled_shard_stops_the_watchdog_pings_until_it_moves_again() {
             after.iter().all(|m| !m.lines().any(|l| l == "WATCHDOG=1")),
             "{backend}: pinged while shard 1 was stalled: {after:?}"
         );
-        assert_eq!(metric(&d, "ringpush_watchdog_stuck_total", "shard=\"0\""), 0.0);
         std::fs::remove_file(&marker).unwrap();
         systemd.wait_for("WATCHDOG=1");
         drop(d);
@@ -221,7 +228,7 @@ fn sigterm_says_stopping_sends_every_device_go_away_and_a_restart_delivers_what_
         let dir = Daemon::scratch_dir(&format!("notify-drain-{backend}"));
         let systemd = FakeSystemd::bind(&dir);
         let config = format!(
-            "io = \"{backend}\"\nshards = 2\n[delivery]\ndrain_timeout_secs = 5\nshutdown_retry_min_ms = 1500\nshutdown_retry_max_ms = 2500\n[durability]\ndata_dir = \"{}\"\nfsync = \"interval\"\nfsync_interval_ms = 60000\n",
+            "io = \"{backend}\"\nshards = 2\n[delivery]\ndrain_timeout_secs = 15\nshutdown_retry_min_ms = 1500\nshutdown_retry_max_ms = 2500\n[durability]\ndata_dir = \"{}\"\nfsync = \"interval\"\nfsync_interval_ms = 60000\n",
             dir.join("data").display()
         );
         let mut d = Daemon::start_with_env(&dir, &config, None, &systemd.env(None));
@@ -263,7 +270,7 @@ fn sigterm_says_stopping_sends_every_device_go_away_and_a_restart_delivers_what_
         assert!(status.success(), "{backend}: {status}");
         let took = stopped_at.elapsed();
         assert!(
-            took < Duration::from_secs(5),
+            took < Duration::from_secs(15),
             "{backend}: devices that read let the stop finish before the drain timeout: {took:?}"
         );
 
@@ -333,6 +340,10 @@ fn a_device_that_does_not_read_cannot_hold_the_stop_past_the_drain_timeout() {
         d.signal("TERM");
         let frames = polite.until_closed();
         shutdown_go_away(&frames);
+        // The shard stopped listening before it sent the GoAways (and it is
+        // still draining, or the process is gone): a device is refused.
+        let refused = std::net::TcpStream::connect(d.device).map(drop).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{backend}");
         // Without the bound the shard would wait for the wedged socket for
         // ever (write_timeout_secs is an hour).
         let status = d.wait_exit(PATIENCE);

@@ -143,6 +143,7 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         lp.run_actions(&context);
         if stop {
             let deadline = now + context.config.delivery.drain_timeout();
+            super::stop_accepting(&context);
             lp.stopping = true;
             lp.core.shutdown();
             lp.run_actions(&context);

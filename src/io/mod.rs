@@ -100,7 +100,8 @@ pub(crate) struct Pulse {
     iterations: u64,
     /// `RINGPUSH_FAULT_DIR/stall-shard-N`, read once at start: while that
     /// file exists the loop blocks, as a shard stuck in a system call or an
-    /// endless loop would (the watchdog's integration test).
+    /// endless loop would (the watchdog's integration test), and says so
+    /// with a file `stall-shard-N.stalled` beside it.
     stall_marker: Option<PathBuf>,
 }
 
@@ -122,9 +123,12 @@ impl Pulse {
         if let Some(marker) = &self.stall_marker {
             if marker.exists() {
                 tracing::warn!(shard = self.shard, "stalled by the fault hook");
+                let stalled = marker.with_extension("stalled");
+                let _ = std::fs::write(&stalled, b"");
                 while marker.exists() {
                     std::thread::sleep(Duration::from_millis(10));
                 }
+                let _ = std::fs::remove_file(&stalled);
             }
         }
         self.iterations += 1;
@@ -178,6 +182,20 @@ pub(crate) fn new_tls_session(context: &ShardContext) -> Option<Box<crate::tls::
             tracing::warn!(shard = context.id, error = %e, "could not start a TLS session");
             None
         }
+    }
+}
+
+/// On stop, before the GoAways: no new device connections. shutdown(2) on a
+/// listening socket takes it out of the listen state (Linux resets the
+/// connections waiting in its backlog, and SO_REUSEPORT sends new ones to
+/// the shards still listening, or refuses them once none is), so a device
+/// is refused at once rather than accepted by the kernel and dropped
+/// without a word at exit.
+pub(crate) fn stop_accepting(context: &ShardContext) {
+    let plain = context.listener.iter();
+    let tls = context.tls_listener.iter().map(|(listener, _)| listener);
+    for listener in plain.chain(tls) {
+        let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
     }
 }
 

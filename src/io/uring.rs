@@ -341,6 +341,7 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         }
         if stop {
             let deadline = now + context.config.delivery.drain_timeout();
+            super::stop_accepting(&context);
             b.core.shutdown();
             b.run_actions(now);
             b.store.commit(&mut b.core, now);
