@@ -269,6 +269,7 @@ fn sigterm_says_stopping_sends_every_device_go_away_and_a_restart_delivers_what_
         let status = d.wait_exit(PATIENCE);
         assert!(status.success(), "{backend}: {status}");
         let took = stopped_at.elapsed();
+        eprintln!("{backend}: SIGTERM to exit with 6 devices: {took:?}");
         assert!(
             took < Duration::from_secs(15),
             "{backend}: devices that read let the stop finish before the drain timeout: {took:?}"
@@ -337,8 +338,13 @@ fn a_device_that_does_not_read_cannot_hold_the_stop_past_the_drain_timeout() {
         let mut d = Daemon::start_in(&dir, &config);
         let _wedged = wedged_device(&d);
         let mut polite = d.device("");
+        let term_at = Instant::now();
         d.signal("TERM");
         let frames = polite.until_closed();
+        eprintln!(
+            "{backend}: polite device closed {:?} after SIGTERM",
+            term_at.elapsed()
+        );
         shutdown_go_away(&frames);
         // The shard stopped listening before it sent the GoAways (and it is
         // still draining, or the process is gone): a device is refused.
@@ -346,8 +352,13 @@ fn a_device_that_does_not_read_cannot_hold_the_stop_past_the_drain_timeout() {
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{backend}");
         // Without the bound the shard would wait for the wedged socket for
         // ever (write_timeout_secs is an hour).
+        let stopped_at = Instant::now();
         let status = d.wait_exit(PATIENCE);
         assert!(status.success(), "{backend}: {status}");
+        eprintln!(
+            "{backend}: exit {:?} after the GoAway, drain timeout 1 s",
+            stopped_at.elapsed()
+        );
         drop(d);
         let _ = std::fs::remove_dir_all(&dir);
     }
