@@ -383,7 +383,24 @@ pub struct Delivery {
     /// presents the new one first. 0: the old token is unknown at once, so a
     /// device offline during the rotation starts over with a fresh token.
     pub token_redirect_secs: u64,
+    /// On stop (SIGTERM, SIGINT): how long shards wait for the GoAways and
+    /// any other bytes still owed to devices to leave before they close the
+    /// remaining sockets anyway; also bounds (plus `shard::STOP_SLACK`) how
+    /// long the daemon waits for a shard thread to end.
+    pub drain_timeout_secs: u64,
+    /// On stop, every device is told to come back after a retry-after drawn
+    /// uniformly from `shutdown_retry_min_ms ..= shutdown_retry_max_ms`, so
+    /// the reconnects after a restart spread out instead of arriving at once.
+    pub shutdown_retry_min_ms: u32,
+    pub shutdown_retry_max_ms: u32,
 }
+
+/// Longest `delivery.drain_timeout_secs`: ten minutes. A stopping daemon
+/// asks systemd for the time (EXTEND_TIMEOUT_USEC), so TimeoutStopSec does
+/// not cut a configured drain short.
+pub const MAX_DRAIN_TIMEOUT_SECS: u64 = 600;
+/// Longest `delivery.shutdown_retry_max_ms`: an hour.
+pub const MAX_SHUTDOWN_RETRY_MS: u32 = 3_600_000;
 
 /// Longest `delivery.token_redirect_secs`: a year.
 pub const MAX_TOKEN_REDIRECT_SECS: u64 = 365 * 24 * 3600;
@@ -676,11 +693,17 @@ impl Default for Delivery {
             max_revokes_per_device: 100,
             max_recall_index_per_shard: 1_000_000,
             token_redirect_secs: 30 * 24 * 3600,
+            drain_timeout_secs: 10,
+            shutdown_retry_min_ms: 1_000,
+            shutdown_retry_max_ms: 10_000,
         }
     }
 }
 
 impl Delivery {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
     }
@@ -854,6 +877,20 @@ impl Config {
             return invalid(format!(
                 "delivery.write_timeout_secs = {} (allowed 1 ..= 86400)",
                 d.write_timeout_secs
+            ));
+        }
+        if d.drain_timeout_secs > MAX_DRAIN_TIMEOUT_SECS {
+            return invalid(format!(
+                "delivery.drain_timeout_secs = {} (allowed 0 ..= {MAX_DRAIN_TIMEOUT_SECS})",
+                d.drain_timeout_secs
+            ));
+        }
+        if d.shutdown_retry_min_ms > d.shutdown_retry_max_ms
+            || d.shutdown_retry_max_ms > MAX_SHUTDOWN_RETRY_MS
+        {
+            return invalid(format!(
+                "delivery.shutdown_retry_min_ms = {}, shutdown_retry_max_ms = {} (allowed min <= max <= {MAX_SHUTDOWN_RETRY_MS})",
+                d.shutdown_retry_min_ms, d.shutdown_retry_max_ms
             ));
         }
         if d.token_redirect_secs > MAX_TOKEN_REDIRECT_SECS {
@@ -1144,6 +1181,13 @@ mod tests {
         assert!(Config::from_toml("[delivery]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n").is_err());
         assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
         assert!(Config::from_toml("io = \"poll\"\n").is_err());
+        assert!(Config::from_toml("[delivery]\ndrain_timeout_secs = 601\n").is_err());
+        assert!(Config::from_toml("[delivery]\ndrain_timeout_secs = 0\n").is_ok());
+        assert!(Config::from_toml(
+            "[delivery]\nshutdown_retry_min_ms = 5000\nshutdown_retry_max_ms = 4000\n"
+        )
+        .is_err());
+        assert!(Config::from_toml("[delivery]\nshutdown_retry_max_ms = 3600001\n").is_err());
         assert!(Config::from_toml(
             "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\nmaxTemplates = 10001\n"
         )

@@ -1,15 +1,18 @@
 //! Process lifecycle: logging, starting the shards, the push API and the
-//! admin endpoints in order, announcing readiness, an orderly stop on
-//! SIGTERM or SIGINT (devices get GoAway with a jittered retry-after), and
-//! `reload` on SIGHUP.
+//! admin endpoints in order, announcing readiness (the "ringpush ready" line
+//! and systemd's READY=1), the watchdog thread, an orderly stop on SIGTERM
+//! or SIGINT (STOPPING=1, devices get GoAway with a jittered retry-after,
+//! bounded by the drain timeout), and `reload` on SIGHUP.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tracing::info;
 
 use crate::config::Config;
+use crate::notify::Notifier;
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -32,6 +35,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::tags::describe_metrics();
     crate::receipts::describe_metrics();
     crate::tls::describe_metrics();
+    crate::watchdog::describe_metrics();
+    // First: a NOTIFY_SOCKET that names no socket stops the start at once,
+    // rather than after recovery or at systemd's start timeout.
+    let notifier = Arc::new(Notifier::from_env().context("NOTIFY_SOCKET")?);
+    let drain_timeout = config.delivery.drain_timeout();
     // Before the shards: a bad signing key stops the start before any log
     // is opened, and the queues exist before the first ack.
     let (receipt_queue, receipts) = match crate::receipts::sender::prepare(&config)? {
@@ -46,7 +54,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let receipts = match receipts.map(|r| r.start(&config.durability.data_dir)).transpose() {
         Ok(sender) => sender,
         Err(e) => {
-            shards.stop();
+            shards.stop(drain_timeout);
             return Err(e.context("starting the receipt sender"));
         }
     };
@@ -54,14 +62,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let templates = match crate::templates::TemplateStore::open(&config) {
         Ok(t) => Arc::new(t),
         Err(e) => {
-            shards.stop();
+            shards.stop(drain_timeout);
             return Err(e.context("loading the templates"));
         }
     };
     let tags = match crate::tags::TagStore::open(&config) {
         Ok(t) => Arc::new(t),
         Err(e) => {
-            shards.stop();
+            shards.stop(drain_timeout);
             return Err(e.context("loading the tags"));
         }
     };
@@ -92,19 +100,81 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         backend = shards.backend().as_str(),
         "ringpush ready"
     );
+    // After every listener is bound and every log replayed, like the line
+    // above. The status names the addresses, as the line does, for
+    // `systemctl status` (and the tests, which connect on READY=1).
+    let admission = shards.admission();
+    let (count, backend) = (shards.count(), shards.backend().as_str());
+    let status = move || {
+        format!(
+            "devices connected: {}, shards: {count}, backend: {backend}",
+            admission.open()
+        )
+    };
+    notify(
+        &notifier,
+        &format!(
+            "READY=1\nSTATUS={}",
+            crate::notify::status_line(&format!(
+                "ready: {}; device={} device_tls={} api={} admin={}",
+                status(),
+                show(shards.local_device_addr()),
+                show(shards.local_device_tls_addr()),
+                api.api_addr(),
+                api.admin_addr(),
+            ))
+        ),
+    );
+    let watchdog = crate::watchdog::Watchdog::start(
+        notifier.clone(),
+        crate::notify::watchdog_interval(),
+        shards.heartbeats(),
+        shards.handles(),
+        Box::new(status),
+    )
+    .context("starting the watchdog thread")?;
     while signals.wait() == Signal::Reload {
         reload(&config, tls.as_deref());
     }
     info!("stopping: refusing new work, sending GoAway to devices");
+    // First, so systemd neither restarts a daemon that is stopping on
+    // purpose nor kills it at TimeoutStopSec while the drain is within what
+    // the configuration allows: the API's grace, the shards' drain and the
+    // slack `Shards::stop` allows past it, the receipts' grace, and a
+    // second to exit.
+    let stop_budget = Duration::from_millis(config.http.shutdown_grace_ms)
+        + drain_timeout
+        + crate::shard::STOP_SLACK
+        + Duration::from_millis(config.receipts.shutdown_grace_ms)
+        + Duration::from_secs(1);
+    notify(
+        &notifier,
+        &format!(
+            "STOPPING=1\nSTATUS=stopping: draining\nEXTEND_TIMEOUT_USEC={}",
+            stop_budget.as_micros()
+        ),
+    );
+    // Before the shards stop: a stopped loop no longer beats.
+    if let Some(watchdog) = watchdog {
+        watchdog.stop();
+    }
     ready.store(false, Ordering::SeqCst);
     api.stop();
-    shards.stop();
+    shards.stop(drain_timeout);
     // After the shards: their last commits may still hand over receipts.
     if let Some(receipts) = receipts {
         receipts.stop();
     }
     info!("stopped");
     Ok(())
+}
+
+/// Sends a state to systemd; a failure is logged, never fatal (systemd's
+/// timeouts are the consequence, and they name the problem).
+fn notify(notifier: &Notifier, state: &str) {
+    if let Err(e) = notifier.notify(state) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }
 
 /// The TLS configuration the TLS listener starts with; `None` when no

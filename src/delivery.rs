@@ -565,6 +565,8 @@ struct Limits {
     reportable_per_device: usize,
     /// How long an old token redirects to its rotated device (0: not at all).
     token_redirect_ms: u64,
+    /// The bounds of the retry-after in a shutdown's GoAways.
+    shutdown_retry_ms: (u32, u32),
 }
 
 /// How often expired shared messages are swept out of the store.
@@ -1056,6 +1058,7 @@ impl DeliveryCore {
                 max_revokes: d.max_revokes_per_device,
                 reportable_per_device: config.stats.reportable_per_device,
                 token_redirect_ms: d.token_redirect_secs.saturating_mul(1000),
+                shutdown_retry_ms: (d.shutdown_retry_min_ms, d.shutdown_retry_max_ms),
             },
             apps: config
                 .apps
@@ -3938,12 +3941,13 @@ impl DeliveryCore {
             .min()
     }
 
-    /// Tells every connected device to come back after a jittered delay and
-    /// closes it; used on shutdown.
+    /// Tells every connected device to come back after a jittered delay
+    /// (`delivery.shutdown_retry_*_ms`) and closes it; used on shutdown.
     pub fn shutdown(&mut self) {
         let conns: Vec<ConnId> = self.sessions.iter().map(|(conn, _)| conn).collect();
+        let (low, high) = self.limits.shutdown_retry_ms;
         for conn in conns {
-            let retry = self.jittered_ms(1000, 10_000);
+            let retry = self.jittered_ms(low, high);
             self.go_away(conn, GoAwayReason::Shutdown, retry, "server shutting down");
         }
     }

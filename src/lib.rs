@@ -7,7 +7,8 @@
 //! core, `delivery` and `session` are the sans-IO core, `protocol` is the
 //! codec, `device_auth` checks a Hello's proof of its app; `templates` holds
 //! the apps' message templates and `tags` their user tags; `api` and `admin`
-//! are the HTTP faces; `receipts` posts signed delivery receipts to the apps.
+//! are the HTTP faces; `receipts` posts signed delivery receipts to the apps;
+//! `notify` and `watchdog` speak systemd's notification protocol.
 
 pub mod admin;
 pub mod admission;
@@ -21,6 +22,7 @@ pub mod io;
 pub mod journal;
 pub mod log;
 pub mod message;
+pub mod notify;
 pub mod protocol;
 pub mod receipts;
 pub mod session;
@@ -31,3 +33,4 @@ pub mod tags;
 pub mod templates;
 pub mod timer;
 pub mod tls;
+pub mod watchdog;

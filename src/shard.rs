@@ -2,15 +2,18 @@
 //! and TLS, SO_REUSEPORT), its own I/O backend and its own `DeliveryCore`. This file
 //! owns starting and stopping them and the two ways work reaches a shard: the
 //! bounded command queue the API fills (`ShardHandle::send`) and the control
-//! queue shards use to hand connections to each other.
+//! queue shards use to hand connections to each other; and each loop's
+//! heartbeat, which the watchdog reads.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admission::Admission;
 use crate::config::{Config, IoBackend};
@@ -49,11 +52,47 @@ impl ShardHandle {
         }
     }
 
+    /// Makes the shard run one loop iteration even if nothing else is due:
+    /// the watchdog's way to see an idle shard advance.
+    pub fn wake(&self) {
+        self.wake.wake();
+    }
+
     pub(crate) fn control(&self, message: Control) {
         // A send fails only when the shard thread is gone (shutting down);
         // the socket in an Adopt is then closed by its drop, which is right.
         let _ = self.control.send(message);
         self.wake.wake();
+    }
+}
+
+/// What a stopping shard may take beyond the drain timeout: the iteration
+/// the Stop arrived in (up to 4096 commands, maybe a checkpoint), its last
+/// commit and fsync.
+pub const STOP_SLACK: Duration = Duration::from_secs(5);
+
+/// How far each shard loop has got. A loop stores its iteration count after
+/// every iteration (one relaxed store to a line no other shard writes: no
+/// syscall, no lock on the hot path); the watchdog compares two readings.
+pub struct Heartbeats(Box<[CachePadded]>);
+
+/// One counter per cache line, so shards do not invalidate each other's.
+#[repr(align(64))]
+#[derive(Default)]
+struct CachePadded(AtomicU64);
+
+impl Heartbeats {
+    pub fn new(shards: usize) -> Self {
+        Self((0..shards).map(|_| CachePadded::default()).collect())
+    }
+
+    pub fn beat(&self, shard: usize, iterations: u64) {
+        self.0[shard].0.store(iterations, Ordering::Relaxed);
+    }
+
+    /// Every shard's iteration count, in shard order.
+    pub fn read(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.0.load(Ordering::Relaxed)).collect()
     }
 }
 
@@ -72,11 +111,17 @@ pub(crate) struct ShardContext {
     pub peers: Arc<[ShardHandle]>,
     /// The per-address policy all shards share.
     pub admission: Arc<Admission>,
+    /// Where this shard's loop reports its progress (index `id`).
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 pub struct Shards {
     handles: Arc<[ShardHandle]>,
     threads: Vec<JoinHandle<()>>,
+    /// One message per shard thread that ended (normally or by panic).
+    ended: Receiver<usize>,
+    heartbeats: Arc<Heartbeats>,
+    admission: Arc<Admission>,
     backend: IoBackend,
     device_addr: Option<SocketAddr>,
     device_tls_addr: Option<SocketAddr>,
@@ -110,6 +155,16 @@ impl Shards {
         self.handles.len()
     }
 
+    pub fn heartbeats(&self) -> Arc<Heartbeats> {
+        self.heartbeats.clone()
+    }
+
+    /// The admission table all shards share; its `open()` counts the
+    /// device connections of the whole daemon.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.admission.clone()
+    }
+
     pub fn storage_health(&self) -> Arc<StorageHealth> {
         self.health.clone()
     }
@@ -119,10 +174,37 @@ impl Shards {
         self.max_message_id
     }
 
-    /// Tells every shard to send GoAway to its devices and stop; waits.
-    pub fn stop(self) {
+    /// Tells every shard to send GoAway to its devices, drain and stop;
+    /// waits for them, but not past `delivery.drain_timeout_secs` plus
+    /// `STOP_SLACK`: a shard stuck in a system call must not keep the
+    /// process from exiting. What the API accepted is in the log already,
+    /// so leaving such a thread behind loses nothing; to the log it is a
+    /// crash (a torn tail is cut at the next start).
+    pub fn stop(self, drain_timeout: Duration) {
         for handle in self.handles.iter() {
             handle.control(Control::Stop);
+        }
+        let deadline = Instant::now() + drain_timeout + STOP_SLACK;
+        let mut running = self.threads.len();
+        while running > 0 {
+            match self.ended.recv_deadline(deadline) {
+                Ok(_) => running -= 1,
+                Err(_) => break,
+            }
+        }
+        if running > 0 {
+            let stuck: Vec<usize> = self
+                .threads
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !t.is_finished())
+                .map(|(id, _)| id)
+                .collect();
+            error!(
+                ?stuck,
+                "shards did not stop within the drain timeout; exiting without them"
+            );
+            return;
         }
         for thread in self.threads {
             if thread.join().is_err() {
@@ -186,6 +268,8 @@ pub fn start(
     }
     let handles: Arc<[ShardHandle]> = handles.into();
     let admission = Admission::new(config);
+    let heartbeats = Arc::new(Heartbeats::new(count));
+    let (ended_tx, ended) = crossbeam_channel::unbounded();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::with_capacity(count);
     let shard_parts = receivers.into_iter().zip(recovered);
@@ -200,11 +284,14 @@ pub fn start(
             wake,
             peers: handles.clone(),
             admission: admission.clone(),
+            heartbeats: heartbeats.clone(),
         };
         let pin = config.pin_shards.then_some(id % cores);
+        let ended = EndSignal(ended_tx.clone(), id);
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || {
+                let _ended = ended;
                 if let Some(core) = pin {
                     crate::io::pin_to_core(core);
                 }
@@ -224,6 +311,9 @@ pub fn start(
     Ok(Shards {
         handles,
         threads,
+        ended,
+        heartbeats,
+        admission,
         backend,
         device_addr,
         device_tls_addr,
@@ -231,6 +321,16 @@ pub fn start(
         max_message_id,
         _data_dir: data_dir,
     })
+}
+
+/// Tells `Shards::stop` that a shard thread ended, from its drop, so a
+/// panic is reported too.
+struct EndSignal(Sender<usize>, usize);
+
+impl Drop for EndSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
+    }
 }
 
 /// Builds each shard's core and replays its log into it, one thread per

@@ -873,6 +873,31 @@ fn a_stalled_close_is_aborted_at_the_write_deadline() {
 }
 
 #[test]
+fn shutdown_tells_every_device_to_come_back_within_the_configured_spread() {
+    let mut c = config();
+    c.delivery.shutdown_retry_min_ms = 2_000;
+    c.delivery.shutdown_retry_max_ms = 2_300;
+    let mut h = Harness::with(c, 0, 1);
+    let conns: Vec<ConnId> = (0..40).map(|_| h.device("").0).collect();
+    h.core.shutdown();
+    let mut seen = std::collections::HashSet::new();
+    for conn in conns {
+        let frames = h.output(conn);
+        let Some(Frame::GoAway(g)) = frames.last() else {
+            panic!("{frames:?}");
+        };
+        assert_eq!(g.reason, GoAwayReason::Shutdown as u32);
+        assert!(
+            (2_000..=2_300).contains(&g.retry_after_ms),
+            "{}",
+            g.retry_after_ms
+        );
+        seen.insert(g.retry_after_ms);
+    }
+    assert!(seen.len() > 10, "40 devices share {} retry-afters", seen.len());
+}
+
+#[test]
 fn refusals_say_why_and_when_to_come_back() {
     use crate::admission::Refusal;
     let mut h = Harness::new();

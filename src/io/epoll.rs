@@ -6,7 +6,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use mio::net::{TcpListener, TcpStream};
@@ -40,6 +40,12 @@ struct Loop {
     scratch: Vec<u8>,
     shard: String,
     open: metrics::Gauge,
+    /// Set on stop: a closing connection whose socket has not taken all its
+    /// bytes (its GoAway) moves to `lingering` instead of being dropped.
+    stopping: bool,
+    /// Closed connections still writing their last bytes, until the drain
+    /// timeout.
+    lingering: Vec<Conn>,
 }
 
 pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> std::io::Result<()> {
@@ -79,10 +85,14 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         scratch: vec![0; SCRATCH_BYTES],
         open: metrics::gauge!("ringpush_connections", "shard" => shard.clone(), "backend" => "epoll"),
         shard,
+        stopping: false,
+        lingering: Vec::new(),
     };
     let mut events = Events::with_capacity(1024);
     let mut adopted = Vec::new();
+    let mut pulse = super::Pulse::new(&context);
     loop {
+        pulse.beat();
         let timeout = [lp.core.next_deadline(), lp.store.next_deadline()]
             .into_iter()
             .flatten()
@@ -132,9 +142,14 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         lp.store.commit(&mut lp.core, now);
         lp.run_actions(&context);
         if stop {
+            let deadline = now + context.config.delivery.drain_timeout();
+            super::stop_accepting(&context);
+            lp.stopping = true;
             lp.core.shutdown();
             lp.run_actions(&context);
             lp.store.commit(&mut lp.core, now);
+            lp.store.sync_on_stop();
+            lp.drain(&mut events, deadline);
             return Ok(());
         }
     }
@@ -291,6 +306,38 @@ impl Loop {
         true
     }
 
+    /// On stop: writes what the lingering connections still owe (their
+    /// GoAways) as their sockets take it, until all is written or
+    /// `deadline`; then the rest are dropped (closed) and counted.
+    fn drain(&mut self, events: &mut Events, deadline: Instant) {
+        loop {
+            self.lingering.retain_mut(|c| loop {
+                match c.stream.write(&c.unsent) {
+                    Ok(n) => {
+                        c.unsent.advance(n);
+                        if c.unsent.is_empty() {
+                            return false;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                    Err(_) => return false,
+                }
+            });
+            if self.lingering.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                super::count_drain_abandoned(&self.shard, self.lingering.len());
+                return;
+            }
+            // Writable edges of the lingering sockets (still registered) end
+            // the wait early; the cap only bounds a missed edge's cost.
+            let _ = self.poll.poll(events, Some(left.min(Duration::from_millis(100))));
+        }
+    }
+
     fn close_now(&mut self, conn: ConnId, now: Instant) {
         if let Some(mut c) = self.conns.get_mut(conn).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut c.stream);
@@ -309,7 +356,18 @@ impl Loop {
                     }
                 }
                 IoAction::Close(conn) => {
-                    self.flush(conn, now);
+                    let flushed = self.flush(conn, now);
+                    let owes = self
+                        .conns
+                        .get(conn)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|c| !c.unsent.is_empty());
+                    if self.stopping && flushed && owes {
+                        if let Some(c) = self.conns.get_mut(conn).and_then(Option::take) {
+                            self.lingering.push(c);
+                            self.open.decrement(1.0);
+                        }
+                    }
                     self.close_now(conn, now);
                 }
                 // Whatever the socket did not take is dropped with `Conn`.

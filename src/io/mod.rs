@@ -1,14 +1,17 @@
 //! The I/O layer: the two backends that drive a shard's `DeliveryCore`
 //! (`uring`, `epoll`), and what they share — the eventfd that wakes a shard,
-//! draining its queues, and thread pinning. This is the only layer allowed
+//! draining its queues, the loop's heartbeat (and the test hook that stalls
+//! it), and thread pinning. This is the only layer allowed
 //! `unsafe`, each use with the reason it is sound.
 
 pub mod epoll;
 pub mod uring;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::admission::{Refusal, Ticket};
 use crate::config::IoBackend;
@@ -89,6 +92,50 @@ pub(crate) fn run_shard(context: ShardContext, core: DeliveryCore, store: Store,
     }
 }
 
+/// A shard loop's heartbeat: called once per loop iteration, it publishes
+/// the iteration count for the watchdog (`shard::Heartbeats`).
+pub(crate) struct Pulse {
+    heartbeats: Arc<crate::shard::Heartbeats>,
+    shard: usize,
+    iterations: u64,
+    /// `RINGPUSH_FAULT_DIR/stall-shard-N`, read once at start: while that
+    /// file exists the loop blocks, as a shard stuck in a system call or an
+    /// endless loop would (the watchdog's integration test), and says so
+    /// with a file `stall-shard-N.stalled` beside it.
+    stall_marker: Option<PathBuf>,
+}
+
+impl Pulse {
+    pub(crate) fn new(context: &ShardContext) -> Self {
+        let stall_marker = std::env::var_os(crate::log::FAULT_DIR_ENV)
+            .map(|dir| PathBuf::from(dir).join(format!("stall-shard-{}", context.id)));
+        Self {
+            heartbeats: context.heartbeats.clone(),
+            shard: context.id,
+            iterations: 0,
+            stall_marker,
+        }
+    }
+
+    /// One loop iteration done. Costs a branch and a relaxed store unless
+    /// the fault directory is set.
+    pub(crate) fn beat(&mut self) {
+        if let Some(marker) = &self.stall_marker {
+            if marker.exists() {
+                tracing::warn!(shard = self.shard, "stalled by the fault hook");
+                let stalled = marker.with_extension("stalled");
+                let _ = std::fs::write(&stalled, b"");
+                while marker.exists() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = std::fs::remove_file(&stalled);
+            }
+        }
+        self.iterations += 1;
+        self.heartbeats.beat(self.shard, self.iterations);
+    }
+}
+
 /// A connection handed over by another shard: its socket, the plaintext
 /// that shard already read (decrypted, on TLS), its admission slot, and its
 /// TLS session (with any ciphertext of an incomplete record).
@@ -136,6 +183,32 @@ pub(crate) fn new_tls_session(context: &ShardContext) -> Option<Box<crate::tls::
             None
         }
     }
+}
+
+/// On stop, before the GoAways: no new device connections. shutdown(2) on a
+/// listening socket takes it out of the listen state (Linux resets the
+/// connections waiting in its backlog, and SO_REUSEPORT sends new ones to
+/// the shards still listening, or refuses them once none is), so a device
+/// is refused at once rather than accepted by the kernel and dropped
+/// without a word at exit.
+pub(crate) fn stop_accepting(context: &ShardContext) {
+    let plain = context.listener.iter();
+    let tls = context.tls_listener.iter().map(|(listener, _)| listener);
+    for listener in plain.chain(tls) {
+        let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Connections a stopping shard closed with bytes still unsent (their
+/// GoAway) because `delivery.drain_timeout_secs` ran out.
+pub(crate) fn count_drain_abandoned(shard: &str, connections: usize) {
+    tracing::warn!(
+        shard,
+        connections,
+        "drain timeout: closing connections with bytes unsent"
+    );
+    metrics::counter!("ringpush_drain_abandoned_total", "shard" => shard.to_string())
+        .increment(connections as u64);
 }
 
 pub(crate) fn count_accept(shard: &str) {

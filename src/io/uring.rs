@@ -28,8 +28,6 @@ const PLAIN: usize = 0;
 const TLS: usize = 1;
 /// Pause before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// How long a stopping shard waits for its last sends to complete.
-const STOP_DRAIN: Duration = Duration::from_secs(2);
 
 /// What a completion belongs to; stored in the top byte of `user_data`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -296,7 +294,9 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
     b.arm_wake();
     let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     let mut adopted = Vec::new();
+    let mut pulse = super::Pulse::new(&context);
     loop {
+        pulse.beat();
         b.enter()?;
         completions.extend(
             b.ring
@@ -340,10 +340,13 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
             b.arm_recv(conn);
         }
         if stop {
+            let deadline = now + context.config.delivery.drain_timeout();
+            super::stop_accepting(&context);
             b.core.shutdown();
             b.run_actions(now);
             b.store.commit(&mut b.core, now);
-            b.drain_sends(&mut completions);
+            b.store.sync_on_stop();
+            b.drain_sends(&mut completions, deadline);
             return Ok(());
         }
     }
@@ -381,19 +384,23 @@ impl Backend {
         }
     }
 
-    /// On stop: waits (bounded) for the sends in flight, such as the
-    /// GoAways, so no buffer the kernel still reads is freed. If the time
-    /// runs out, the remaining buffers are leaked rather than freed under
-    /// the kernel.
-    fn drain_sends(&mut self, completions: &mut Vec<(u64, i32, u32)>) {
-        let give_up = Instant::now() + STOP_DRAIN;
+    /// On stop: waits until `deadline` (`delivery.drain_timeout_secs`) for
+    /// the sends in flight, such as the GoAways, so no buffer the kernel
+    /// still reads is freed. If the time runs out, the remaining buffers are
+    /// leaked rather than freed under the kernel, and their sockets close
+    /// with the process.
+    fn drain_sends(&mut self, completions: &mut Vec<(u64, i32, u32)>, deadline: Instant) {
         while self.conns.iter().flatten().any(|c| c.in_flight.is_some()) {
-            if Instant::now() >= give_up || self.enter().is_err() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.enter_for(left).is_err() {
+                let mut abandoned = 0;
                 for c in self.conns.iter_mut().flatten() {
                     if let Some((buf, _)) = c.in_flight.take() {
                         std::mem::forget(buf);
+                        abandoned += 1;
                     }
                 }
+                super::count_drain_abandoned(&self.shard, abandoned);
                 return;
             }
             completions.extend(
@@ -414,7 +421,6 @@ impl Backend {
     /// Submits everything queued and waits for at least one completion or
     /// the core's next deadline.
     fn enter(&mut self) -> std::io::Result<()> {
-        let queued = self.ring.submission().len();
         let deadline = [
             self.core.next_deadline(),
             self.accept_retry_at[PLAIN],
@@ -427,6 +433,12 @@ impl Backend {
         let wait = deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1));
+        self.enter_for(wait)
+    }
+
+    /// Submits everything queued and waits at most `wait` for a completion.
+    fn enter_for(&mut self, wait: Duration) -> std::io::Result<()> {
+        let queued = self.ring.submission().len();
         let timespec = types::Timespec::from(wait);
         let args = types::SubmitArgs::new().timespec(&timespec);
         self.enters.increment(1);

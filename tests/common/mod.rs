@@ -87,19 +87,31 @@ impl Daemon {
     /// Like `start_in`, but a daemon that exits before it is ready is an
     /// `Err` with its exit status and stderr.
     pub fn try_start_in(dir: &std::path::Path, config: &str) -> Result<Daemon, String> {
-        Self::spawn(dir, config, None)
+        Self::spawn(dir, config, None, &[])
+    }
+
+    /// `start_in` with extra environment variables (`NOTIFY_SOCKET`,
+    /// `WATCHDOG_USEC`) and, optionally, a fault directory.
+    pub fn start_with_env(
+        dir: &std::path::Path,
+        config: &str,
+        faults: Option<&std::path::Path>,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Daemon {
+        Self::spawn(dir, config, faults, env).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `start_in` with fault injection: a file named `enospc` or
     /// `fsync-eio` in `faults` makes the log's next write or fsync fail.
     pub fn start_with_faults(dir: &std::path::Path, config: &str, faults: &std::path::Path) -> Daemon {
-        Self::spawn(dir, config, Some(faults)).unwrap_or_else(|e| panic!("{e}"))
+        Self::spawn(dir, config, Some(faults), &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn spawn(
         dir: &std::path::Path,
         config: &str,
         faults: Option<&std::path::Path>,
+        env: &[(&str, std::ffi::OsString)],
     ) -> Result<Daemon, String> {
         let dir = dir.to_path_buf();
         let (top, sections) = split_top_level(config);
@@ -130,6 +142,7 @@ impl Daemon {
                 std::env::var("RINGPUSH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .envs(faults.map(|f| (ringpush::log::FAULT_DIR_ENV, f)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -189,6 +202,21 @@ impl Daemon {
             .status()
             .expect("run kill");
         assert!(status.success());
+    }
+
+    /// Waits for the process to exit on its own, panicking after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for ringpush") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ringpush still running after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILL: the process gets no chance to flush or say goodbye.
