@@ -23,15 +23,7 @@ pub fn init_logging() {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
-    crate::delivery::describe_metrics();
-    crate::admission::describe_metrics();
-    crate::device_auth::describe_metrics();
-    crate::store::describe_metrics();
-    crate::stats::describe_metrics();
-    crate::templates::describe_metrics();
-    crate::tags::describe_metrics();
-    crate::receipts::describe_metrics();
-    crate::tls::describe_metrics();
+    crate::admin::describe_metrics();
     // Before the shards: a bad signing key stops the start before any log
     // is opened, and the queues exist before the first ack.
     let (receipt_queue, receipts) = match crate::receipts::sender::prepare(&config)? {
