@@ -65,6 +65,11 @@ pub fn describe_metrics() {
         "Resident memory of the daemon (VmRSS), read at each scrape"
     );
     metrics::describe_gauge!(
+        "ringpush_process_memory_limit_bytes",
+        metrics::Unit::Bytes,
+        "The memory the daemon may use, read at each scrape: its cgroup's limit (systemd MemoryMax=) or the host's memory, whichever is less"
+    );
+    metrics::describe_gauge!(
         "ringpush_process_max_fds",
         "The daemon's open file limit (RLIMIT_NOFILE, systemd's LimitNOFILE), read at each scrape: one per device connection, plus listeners and log files"
     );
@@ -77,10 +82,35 @@ fn record_process_metrics() {
     if let Some(kib) = proc_field(&status, "VmRSS:") {
         metrics::gauge!("ringpush_process_resident_memory_bytes").set(kib * 1024.0);
     }
+    if let Some(limit) = memory_limit() {
+        metrics::gauge!("ringpush_process_memory_limit_bytes").set(limit);
+    }
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     if let Some(soft) = proc_field(&limits, "Max open files") {
         metrics::gauge!("ringpush_process_max_fds").set(soft);
     }
+}
+
+/// The memory this process may use: its cgroup's limit (systemd's
+/// `MemoryMax=`; cgroup v2 `memory.max` or v1 `memory.limit_in_bytes`) when
+/// it is below the host's memory, else the host's `MemTotal`.
+fn memory_limit() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let host = proc_field(&meminfo, "MemTotal:")? * 1024.0;
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let cgroup_limit = cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let file = match controllers {
+            "" => format!("/sys/fs/cgroup{path}/memory.max"),
+            "memory" => format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
+            _ => return None,
+        };
+        // "max" (v2) or a huge number (v1) when unlimited; an unreadable
+        // file (a cgroup namespace's path) is no limit we can see.
+        std::fs::read_to_string(file).ok()?.trim().parse::<f64>().ok()
+    });
+    Some(cgroup_limit.map_or(host, |limit| limit.min(host)))
 }
 
 /// The first number after `label` on the line that starts with it.
@@ -252,5 +282,6 @@ mod tests {
         // This process's own files have both.
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(proc_field(&own, "VmRSS:").is_some_and(|kib| kib > 0.0));
+        assert!(memory_limit().is_some_and(|bytes| bytes > 1e6));
     }
 }

@@ -196,6 +196,7 @@ fn a_working_daemon_renders_only_catalogued_metrics() {
             "ringpush_api_requests_total",
             "ringpush_process_resident_memory_bytes",
             "ringpush_process_max_fds",
+            "ringpush_process_memory_limit_bytes",
         ] {
             assert!(
                 types.contains_key(core),
