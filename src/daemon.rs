@@ -26,16 +26,7 @@ pub fn init_logging() {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
-    crate::delivery::describe_metrics();
-    crate::admission::describe_metrics();
-    crate::device_auth::describe_metrics();
-    crate::store::describe_metrics();
-    crate::stats::describe_metrics();
-    crate::templates::describe_metrics();
-    crate::tags::describe_metrics();
-    crate::receipts::describe_metrics();
-    crate::tls::describe_metrics();
-    crate::watchdog::describe_metrics();
+    crate::admin::describe_metrics();
     // First: a NOTIFY_SOCKET that names no socket stops the start at once,
     // rather than after recovery or at systemd's start timeout.
     let notifier = Arc::new(Notifier::from_env().context("NOTIFY_SOCKET")?);

@@ -824,6 +824,10 @@ pub fn describe_metrics() {
         "Pushes to a token no device holds"
     );
     describe_counter!(
+        "ringpush_statuses_evicted_total",
+        "Final message statuses (acked, expired, dropped) forgotten before delivery.status_retention_secs because delivery.max_final_statuses_per_shard were kept"
+    );
+    describe_counter!(
         "ringpush_messages_withdrawn_total",
         "Accepted messages taken back because the log could not store them (API answered 9001/9002)"
     );

@@ -403,7 +403,8 @@ fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
     }
 }
 
-fn describe_metrics() {
+/// Describes the API's metrics; `crate::admin::describe_metrics` lists it.
+pub(crate) fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram, Unit};
     server::describe_metrics();
     describe_counter!(
@@ -426,6 +427,10 @@ fn describe_metrics() {
     describe_counter!(
         "ringpush_api_rate_limited_total",
         "API requests refused with 3901 (HTTP 429) because their app sent more than apiRatePerSec, by app"
+    );
+    describe_counter!(
+        "ringpush_api_shard_queue_full_total",
+        "API commands refused because the shard's queue (limits.shard_queue) was full or the shard was gone; the request got 9000 (HTTP 503), by shard"
     );
 }
 

@@ -211,6 +211,40 @@ pub(crate) fn count_drain_abandoned(shard: &str, connections: usize) {
         .increment(connections as u64);
 }
 
+/// Describes the I/O layer's metrics; `crate::admin::describe_metrics`
+/// lists it.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "ringpush_accepts_total",
+        "Device connections accepted by a shard's listeners, before admission"
+    );
+    describe_counter!(
+        "ringpush_accept_errors_total",
+        "accept(2) failures of a shard's device listeners (EMFILE/ENFILE: out of file descriptors; the connection waits in the backlog)"
+    );
+    describe_gauge!(
+        "ringpush_connections",
+        "Device sockets a shard's I/O loop holds open, by backend"
+    );
+    describe_counter!(
+        "ringpush_uring_submissions_total",
+        "io_uring submission queue entries a shard submitted"
+    );
+    describe_counter!(
+        "ringpush_uring_enters_total",
+        "io_uring_enter(2) calls of a shard (submissions per enter is the batching)"
+    );
+    describe_counter!(
+        "ringpush_uring_recv_enobufs_total",
+        "io_uring receives that found the shard's provided buffers (limits.recv_buffers) all in use; the receive is re-armed"
+    );
+    describe_gauge!(
+        "ringpush_io_backend",
+        "1 for the I/O backend the shards run (uring, or epoll as configured or as the fallback)"
+    );
+}
+
 pub(crate) fn count_accept(shard: &str) {
     metrics::counter!("ringpush_accepts_total", "shard" => shard.to_string()).increment(1);
 }

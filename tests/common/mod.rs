@@ -14,6 +14,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod promql;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
