@@ -104,6 +104,13 @@ def build_rows(runs, extras, systems, devices):
 
         return get
 
+    def caught_up_percent(system):
+        run = runs.get(f"{system}-offline-backlog")
+        if run is None or scenario_unsupported(run):
+            return None
+        o = run.get("offline_broadcasts") or {}
+        return 100.0 * o["caught_up_devices"] / o["offline_devices"] if o.get("offline_devices") else None
+
     def storm_ratio(system):
         full = dig(runs.get(f"{system}-connect-storm-tls-full"), "storm.welcomes_per_sec")
         resumed = dig(runs.get(f"{system}-connect-storm-tls-resumed"), "storm.welcomes_per_sec")
@@ -132,6 +139,7 @@ def build_rows(runs, extras, systems, devices):
         ("fan-out", f"fan-out to {devices:,}: time to the last delivery (ms)", False, from_run("fan-out", "latency.max_us", 1e-3)),
         ("fan-out", f"fan-out to {devices:,}: deliveries/s", True, fanout_rate),
         ("offline-backlog", f"offline backlog: {devices:,} reconnect owed 10 each, all delivered (s)", False, from_run("offline-backlog", "offline_broadcasts.catch_up_seconds")),
+        ("offline-backlog", "offline backlog: devices that had all 10 within 60 s (% of those offline)", True, caught_up_percent),
         ("offline-backlog", "offline backlog: server RSS per stored broadcast (bytes)", False, from_run("offline-backlog", "offline_broadcasts.server_rss_per_broadcast_bytes")),
         ("churn", "churn: descriptors after - before (0 = no leak)", False, churn_delta("fds_before", "fds_after")),
         ("churn", "churn: RSS after - before (KiB)", False, churn_delta("rss_before_kib", "rss_after_kib")),
