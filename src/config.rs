@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod env;
+
 /// Largest Push frame the API accepts: a 2 KiB body (push-semantics.md §2)
 /// plus the header and field overhead.
 pub const MAX_PUSH_FRAME_BYTES: usize = 2048 + 64;
@@ -32,7 +34,36 @@ pub struct Config {
     pub device_auth: DeviceAuth,
     pub http: Http,
     pub tls: Tls,
+    pub log: Log,
     pub apps: Vec<App>,
+}
+
+/// The daemon's own log lines (tracing) on stderr.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `human` (one readable line per event) or `json` (one JSON object a
+    /// line, for a log collector). `RINGPUSH_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `warn,ringpush::api=debug`); `RUST_LOG`,
+    /// when set, wins.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 /// The TLS device listener's certificate and session resumption
@@ -618,6 +649,7 @@ impl Default for Config {
             device_auth: DeviceAuth::default(),
             http: Http::default(),
             tls: Tls::default(),
+            log: Log::default(),
             // The demo app takes unsigned requests so that the README's
             // curl works on the default loopback API address.
             apps: vec![App {
@@ -709,15 +741,19 @@ pub enum ConfigError {
     Parse { path: String, source: toml::de::Error },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("environment override {0}")]
+    Env(String),
 }
 
 impl Config {
+    /// The file at `path` with the environment's overrides (`config::env`),
+    /// validated.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        Self::from_toml_and_env(&text, std::env::vars()).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
                 source,
@@ -726,11 +762,39 @@ impl Config {
         })
     }
 
+    /// `load` of the file when there is one, else the embedded defaults
+    /// with the environment's overrides.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None => Self::from_toml_and_env("", std::env::vars()),
+        }
+    }
+
+    /// Parses and validates `text` alone (no environment).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        Self::from_toml_and_env(text, std::iter::empty())
+    }
+
+    /// Parses `text`, applies the `RINGPUSH_*` overrides among `vars`, and
+    /// validates the result.
+    pub fn from_toml_and_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |source| ConfigError::Parse {
             path: "<config>".into(),
             source,
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let applied = env::apply(&mut table, vars)?;
+        // Without overrides the text itself is deserialized, so errors
+        // point at its line and column.
+        let config: Config = if applied.is_empty() {
+            toml::from_str(text).map_err(parse_error)?
+        } else {
+            toml::Value::Table(table).try_into().map_err(parse_error)?
+        };
         config.validate()?;
         Ok(config)
     }
@@ -937,6 +1001,9 @@ impl Config {
                 h.max_header_bytes
             ));
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(format!("log.level = {:?}: {e}", self.log.level));
+        }
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());
         }
@@ -1109,6 +1176,65 @@ mod tests {
     fn shipped_file_matches_the_defaults() {
         let text = include_str!("../config/ringpush.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    /// Every key the defaults serialize is in the shipped file, set or in a
+    /// comment, in its own section: a new key cannot go undocumented.
+    #[test]
+    fn shipped_file_shows_every_key() {
+        let text = include_str!("../config/ringpush.toml");
+        let toml::Value::Table(defaults) = toml::Value::try_from(Config::default()).unwrap() else {
+            panic!("a table");
+        };
+        // Each section's lines, comments included, with `#` and indentation
+        // stripped.
+        let mut sections: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut current = String::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches(['#', ' ']);
+            if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+                current = name.to_string();
+            } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                current = name.to_string();
+            }
+            sections
+                .entry(current.clone())
+                .or_default()
+                .push(line.to_string());
+        }
+        let shown = |section: &str, key: &str| {
+            sections.get(section).is_some_and(|lines| {
+                lines
+                    .iter()
+                    .any(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            })
+        };
+        let mut missing = Vec::new();
+        for (key, value) in &defaults {
+            match value {
+                toml::Value::Table(table) => {
+                    missing.extend(
+                        table
+                            .keys()
+                            .filter(|k| !shown(key, k))
+                            .map(|k| format!("{key}.{k}")),
+                    );
+                }
+                toml::Value::Array(apps) => {
+                    for app in apps {
+                        let toml::Value::Table(app) = app else { continue };
+                        missing.extend(
+                            app.keys()
+                                .filter(|k| !shown(key, k))
+                                .map(|k| format!("{key}.{k}")),
+                        );
+                    }
+                }
+                _ if !shown("", key) => missing.push(key.clone()),
+                _ => {}
+            }
+        }
+        assert!(missing.is_empty(), "config/ringpush.toml lacks {missing:?}");
     }
 
     #[test]

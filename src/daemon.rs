@@ -1,7 +1,7 @@
 //! Process lifecycle: logging, starting the shards, the push API and the
 //! admin endpoints in order, announcing readiness, an orderly stop on
 //! SIGTERM or SIGINT (devices get GoAway with a jittered retry-after), and
-//! `reload` on SIGHUP.
+//! a configuration reload (`reload::Reloader`) on SIGHUP.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,17 +11,33 @@ use tracing::info;
 
 use crate::config::Config;
 
-pub fn init_logging() {
+/// Installs the log subscriber: `[log] format` (or `RINGPUSH_LOG_FORMAT`),
+/// human or one JSON object a line, on stderr; `RUST_LOG` wins over
+/// `[log] level`. Called once, after the configuration is loaded.
+pub fn init_logging(log: &crate::config::Log) {
+    use crate::config::LogFormat;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let format = match std::env::var("RINGPUSH_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        Ok("human") => LogFormat::Human,
+        _ => log.format,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        // Fields at the top level, so a collector indexes `conn`, `app`,
+        // `msg_id` without unpacking a nested object.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT; `config_path` is the file
+/// SIGHUP re-reads (`None`: the embedded defaults, only TLS reloads).
+pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
     crate::delivery::describe_metrics();
     crate::admission::describe_metrics();
@@ -32,6 +48,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::tags::describe_metrics();
     crate::receipts::describe_metrics();
     crate::tls::describe_metrics();
+    crate::reload::describe_metrics();
     // Before the shards: a bad signing key stops the start before any log
     // is opened, and the queues exist before the first ack.
     let (receipt_queue, receipts) = match crate::receipts::sender::prepare(&config)? {
@@ -92,8 +109,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         backend = shards.backend().as_str(),
         "ringpush ready"
     );
+    let mut reloader = crate::reload::Reloader::new(config_path, config.clone(), tls, api.live(), &shards);
     while signals.wait() == Signal::Reload {
-        reload(&config, tls.as_deref());
+        reloader.reload();
     }
     info!("stopping: refusing new work, sending GoAway to devices");
     ready.store(false, Ordering::SeqCst);
@@ -117,27 +135,6 @@ fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::SharedTlsC
         crate::tls::Resumption::new(config.tls.tickets_per_handshake, config.tls.session_cache_size)?;
     let loaded = crate::tls::TlsConfig::load(config, &resumption).context("loading the TLS certificate")?;
     Ok(loaded.map(|tls| Arc::new(crate::tls::SharedTlsConfig::new(tls, resumption))))
-}
-
-/// SIGHUP: re-reads what can change without a restart. Today the TLS
-/// certificate, key and the apps' client CAs: connections accepted from
-/// now on use the new files, open sessions keep theirs. A file that does
-/// not load keeps the running configuration and logs why.
-pub fn reload(config: &Config, tls: Option<&crate::tls::SharedTlsConfig>) {
-    let Some(tls) = tls else {
-        info!("SIGHUP: nothing to reload (TLS is off)");
-        return;
-    };
-    match tls.reload(config) {
-        Ok(()) => {
-            metrics::counter!("ringpush_tls_reloads_total", "result" => "ok").increment(1);
-            info!("SIGHUP: reloaded the TLS certificate, key and client CAs");
-        }
-        Err(e) => {
-            metrics::counter!("ringpush_tls_reloads_total", "result" => "failed").increment(1);
-            tracing::error!(error = %e, "SIGHUP: TLS reload failed; the running certificate stays");
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -932,7 +932,12 @@ pub struct DeliveryCore {
     shard_id: usize,
     shard_count: usize,
     limits: Limits,
+    /// Every app id the shard has met (configured, or in its log), interned.
     apps: HashMap<Box<str>, Arc<str>>,
+    /// The apps whose devices may say Hello: those configured now. A
+    /// reload that removes an app leaves its connected devices alone; they
+    /// are refused when they reconnect.
+    configured_apps: HashSet<Arc<str>>,
     /// Checks the Hellos of apps that require device authentication; one
     /// for all shards (`share_device_auth`), so a nonce replayed to another
     /// shard is caught.
@@ -1037,7 +1042,7 @@ impl DeliveryCore {
         // reuse, which costs more resident memory than the reservation
         // (untouched pages of it are not resident).
         let initial = config.limits.max_connections_per_shard.min(INITIAL_CONNECTIONS);
-        Self {
+        let mut core = Self {
             shard_id,
             shard_count,
             limits: Limits {
@@ -1062,6 +1067,7 @@ impl DeliveryCore {
                 .iter()
                 .map(|a| (a.app_id.clone().into_boxed_str(), Arc::from(a.app_id.as_str())))
                 .collect(),
+            configured_apps: HashSet::new(),
             device_auth: Arc::new(DeviceAuth::new(config, unix_ms)),
             sessions: Slab::with_capacity(initial),
             next_generation: 0,
@@ -1126,7 +1132,9 @@ impl DeliveryCore {
             retired_by_device: HashMap::new(),
             retired_gc: VecDeque::new(),
             metrics: CoreMetrics::new(shard_id),
-        }
+        };
+        core.configured_apps = core.apps.values().cloned().collect();
+        core
     }
 
     pub fn shard_id(&self) -> usize {
@@ -1151,6 +1159,32 @@ impl DeliveryCore {
     /// Highest message id replayed or accepted.
     /// Makes this core check Hellos with `auth`, the one every shard of
     /// the process shares.
+    /// A reloaded configuration (`reload`): the apps devices may name,
+    /// which need a client certificate, their device authentication, and
+    /// the timeouts and caps that apply from the next event on. Sessions
+    /// stay open; a deadline already armed keeps its time. Everything else
+    /// the core sized at start (windows, caps of stored state) keeps its
+    /// start value: `reload` never changes those keys.
+    pub fn reconfigure(&mut self, config: &Config, device_auth: Arc<DeviceAuth>) {
+        let d = &config.delivery;
+        self.limits.max_connections = config.limits.max_connections_per_shard;
+        self.limits.max_outbound = config.limits.max_outbound_bytes;
+        self.limits.handshake_timeout = d.handshake_timeout();
+        self.limits.write_timeout = d.write_timeout();
+        self.limits.idle_timeout = d.idle_timeout();
+        self.limits.ack_timeout = d.ack_timeout();
+        self.limits.heartbeat_secs = d.heartbeat_secs;
+        self.limits.token_redirect_ms = d.token_redirect_secs.saturating_mul(1000);
+        self.configured_apps = config.apps.iter().map(|a| self.app_arc(&a.app_id)).collect();
+        self.client_cert_apps = config
+            .apps
+            .iter()
+            .filter(|a| a.require_client_cert)
+            .map(|a| self.app_arc(&a.app_id))
+            .collect();
+        self.device_auth = device_auth;
+    }
+
     pub fn share_device_auth(&mut self, auth: Arc<DeviceAuth>) {
         self.device_auth = auth;
     }
@@ -2340,7 +2374,7 @@ impl DeliveryCore {
             );
             return self.fail(conn, ErrorCode::UnsupportedVersion, &reason);
         }
-        let Some(app) = self.apps.get(hello.app_id.as_str()).cloned() else {
+        let Some(app) = self.configured_apps.get(hello.app_id.as_str()).cloned() else {
             return self.fail(conn, ErrorCode::UnknownApp, "unknown app id");
         };
         let Ok(platform) = u8::try_from(hello.platform) else {

@@ -23,6 +23,7 @@ pub mod log;
 pub mod message;
 pub mod protocol;
 pub mod receipts;
+pub mod reload;
 pub mod session;
 pub mod shard;
 pub mod stats;

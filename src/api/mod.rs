@@ -260,9 +260,18 @@ fn registry(filter: MethodFilter, operation: devices::Operation) -> MethodRouter
     )
 }
 
+/// What a SIGHUP may change under the API's feet: the apps (credentials,
+/// rate limits, switches) and the configuration handlers read (TTL bounds).
+/// Handlers take a snapshot per request; a reload swaps both at once.
+pub struct ApiLive {
+    pub config: Arc<Config>,
+    pub auth: Arc<AppRegistry>,
+}
+
+pub type SharedApiLive = Arc<parking_lot::RwLock<ApiLive>>;
+
 struct ApiState {
-    config: Config,
-    auth: Arc<AppRegistry>,
+    live: SharedApiLive,
     shards: Arc<[ShardHandle]>,
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
@@ -281,6 +290,14 @@ struct ApiState {
 }
 
 impl ApiState {
+    fn config(&self) -> Arc<Config> {
+        self.live.read().config.clone()
+    }
+
+    fn auth(&self) -> Arc<AppRegistry> {
+        self.live.read().auth.clone()
+    }
+
     /// Service message ids and task ids, from one sequence.
     fn next_id(&self) -> u64 {
         self.next_message_id.fetch_add(1, Ordering::Relaxed)
@@ -289,6 +306,7 @@ impl ApiState {
 
 /// The running HTTP servers.
 pub struct HttpServers {
+    live: SharedApiLive,
     api_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -302,6 +320,11 @@ impl HttpServers {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The apps and settings a reload swaps.
+    pub fn live(&self) -> SharedApiLive {
+        self.live.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish, and joins.
@@ -339,9 +362,12 @@ pub fn serve(
     let registry =
         AppRegistry::new(&config.apps, config.limits.api_nonces_per_app)?.refuse_timestamps_before(unix_ms());
     warn_about_unsigned_apps(&registry, api_addr);
-    let state = Arc::new(ApiState {
+    let live = Arc::new(parking_lot::RwLock::new(ApiLive {
+        config: Arc::new(config.clone()),
         auth: Arc::new(registry),
-        config: config.clone(),
+    }));
+    let state = Arc::new(ApiState {
+        live: live.clone(),
         shards: shards.handles(),
         health: shards.storage_health(),
         // Unique across restarts: past every id in the log, and past every
@@ -375,6 +401,7 @@ pub fn serve(
         });
     })?;
     Ok(HttpServers {
+        live,
         api_addr,
         admin_addr,
         stop: Some(stop_tx),
@@ -384,7 +411,7 @@ pub fn serve(
 
 /// Unsigned requests are for local demos: say so at every start, louder when
 /// the API is reachable from other machines.
-fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
+pub(crate) fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
     for app in registry.apps().filter(|a| a.allows_unsigned()) {
         if api_addr.ip().is_loopback() {
             tracing::warn!(
@@ -597,7 +624,7 @@ async fn simple_push(State(state): State<Arc<ApiState>>, request: Request) -> Re
     let started = Instant::now();
     let request = match admit(&state, request)
         .await
-        .and_then(|(caller, bytes)| push::parse(&bytes, &state.config, &caller))
+        .and_then(|(caller, bytes)| push::parse(&bytes, &state.config(), &caller))
     {
         Ok(r) => r,
         Err(e) => return error_response(metrics.op, started, e),
@@ -613,7 +640,7 @@ async fn template_push(State(state): State<Arc<ApiState>>, request: Request) -> 
     let request = match admit(&state, request)
         .await
         .and_then(|(caller, bytes)| {
-            push::parse_templated(&bytes, &state.config, &caller, push::PushKind::Template)
+            push::parse_templated(&bytes, &state.config(), &caller, push::PushKind::Template)
         })
         .and_then(|push| render(&state, push))
     {
@@ -631,7 +658,7 @@ async fn multiple_push(State(state): State<Arc<ApiState>>, request: Request) -> 
     let request = match admit_up_to(&state, request, MAX_MULTIPLE_BODY_BYTES)
         .await
         .and_then(|(caller, bytes)| {
-            push::parse_templated(&bytes, &state.config, &caller, push::PushKind::Multiple)
+            push::parse_templated(&bytes, &state.config(), &caller, push::PushKind::Multiple)
         })
         .and_then(|push| render(&state, push))
     {
@@ -766,7 +793,7 @@ async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, request: Reques
     let started = Instant::now();
     let request = match admit(&state, request)
         .await
-        .and_then(|(caller, bytes)| push::parse_fanout(&bytes, &state.config, &caller, kind))
+        .and_then(|(caller, bytes)| push::parse_fanout(&bytes, &state.config(), &caller, kind))
         .and_then(|parsed| match parsed {
             push::Parsed::Ready(request) => Ok(request),
             push::Parsed::Templated(push) => render(&state, push),
@@ -955,7 +982,7 @@ async fn admit_up_to(
         }
     };
     let now_ms = unix_ms();
-    let caller = auth::authenticate(&state.auth, &parts, &bytes, now_ms)?;
+    let caller = auth::authenticate(&state.auth(), &parts, &bytes, now_ms)?;
     if let Some(app) = caller.signed_by() {
         app.take_request(now_ms)?;
     }

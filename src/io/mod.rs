@@ -113,6 +113,9 @@ pub(crate) fn drain_queues(
         match message {
             Control::Adopt(connection) => adopted.push(connection),
             Control::Stop => stop = true,
+            Control::Reconfigure(settings) => {
+                core.reconfigure(&settings.config, settings.device_auth.clone());
+            }
         }
     }
     // Bounded so a flood of pushes cannot starve socket I/O for long.
