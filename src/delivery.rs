@@ -2444,6 +2444,14 @@ impl DeliveryCore {
                 None => (self.register_device(app, platform, now), true),
             },
         };
+        tracing::debug!(
+            shard = self.shard_id,
+            conn,
+            app = %self.devices[device].app,
+            token = %self.devices[device].token,
+            new_token,
+            "hello accepted"
+        );
         if let Some(old) = self.devices[device].conn {
             if old != conn {
                 self.go_away(
@@ -3049,7 +3057,7 @@ impl DeliveryCore {
                 match receipt_for(d, &pending, now_ms, &mut self.log_reader, &mut self.read_buf) {
                     Ok(receipt) => self.journal.receipts.push(receipt),
                     Err(reason) => {
-                        tracing::error!(shard = self.shard_id, message_id = id, %reason, "no receipt for an acked message: its record could not be read back");
+                        tracing::error!(shard = self.shard_id, msg_id = id, %reason, "no receipt for an acked message: its record could not be read back");
                         crate::receipts::dropped_counter(&d.app, "unreadable").increment(1);
                     }
                 }
@@ -3109,6 +3117,7 @@ impl DeliveryCore {
             let p = &mut d.queue[i];
             let unsent = if p.expires_at_ms <= now_ms {
                 self.metrics.expired.increment(1);
+                tracing::debug!(shard = self.shard_id, msg_id = p.id, app = %d.app, token = %d.token, "message expired before it was sent");
                 Some(Status::Expired)
             } else {
                 let written = match &p.frame {
@@ -3130,7 +3139,7 @@ impl DeliveryCore {
                 // delivered, so it is dropped visibly (status 4, a metric, an
                 // error naming the place) instead of blocking its queue.
                 written.err().map(|reason| {
-                    tracing::error!(shard = self.shard_id, message_id = p.id, %reason, "a queued message's frame could not be read from the log; dropping it");
+                    tracing::error!(shard = self.shard_id, msg_id = p.id, token = %d.token, %reason, "a queued message's frame could not be read from the log; dropping it");
                     self.metrics.frame_read_errors.increment(1);
                     Status::Dropped
                 })
@@ -3254,6 +3263,13 @@ impl DeliveryCore {
 
     /// Sends Error(code) and closes. Only this connection is affected.
     fn fail(&mut self, conn: ConnId, code: ErrorCode, reason: &str) -> Flow {
+        tracing::debug!(
+            shard = self.shard_id,
+            conn,
+            code = code.as_str(),
+            reason,
+            "refusing the connection with an Error frame"
+        );
         if matches!(
             self.sessions.get(conn).map(|s| s.state),
             Some(SessionState::AwaitingHello)
@@ -3272,6 +3288,14 @@ impl DeliveryCore {
     }
 
     fn go_away(&mut self, conn: ConnId, reason: GoAwayReason, retry_after_ms: u32, message: &str) -> Flow {
+        tracing::debug!(
+            shard = self.shard_id,
+            conn,
+            reason = reason.as_str(),
+            message,
+            retry_after_ms,
+            "sending GoAway"
+        );
         self.write_frame(
             conn,
             &Frame::GoAway(body::GoAway {
@@ -3300,6 +3324,7 @@ impl DeliveryCore {
         let device = session.device();
         let last_activity = session.last_activity;
         session.state = SessionState::Closing;
+        self.log_close(conn, device, reason, "aborting the connection");
         if let Some(device) = device {
             self.detach(device, conn, last_activity);
         }
@@ -3319,11 +3344,27 @@ impl DeliveryCore {
         let device = session.device();
         let last_activity = session.last_activity;
         session.state = SessionState::Closing;
+        self.log_close(conn, device, reason, "closing the connection");
         if let Some(device) = device {
             self.detach(device, conn, last_activity);
         }
         self.metrics.closed(reason);
         self.actions.push_back(IoAction::Close(conn));
+    }
+
+    /// One debug line per close, with the device when the Hello named one:
+    /// with the accept line (`io::log_accepted`: conn and peer) it traces a
+    /// connection from address to token.
+    fn log_close(&self, conn: ConnId, device: Option<DeviceId>, reason: &str, what: &'static str) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        match device.and_then(|d| self.devices.get(d)) {
+            Some(d) => {
+                tracing::debug!(shard = self.shard_id, conn, reason, app = %d.app, token = %d.token, "{what}")
+            }
+            None => tracing::debug!(shard = self.shard_id, conn, reason, "{what}"),
+        }
     }
 
     /// The connection is gone; unacked messages will be sent again.
@@ -3934,6 +3975,7 @@ impl DeliveryCore {
                 }
                 self.pending_total -= 1;
                 self.metrics.expired.increment(1);
+                tracing::debug!(shard = self.shard_id, msg_id = message_id, app = %d.app, token = %d.token, "message expired");
                 self.metrics.pending.set(self.pending_total as f64);
                 let now_ms = self.clock.unix_ms(now);
                 self.journal
