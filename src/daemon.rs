@@ -109,7 +109,7 @@ pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::R
         backend = shards.backend().as_str(),
         "ringpush ready"
     );
-    let mut reloader = crate::reload::Reloader::new(config_path, config.clone(), tls, api.live(), &shards);
+    let mut reloader = crate::reload::Reloader::new(config_path, config.clone(), tls, &api, &shards);
     while signals.wait() == Signal::Reload {
         reloader.reload();
     }

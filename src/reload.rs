@@ -7,9 +7,10 @@
 //! that does not parse, validate or load is refused whole and the running
 //! one stays; both outcomes are logged and counted.
 //!
-//! Live: `[[apps]]` (added, removed, credentials, switches, rate limits,
-//! device authentication, client CAs) except `receiptUrl`, `maxTemplates`,
-//! `maxTags` and `maxTagUsers`; `limits.max_connections_per_shard`,
+//! Live: `[[apps]]` (added — with their template and tag stores —,
+//! removed, credentials, switches, rate limits, device authentication,
+//! client CAs) except an app's `receiptUrl` (receipt queues are made at
+//! start) and a kept app's `maxTemplates`, `maxTags`, `maxTagUsers`; `limits.max_connections_per_shard`,
 //! `max_outbound_bytes`; `delivery` timeouts, `heartbeat_secs`,
 //! `token_redirect_secs`, `min_ttl_secs`; `device_auth.max_credential_secs`;
 //! `tls.cert_file`, `key_file` (when the TLS listener runs). Every other key
@@ -47,6 +48,8 @@ pub struct Reloader {
     running: Config,
     tls: Option<Arc<crate::tls::SharedTlsConfig>>,
     api: crate::api::SharedApiLive,
+    templates: Arc<crate::templates::TemplateStore>,
+    tags: Arc<crate::tags::TagStore>,
     shards: Arc<[ShardHandle]>,
     device_auth: Arc<crate::device_auth::DeviceAuth>,
 }
@@ -56,14 +59,17 @@ impl Reloader {
         path: Option<PathBuf>,
         running: Config,
         tls: Option<Arc<crate::tls::SharedTlsConfig>>,
-        api: crate::api::SharedApiLive,
+        api: &crate::api::HttpServers,
         shards: &crate::shard::Shards,
     ) -> Self {
+        let (templates, tags) = api.stores();
         Self {
             path,
             running,
             tls,
-            api,
+            api: api.live(),
+            templates,
+            tags,
             shards: shards.handles(),
             device_auth: shards.device_auth(),
         }
@@ -115,6 +121,10 @@ impl Reloader {
             None => None,
         };
         let device_auth = Arc::new(self.device_auth.reconfigure(&next));
+        // Added apps get their stores before the API knows them; a store
+        // of an app the API does not serve is never read.
+        self.templates.add_apps(&next.apps)?;
+        self.tags.add_apps(&next.apps)?;
 
         let registry = Arc::new(registry);
         crate::api::warn_about_unsigned_apps(&registry, next.listen.api);

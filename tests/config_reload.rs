@@ -140,6 +140,20 @@ fn sighup_applies_new_apps_and_secrets_and_refuses_a_broken_file() {
         let (status, json) = push(&d, "news", NEWS_SECRET, &news.token.clone(), "news-1");
         assert_eq!(status, 200, "{json}");
         receive(&mut news, "news-1");
+        // Its template store was made at the reload.
+        let template = serde_json::json!({
+            "appId": "news", "workspaceId": "default", "templateName": "hello",
+            "title": "Hi #name#", "content": "Hello #name#",
+        })
+        .to_string();
+        let headers = sign(
+            &HmacSigner::new("news", NEWS_SECRET.as_bytes()),
+            "POST",
+            "/v1/templates",
+            &template,
+        );
+        let (status, json) = d.http_with("POST", "/v1/templates", &headers, &template);
+        assert_eq!(status, 200, "{json}");
         assert!(!d.stderr_text().contains("ERROR"), "{}", d.stderr_text());
 
         // A broken file is refused whole; the running configuration stays.

@@ -307,6 +307,8 @@ impl ApiState {
 /// The running HTTP servers.
 pub struct HttpServers {
     live: SharedApiLive,
+    templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
     api_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -325,6 +327,11 @@ impl HttpServers {
     /// The apps and settings a reload swaps.
     pub fn live(&self) -> SharedApiLive {
         self.live.clone()
+    }
+
+    /// The stores a reload adds new apps' templates and tags to.
+    pub fn stores(&self) -> (Arc<TemplateStore>, Arc<TagStore>) {
+        (self.templates.clone(), self.tags.clone())
     }
 
     /// Stops accepting, lets in-flight requests finish, and joins.
@@ -366,6 +373,7 @@ pub fn serve(
         config: Arc::new(config.clone()),
         auth: Arc::new(registry),
     }));
+    let stores = (templates.clone(), tags.clone());
     let state = Arc::new(ApiState {
         live: live.clone(),
         shards: shards.handles(),
@@ -402,6 +410,8 @@ pub fn serve(
     })?;
     Ok(HttpServers {
         live,
+        templates: stores.0,
+        tags: stores.1,
         api_addr,
         admin_addr,
         stop: Some(stop_tx),
