@@ -737,8 +737,14 @@ impl Delivery {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    #[error("{path}: {source}{section}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+        /// ` (in [table])` when the error is inside a table: toml's
+        /// message quotes the line but not the table it belongs to.
+        section: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
     #[error("environment override {0}")]
@@ -754,9 +760,10 @@ impl Config {
             source,
         })?;
         Self::from_toml_and_env(&text, std::env::vars()).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { source, section, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
                 source,
+                section,
             },
             other => other,
         })
@@ -782,16 +789,21 @@ impl Config {
         text: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let parse_error = |source| ConfigError::Parse {
+        let parse_error = |source: toml::de::Error| ConfigError::Parse {
             path: "<config>".into(),
+            section: source
+                .span()
+                .and_then(|span| table_at(text, span.start))
+                .map_or_else(String::new, |table| format!(" (in {table})")),
             source,
         };
+        // The file alone first, so its errors point at its line, column
+        // and table; then the overrides, each checked by `env::apply`.
+        let from_file: Config = toml::from_str(text).map_err(parse_error)?;
         let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let applied = env::apply(&mut table, vars)?;
-        // Without overrides the text itself is deserialized, so errors
-        // point at its line and column.
-        let config: Config = if applied.is_empty() {
-            toml::from_str(text).map_err(parse_error)?
+        let config = if applied.is_empty() {
+            from_file
         } else {
             toml::Value::Table(table).try_into().map_err(parse_error)?
         };
@@ -1104,6 +1116,39 @@ impl App {
     }
 }
 
+/// The table header (`[delivery]`, `[[apps]]` #2) that byte `offset` of
+/// `text` falls under; `None` at the top level.
+fn table_at(text: &str, offset: usize) -> Option<String> {
+    let mut header: Option<(String, usize)> = None;
+    let mut apps = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if at > offset {
+            break;
+        }
+        let trimmed = line.trim();
+        if trimmed.starts_with("[[") {
+            let name = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if name == "apps" {
+                apps += 1;
+            }
+            header = Some((format!("[[{name}]]"), apps));
+        } else if trimmed.starts_with('[') {
+            header = Some((trimmed.split(']').next().unwrap_or("").to_string() + "]", 0));
+        }
+        at += line.len();
+    }
+    header.map(|(name, n)| match n {
+        0 => name,
+        n => format!("{name} entry #{n}"),
+    })
+}
+
 /// An absolute http or https URL with a host.
 fn validate_http_url(url: &str) -> Result<(), &'static str> {
     let uri: axum::http::Uri = url.parse().map_err(|_| "not a URL")?;
@@ -1258,11 +1303,26 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_named() {
+    fn unknown_keys_are_named_with_their_table() {
         let err = Config::from_toml("[delivery]\nheartbeat = 5\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("heartbeat"), "{err}");
+        assert!(
+            err.contains("heartbeat") && err.contains("(in [delivery])"),
+            "{err}"
+        );
+        let app = "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n";
+        let err = Config::from_toml(&format!("{app}{app}apikey = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apikey") && err.contains("[[apps]] entry #2"),
+            "{err}"
+        );
+        let err = Config::from_toml("shard = 2\n[limits]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shard") && !err.contains("(in"), "{err}");
     }
 
     #[test]
