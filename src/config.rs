@@ -43,7 +43,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// `human` (one readable line per event) or `json` (one JSON object a
-    /// line, for a log collector). `RINGPUSH_LOG_FORMAT` overrides it.
+    /// line, for a log collector). `RINGPUSH_LOG_FORMAT` (an alias of
+    /// `RINGPUSH_LOG__FORMAT`) overrides it.
     pub format: LogFormat,
     /// A tracing filter (`info`, `warn,ringpush::api=debug`); `RUST_LOG`,
     /// when set, wins.

@@ -11,23 +11,19 @@ use tracing::info;
 
 use crate::config::Config;
 
-/// Installs the log subscriber: `[log] format` (or `RINGPUSH_LOG_FORMAT`),
-/// human or one JSON object a line, on stderr; `RUST_LOG` wins over
-/// `[log] level`. Called once, after the configuration is loaded.
+/// Installs the log subscriber: `[log] format` (the environment's
+/// `RINGPUSH_LOG_FORMAT` is already in it), human or one JSON object a
+/// line, on stderr; `RUST_LOG` wins over `[log] level`. Called once, after
+/// the configuration is loaded.
 pub fn init_logging(log: &crate::config::Log) {
     use crate::config::LogFormat;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let format = match std::env::var("RINGPUSH_LOG_FORMAT").as_deref() {
-        Ok("json") => LogFormat::Json,
-        Ok("human") => LogFormat::Human,
-        _ => log.format,
-    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
+    match log.format {
         LogFormat::Human => builder.init(),
         // Fields at the top level, so a collector indexes `conn`, `app`,
         // `msg_id` without unpacking a nested object.

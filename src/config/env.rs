@@ -1,6 +1,7 @@
 //! Environment overrides of the configuration file: `RINGPUSH_<TABLE>__<KEY>`
 //! sets `[table] key`, `RINGPUSH_<KEY>` a top-level key (`RINGPUSH_SHARDS`,
-//! `RINGPUSH_IO`, `RINGPUSH_PIN_SHARDS`). Owns the name mapping and parsing
+//! `RINGPUSH_IO`, `RINGPUSH_PIN_SHARDS`; `RINGPUSH_LOG_FORMAT` is short for
+//! `RINGPUSH_LOG__FORMAT`). Owns the name mapping and parsing
 //! values with the key's type; `Config::load` applies them between reading
 //! the file and validating, so start-up, SIGHUP and `check-config` see the
 //! same effective configuration. `[[apps]]` come from the file only.
@@ -10,9 +11,11 @@ use super::{Config, ConfigError};
 pub const PREFIX: &str = "RINGPUSH_";
 
 /// `RINGPUSH_*` variables that are not configuration keys: the tests',
-/// benchmarks' and fault injection's own, and the log format alias.
-/// Anything else starting with a configuration key's name must map to one.
-const NOT_CONFIG: &[&str] = &["LOG_FORMAT", "FAULT_DIR", "BIN"];
+/// benchmarks' and fault injection's own. Anything else starting with a
+/// configuration key's name must map to one.
+const NOT_CONFIG: &[&str] = &["FAULT_DIR", "BIN"];
+/// Shorter names kept for keys operators set often.
+const ALIASES: &[(&str, [&str; 2])] = &[("LOG_FORMAT", ["log", "format"])];
 const NOT_CONFIG_PREFIXES: &[&str] = &["BENCH_", "TEST_", "TORTURE_"];
 
 /// The first path segment of every configuration key, for telling a
@@ -45,6 +48,9 @@ pub fn key_path(name: &str) -> Result<Option<Vec<String>>, String> {
     };
     if NOT_CONFIG.contains(&rest) || NOT_CONFIG_PREFIXES.iter().any(|p| rest.starts_with(p)) {
         return Ok(None);
+    }
+    if let Some((_, path)) = ALIASES.iter().find(|(alias, _)| *alias == rest) {
+        return Ok(Some(path.iter().map(|k| k.to_string()).collect()));
     }
     let lower = rest.to_ascii_lowercase();
     let looks_like_config = TOP_LEVEL
@@ -166,9 +172,12 @@ mod tests {
             path("RINGPUSH_DELIVERY__MAX_TTL_SECS"),
             Some(vec!["delivery".to_string(), "max_ttl_secs".to_string()])
         );
+        assert_eq!(
+            path("RINGPUSH_LOG_FORMAT"),
+            Some(vec!["log".to_string(), "format".to_string()])
+        );
         for unrelated in [
             "RINGPUSH_FAULT_DIR",
-            "RINGPUSH_LOG_FORMAT",
             "RINGPUSH_BIN",
             "RINGPUSH_TEST_LOG",
             "RINGPUSH_BENCH_APP_SECRET",
@@ -232,6 +241,8 @@ mod tests {
         assert!(typo.contains("RINGPUSH_DELIVERY_MAX_TTL_SECS"), "{typo}");
         let wrong_type = err(&[("RINGPUSH_SHARDS", "many")]);
         assert!(wrong_type.contains("RINGPUSH_SHARDS"), "{wrong_type}");
+        let format = err(&[("RINGPUSH_LOG_FORMAT", "xml")]);
+        assert!(format.contains("RINGPUSH_LOG_FORMAT"), "{format}");
         let unknown_table = err(&[("RINGPUSH_LIMITS__NOPE", "1")]);
         assert!(unknown_table.contains("nope"), "{unknown_table}");
         // Validation runs after the overrides.
