@@ -741,7 +741,7 @@ pub enum ConfigError {
     #[error("{path}: {source}{section}")]
     Parse {
         path: String,
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
         /// ` (in [table])` when the error is inside a table: toml's
         /// message quotes the line but not the table it belongs to.
         section: String,
@@ -796,7 +796,7 @@ impl Config {
                 .span()
                 .and_then(|span| table_at(text, span.start))
                 .map_or_else(String::new, |table| format!(" (in {table})")),
-            source,
+            source: Box::new(source),
         };
         // The file alone first, so its errors point at its line, column
         // and table; then the overrides, each checked by `env::apply`.
