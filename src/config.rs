@@ -738,10 +738,12 @@ impl Delivery {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}{section}")]
+    #[error("{path}{section}: {}", error.to_string().trim_end())]
     Parse {
         path: String,
-        source: Box<toml::de::Error>,
+        /// Not `source`: its text is this error's message, and a chain
+        /// printed with `{:#}` would say it twice.
+        error: Box<toml::de::Error>,
         /// ` (in [table])` when the error is inside a table: toml's
         /// message quotes the line but not the table it belongs to.
         section: String,
@@ -761,9 +763,9 @@ impl Config {
             source,
         })?;
         Self::from_toml_and_env(&text, std::env::vars()).map_err(|e| match e {
-            ConfigError::Parse { source, section, .. } => ConfigError::Parse {
+            ConfigError::Parse { error, section, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
-                source,
+                error,
                 section,
             },
             other => other,
@@ -796,7 +798,7 @@ impl Config {
                 .span()
                 .and_then(|span| table_at(text, span.start))
                 .map_or_else(String::new, |table| format!(" (in {table})")),
-            source: Box::new(source),
+            error: Box::new(source),
         };
         // The file alone first, so its errors point at its line, column
         // and table; then the overrides, each checked by `env::apply`.

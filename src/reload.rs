@@ -34,11 +34,11 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(
         "ringpush_config_last_reload_success",
-        "1 when the last reload was applied, 0 when it was refused (the running configuration stayed)"
+        "1 when the configuration was last loaded (at start or SIGHUP) and applied, 0 when a reload was refused (the running configuration stayed)"
     );
     metrics::describe_gauge!(
         "ringpush_config_last_reload_timestamp_seconds",
-        "When the last reload was attempted (unix seconds)"
+        "When the configuration was last loaded or a reload attempted (unix seconds)"
     );
 }
 
@@ -63,6 +63,11 @@ impl Reloader {
         shards: &crate::shard::Shards,
     ) -> Self {
         let (templates, tags) = api.stores();
+        // The configuration in force loaded: the gauges mean "is the file
+        // on disk what runs" from the start, not only after a first SIGHUP.
+        metrics::gauge!("ringpush_config_last_reload_success").set(1.0);
+        metrics::gauge!("ringpush_config_last_reload_timestamp_seconds")
+            .set(crate::message::unix_ms() as f64 / 1000.0);
         Self {
             path,
             running,

@@ -18,6 +18,9 @@ const NOT_CONFIG: &[&str] = &["FAULT_DIR", "BIN"];
 const ALIASES: &[(&str, [&str; 2])] = &[("LOG_FORMAT", ["log", "format"])];
 const NOT_CONFIG_PREFIXES: &[&str] = &["BENCH_", "TEST_", "TORTURE_"];
 
+/// The keys outside any table.
+const TOP_LEVEL_SCALARS: &[&str] = &["shards", "io", "pin_shards"];
+
 /// The first path segment of every configuration key, for telling a
 /// mistyped override (`RINGPUSH_DELIVERY_MAX_TTL_SECS`, one underscore) from
 /// an unrelated variable.
@@ -60,6 +63,20 @@ pub fn key_path(name: &str) -> Result<Option<Vec<String>>, String> {
         return Ok(None);
     }
     let path: Vec<String> = lower.split("__").map(str::to_string).collect();
+    if let [single] = path.as_slice() {
+        if !TOP_LEVEL_SCALARS.contains(&single.as_str()) {
+            let table = TOP_LEVEL
+                .iter()
+                .find(|t| single.starts_with(&format!("{t}_")))
+                .unwrap_or(&"table");
+            return Err(format!(
+                "{name}: not a configuration key; a key in a table takes two underscores after the \
+                 table's name: {PREFIX}{}__{}",
+                table.to_ascii_uppercase(),
+                rest.get(table.len() + 1..).unwrap_or("KEY")
+            ));
+        }
+    }
     if path.iter().any(String::is_empty) || path.len() > 2 {
         return Err(format!(
             "{name}: not a configuration key (use RINGPUSH_<TABLE>__<KEY>, e.g. \
@@ -238,7 +255,11 @@ mod tests {
             "{unknown}"
         );
         let typo = err(&[("RINGPUSH_DELIVERY_MAX_TTL_SECS", "5")]);
-        assert!(typo.contains("RINGPUSH_DELIVERY_MAX_TTL_SECS"), "{typo}");
+        assert!(
+            typo.contains("RINGPUSH_DELIVERY_MAX_TTL_SECS")
+                && typo.contains("RINGPUSH_DELIVERY__MAX_TTL_SECS"),
+            "{typo}"
+        );
         let wrong_type = err(&[("RINGPUSH_SHARDS", "many")]);
         assert!(wrong_type.contains("RINGPUSH_SHARDS"), "{wrong_type}");
         let format = err(&[("RINGPUSH_LOG_FORMAT", "xml")]);
