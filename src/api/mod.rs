@@ -277,9 +277,6 @@ struct ApiState {
     next_message_id: AtomicU64,
     templates: Arc<TemplateStore>,
     tags: Arc<TagStore>,
-    /// Largest tag request body: the largest `maxTagUsers` of any app in
-    /// JSON (`tags::body_limit`).
-    tag_body_limit: usize,
     push_metrics: OpMetrics,
     template_push_metrics: OpMetrics,
     multiple_push_metrics: OpMetrics,
@@ -384,7 +381,6 @@ pub fn serve(
         next_message_id: AtomicU64::new((unix_ms() << 16).max(shards.max_message_id() + 1)),
         templates,
         tags,
-        tag_body_limit: tags::body_limit(&config.apps),
         push_metrics: OpMetrics::new("push_simple"),
         template_push_metrics: OpMetrics::new("push_template"),
         multiple_push_metrics: OpMetrics::new("push_multiple"),
