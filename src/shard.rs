@@ -2,7 +2,8 @@
 //! and TLS, SO_REUSEPORT), its own I/O backend and its own `DeliveryCore`. This file
 //! owns starting and stopping them and the two ways work reaches a shard: the
 //! bounded command queue the API fills (`ShardHandle::send`) and the control
-//! queue shards use to hand connections to each other.
+//! queue shards use to hand connections to each other, which also carries
+//! stops and reloaded configurations (`reconfigure`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
