@@ -10,8 +10,10 @@
 //! Live: `[[apps]]` (added — with their template and tag stores —,
 //! removed, credentials, switches, rate limits, device authentication,
 //! client CAs) except an app's `receiptUrl` (receipt queues are made at
-//! start) and a kept app's `maxTemplates`, `maxTags`, `maxTagUsers`; `limits.max_connections_per_shard`,
-//! `max_outbound_bytes`; `delivery` timeouts, `heartbeat_secs`,
+//! start) and a kept app's `maxTemplates`, `maxTags`, `maxTagUsers`;
+//! `limits.max_connections`, `max_connections_per_shard`,
+//! `max_outbound_bytes`; `admission` caps, connect rate, burst and ban;
+//! `http.body_timeout_ms`; `delivery` timeouts, `heartbeat_secs`,
 //! `token_redirect_secs`, `min_ttl_secs`; `device_auth.max_credential_secs`;
 //! `tls.cert_file`, `key_file` (when the TLS listener runs). Every other key
 //! sized something at start (listeners, threads, tables, queues, stores,
@@ -52,6 +54,7 @@ pub struct Reloader {
     tags: Arc<crate::tags::TagStore>,
     shards: Arc<[ShardHandle]>,
     device_auth: Arc<crate::device_auth::DeviceAuth>,
+    admission: Arc<crate::admission::Admission>,
 }
 
 impl Reloader {
@@ -77,6 +80,7 @@ impl Reloader {
             tags,
             shards: shards.handles(),
             device_auth: shards.device_auth(),
+            admission: shards.admission(),
         }
     }
 
@@ -145,6 +149,7 @@ impl Reloader {
                 device_auth: device_auth.clone(),
             }),
         );
+        self.admission.set_limits(&next);
         if let Some((shared, fresh)) = tls {
             shared.replace(fresh);
             metrics::counter!("ringpush_tls_reloads_total", "result" => "ok").increment(1);
@@ -201,8 +206,17 @@ pub fn merge_live(running: &Config, loaded: &Config, tls_running: bool) -> (Conf
     next.durability = r.durability.clone();
     next.stats = r.stats.clone();
     next.receipts = r.receipts.clone();
-    next.admission = r.admission.clone();
-    next.http = r.http.clone();
+    // The table's size and keys, and the exempt list, are fixed at start;
+    // the caps, rate and ban are atomics (`Admission::set_limits`).
+    next.admission.max_tracked_addresses = r.admission.max_tracked_addresses;
+    next.admission.ipv6_prefix_len = r.admission.ipv6_prefix_len;
+    next.admission.exempt = r.admission.exempt.clone();
+    // The HTTP servers' loops copied their limits at start; the body
+    // timeout is read per request.
+    next.http = crate::config::Http {
+        body_timeout_ms: loaded.http.body_timeout_ms,
+        ..r.http.clone()
+    };
     next.log = r.log.clone();
     next.tls.tickets_per_handshake = r.tls.tickets_per_handshake;
     next.tls.session_cache_size = r.tls.session_cache_size;
@@ -214,7 +228,6 @@ pub fn merge_live(running: &Config, loaded: &Config, tls_running: bool) -> (Conf
     next.device_auth.nonces_per_app = r.device_auth.nonces_per_app;
     let (l, rl) = (&mut next.limits, &r.limits);
     l.max_frame_bytes = rl.max_frame_bytes;
-    l.max_connections = rl.max_connections;
     l.overload_queue_percent = rl.overload_queue_percent;
     l.recv_buffers = rl.recv_buffers;
     l.recv_buffer_bytes = rl.recv_buffer_bytes;
@@ -340,7 +353,9 @@ mod tests {
         let running = config("");
         let loaded = config(
             "shards = 7\n[listen]\napi = \"127.0.0.1:1\"\n[delivery]\nheartbeat_secs = 20\n\
-             inflight_window = 16\n[limits]\nmax_connections_per_shard = 10\n",
+             inflight_window = 16\n[limits]\nmax_connections_per_shard = 10\n\
+             [admission]\nmax_connections_per_address = 5\nipv6_prefix_len = 48\n\
+             [http]\nbody_timeout_ms = 500\nheader_timeout_ms = 500\n",
         );
         let (next, kept) = merge_live(&running, &loaded, false);
         assert_eq!(next.delivery.heartbeat_secs, 20);
@@ -348,10 +363,24 @@ mod tests {
         assert_eq!(next.shards, running.shards);
         assert_eq!(next.listen, running.listen);
         assert_eq!(next.delivery.inflight_window, running.delivery.inflight_window);
-        assert_eq!(kept, ["delivery.inflight_window", "listen.api", "shards"]);
+        assert_eq!(
+            kept,
+            [
+                "admission.ipv6_prefix_len",
+                "delivery.inflight_window",
+                "http.header_timeout_ms",
+                "listen.api",
+                "shards"
+            ]
+        );
         assert_eq!(
             changed_keys(&running, &next),
-            ["delivery.heartbeat_secs", "limits.max_connections_per_shard"]
+            [
+                "admission.max_connections_per_address",
+                "delivery.heartbeat_secs",
+                "http.body_timeout_ms",
+                "limits.max_connections_per_shard"
+            ]
         );
     }
 

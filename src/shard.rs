@@ -101,6 +101,7 @@ pub struct Shards {
     health: Arc<StorageHealth>,
     max_message_id: u64,
     device_auth: Arc<crate::device_auth::DeviceAuth>,
+    admission: Arc<Admission>,
     _data_dir: DataDir,
 }
 
@@ -137,6 +138,11 @@ impl Shards {
     /// next one from it, keeping its nonce memory).
     pub fn device_auth(&self) -> Arc<crate::device_auth::DeviceAuth> {
         self.device_auth.clone()
+    }
+
+    /// The per-address policy every shard's accepts consult.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.admission.clone()
     }
 
     /// Highest message id found in the logs: the API issues ids above it.
@@ -259,6 +265,7 @@ pub fn start(
         health,
         max_message_id,
         device_auth,
+        admission,
         _data_dir: data_dir,
     })
 }

@@ -282,8 +282,6 @@ struct ApiState {
     multiple_push_metrics: OpMetrics,
     status_metrics: OpMetrics,
     accepted: metrics::Counter,
-    /// `http.body_timeout_ms`: how long `admit` waits for a body.
-    body_timeout: Duration,
 }
 
 impl ApiState {
@@ -386,7 +384,6 @@ pub fn serve(
         multiple_push_metrics: OpMetrics::new("push_multiple"),
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
-        body_timeout: Duration::from_millis(config.http.body_timeout_ms),
     });
     let api = ROUTES
         .iter()
@@ -965,7 +962,9 @@ async fn admit_up_to(
     limit: usize,
 ) -> Result<(AuthenticatedApp, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit));
+    // From the configuration in force: a reload may change it.
+    let body_timeout = Duration::from_millis(state.config().http.body_timeout_ms);
+    let read = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit));
     let bytes = match read.await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {
@@ -982,7 +981,7 @@ async fn admit_up_to(
                 ResultCode::RequestTimeout,
                 format!(
                     "the request body did not arrive within http.body_timeout_ms = {} ms",
-                    state.body_timeout.as_millis()
+                    body_timeout.as_millis()
                 ),
             ));
         }
