@@ -60,6 +60,7 @@ pub fn describe_metrics() {
     crate::api::describe_metrics();
     crate::io::describe_metrics();
     crate::watchdog::describe_metrics();
+    crate::reload::describe_metrics();
     metrics::describe_gauge!(
         "ringpush_process_resident_memory_bytes",
         metrics::Unit::Bytes,

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,12 +161,16 @@ pub struct Admission {
     stripes: Box<[Mutex<Stripe>]>,
     open: AtomicUsize,
     tracked: AtomicUsize,
-    max_connections: usize,
-    per_address: u32,
+    // The caps and the connect rate are atomics so that a reload
+    // (`set_limits`) changes them for the next accept; relaxed loads, each
+    // read once per decision.
+    max_connections: AtomicUsize,
+    per_address: AtomicU32,
     /// Thousandths of a token per millisecond = tokens per second.
-    rate_per_sec: u64,
-    burst: u64,
-    ban: Duration,
+    rate_per_sec: AtomicU64,
+    /// In thousandths of a token.
+    burst: AtomicU64,
+    ban_ms: AtomicU64,
     stripe_capacity: usize,
     ipv6_prefix: u8,
     exempt: Vec<Cidr>,
@@ -230,11 +234,11 @@ impl Admission {
             stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
             open: AtomicUsize::new(0),
             tracked: AtomicUsize::new(0),
-            max_connections: config.limits.max_connections,
-            per_address: u32::try_from(a.max_connections_per_address).unwrap_or(u32::MAX),
-            rate_per_sec: u64::from(a.connect_rate_per_sec),
-            burst: u64::from(a.connect_burst) * TOKEN,
-            ban: Duration::from_secs(a.ban_secs),
+            max_connections: AtomicUsize::new(config.limits.max_connections),
+            per_address: AtomicU32::new(u32::try_from(a.max_connections_per_address).unwrap_or(u32::MAX)),
+            rate_per_sec: AtomicU64::new(u64::from(a.connect_rate_per_sec)),
+            burst: AtomicU64::new(u64::from(a.connect_burst) * TOKEN),
+            ban_ms: AtomicU64::new(a.ban_secs.saturating_mul(1000)),
             stripe_capacity: a.max_tracked_addresses.div_ceil(STRIPES),
             ipv6_prefix: a.ipv6_prefix_len,
             exempt: a
@@ -249,6 +253,35 @@ impl Admission {
                 sweeps: metrics::counter!("ringpush_admission_sweeps_total"),
             },
         })
+    }
+
+    /// A reloaded configuration's caps, connect rate and ban
+    /// (`limits.max_connections`, `admission.max_connections_per_address`,
+    /// `connect_rate_per_sec`, `connect_burst`, `ban_secs`), for the next
+    /// decisions; open connections and bans in force stay. The table size,
+    /// the IPv6 prefix (it makes the keys) and the exempt list keep their
+    /// start values.
+    pub fn set_limits(&self, config: &Config) {
+        let a = &config.admission;
+        self.max_connections
+            .store(config.limits.max_connections, Ordering::Relaxed);
+        self.per_address.store(
+            u32::try_from(a.max_connections_per_address).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+        self.rate_per_sec
+            .store(u64::from(a.connect_rate_per_sec), Ordering::Relaxed);
+        self.burst
+            .store(u64::from(a.connect_burst) * TOKEN, Ordering::Relaxed);
+        self.ban_ms
+            .store(a.ban_secs.saturating_mul(1000), Ordering::Relaxed);
+    }
+
+    fn rate_and_burst(&self) -> (u64, u64) {
+        (
+            self.rate_per_sec.load(Ordering::Relaxed),
+            self.burst.load(Ordering::Relaxed),
+        )
     }
 
     /// Connections holding a slot, all shards.
@@ -286,7 +319,7 @@ impl Admission {
                 return Err(Refusal::TableFull);
             }
         }
-        let (rate, burst) = (self.rate_per_sec, self.burst);
+        let (rate, burst) = self.rate_and_burst();
         let entry = stripe.entries.entry(key).or_insert_with(|| {
             self.tracked.fetch_add(1, Ordering::AcqRel);
             self.metrics.tracked.increment(1.0);
@@ -307,12 +340,13 @@ impl Admission {
         }
         entry.refill(now, rate, burst);
         if entry.tokens < TOKEN {
-            entry.banned_until = Some(now + self.ban);
+            let ban = Duration::from_millis(self.ban_ms.load(Ordering::Relaxed));
+            entry.banned_until = Some(now + ban);
             self.metrics.bans.increment(1);
-            return Err(Refusal::Banned { remaining: self.ban });
+            return Err(Refusal::Banned { remaining: ban });
         }
         entry.tokens -= TOKEN;
-        if entry.open >= self.per_address {
+        if entry.open >= self.per_address.load(Ordering::Relaxed) {
             return Err(Refusal::AddressCap);
         }
         self.take_total()?;
@@ -325,7 +359,7 @@ impl Admission {
 
     fn take_total(&self) -> Result<(), Refusal> {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max_connections {
+        if before >= self.max_connections.load(Ordering::Relaxed) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::TotalCap);
         }
@@ -361,7 +395,7 @@ impl Admission {
         }
         stripe.last_sweep = Some(now);
         self.metrics.sweeps.increment(1);
-        let (rate, burst) = (self.rate_per_sec, self.burst);
+        let (rate, burst) = self.rate_and_burst();
         let before = stripe.entries.len();
         stripe.entries.retain(|_, e| !e.forgettable(now, rate, burst));
         let gone = before - stripe.entries.len();
@@ -432,6 +466,37 @@ mod tests {
         assert_eq!(a.open_from(ip("10.0.0.1")), 2);
         assert_eq!(a.open(), 3);
         a.check_invariants(0);
+    }
+
+    #[test]
+    fn reloaded_limits_apply_to_the_next_decision() {
+        let a = Admission::new(&config(
+            "max_connections_per_address = 1
+ban_secs = 10
+",
+        ));
+        let now = Instant::now();
+        let held = a.admit(ip("10.0.0.1"), now).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.1"), now).unwrap_err(), Refusal::AddressCap);
+        a.set_limits(&config(
+            "max_connections_per_address = 2
+connect_burst = 2
+ban_secs = 1
+",
+        ));
+        let _second = a.admit(ip("10.0.0.1"), now).expect("the raised cap");
+        assert_eq!(a.open_from(ip("10.0.0.1")), 2, "the held slot stays counted");
+        // A fresh address gets the new burst (2), then the new ban (1 s).
+        let flapper = ip("10.0.0.9");
+        drop(a.admit(flapper, now).unwrap());
+        drop(a.admit(flapper, now).unwrap());
+        assert_eq!(
+            a.admit(flapper, now).unwrap_err(),
+            Refusal::Banned {
+                remaining: Duration::from_secs(1)
+            }
+        );
+        drop(held);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod env;
+
 /// Largest Push frame the API accepts: a 2 KiB body (push-semantics.md §2)
 /// plus the header and field overhead.
 pub const MAX_PUSH_FRAME_BYTES: usize = 2048 + 64;
@@ -32,7 +34,37 @@ pub struct Config {
     pub device_auth: DeviceAuth,
     pub http: Http,
     pub tls: Tls,
+    pub log: Log,
     pub apps: Vec<App>,
+}
+
+/// The daemon's own log lines (tracing) on stderr.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `human` (one readable line per event) or `json` (one JSON object a
+    /// line, for a log collector). `RINGPUSH_LOG_FORMAT` (an alias of
+    /// `RINGPUSH_LOG__FORMAT`) overrides it.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `warn,ringpush::api=debug`); `RUST_LOG`,
+    /// when set, wins.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 /// The TLS device listener's certificate and session resumption
@@ -635,6 +667,7 @@ impl Default for Config {
             device_auth: DeviceAuth::default(),
             http: Http::default(),
             tls: Tls::default(),
+            log: Log::default(),
             // The demo app takes unsigned requests so that the README's
             // curl works on the default loopback API address.
             apps: vec![App {
@@ -728,32 +761,78 @@ impl Delivery {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    #[error("{path}{section}: {}", error.to_string().trim_end())]
+    Parse {
+        path: String,
+        /// Not `source`: its text is this error's message, and a chain
+        /// printed with `{:#}` would say it twice.
+        error: Box<toml::de::Error>,
+        /// ` (in [table])` when the error is inside a table: toml's
+        /// message quotes the line but not the table it belongs to.
+        section: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("environment override {0}")]
+    Env(String),
 }
 
 impl Config {
+    /// The file at `path` with the environment's overrides (`config::env`),
+    /// validated.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+        Self::from_toml_and_env(&text, std::env::vars()).map_err(|e| match e {
+            ConfigError::Parse { error, section, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
-                source,
+                error,
+                section,
             },
             other => other,
         })
     }
 
+    /// `load` of the file when there is one, else the embedded defaults
+    /// with the environment's overrides.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None => Self::from_toml_and_env("", std::env::vars()),
+        }
+    }
+
+    /// Parses and validates `text` alone (no environment).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        Self::from_toml_and_env(text, std::iter::empty())
+    }
+
+    /// Parses `text`, applies the `RINGPUSH_*` overrides among `vars`, and
+    /// validates the result.
+    pub fn from_toml_and_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |source: toml::de::Error| ConfigError::Parse {
             path: "<config>".into(),
-            source,
-        })?;
+            section: source
+                .span()
+                .and_then(|span| table_at(text, span.start))
+                .map_or_else(String::new, |table| format!(" (in {table})")),
+            error: Box::new(source),
+        };
+        // The file alone first, so its errors point at its line, column
+        // and table; then the overrides, each checked by `env::apply`.
+        let from_file: Config = toml::from_str(text).map_err(parse_error)?;
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let applied = env::apply(&mut table, vars)?;
+        let config = if applied.is_empty() {
+            from_file
+        } else {
+            toml::Value::Table(table).try_into().map_err(parse_error)?
+        };
         config.validate()?;
         Ok(config)
     }
@@ -974,6 +1053,9 @@ impl Config {
                 h.max_header_bytes
             ));
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(format!("log.level = {:?}: {e}", self.log.level));
+        }
         if self.apps.is_empty() {
             return invalid("at least one [[apps]] entry is needed".into());
         }
@@ -1074,6 +1156,39 @@ impl App {
     }
 }
 
+/// The table header (`[delivery]`, `[[apps]]` #2) that byte `offset` of
+/// `text` falls under; `None` at the top level.
+fn table_at(text: &str, offset: usize) -> Option<String> {
+    let mut header: Option<(String, usize)> = None;
+    let mut apps = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if at > offset {
+            break;
+        }
+        let trimmed = line.trim();
+        if trimmed.starts_with("[[") {
+            let name = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if name == "apps" {
+                apps += 1;
+            }
+            header = Some((format!("[[{name}]]"), apps));
+        } else if trimmed.starts_with('[') {
+            header = Some((trimmed.split(']').next().unwrap_or("").to_string() + "]", 0));
+        }
+        at += line.len();
+    }
+    header.map(|(name, n)| match n {
+        0 => name,
+        n => format!("{name} entry #{n}"),
+    })
+}
+
 /// An absolute http or https URL with a host.
 fn validate_http_url(url: &str) -> Result<(), &'static str> {
     let uri: axum::http::Uri = url.parse().map_err(|_| "not a URL")?;
@@ -1148,6 +1263,65 @@ mod tests {
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
     }
 
+    /// Every key the defaults serialize is in the shipped file, set or in a
+    /// comment, in its own section: a new key cannot go undocumented.
+    #[test]
+    fn shipped_file_shows_every_key() {
+        let text = include_str!("../config/ringpush.toml");
+        let toml::Value::Table(defaults) = toml::Value::try_from(Config::default()).unwrap() else {
+            panic!("a table");
+        };
+        // Each section's lines, comments included, with `#` and indentation
+        // stripped.
+        let mut sections: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut current = String::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches(['#', ' ']);
+            if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+                current = name.to_string();
+            } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                current = name.to_string();
+            }
+            sections
+                .entry(current.clone())
+                .or_default()
+                .push(line.to_string());
+        }
+        let shown = |section: &str, key: &str| {
+            sections.get(section).is_some_and(|lines| {
+                lines
+                    .iter()
+                    .any(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            })
+        };
+        let mut missing = Vec::new();
+        for (key, value) in &defaults {
+            match value {
+                toml::Value::Table(table) => {
+                    missing.extend(
+                        table
+                            .keys()
+                            .filter(|k| !shown(key, k))
+                            .map(|k| format!("{key}.{k}")),
+                    );
+                }
+                toml::Value::Array(apps) => {
+                    for app in apps {
+                        let toml::Value::Table(app) = app else { continue };
+                        missing.extend(
+                            app.keys()
+                                .filter(|k| !shown(key, k))
+                                .map(|k| format!("{key}.{k}")),
+                        );
+                    }
+                }
+                _ if !shown("", key) => missing.push(key.clone()),
+                _ => {}
+            }
+        }
+        assert!(missing.is_empty(), "config/ringpush.toml lacks {missing:?}");
+    }
+
     #[test]
     fn tag_limits_are_bounded() {
         let app = |extra: &str| {
@@ -1169,11 +1343,26 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_named() {
+    fn unknown_keys_are_named_with_their_table() {
         let err = Config::from_toml("[delivery]\nheartbeat = 5\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("heartbeat"), "{err}");
+        assert!(
+            err.contains("heartbeat") && err.contains("(in [delivery])"),
+            "{err}"
+        );
+        let app = "[[apps]]\nappId = \"a\"\nworkspaceId = \"w\"\nallowUnsigned = true\n";
+        let err = Config::from_toml(&format!("{app}{app}apikey = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apikey") && err.contains("[[apps]] entry #2"),
+            "{err}"
+        );
+        let err = Config::from_toml("shard = 2\n[limits]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shard") && !err.contains("(in"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! admin endpoints in order, announcing readiness (the "ringpush ready" line
 //! and systemd's READY=1), the watchdog thread, an orderly stop on SIGTERM
 //! or SIGINT (STOPPING=1, devices get GoAway with a jittered retry-after,
-//! bounded by the drain timeout), and `reload` on SIGHUP.
+//! bounded by the drain timeout), and a configuration reload
+//! (`reload::Reloader`) on SIGHUP.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,17 +15,29 @@ use tracing::info;
 use crate::config::Config;
 use crate::notify::Notifier;
 
-pub fn init_logging() {
+/// Installs the log subscriber: `[log] format` (the environment's
+/// `RINGPUSH_LOG_FORMAT` is already in it), human or one JSON object a
+/// line, on stderr; `RUST_LOG` wins over `[log] level`. Called once, after
+/// the configuration is loaded.
+pub fn init_logging(log: &crate::config::Log) {
+    use crate::config::LogFormat;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Human => builder.init(),
+        // Fields at the top level, so a collector indexes `conn`, `app`,
+        // `msg_id` without unpacking a nested object.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT; `config_path` is the file
+/// SIGHUP re-reads (`None`: the embedded defaults, only TLS reloads).
+pub fn run(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let prometheus = crate::admin::install_metrics();
     crate::admin::describe_metrics();
     // First: a NOTIFY_SOCKET that names no socket stops the start at once,
@@ -124,8 +137,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Box::new(status),
     )
     .context("starting the watchdog thread")?;
+    let mut reloader = crate::reload::Reloader::new(config_path, config.clone(), tls, &api, &shards);
     while signals.wait() == Signal::Reload {
-        reload(&config, tls.as_deref());
+        reloader.reload();
     }
     info!("stopping: refusing new work, sending GoAway to devices");
     // First, so systemd neither restarts a daemon that is stopping on
@@ -178,27 +192,6 @@ fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::SharedTlsC
         crate::tls::Resumption::new(config.tls.tickets_per_handshake, config.tls.session_cache_size)?;
     let loaded = crate::tls::TlsConfig::load(config, &resumption).context("loading the TLS certificate")?;
     Ok(loaded.map(|tls| Arc::new(crate::tls::SharedTlsConfig::new(tls, resumption))))
-}
-
-/// SIGHUP: re-reads what can change without a restart. Today the TLS
-/// certificate, key and the apps' client CAs: connections accepted from
-/// now on use the new files, open sessions keep theirs. A file that does
-/// not load keeps the running configuration and logs why.
-pub fn reload(config: &Config, tls: Option<&crate::tls::SharedTlsConfig>) {
-    let Some(tls) = tls else {
-        info!("SIGHUP: nothing to reload (TLS is off)");
-        return;
-    };
-    match tls.reload(config) {
-        Ok(()) => {
-            metrics::counter!("ringpush_tls_reloads_total", "result" => "ok").increment(1);
-            info!("SIGHUP: reloaded the TLS certificate, key and client CAs");
-        }
-        Err(e) => {
-            metrics::counter!("ringpush_tls_reloads_total", "result" => "failed").increment(1);
-            tracing::error!(error = %e, "SIGHUP: TLS reload failed; the running certificate stays");
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

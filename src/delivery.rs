@@ -938,7 +938,12 @@ pub struct DeliveryCore {
     shard_id: usize,
     shard_count: usize,
     limits: Limits,
+    /// Every app id the shard has met (configured, or in its log), interned.
     apps: HashMap<Box<str>, Arc<str>>,
+    /// The apps whose devices may say Hello: those configured now. A
+    /// reload that removes an app leaves its connected devices alone; they
+    /// are refused when they reconnect.
+    configured_apps: HashSet<Arc<str>>,
     /// Checks the Hellos of apps that require device authentication; one
     /// for all shards (`share_device_auth`), so a nonce replayed to another
     /// shard is caught.
@@ -1043,7 +1048,7 @@ impl DeliveryCore {
         // reuse, which costs more resident memory than the reservation
         // (untouched pages of it are not resident).
         let initial = config.limits.max_connections_per_shard.min(INITIAL_CONNECTIONS);
-        Self {
+        let mut core = Self {
             shard_id,
             shard_count,
             limits: Limits {
@@ -1069,6 +1074,7 @@ impl DeliveryCore {
                 .iter()
                 .map(|a| (a.app_id.clone().into_boxed_str(), Arc::from(a.app_id.as_str())))
                 .collect(),
+            configured_apps: HashSet::new(),
             device_auth: Arc::new(DeviceAuth::new(config, unix_ms)),
             sessions: Slab::with_capacity(initial),
             next_generation: 0,
@@ -1133,7 +1139,9 @@ impl DeliveryCore {
             retired_by_device: HashMap::new(),
             retired_gc: VecDeque::new(),
             metrics: CoreMetrics::new(shard_id),
-        }
+        };
+        core.configured_apps = core.apps.values().cloned().collect();
+        core
     }
 
     pub fn shard_id(&self) -> usize {
@@ -1158,6 +1166,32 @@ impl DeliveryCore {
     /// Highest message id replayed or accepted.
     /// Makes this core check Hellos with `auth`, the one every shard of
     /// the process shares.
+    /// A reloaded configuration (`reload`): the apps devices may name,
+    /// which need a client certificate, their device authentication, and
+    /// the timeouts and caps that apply from the next event on. Sessions
+    /// stay open; a deadline already armed keeps its time. Everything else
+    /// the core sized at start (windows, caps of stored state) keeps its
+    /// start value: `reload` never changes those keys.
+    pub fn reconfigure(&mut self, config: &Config, device_auth: Arc<DeviceAuth>) {
+        let d = &config.delivery;
+        self.limits.max_connections = config.limits.max_connections_per_shard;
+        self.limits.max_outbound = config.limits.max_outbound_bytes;
+        self.limits.handshake_timeout = d.handshake_timeout();
+        self.limits.write_timeout = d.write_timeout();
+        self.limits.idle_timeout = d.idle_timeout();
+        self.limits.ack_timeout = d.ack_timeout();
+        self.limits.heartbeat_secs = d.heartbeat_secs;
+        self.limits.token_redirect_ms = d.token_redirect_secs.saturating_mul(1000);
+        self.configured_apps = config.apps.iter().map(|a| self.app_arc(&a.app_id)).collect();
+        self.client_cert_apps = config
+            .apps
+            .iter()
+            .filter(|a| a.require_client_cert)
+            .map(|a| self.app_arc(&a.app_id))
+            .collect();
+        self.device_auth = device_auth;
+    }
+
     pub fn share_device_auth(&mut self, auth: Arc<DeviceAuth>) {
         self.device_auth = auth;
     }
@@ -2347,7 +2381,7 @@ impl DeliveryCore {
             );
             return self.fail(conn, ErrorCode::UnsupportedVersion, &reason);
         }
-        let Some(app) = self.apps.get(hello.app_id.as_str()).cloned() else {
+        let Some(app) = self.configured_apps.get(hello.app_id.as_str()).cloned() else {
             return self.fail(conn, ErrorCode::UnknownApp, "unknown app id");
         };
         let Ok(platform) = u8::try_from(hello.platform) else {
@@ -2417,6 +2451,14 @@ impl DeliveryCore {
                 None => (self.register_device(app, platform, now), true),
             },
         };
+        tracing::debug!(
+            shard = self.shard_id,
+            conn,
+            app = %self.devices[device].app,
+            token = %self.devices[device].token,
+            new_token,
+            "hello accepted"
+        );
         if let Some(old) = self.devices[device].conn {
             if old != conn {
                 self.go_away(
@@ -3022,7 +3064,7 @@ impl DeliveryCore {
                 match receipt_for(d, &pending, now_ms, &mut self.log_reader, &mut self.read_buf) {
                     Ok(receipt) => self.journal.receipts.push(receipt),
                     Err(reason) => {
-                        tracing::error!(shard = self.shard_id, message_id = id, %reason, "no receipt for an acked message: its record could not be read back");
+                        tracing::error!(shard = self.shard_id, msg_id = id, %reason, "no receipt for an acked message: its record could not be read back");
                         crate::receipts::dropped_counter(&d.app, "unreadable").increment(1);
                     }
                 }
@@ -3082,6 +3124,7 @@ impl DeliveryCore {
             let p = &mut d.queue[i];
             let unsent = if p.expires_at_ms <= now_ms {
                 self.metrics.expired.increment(1);
+                tracing::debug!(shard = self.shard_id, msg_id = p.id, app = %d.app, token = %d.token, "message expired before it was sent");
                 Some(Status::Expired)
             } else {
                 let written = match &p.frame {
@@ -3103,7 +3146,7 @@ impl DeliveryCore {
                 // delivered, so it is dropped visibly (status 4, a metric, an
                 // error naming the place) instead of blocking its queue.
                 written.err().map(|reason| {
-                    tracing::error!(shard = self.shard_id, message_id = p.id, %reason, "a queued message's frame could not be read from the log; dropping it");
+                    tracing::error!(shard = self.shard_id, msg_id = p.id, token = %d.token, %reason, "a queued message's frame could not be read from the log; dropping it");
                     self.metrics.frame_read_errors.increment(1);
                     Status::Dropped
                 })
@@ -3227,6 +3270,13 @@ impl DeliveryCore {
 
     /// Sends Error(code) and closes. Only this connection is affected.
     fn fail(&mut self, conn: ConnId, code: ErrorCode, reason: &str) -> Flow {
+        tracing::debug!(
+            shard = self.shard_id,
+            conn,
+            code = code.as_str(),
+            reason,
+            "refusing the connection with an Error frame"
+        );
         if matches!(
             self.sessions.get(conn).map(|s| s.state),
             Some(SessionState::AwaitingHello)
@@ -3245,6 +3295,14 @@ impl DeliveryCore {
     }
 
     fn go_away(&mut self, conn: ConnId, reason: GoAwayReason, retry_after_ms: u32, message: &str) -> Flow {
+        tracing::debug!(
+            shard = self.shard_id,
+            conn,
+            reason = reason.as_str(),
+            message,
+            retry_after_ms,
+            "sending GoAway"
+        );
         self.write_frame(
             conn,
             &Frame::GoAway(body::GoAway {
@@ -3273,6 +3331,7 @@ impl DeliveryCore {
         let device = session.device();
         let last_activity = session.last_activity;
         session.state = SessionState::Closing;
+        self.log_close(conn, device, reason, "aborting the connection");
         if let Some(device) = device {
             self.detach(device, conn, last_activity);
         }
@@ -3292,11 +3351,27 @@ impl DeliveryCore {
         let device = session.device();
         let last_activity = session.last_activity;
         session.state = SessionState::Closing;
+        self.log_close(conn, device, reason, "closing the connection");
         if let Some(device) = device {
             self.detach(device, conn, last_activity);
         }
         self.metrics.closed(reason);
         self.actions.push_back(IoAction::Close(conn));
+    }
+
+    /// One debug line per close, with the device when the Hello named one:
+    /// with the accept line (`io::log_accepted`: conn and peer) it traces a
+    /// connection from address to token.
+    fn log_close(&self, conn: ConnId, device: Option<DeviceId>, reason: &str, what: &'static str) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        match device.and_then(|d| self.devices.get(d)) {
+            Some(d) => {
+                tracing::debug!(shard = self.shard_id, conn, reason, app = %d.app, token = %d.token, "{what}")
+            }
+            None => tracing::debug!(shard = self.shard_id, conn, reason, "{what}"),
+        }
     }
 
     /// The connection is gone; unacked messages will be sent again.
@@ -3907,6 +3982,7 @@ impl DeliveryCore {
                 }
                 self.pending_total -= 1;
                 self.metrics.expired.increment(1);
+                tracing::debug!(shard = self.shard_id, msg_id = message_id, app = %d.app, token = %d.token, "message expired");
                 self.metrics.pending.set(self.pending_total as f64);
                 let now_ms = self.clock.unix_ms(now);
                 self.journal

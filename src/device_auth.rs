@@ -13,6 +13,7 @@
 //! signed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, Engine as _};
@@ -252,7 +253,9 @@ pub fn describe_metrics() {
 /// its recent signed Hellos.
 struct AppKey {
     key: hmac::Key,
-    nonces: Mutex<NonceCache>,
+    /// Shared with the `DeviceAuth` a reload builds: a Hello seen before
+    /// the reload cannot be replayed after it.
+    nonces: Arc<Mutex<NonceCache>>,
 }
 
 /// Every app's device-authentication settings; one per process, shared by
@@ -281,6 +284,19 @@ impl std::fmt::Debug for DeviceAuth {
 impl DeviceAuth {
     /// From validated config; `started_ms` is the process's start (unix ms).
     pub fn new(config: &Config, started_ms: u64) -> Self {
+        Self::build(config, started_ms, None)
+    }
+
+    /// The settings of a reloaded configuration: apps that still require
+    /// authentication keep their nonce memory (with a new key if their
+    /// secret changed), and the start-time cut-off stays.
+    /// `device_auth.max_skew_secs` and `nonces_per_app` size that memory,
+    /// so a reload keeps their running values (`reload`).
+    pub fn reconfigure(&self, config: &Config) -> Self {
+        Self::build(config, self.not_before_ms, Some(self))
+    }
+
+    fn build(config: &Config, started_ms: u64, previous: Option<&Self>) -> Self {
         let a = &config.device_auth;
         let max_skew_ms = a.max_skew_secs * 1000;
         let apps = config
@@ -289,11 +305,17 @@ impl DeviceAuth {
             .filter(|app| app.device_auth == DeviceAuthMode::Required)
             .filter_map(|app| {
                 let secret = app.device_secret.as_ref()?;
+                let nonces = previous
+                    .and_then(|p| p.apps.get(app.app_id.as_str()))
+                    .map(|before| before.nonces.clone())
+                    .unwrap_or_else(|| {
+                        Arc::new(Mutex::new(NonceCache::with_window(a.nonces_per_app, max_skew_ms)))
+                    });
                 Some((
                     app.app_id.as_str().into(),
                     AppKey {
                         key: hmac::Key::new(hmac::HMAC_SHA256, secret.expose()),
-                        nonces: Mutex::new(NonceCache::with_window(a.nonces_per_app, max_skew_ms)),
+                        nonces,
                     },
                 ))
             })

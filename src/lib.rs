@@ -25,6 +25,7 @@ pub mod message;
 pub mod notify;
 pub mod protocol;
 pub mod receipts;
+pub mod reload;
 pub mod session;
 pub mod shard;
 pub mod stats;

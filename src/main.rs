@@ -38,20 +38,21 @@ enum Command {
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
-    Ok(path.map_or_else(|| Ok(Config::default()), |path| Config::load(&path))?)
+    Ok(Config::load_or_default(path.as_deref())?)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ringpush::daemon::init_logging();
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => {
             Config::load(&file).map_err(anyhow::Error::from).and_then(|c| {
+                // Secrets serialize as "<redacted>".
                 print!("{}", toml::to_string_pretty(&c)?);
                 Ok(())
             })
         }
         Some(Command::Repair) => load(cli.config).and_then(|config| {
+            ringpush::daemon::init_logging(&config.log);
             for (dir, kept) in ringpush::store::repair(&config)? {
                 println!("{}: {kept} records kept", dir.display());
             }
@@ -64,7 +65,10 @@ fn main() -> ExitCode {
             print!("{}", ringpush::receipts::Signer::load(&path)?.public_key_pem());
             Ok(())
         }),
-        None => load(cli.config).and_then(ringpush::daemon::run),
+        None => load(cli.config.clone()).and_then(|config| {
+            ringpush::daemon::init_logging(&config.log);
+            ringpush::daemon::run(config, cli.config)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,8 @@
 //! and TLS, SO_REUSEPORT), its own I/O backend and its own `DeliveryCore`. This file
 //! owns starting and stopping them and the two ways work reaches a shard: the
 //! bounded command queue the API fills (`ShardHandle::send`) and the control
-//! queue shards use to hand connections to each other; and each loop's
+//! queue shards use to hand connections to each other, which also carries
+//! stops and reloaded configurations (`reconfigure`); and each loop's
 //! heartbeat, which the watchdog reads.
 
 use std::net::SocketAddr;
@@ -30,6 +31,23 @@ pub enum Control {
     Adopt(crate::io::Adopted),
     /// Send every device GoAway(shutdown), flush, and end the thread.
     Stop,
+    /// A reloaded configuration (`reload`): applied between two loop
+    /// iterations, so the shard's hot path reads its own copy, never a lock.
+    Reconfigure(Arc<ShardSettings>),
+}
+
+/// What a reload hands every shard: the effective configuration and the
+/// device authentication all shards share.
+pub struct ShardSettings {
+    pub config: Config,
+    pub device_auth: Arc<crate::device_auth::DeviceAuth>,
+}
+
+/// Queues `settings` on every shard; each applies it at its next wake-up.
+pub fn reconfigure(handles: &[ShardHandle], settings: Arc<ShardSettings>) {
+    for handle in handles {
+        handle.control(Control::Reconfigure(settings.clone()));
+    }
 }
 
 /// The API's way into one shard.
@@ -127,6 +145,7 @@ pub struct Shards {
     device_tls_addr: Option<SocketAddr>,
     health: Arc<StorageHealth>,
     max_message_id: u64,
+    device_auth: Arc<crate::device_auth::DeviceAuth>,
     _data_dir: DataDir,
 }
 
@@ -159,14 +178,20 @@ impl Shards {
         self.heartbeats.clone()
     }
 
-    /// The admission table all shards share; its `open()` counts the
-    /// device connections of the whole daemon.
+    /// The per-address policy every shard's accepts consult; its `open()`
+    /// counts the device connections of the whole daemon.
     pub fn admission(&self) -> Arc<Admission> {
         self.admission.clone()
     }
 
     pub fn storage_health(&self) -> Arc<StorageHealth> {
         self.health.clone()
+    }
+
+    /// The device authentication every shard shares (a reload builds the
+    /// next one from it, keeping its nonce memory).
+    pub fn device_auth(&self) -> Arc<crate::device_auth::DeviceAuth> {
+        self.device_auth.clone()
     }
 
     /// Highest message id found in the logs: the API issues ids above it.
@@ -226,7 +251,11 @@ pub fn start(
     let count = config.shard_count();
     let data_dir = DataDir::open(&config.durability.data_dir, count)?;
     let health = Arc::new(StorageHealth::default());
-    let mut recovered = recover_all(config, count, &health)?;
+    let device_auth = Arc::new(crate::device_auth::DeviceAuth::new(
+        config,
+        crate::message::unix_ms(),
+    ));
+    let mut recovered = recover_all(config, count, &health, &device_auth)?;
     if let Some(queue) = receipts {
         for (_, store) in &mut recovered {
             store.set_receipts(queue.clone());
@@ -319,6 +348,7 @@ pub fn start(
         device_tls_addr,
         health,
         max_message_id,
+        device_auth,
         _data_dir: data_dir,
     })
 }
@@ -339,12 +369,9 @@ fn recover_all(
     config: &Config,
     count: usize,
     health: &Arc<StorageHealth>,
+    device_auth: &Arc<crate::device_auth::DeviceAuth>,
 ) -> anyhow::Result<Vec<(DeliveryCore, Store)>> {
     let started = std::time::Instant::now();
-    let device_auth = Arc::new(crate::device_auth::DeviceAuth::new(
-        config,
-        crate::message::unix_ms(),
-    ));
     let results: Vec<anyhow::Result<(DeliveryCore, Store, crate::store::Recovered)>> =
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..count)

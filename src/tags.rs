@@ -195,7 +195,9 @@ struct WriterState {
 /// Every configured app's tags.
 pub struct TagStore {
     fsync: bool,
-    apps: HashMap<String, AppTags>,
+    root: PathBuf,
+    /// Written only when a reload adds apps (`add_apps`).
+    apps: RwLock<HashMap<String, Arc<AppTags>>>,
 }
 
 pub fn describe_metrics() {
@@ -218,14 +220,33 @@ impl TagStore {
     pub fn open_in(data_dir: &Path, fsync: bool, apps: &[App]) -> anyhow::Result<TagStore> {
         let root = data_dir.join(SUBDIR);
         create_dir(&root, data_dir, fsync)?;
-        let mut store = TagStore {
+        let store = TagStore {
             fsync,
-            apps: HashMap::new(),
+            root: root.clone(),
+            apps: RwLock::new(HashMap::new()),
         };
+        let total = store.add_apps(apps)?;
+        for entry in std::fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", root.display()))?;
+            if !store.apps.read().values().any(|a| a.dir == entry.path()) {
+                warn!(dir = %entry.path().display(), "not the tag directory of a configured app: ignored");
+            }
+        }
+        info!(tags = total, dir = %root.display(), "tags loaded");
+        Ok(store)
+    }
+
+    /// Loads the tags of the apps in `apps` the store does not hold yet (at
+    /// start: all; after a reload: the added ones, whose directory may be
+    /// left from an earlier run). Returns how many tags it loaded.
+    pub fn add_apps(&self, apps: &[App]) -> anyhow::Result<usize> {
         let mut total = 0;
         for app in apps {
-            let dir = root.join(dir_name(&app.app_id));
-            create_dir(&dir, &root, fsync)?;
+            if self.apps.read().contains_key(&app.app_id) {
+                continue;
+            }
+            let dir = self.root.join(dir_name(&app.app_id));
+            create_dir(&dir, &self.root, self.fsync)?;
             let tags = load_dir(&dir, &app.app_id)?;
             if tags.len() > app.max_tags {
                 warn!(
@@ -240,9 +261,9 @@ impl TagStore {
             let gauge = metrics::gauge!("ringpush_tags", "app" => app.app_id.clone());
             gauge.set(tags.len() as f64);
             let hits = |limit: &'static str| metrics::counter!("ringpush_tag_limit_hits_total", "app" => app.app_id.clone(), "limit" => limit);
-            store.apps.insert(
+            self.apps.write().insert(
                 app.app_id.clone(),
-                AppTags {
+                Arc::new(AppTags {
                     app_id: Arc::from(app.app_id.as_str()),
                     max_tags: app.max_tags,
                     max_users: app.max_tag_users,
@@ -252,32 +273,25 @@ impl TagStore {
                     gauge,
                     tags_limit_hits: hits("tags"),
                     users_limit_hits: hits("users"),
-                },
+                }),
             );
         }
-        for entry in std::fs::read_dir(&root).with_context(|| format!("listing {}", root.display()))? {
-            let entry = entry.with_context(|| format!("listing {}", root.display()))?;
-            if !store.apps.values().any(|a| a.dir == entry.path()) {
-                warn!(dir = %entry.path().display(), "not the tag directory of a configured app: ignored");
-            }
-        }
-        info!(tags = total, dir = %root.display(), "tags loaded");
-        Ok(store)
+        Ok(total)
     }
 
-    fn app(&self, app_id: &str) -> Result<&AppTags, TagError> {
-        self.apps.get(app_id).ok_or(TagError::UnknownApp)
+    fn app(&self, app_id: &str) -> Result<Arc<AppTags>, TagError> {
+        self.apps.read().get(app_id).cloned().ok_or(TagError::UnknownApp)
     }
 
     pub fn get(&self, app_id: &str, name: &str) -> Option<Arc<Tag>> {
-        self.apps.get(app_id)?.snapshot.read().get(name).cloned()
+        self.app(app_id).ok()?.snapshot.read().get(name).cloned()
     }
 
     /// The app's tags, newest first (as the reference's console lists
     /// them; ids increase with creation, so they order tags made in the
     /// same millisecond).
     pub fn list(&self, app_id: &str) -> Vec<Arc<Tag>> {
-        let Some(app) = self.apps.get(app_id) else {
+        let Ok(app) = self.app(app_id) else {
             return Vec::new();
         };
         let snapshot = app.snapshot.read().clone();
@@ -288,7 +302,7 @@ impl TagStore {
 
     /// A tag and its userIds (sorted), read from its file.
     pub fn user_ids(&self, app_id: &str, name: &str) -> Result<(Arc<Tag>, Vec<String>), TagError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         // The writer lock keeps the file and the snapshot in step.
         let _writer = app.writer.lock();
         let tag = self
@@ -306,7 +320,7 @@ impl TagStore {
         ids: Vec<String>,
         now_ms: u64,
     ) -> Result<(Arc<Tag>, UsersChanged), TagError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         check_name(name)?;
         let given = ids.len();
         let ids = self.within_limit(app, sorted_ids("userIds", ids)?)?;
@@ -343,7 +357,7 @@ impl TagStore {
         ids: Option<Vec<String>>,
         now_ms: u64,
     ) -> Result<(Arc<Tag>, UsersChanged), TagError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         if let Some(new_name) = new_name {
             check_name(new_name)?;
         }
@@ -394,7 +408,7 @@ impl TagStore {
         remove: Vec<String>,
         now_ms: u64,
     ) -> Result<(Arc<Tag>, UsersChanged), TagError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         let given = add.len();
         let add = sorted_ids("addUserIds", add)?;
         let remove = sorted_ids("removeUserIds", remove)?;
@@ -446,7 +460,7 @@ impl TagStore {
     /// Removes a tag; returns it once its file is gone from the disk.
     /// Pushes already made to it still reach its users.
     pub fn delete(&self, app_id: &str, name: &str) -> Result<Arc<Tag>, TagError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         let _writer = app.writer.lock();
         let tags = app.snapshot.read().clone();
         let tag = tags

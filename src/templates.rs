@@ -244,7 +244,8 @@ struct AppTemplates {
 pub struct TemplateStore {
     dir: PathBuf,
     fsync: bool,
-    apps: HashMap<String, AppTemplates>,
+    /// Written only when a reload adds apps (`add_apps`).
+    apps: RwLock<HashMap<String, Arc<AppTemplates>>>,
 }
 
 pub fn describe_metrics() {
@@ -269,14 +270,27 @@ impl TemplateStore {
                 framed_file::sync_dir(data_dir).with_context(|| format!("syncing {}", data_dir.display()))?;
             }
         }
-        let mut store = TemplateStore {
+        let store = TemplateStore {
             dir,
             fsync,
-            apps: HashMap::new(),
+            apps: RwLock::new(HashMap::new()),
         };
+        let total = store.add_apps(apps)?;
+        store.tidy()?;
+        info!(templates = total, dir = %store.dir.display(), "templates loaded");
+        Ok(store)
+    }
+
+    /// Loads the templates of the apps in `apps` the store does not hold
+    /// yet (at start: all; after a reload: the added ones, whose file may
+    /// be left from an earlier run). Returns how many templates it loaded.
+    pub fn add_apps(&self, apps: &[App]) -> anyhow::Result<usize> {
         let mut total = 0;
         for app in apps {
-            let path = store.dir.join(file_name(&app.app_id));
+            if self.apps.read().contains_key(&app.app_id) {
+                continue;
+            }
+            let path = self.dir.join(file_name(&app.app_id));
             let templates = load(&path, &app.app_id)?;
             if templates.len() > app.max_templates {
                 warn!(
@@ -289,21 +303,19 @@ impl TemplateStore {
             total += templates.len();
             let gauge = metrics::gauge!("ringpush_templates", "app" => app.app_id.clone());
             gauge.set(templates.len() as f64);
-            store.apps.insert(
+            self.apps.write().insert(
                 app.app_id.clone(),
-                AppTemplates {
+                Arc::new(AppTemplates {
                     app_id: Arc::from(app.app_id.as_str()),
                     limit: app.max_templates,
                     path,
                     snapshot: RwLock::new(Arc::new(templates)),
                     writer: Mutex::new(()),
                     gauge,
-                },
+                }),
             );
         }
-        store.tidy()?;
-        info!(templates = total, dir = %store.dir.display(), "templates loaded");
-        Ok(store)
+        Ok(total)
     }
 
     /// Removes temp files a crash left behind and warns about files of apps
@@ -317,25 +329,29 @@ impl TemplateStore {
             let name = name.to_string_lossy();
             if name.starts_with('.') && name.ends_with(".tmp") {
                 let _ = std::fs::remove_file(entry.path());
-            } else if !self.apps.values().any(|a| a.path == entry.path()) {
+            } else if !self.apps.read().values().any(|a| a.path == entry.path()) {
                 warn!(file = %entry.path().display(), "not the template file of a configured app: ignored");
             }
         }
         Ok(())
     }
 
-    fn app(&self, app_id: &str) -> Result<&AppTemplates, TemplateError> {
-        self.apps.get(app_id).ok_or(TemplateError::UnknownApp)
+    fn app(&self, app_id: &str) -> Result<Arc<AppTemplates>, TemplateError> {
+        self.apps
+            .read()
+            .get(app_id)
+            .cloned()
+            .ok_or(TemplateError::UnknownApp)
     }
 
     pub fn get(&self, app_id: &str, name: &str) -> Option<Arc<Template>> {
-        self.apps.get(app_id)?.snapshot.read().get(name).cloned()
+        self.app(app_id).ok()?.snapshot.read().get(name).cloned()
     }
 
     /// The app's templates, newest first (as the reference's console lists
     /// them), then by name.
     pub fn list(&self, app_id: &str) -> Vec<Arc<Template>> {
-        let Some(app) = self.apps.get(app_id) else {
+        let Ok(app) = self.app(app_id) else {
             return Vec::new();
         };
         let snapshot = app.snapshot.read().clone();
@@ -350,7 +366,7 @@ impl TemplateStore {
 
     /// Adds a template; returns it once it is on disk.
     pub fn create(&self, app_id: &str, draft: Draft, now_ms: u64) -> Result<Arc<Template>, TemplateError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         self.change(app, |templates| {
             let template = validate(draft, now_ms)?;
             if templates.contains_key(&template.draft.name) {
@@ -367,7 +383,7 @@ impl TemplateStore {
 
     /// Replaces the template named `draft.name`, keeping its creation time.
     pub fn update(&self, app_id: &str, draft: Draft, now_ms: u64) -> Result<Arc<Template>, TemplateError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         self.change(app, |templates| {
             let mut template = validate(draft, now_ms)?;
             let Some(old) = templates.get(&template.draft.name) else {
@@ -382,7 +398,7 @@ impl TemplateStore {
 
     /// Removes a template; returns it once the removal is on disk.
     pub fn delete(&self, app_id: &str, name: &str) -> Result<Arc<Template>, TemplateError> {
-        let app = self.app(app_id)?;
+        let app = &*self.app(app_id)?;
         self.change(app, |templates| {
             templates
                 .remove(name)

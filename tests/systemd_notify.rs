@@ -132,7 +132,7 @@ fn ready_comes_once_devices_can_connect_and_the_watchdog_pings_while_shards_adva
             }
         });
         let config = format!("io = \"{backend}\"\nshards = 2\n");
-        let d = Daemon::start_with_env(
+        let d = Daemon::start_in_with_env(
             &dir,
             &config,
             None,
@@ -175,7 +175,7 @@ fn a_stalled_shard_stops_the_watchdog_pings_until_it_moves_again() {
         std::fs::create_dir_all(&faults).unwrap();
         let systemd = FakeSystemd::bind(&dir);
         let config = format!("io = \"{backend}\"\nshards = 2\n");
-        let d = Daemon::start_with_env(
+        let d = Daemon::start_in_with_env(
             &dir,
             &config,
             Some(&faults),
@@ -231,7 +231,7 @@ fn sigterm_says_stopping_sends_every_device_go_away_and_a_restart_delivers_what_
             "io = \"{backend}\"\nshards = 2\n[delivery]\ndrain_timeout_secs = 15\nshutdown_retry_min_ms = 1500\nshutdown_retry_max_ms = 2500\n[durability]\ndata_dir = \"{}\"\nfsync = \"interval\"\nfsync_interval_ms = 60000\n",
             dir.join("data").display()
         );
-        let mut d = Daemon::start_with_env(&dir, &config, None, &systemd.env(None));
+        let mut d = Daemon::start_in_with_env(&dir, &config, None, &systemd.env(None));
         systemd.wait_for("READY=1");
         // Online devices, each holding one message it has not acked.
         let mut online: Vec<Device> = (0..6).map(|_| d.device("")).collect();

@@ -167,9 +167,12 @@ pub struct RegisteredApp {
     allow_unsigned: bool,
     hmac: Option<hmac::Key>,
     rsa: Option<signature::UnparsedPublicKey<Vec<u8>>>,
-    nonces: Mutex<NonceCache>,
-    /// `apiRatePerSec`/`apiBurst`; `None`: unlimited.
-    rate: Option<TokenBucket>,
+    /// Shared with the registry a reload builds, so a request seen before
+    /// the reload cannot be replayed after it.
+    nonces: Arc<Mutex<NonceCache>>,
+    /// `apiRatePerSec`/`apiBurst`; `None`: unlimited. Kept across a
+    /// reload that leaves both unchanged.
+    rate: Option<Arc<TokenBucket>>,
     rate_limited: metrics::Counter,
 }
 
@@ -218,6 +221,7 @@ impl RegisteredApp {
 /// Every configured app by id, with the failure counters.
 pub struct AppRegistry {
     apps: HashMap<Box<str>, Arc<RegisteredApp>>,
+    nonces_per_app: usize,
     /// Timestamps before this are refused: nonces live in memory only, so
     /// a request seen before a restart could otherwise be replayed after it.
     not_before_ms: u64,
@@ -235,6 +239,19 @@ impl AppRegistry {
     /// already checked the keys; a bad one is still an error here, not a
     /// panic).
     pub fn new(apps: &[App], nonces_per_app: usize) -> Result<Self, KeyError> {
+        Self::build(apps, nonces_per_app, None)
+    }
+
+    /// The registry of a reloaded configuration: apps that stay keep their
+    /// nonce memory (and their rate bucket when its settings are the
+    /// same), and the start-time cut-off for timestamps stays.
+    pub fn reconfigure(&self, apps: &[App]) -> Result<Self, KeyError> {
+        let mut next = Self::build(apps, self.nonces_per_app, Some(self))?;
+        next.not_before_ms = self.not_before_ms;
+        Ok(next)
+    }
+
+    fn build(apps: &[App], nonces_per_app: usize, previous: Option<&Self>) -> Result<Self, KeyError> {
         let mut registered = HashMap::with_capacity(apps.len());
         for app in apps {
             let rsa = match &app.public_key {
@@ -244,8 +261,23 @@ impl AppRegistry {
                 )),
                 None => None,
             };
+            let before = previous.and_then(|p| p.apps.get(app.app_id.as_str()));
+            let nonces = match before {
+                Some(b) => b.nonces.clone(),
+                None => Arc::new(Mutex::new(NonceCache::new(nonces_per_app))),
+            };
+            let rate = match before.map(|b| &b.rate) {
+                Some(Some(bucket))
+                    if bucket.rate_per_sec() == app.api_rate_per_sec
+                        && bucket.burst() == app.api_burst.max(1) =>
+                {
+                    Some(bucket.clone())
+                }
+                Some(None) if app.api_rate_per_sec == 0 => None,
+                _ => TokenBucket::new(app.api_rate_per_sec, app.api_burst).map(Arc::new),
+            };
             let entry = RegisteredApp {
-                id: Arc::from(app.app_id.as_str()),
+                id: before.map_or_else(|| Arc::from(app.app_id.as_str()), |b| b.id.clone()),
                 workspace_id: app.workspace_id.as_str().into(),
                 receipt_url: app.receipt_url.as_deref().map(Into::into),
                 api_enabled: app.api_enabled,
@@ -255,14 +287,15 @@ impl AppRegistry {
                     .as_ref()
                     .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.expose())),
                 rsa,
-                nonces: Mutex::new(NonceCache::new(nonces_per_app)),
-                rate: TokenBucket::new(app.api_rate_per_sec, app.api_burst),
+                nonces,
+                rate,
                 rate_limited: metrics::counter!("ringpush_api_rate_limited_total", "app" => app.app_id.clone()),
             };
             registered.insert(app.app_id.as_str().into(), Arc::new(entry));
         }
         Ok(Self {
             apps: registered,
+            nonces_per_app,
             not_before_ms: 0,
             failures: Failure::ALL
                 .map(|f| metrics::counter!("ringpush_api_auth_failures_total", "reason" => f.label())),

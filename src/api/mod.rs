@@ -260,27 +260,39 @@ fn registry(filter: MethodFilter, operation: devices::Operation) -> MethodRouter
     )
 }
 
+/// What a SIGHUP may change under the API's feet: the apps (credentials,
+/// rate limits, switches) and the configuration handlers read (TTL bounds).
+/// Handlers take a snapshot per request; a reload swaps both at once.
+pub struct ApiLive {
+    pub config: Arc<Config>,
+    pub auth: Arc<AppRegistry>,
+}
+
+pub type SharedApiLive = Arc<parking_lot::RwLock<ApiLive>>;
+
 struct ApiState {
-    config: Config,
-    auth: Arc<AppRegistry>,
+    live: SharedApiLive,
     shards: Arc<[ShardHandle]>,
     health: Arc<StorageHealth>,
     next_message_id: AtomicU64,
     templates: Arc<TemplateStore>,
     tags: Arc<TagStore>,
-    /// Largest tag request body: the largest `maxTagUsers` of any app in
-    /// JSON (`tags::body_limit`).
-    tag_body_limit: usize,
     push_metrics: OpMetrics,
     template_push_metrics: OpMetrics,
     multiple_push_metrics: OpMetrics,
     status_metrics: OpMetrics,
     accepted: metrics::Counter,
-    /// `http.body_timeout_ms`: how long `admit` waits for a body.
-    body_timeout: Duration,
 }
 
 impl ApiState {
+    fn config(&self) -> Arc<Config> {
+        self.live.read().config.clone()
+    }
+
+    fn auth(&self) -> Arc<AppRegistry> {
+        self.live.read().auth.clone()
+    }
+
     /// Service message ids and task ids, from one sequence.
     fn next_id(&self) -> u64 {
         self.next_message_id.fetch_add(1, Ordering::Relaxed)
@@ -289,6 +301,9 @@ impl ApiState {
 
 /// The running HTTP servers.
 pub struct HttpServers {
+    live: SharedApiLive,
+    templates: Arc<TemplateStore>,
+    tags: Arc<TagStore>,
     api_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -302,6 +317,16 @@ impl HttpServers {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The apps and settings a reload swaps.
+    pub fn live(&self) -> SharedApiLive {
+        self.live.clone()
+    }
+
+    /// The stores a reload adds new apps' templates and tags to.
+    pub fn stores(&self) -> (Arc<TemplateStore>, Arc<TagStore>) {
+        (self.templates.clone(), self.tags.clone())
     }
 
     /// Stops accepting, lets in-flight requests finish, and joins.
@@ -339,9 +364,13 @@ pub fn serve(
     let registry =
         AppRegistry::new(&config.apps, config.limits.api_nonces_per_app)?.refuse_timestamps_before(unix_ms());
     warn_about_unsigned_apps(&registry, api_addr);
-    let state = Arc::new(ApiState {
+    let live = Arc::new(parking_lot::RwLock::new(ApiLive {
+        config: Arc::new(config.clone()),
         auth: Arc::new(registry),
-        config: config.clone(),
+    }));
+    let stores = (templates.clone(), tags.clone());
+    let state = Arc::new(ApiState {
+        live: live.clone(),
         shards: shards.handles(),
         health: shards.storage_health(),
         // Unique across restarts: past every id in the log, and past every
@@ -350,13 +379,11 @@ pub fn serve(
         next_message_id: AtomicU64::new((unix_ms() << 16).max(shards.max_message_id() + 1)),
         templates,
         tags,
-        tag_body_limit: tags::body_limit(&config.apps),
         push_metrics: OpMetrics::new("push_simple"),
         template_push_metrics: OpMetrics::new("push_template"),
         multiple_push_metrics: OpMetrics::new("push_multiple"),
         status_metrics: OpMetrics::new("message_status"),
         accepted: metrics::counter!("ringpush_messages_accepted_total"),
-        body_timeout: Duration::from_millis(config.http.body_timeout_ms),
     });
     let api = ROUTES
         .iter()
@@ -375,6 +402,9 @@ pub fn serve(
         });
     })?;
     Ok(HttpServers {
+        live,
+        templates: stores.0,
+        tags: stores.1,
         api_addr,
         admin_addr,
         stop: Some(stop_tx),
@@ -384,7 +414,7 @@ pub fn serve(
 
 /// Unsigned requests are for local demos: say so at every start, louder when
 /// the API is reachable from other machines.
-fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
+pub(crate) fn warn_about_unsigned_apps(registry: &AppRegistry, api_addr: SocketAddr) {
     for app in registry.apps().filter(|a| a.allows_unsigned()) {
         if api_addr.ip().is_loopback() {
             tracing::warn!(
@@ -602,7 +632,7 @@ async fn simple_push(State(state): State<Arc<ApiState>>, request: Request) -> Re
     let started = Instant::now();
     let request = match admit(&state, request)
         .await
-        .and_then(|(caller, bytes)| push::parse(&bytes, &state.config, &caller))
+        .and_then(|(caller, bytes)| push::parse(&bytes, &state.config(), &caller))
     {
         Ok(r) => r,
         Err(e) => return error_response(metrics.op, started, e),
@@ -618,7 +648,7 @@ async fn template_push(State(state): State<Arc<ApiState>>, request: Request) -> 
     let request = match admit(&state, request)
         .await
         .and_then(|(caller, bytes)| {
-            push::parse_templated(&bytes, &state.config, &caller, push::PushKind::Template)
+            push::parse_templated(&bytes, &state.config(), &caller, push::PushKind::Template)
         })
         .and_then(|push| render(&state, push))
     {
@@ -636,7 +666,7 @@ async fn multiple_push(State(state): State<Arc<ApiState>>, request: Request) -> 
     let request = match admit_up_to(&state, request, MAX_MULTIPLE_BODY_BYTES)
         .await
         .and_then(|(caller, bytes)| {
-            push::parse_templated(&bytes, &state.config, &caller, push::PushKind::Multiple)
+            push::parse_templated(&bytes, &state.config(), &caller, push::PushKind::Multiple)
         })
         .and_then(|push| render(&state, push))
     {
@@ -771,7 +801,7 @@ async fn fanout_push(state: Arc<ApiState>, kind: push::PushKind, request: Reques
     let started = Instant::now();
     let request = match admit(&state, request)
         .await
-        .and_then(|(caller, bytes)| push::parse_fanout(&bytes, &state.config, &caller, kind))
+        .and_then(|(caller, bytes)| push::parse_fanout(&bytes, &state.config(), &caller, kind))
         .and_then(|parsed| match parsed {
             push::Parsed::Ready(request) => Ok(request),
             push::Parsed::Templated(push) => render(&state, push),
@@ -937,7 +967,9 @@ async fn admit_up_to(
     limit: usize,
 ) -> Result<(AuthenticatedApp, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit));
+    // From the configuration in force: a reload may change it.
+    let body_timeout = Duration::from_millis(state.config().http.body_timeout_ms);
+    let read = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit));
     let bytes = match read.await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {
@@ -954,13 +986,13 @@ async fn admit_up_to(
                 ResultCode::RequestTimeout,
                 format!(
                     "the request body did not arrive within http.body_timeout_ms = {} ms",
-                    state.body_timeout.as_millis()
+                    body_timeout.as_millis()
                 ),
             ));
         }
     };
     let now_ms = unix_ms();
-    let caller = auth::authenticate(&state.auth, &parts, &bytes, now_ms)?;
+    let caller = auth::authenticate(&state.auth(), &parts, &bytes, now_ms)?;
     if let Some(app) = caller.signed_by() {
         app.take_request(now_ms)?;
     }

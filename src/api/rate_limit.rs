@@ -38,6 +38,10 @@ impl TokenBucket {
         self.rate_per_sec
     }
 
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
     /// Takes one request's token at `now_ms`, or answers how many
     /// milliseconds until one is there. A clock that steps back refills
     /// nothing.

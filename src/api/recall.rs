@@ -227,7 +227,7 @@ async fn run(state: &ApiState, request: RecallRequest) -> Result<Vec<RecallOutco
     if let Some(refusal) = state.health.refusal() {
         return Err(storage_error(refusal));
     }
-    let window = state.config.delivery.recall_window_secs;
+    let window = state.config().delivery.recall_window_secs;
     let not_before_ms = unix_ms().saturating_sub(window * 1000);
     let RecallRequest { app_id, target } = request;
     let answers = match &target {
@@ -340,7 +340,7 @@ pub(super) async fn task(State(state): State<Arc<ApiState>>, request: Request) -
     let RecallTarget::Task(task_id) = request.target else {
         unreachable!("parse_task names a task");
     };
-    let window = state.config.delivery.recall_window_secs;
+    let window = state.config().delivery.recall_window_secs;
     match run(&state, request).await {
         Ok(outcomes) if outcomes.is_empty() => error_response(
             OP,

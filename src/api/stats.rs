@@ -242,7 +242,7 @@ pub(super) async fn statistics(
     let result = async {
         let (caller, _) = admit(&state, request).await?;
         let app_id = app_of(&caller, &query)?;
-        let retention = state.config.stats.minute_retention_hours * stats::HOUR_MS;
+        let retention = state.config().stats.minute_retention_hours * stats::HOUR_MS;
         let q = parse_query(&query, retention, unix_ms())?;
         let answers = ask_all(&state, |reply| Command::QueryStats {
             app_id: app_id.clone(),

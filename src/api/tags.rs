@@ -365,7 +365,9 @@ async fn change(
     path: Option<String>,
     apply: impl FnOnce(&TagStore, TagChange) -> Result<(Arc<Tag>, UsersChanged), TagError> + Send + 'static,
 ) -> Result<Value, ApiError> {
-    let (caller, bytes) = admit_up_to(state, request, state.tag_body_limit).await?;
+    // From the apps in force: a reload may add one with a larger maxTagUsers.
+    let limit = body_limit(&state.config().apps);
+    let (caller, bytes) = admit_up_to(state, request, limit).await?;
     let store = state.tags.clone();
     blocking(move || {
         let change = parse_request(&bytes, &caller, op, path.as_deref())?;

@@ -418,6 +418,15 @@ impl DeliveryCore {
         // The Revoke may wait for the device as long as the message could.
         let until_ms = written.then(|| now_ms + expires_at_ms.saturating_sub(accepted_at_ms));
         let d = &self.devices[device];
+        tracing::debug!(
+            shard = self.shard_id,
+            msg_id = message_id,
+            msg_key,
+            app = %d.app,
+            token = %d.token,
+            revoke = written,
+            "recalling a message"
+        );
         self.journal
             .write(&Entry::Recall(RecallEntry::Device(DeviceRecallEntry {
                 app: &d.app,

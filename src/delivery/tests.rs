@@ -9,6 +9,7 @@ use crate::protocol::{decode_slice, FrameType};
 mod collapse;
 mod recall;
 mod receipts;
+mod reconfigure;
 mod shared;
 mod stats;
 mod tls;

@@ -166,11 +166,14 @@ impl Loop {
                     else {
                         continue;
                     };
-                    if !tls {
-                        self.register(stream, ticket, None, now);
+                    let conn = if !tls {
+                        self.register(stream, ticket, None, now)
                     } else if let Some(session) = super::new_tls_session(context) {
-                        self.register(stream, ticket, Some(session), now);
-                    }
+                        self.register(stream, ticket, Some(session), now)
+                    } else {
+                        continue;
+                    };
+                    super::log_accepted(context.id, conn, peer, tls);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => {}

@@ -160,6 +160,9 @@ pub(crate) fn drain_queues(
         match message {
             Control::Adopt(connection) => adopted.push(connection),
             Control::Stop => stop = true,
+            Control::Reconfigure(settings) => {
+                core.reconfigure(&settings.config, settings.device_auth.clone());
+            }
         }
     }
     // Bounded so a flood of pushes cannot starve socket I/O for long.
@@ -245,6 +248,22 @@ pub fn describe_metrics() {
     );
 }
 
+/// The first line of a connection's story (debug): its id on this shard
+/// and its address. The core's lines about it carry the same `conn`.
+pub(crate) fn log_accepted(
+    shard: usize,
+    conn: Option<crate::delivery::ConnId>,
+    peer: std::net::SocketAddr,
+    tls: bool,
+) {
+    match conn {
+        Some(conn) => tracing::debug!(shard, conn, %peer, tls, "connection accepted"),
+        None => {
+            tracing::debug!(shard, %peer, tls, reason = "max_connections_per_shard", "connection refused at accept")
+        }
+    }
+}
+
 pub(crate) fn count_accept(shard: &str) {
     metrics::counter!("ringpush_accepts_total", "shard" => shard.to_string()).increment(1);
 }
@@ -281,6 +300,7 @@ pub(crate) fn admit(
     match decision {
         Ok(ticket) => Some(ticket),
         Err(refusal) => {
+            tracing::debug!(shard = context.id, %peer, tls, refusal = ?refusal, "connection refused at accept");
             let frame = core.refusal_frame(refusal);
             if !tls {
                 let _ = socket.send(&frame);

@@ -518,10 +518,15 @@ impl Backend {
         let Some(ticket) = super::admit(context, &mut self.core, socket, peer, tls, now) else {
             return;
         };
-        if !tls {
-            self.register(fd, ticket, None, now);
+        let conn = if !tls {
+            self.register(fd, ticket, None, now)
         } else if let Some(session) = super::new_tls_session(context) {
-            self.register(fd, ticket, Some(session), now);
+            self.register(fd, ticket, Some(session), now)
+        } else {
+            return;
+        };
+        if let Some(peer) = peer {
+            super::log_accepted(context.id, conn, peer, tls);
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Daemon {
     dir: PathBuf,
     /// Removed on drop unless the test owns it (restarts reuse it).
     owns_dir: bool,
+    /// Everything the daemon wrote to stderr so far.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
@@ -59,15 +61,41 @@ impl Daemon {
     }
 
     pub fn start_with(config: &str) -> Daemon {
+        Self::start_with_env(config, &[])
+    }
+
+    /// `start_with` with extra environment variables for the daemon.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = std::env::temp_dir().join(format!(
             "ringpush-test-{}-{}",
             std::process::id(),
             NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut daemon = Self::try_start_in(&dir, config).unwrap_or_else(|e| panic!("{e}"));
+        let env: Vec<(&str, std::ffi::OsString)> = env.iter().map(|&(k, v)| (k, v.into())).collect();
+        let mut daemon = Self::spawn(&dir, config, None, &env).unwrap_or_else(|e| panic!("{e}"));
         daemon.owns_dir = true;
         daemon
+    }
+
+    /// Replaces the daemon's configuration file with `config` (as given
+    /// to `start_with`, completed the same way), atomically; a SIGHUP then
+    /// reloads it.
+    pub fn rewrite_config(&self, config: &str) {
+        let path = self.dir.join("ringpush.toml");
+        let tmp = self.dir.join(".ringpush.toml.tmp");
+        std::fs::write(&tmp, full_config(&self.dir, config)).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    /// Replaces the configuration file with exactly `text`.
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(self.dir.join("ringpush.toml"), text).unwrap();
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// A fresh directory for a test that restarts the daemon on the same
@@ -93,7 +121,7 @@ impl Daemon {
 
     /// `start_in` with extra environment variables (`NOTIFY_SOCKET`,
     /// `WATCHDOG_USEC`) and, optionally, a fault directory.
-    pub fn start_with_env(
+    pub fn start_in_with_env(
         dir: &std::path::Path,
         config: &str,
         faults: Option<&std::path::Path>,
@@ -115,23 +143,7 @@ impl Daemon {
         env: &[(&str, std::ffi::OsString)],
     ) -> Result<Daemon, String> {
         let dir = dir.to_path_buf();
-        let (top, sections) = split_top_level(config);
-        let sections = if sections.contains("[[apps]]") {
-            sections
-        } else {
-            format!("{sections}\n{SIGNED_DEMO_APP}")
-        };
-        let sections = if sections.contains("[durability]") {
-            sections
-        } else {
-            format!(
-                "{sections}\n[durability]\ndata_dir = \"{}\"\nfsync = \"never\"\n",
-                dir.join("data").display()
-            )
-        };
-        let text = format!(
-            "{top}\n[listen]\ndevice = \"127.0.0.1:0\"\ndevice_tls = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{sections}"
-        );
+        let text = full_config(&dir, config);
         let path = dir.join("ringpush.toml");
         std::fs::write(&path, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringpush"))
@@ -193,6 +205,7 @@ impl Daemon {
             child,
             dir,
             owns_dir: false,
+            stderr: stderr_text,
         })
     }
 
@@ -330,6 +343,29 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The file the daemon gets for the test's `config`: its own `[[apps]]` or
+/// `SIGNED_DEMO_APP`, data under `dir` unless it says otherwise, and every
+/// listener on an ephemeral loopback port.
+fn full_config(dir: &std::path::Path, config: &str) -> String {
+    let (top, sections) = split_top_level(config);
+    let sections = if sections.contains("[[apps]]") {
+        sections
+    } else {
+        format!("{sections}\n{SIGNED_DEMO_APP}")
+    };
+    let sections = if sections.contains("[durability]") {
+        sections
+    } else {
+        format!(
+            "{sections}\n[durability]\ndata_dir = \"{}\"\nfsync = \"never\"\n",
+            dir.join("data").display()
+        )
+    };
+    format!(
+            "{top}\n[listen]\ndevice = \"127.0.0.1:0\"\ndevice_tls = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{sections}"
+        )
 }
 
 static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -9,15 +9,6 @@ use std::collections::BTreeMap;
 
 use ringpush::admin::{metric_catalogue, MetricKind};
 
-/// Metrics that other branches add, named here so their dashboards and
-/// rules can land first. Remove each entry when its branch is merged: the
-/// name must then come from the catalogue like every other.
-pub const ADDED_BY_OTHER_BRANCHES: &[(&str, &str)] = &[
-    // branch `reload`: configuration reload on SIGHUP.
-    ("ringpush_config_reloads_total", "reload"),
-    ("ringpush_config_last_reload_success", "reload"),
-];
-
 /// Every `ringpush_` identifier in `expr`, as written.
 pub fn metric_names(expr: &str) -> Vec<String> {
     let bytes = expr.as_bytes();
@@ -49,9 +40,6 @@ pub fn exported() -> BTreeMap<String, MetricKind> {
 /// others are summaries), `_sum` and `_count`; its bare name exists only
 /// as a summary's quantile series.
 pub fn not_exported(name: &str, exported: &BTreeMap<String, MetricKind>) -> Option<String> {
-    if ADDED_BY_OTHER_BRANCHES.iter().any(|(n, _)| *n == name) {
-        return None;
-    }
     if let Some(kind) = exported.get(name) {
         return match kind {
             MetricKind::Histogram if name.ends_with("_seconds") => Some(format!(
