@@ -250,12 +250,15 @@ fn json_logs_carry_the_connection_and_device_ids() {
         let refusal_logged = lines
             .iter()
             .any(|l| l["message"] == "closing the connection" && l["reason"] == "unknown_app");
-        if refusal_logged {
+        // The ready line is logged just after the stdout line the harness
+        // waits for, so it may come after the devices' lines.
+        let ready_logged = lines.iter().any(|l| l["message"] == "ringpush ready");
+        if refusal_logged && ready_logged {
             break lines;
         }
         assert!(
             Instant::now() < deadline,
-            "no close line for the refused Hello:\n{text}"
+            "no close line for the refused Hello, or no ready line:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
