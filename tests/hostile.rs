@@ -11,27 +11,8 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Device, BACKENDS, PATIENCE};
+use common::{wait_for, Daemon, Device, BACKENDS, PATIENCE};
 use ringpush::protocol::{body, ErrorCode, Frame, FrameType, GoAwayReason, HEADER_LEN};
-
-/// Sum of a metric's samples whose labels contain `label` ("" for all).
-fn metric(d: &Daemon, name: &str, label: &str) -> f64 {
-    d.metrics()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Polls until `f` holds, panicking with `what` after PATIENCE.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -73,7 +54,7 @@ fn a_length_prefix_of_0xffffffff_is_refused_from_the_header() {
             other => panic!("{backend}: {other:?}"),
         }
         wait_for("the close to be counted", || {
-            metric(&d, "ringpush_connections_closed_total", "frame_too_large") == 1.0
+            d.metric_sum("ringpush_connections_closed_total", "frame_too_large") == 1.0
         });
         // The same after a handshake, on an authenticated connection.
         let mut device = Device::connect(d.device, "");
@@ -95,10 +76,10 @@ fn a_thousand_unauthenticated_max_frame_claims_add_less_than_20_mb() {
         // Settle the allocator and the first-use paths with one connection.
         drop(Device::connect(d.device, ""));
         wait_for("the warm-up connection to close", || {
-            metric(&d, "ringpush_sessions", "") == 0.0
+            d.metric_sum("ringpush_sessions", "") == 0.0
         });
         let before = rss_kib(d.pid());
-        let closed_before = metric(&d, "ringpush_connections_closed_total", "");
+        let closed_before = d.metric_sum("ringpush_connections_closed_total", "");
         let max = 4096u32; // limits.max_frame_bytes default
         let mut claim = (max - HEADER_LEN as u32).to_be_bytes().to_vec();
         claim.extend_from_slice(&[FrameType::Hello as u8, 0]);
@@ -112,8 +93,8 @@ fn a_thousand_unauthenticated_max_frame_claims_add_less_than_20_mb() {
             })
             .collect();
         wait_for("every claim to be read", || {
-            metric(&d, "ringpush_sessions", "") == CONNECTIONS as f64
-                && metric(&d, "ringpush_bytes_in_total", "") >= (CONNECTIONS * claim.len()) as f64
+            d.metric_sum("ringpush_sessions", "") == CONNECTIONS as f64
+                && d.metric_sum("ringpush_bytes_in_total", "") >= (CONNECTIONS * claim.len()) as f64
         });
         let after = rss_kib(d.pid());
         let grown = after.saturating_sub(before);
@@ -121,10 +102,13 @@ fn a_thousand_unauthenticated_max_frame_claims_add_less_than_20_mb() {
             "{backend}: {CONNECTIONS} connections each claiming a {max}-byte frame: RSS {before} KiB -> {after} KiB (+{grown} KiB)"
         );
         assert!(grown < 20 * 1024, "{backend}: RSS grew by {grown} KiB");
-        assert_eq!(metric(&d, "ringpush_connections_closed_total", ""), closed_before);
+        assert_eq!(
+            d.metric_sum("ringpush_connections_closed_total", ""),
+            closed_before
+        );
         drop(held);
         wait_for("every claim to be closed", || {
-            metric(&d, "ringpush_sessions", "") == 0.0
+            d.metric_sum("ringpush_sessions", "") == 0.0
         });
     }
 }
@@ -167,8 +151,8 @@ fn a_client_that_never_says_hello_is_closed_at_the_handshake_deadline() {
         }
         assert!(started.elapsed() >= Duration::from_millis(950));
         wait_for("the sessions to be freed", || {
-            metric(&d, "ringpush_sessions", "") == 0.0
-                && metric(&d, "ringpush_connections_closed_total", "handshake_timeout") == 2.0
+            d.metric_sum("ringpush_sessions", "") == 0.0
+                && d.metric_sum("ringpush_connections_closed_total", "handshake_timeout") == 2.0
         });
     }
 }
@@ -220,20 +204,20 @@ fn a_reader_at_one_byte_a_second_is_cut_off_at_the_outbound_cap() {
         let mut writer = stream;
         let mut most = 0.0f64;
         let deadline = Instant::now() + PATIENCE;
-        while metric(&d, "ringpush_connections_closed_total", "slow_reader") < 1.0 {
+        while d.metric_sum("ringpush_connections_closed_total", "slow_reader") < 1.0 {
             assert!(Instant::now() < deadline, "{backend}: never cut off");
             // The server stops reading once it closes; a failed write is fine.
             let _ = writer.write_all(&pings(20_000));
-            most = most.max(metric(&d, "ringpush_outbound_backlog_bytes", ""));
+            most = most.max(d.metric_sum("ringpush_outbound_backlog_bytes", ""));
             std::thread::sleep(Duration::from_millis(10));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         eprintln!("{backend}: largest backlog seen {most} bytes (cap {CAP})");
         assert!(most <= CAP as f64, "{backend}: backlog {most} past the cap");
         wait_for("the memory and the slot to be given back", || {
-            metric(&d, "ringpush_outbound_backlog_bytes", "") == 0.0
-                && metric(&d, "ringpush_sessions", "") == 0.0
-                && metric(&d, "ringpush_admission_connections", "") == 0.0
+            d.metric_sum("ringpush_outbound_backlog_bytes", "") == 0.0
+                && d.metric_sum("ringpush_sessions", "") == 0.0
+                && d.metric_sum("ringpush_admission_connections", "") == 0.0
         });
         // Nothing is lost: the unacked message waits for the next connection.
         let mut again = Device::connect(d.device, &token);
@@ -257,11 +241,11 @@ fn a_reader_at_one_byte_a_second_is_cut_off_at_the_write_deadline() {
         // daemon holds bytes back, and they never drain.
         let started = Instant::now();
         let mut most = 0.0f64;
-        while metric(&d, "ringpush_connections_closed_total", "write_timeout") < 1.0 {
+        while d.metric_sum("ringpush_connections_closed_total", "write_timeout") < 1.0 {
             assert!(started.elapsed() < PATIENCE, "{backend}: never cut off");
             // After the abort a write fails; that is the point.
             let _ = writer.write_all(&pings(5000));
-            most = most.max(metric(&d, "ringpush_outbound_backlog_bytes", ""));
+            most = most.max(d.metric_sum("ringpush_outbound_backlog_bytes", ""));
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!(
@@ -275,12 +259,12 @@ fn a_reader_at_one_byte_a_second_is_cut_off_at_the_write_deadline() {
             "{backend}: cut off after {elapsed:?}"
         );
         assert_eq!(
-            metric(&d, "ringpush_connections_closed_total", "slow_reader"),
+            d.metric_sum("ringpush_connections_closed_total", "slow_reader"),
             0.0
         );
         wait_for("the memory to be given back", || {
-            metric(&d, "ringpush_outbound_backlog_bytes", "") == 0.0
-                && metric(&d, "ringpush_sessions", "") == 0.0
+            d.metric_sum("ringpush_outbound_backlog_bytes", "") == 0.0
+                && d.metric_sum("ringpush_sessions", "") == 0.0
         });
     }
 }
@@ -312,12 +296,12 @@ fn one_address_at_its_cap_does_not_affect_another() {
         // A close gives the slot back.
         drop(held.pop());
         wait_for("the slot to be given back", || {
-            metric(&d, "ringpush_admission_connections", "") == 3.0
+            d.metric_sum("ringpush_admission_connections", "") == 3.0
         });
         let mut again = Device::from_stream(connect_from(crowded, d.device, None));
         again.handshake("").expect("a freed slot is reusable");
         assert_eq!(
-            metric(&d, "ringpush_connections_closed_total", "address_cap"),
+            d.metric_sum("ringpush_connections_closed_total", "address_cap"),
             1.0
         );
     }
@@ -335,12 +319,12 @@ fn past_the_total_cap_even_an_exempt_source_gets_overloaded() {
         assert_eq!(g.reason, GoAwayReason::Overloaded as u32, "{backend}");
         assert!((1_000..=5_000).contains(&g.retry_after_ms));
         assert_eq!(
-            metric(&d, "ringpush_connections_closed_total", "max_connections"),
+            d.metric_sum("ringpush_connections_closed_total", "max_connections"),
             1.0
         );
         drop(held);
         wait_for("the slots to be given back", || {
-            metric(&d, "ringpush_admission_connections", "") == 0.0
+            d.metric_sum("ringpush_admission_connections", "") == 0.0
         });
         Device::connect(d.device, "");
     }
@@ -373,7 +357,7 @@ fn a_flapping_address_is_banned_and_comes_back_after_the_ban() {
             }
         }
         let banned_at = banned_at.expect("20 connects in a burst of 10 are banned");
-        assert_eq!(metric(&d, "ringpush_admission_bans_total", ""), 1.0);
+        assert_eq!(d.metric_sum("ringpush_admission_bans_total", ""), 1.0);
         // Another address is not affected by the ban.
         let mut other = Device::from_stream(connect_from(Ipv4Addr::new(127, 0, 0, 5), d.device, None));
         other.handshake("").expect("a ban is per address");
@@ -431,7 +415,7 @@ fn every_close_path_gives_the_admission_slot_back() {
             // 60 connections from an address capped at 5: they all get in
             // only because each close gave its slot back.
             wait_for("the slot to be given back", || {
-                metric(&d, "ringpush_admission_connections", "") == 0.0
+                d.metric_sum("ringpush_admission_connections", "") == 0.0
             });
         }
         // The handshake deadline and a replaced connection are close paths too.
@@ -439,7 +423,7 @@ fn every_close_path_gives_the_admission_slot_back() {
             .map(|_| Device::from_stream(connect_from(source, d.device, None)))
             .collect();
         wait_for("the silent ones to be closed at the deadline", || {
-            metric(&d, "ringpush_admission_connections", "") == 0.0
+            d.metric_sum("ringpush_admission_connections", "") == 0.0
         });
         let mut first = Device::from_stream(connect_from(source, d.device, None));
         first.handshake("").unwrap();
@@ -448,8 +432,8 @@ fn every_close_path_gives_the_admission_slot_back() {
         assert_eq!(go_away(first.recv()).reason, GoAwayReason::Replaced as u32);
         drop(second);
         wait_for("the count to return to zero", || {
-            metric(&d, "ringpush_admission_connections", "") == 0.0
-                && metric(&d, "ringpush_sessions", "") == 0.0
+            d.metric_sum("ringpush_admission_connections", "") == 0.0
+                && d.metric_sum("ringpush_sessions", "") == 0.0
         });
     }
 }

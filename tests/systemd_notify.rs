@@ -17,7 +17,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Device, PATIENCE};
+use common::{wait_for, Daemon, Device, PATIENCE};
 use ringpush::protocol::{body, Frame, GoAwayReason};
 
 /// The notification socket systemd would own.
@@ -84,24 +84,6 @@ fn value<'a>(message: &'a str, key: &str) -> Option<&'a str> {
     message
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// Sum of a metric's samples whose labels contain `label`.
-fn metric(d: &Daemon, name: &str, label: &str) -> f64 {
-    d.metrics()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within {PATIENCE:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -184,7 +166,7 @@ fn a_stalled_shard_stops_the_watchdog_pings_until_it_moves_again() {
         systemd.wait_for("WATCHDOG=1");
         let marker = faults.join("stall-shard-1");
         std::fs::write(&marker, b"").unwrap();
-        let stuck = |d: &Daemon| metric(d, "ringpush_watchdog_stuck_total", "shard=\"1\"");
+        let stuck = |d: &Daemon| d.metric_sum("ringpush_watchdog_stuck_total", "shard=\"1\"");
         wait_for("shard 1 to stall", || {
             faults.join("stall-shard-1.stalled").exists()
         });
@@ -321,7 +303,7 @@ fn wedged_device(d: &Daemon) -> std::net::TcpStream {
     // The kernel grows the daemon's send buffer to a few MB first; in a
     // debug build that takes tens of seconds of pings on a busy machine.
     let deadline = Instant::now() + 6 * PATIENCE;
-    while metric(d, "ringpush_outbound_backlog_bytes", "") == 0.0 {
+    while d.metric_sum("ringpush_outbound_backlog_bytes", "") == 0.0 {
         assert!(Instant::now() < deadline, "the daemon never held bytes back");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -84,6 +84,119 @@ impl Device {
 
 const READ_BYTES: usize = 64 * 1024;
 
+/// Which device slot a thread opens next; the ringpush and the peer device
+/// loops share it. Every slot once, paced by `connect_rate` (all at once
+/// when every device reconnects after a disconnect), then, in a storm, the
+/// slots closed at their Welcome, with at most `max_pending_connects`
+/// opened and not yet welcomed.
+pub struct ConnectSchedule {
+    start: Instant,
+    next: usize,
+    /// Opened and not yet welcomed (or subscribed): the handshakes in
+    /// flight. The loops count them up and down.
+    pub pending: usize,
+    /// Storm: slots closed at their Welcome, to open again.
+    again: VecDeque<usize>,
+    disconnected: bool,
+    reconnecting: bool,
+    opened_this_turn: usize,
+}
+
+impl Default for ConnectSchedule {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnectSchedule {
+    /// Connections opened per turn of a loop connecting as fast as it can,
+    /// so that it still reads what arrives.
+    const PER_TURN: usize = 256;
+
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            next: 0,
+            pending: 0,
+            again: VecDeque::new(),
+            disconnected: false,
+            reconnecting: false,
+            opened_this_turn: 0,
+        }
+    }
+
+    /// Every device closed (`Shared::disconnect`): no first connects until
+    /// `reconnect`.
+    pub fn disconnect(&mut self) {
+        self.disconnected = true;
+    }
+
+    pub fn disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Every device connects again, at once, from the first slot.
+    pub fn reconnect(&mut self) {
+        self.reconnecting = true;
+        self.next = 0;
+    }
+
+    pub fn reconnecting(&self) -> bool {
+        self.reconnecting
+    }
+
+    /// A storm slot to open again.
+    pub fn again(&mut self, slot: usize) {
+        self.again.push_back(slot);
+    }
+
+    /// The slot to open now; `None` ends this turn of the loop.
+    pub fn next_slot(&mut self, config: &DeviceConfig, now: Instant) -> Option<usize> {
+        let slot = self.pick(config, now);
+        match slot {
+            Some(_) => self.opened_this_turn += 1,
+            None => self.opened_this_turn = 0,
+        }
+        slot
+    }
+
+    fn pick(&mut self, config: &DeviceConfig, now: Instant) -> Option<usize> {
+        let unpaced = config.connect_rate == 0.0 || self.reconnecting || config.storm;
+        if self.throttled(config) || (unpaced && self.opened_this_turn >= Self::PER_TURN) {
+            return None;
+        }
+        if self.first_connects_due(config) {
+            if config.connect_rate > 0.0 && !self.reconnecting {
+                let due = self.start + Duration::from_secs_f64(self.next as f64 / config.connect_rate);
+                if due > now {
+                    return None;
+                }
+            }
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        self.again.pop_front()
+    }
+
+    fn first_connects_due(&self, config: &DeviceConfig) -> bool {
+        self.next < config.count && (!self.disconnected || self.reconnecting)
+    }
+
+    fn throttled(&self, config: &DeviceConfig) -> bool {
+        config.max_pending_connects > 0 && self.pending >= config.max_pending_connects
+    }
+
+    /// How long the loop may wait for events: briefly while connections
+    /// are due and may be opened.
+    pub fn poll_timeout(&self, config: &DeviceConfig) -> Duration {
+        if (self.first_connects_due(config) || !self.again.is_empty()) && !self.throttled(config) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        }
+    }
+}
+
 pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
     let mut histogram = stats::latency_histogram();
     let mut poll = Poll::new().expect("create a poll instance");
@@ -91,7 +204,6 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
     let mut devices: Vec<Option<Device>> = (0..config.count).map(|_| None).collect();
     // Tokens of the devices closed on `disconnect`, by index.
     let mut saved_tokens: Vec<Option<String>> = vec![None; config.count];
-    let (mut disconnected, mut reconnecting) = (false, false);
     // Unique across threads and runs: the process, this thread's first
     // device and a counter.
     let nonce_prefix = format!("b{:x}-{:x}-", std::process::id(), config.first_index);
@@ -117,53 +229,29 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
     let mut scratch = vec![0u8; READ_BYTES];
     // Plaintext out of TLS sessions, reused.
     let mut plain = Vec::new();
-    let start = Instant::now();
-    let mut next_to_connect = 0usize;
-    // Opened and not yet welcomed: the handshakes in flight.
-    let mut pending = 0usize;
-    // Storm: devices closed at their Welcome, to open again.
-    let mut storm_queue: VecDeque<usize> = VecDeque::new();
+    let mut schedule = ConnectSchedule::new();
     let mut heartbeat = Duration::from_secs(60);
     let mut next_ping = Instant::now() + heartbeat;
     let mut ids: Vec<u64> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
-        if !disconnected && shared.disconnect.load(Ordering::Relaxed) {
-            disconnected = true;
+        if !schedule.disconnected() && shared.disconnect.load(Ordering::Relaxed) {
+            schedule.disconnect();
             for (slot, saved) in devices.iter_mut().zip(saved_tokens.iter_mut()) {
                 if let Some(mut device) = slot.take() {
                     let _ = poll.registry().deregister(&mut device.stream);
-                    pending -= usize::from(!device.welcomed);
+                    schedule.pending -= usize::from(!device.welcomed);
                     *saved = device.token.take();
                     Counters::add(&shared.counters.disconnected, 1);
                 }
             }
         }
-        if disconnected && !reconnecting && shared.reconnect.load(Ordering::Relaxed) {
-            reconnecting = true;
-            next_to_connect = 0;
+        if schedule.disconnected() && !schedule.reconnecting() && shared.reconnect.load(Ordering::Relaxed) {
+            schedule.reconnect();
         }
         // Open the connections that are due by the pacing schedule (all at
         // once when reconnecting).
         let now = Instant::now();
-        let mut opened = 0usize;
-        loop {
-            if config.max_pending_connects > 0 && pending >= config.max_pending_connects {
-                break;
-            }
-            let slot = if next_to_connect < config.count && (!disconnected || reconnecting) {
-                if config.connect_rate > 0.0 && !reconnecting {
-                    let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
-                    if due > now {
-                        break;
-                    }
-                }
-                next_to_connect += 1;
-                next_to_connect - 1
-            } else if let Some(slot) = storm_queue.pop_front() {
-                slot
-            } else {
-                break;
-            };
+        while let Some(slot) = schedule.next_slot(&config, now) {
             let index = config.first_index + slot;
             let opening = connect(&config, index).and_then(|stream| {
                 let tls = match &config.tls {
@@ -187,28 +275,17 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
                         welcomed: false,
                         token,
                     });
-                    pending += 1;
+                    schedule.pending += 1;
                 }
                 Err(_) => {
                     Counters::add(&shared.counters.connect_errors, 1);
                     if config.storm {
-                        storm_queue.push_back(slot);
+                        schedule.again(slot);
                     }
                 }
             }
-            opened += 1;
-            // Keep the loop responsive while connecting as fast as possible.
-            if (config.connect_rate == 0.0 || reconnecting || config.storm) && opened.is_multiple_of(256) {
-                break;
-            }
         }
-        let connecting = next_to_connect < config.count && (!disconnected || reconnecting);
-        let throttled = config.max_pending_connects > 0 && pending >= config.max_pending_connects;
-        let timeout = if (connecting || !storm_queue.is_empty()) && !throttled {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(100)
-        };
+        let timeout = schedule.poll_timeout(&config);
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
@@ -224,9 +301,9 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             if event.is_writable() && device.wants_write() && !flush(device) {
                 if config.storm {
                     saved_tokens[i] = device.token.take();
-                    storm_queue.push_back(i);
+                    schedule.again(i);
                 }
-                pending -= close(&mut devices[i], &mut poll, &shared, "write_error");
+                schedule.pending -= close(&mut devices[i], &mut poll, &shared, "write_error");
                 continue;
             }
             if !(event.is_readable() || event.is_read_closed()) {
@@ -292,7 +369,7 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
                 closed = closed.or(Some("write_error"));
             }
             if device.welcomed && !was_welcomed {
-                pending -= 1;
+                schedule.pending -= 1;
                 if let Some(conn) = &device.tls {
                     let kind = if tls::resumed(conn) {
                         &shared.counters.tls_resumed
@@ -305,9 +382,9 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
             if let Some(reason) = closed {
                 if config.storm {
                     saved_tokens[i] = device.token.take();
-                    storm_queue.push_back(i);
+                    schedule.again(i);
                 }
-                pending -= close(&mut devices[i], &mut poll, &shared, reason);
+                schedule.pending -= close(&mut devices[i], &mut poll, &shared, reason);
             } else if config.storm && device.welcomed {
                 if record {
                     let _ = histogram.record((device.opened_at.elapsed().as_micros() as u64).max(1));
@@ -315,7 +392,7 @@ pub fn run(config: DeviceConfig, shared: Arc<Shared>) -> Histogram<u64> {
                 let _ = poll.registry().deregister(&mut device.stream);
                 saved_tokens[i] = device.token.take();
                 devices[i] = None;
-                storm_queue.push_back(i);
+                schedule.again(i);
             } else if config.offline && device.welcomed {
                 let _ = poll.registry().deregister(&mut device.stream);
                 devices[i] = None;
@@ -471,4 +548,103 @@ fn close(slot: &mut Option<Device>, poll: &mut Poll, shared: &Shared, reason: &'
     Counters::add(&shared.counters.closed_by_server, 1);
     *shared.closes.lock().entry(reason.to_string()).or_default() += 1;
     usize::from(!device.welcomed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(count: usize, connect_rate: f64, max_pending_connects: usize, storm: bool) -> DeviceConfig {
+        DeviceConfig {
+            device_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            app: "demo".into(),
+            source_ips: Vec::new(),
+            connect_rate,
+            first_index: 0,
+            count,
+            record_after: Arc::new(AtomicBool::new(false)),
+            offline: false,
+            device_secret: None,
+            tls: None,
+            max_pending_connects,
+            storm,
+        }
+    }
+
+    fn turn(schedule: &mut ConnectSchedule, config: &DeviceConfig, now: Instant) -> Vec<usize> {
+        std::iter::from_fn(|| schedule.next_slot(config, now)).collect()
+    }
+
+    #[test]
+    fn paced_connects_open_what_is_due_and_no_more() {
+        let config = config(100, 1000.0, 0, false);
+        let mut schedule = ConnectSchedule::new();
+        let start = schedule.start;
+        // 1,000/s: slots 0..=10 are due after 10 ms.
+        assert_eq!(
+            turn(&mut schedule, &config, start + Duration::from_millis(10)),
+            (0..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            turn(&mut schedule, &config, start + Duration::from_millis(10)),
+            Vec::<usize>::new()
+        );
+        assert_eq!(schedule.poll_timeout(&config), Duration::from_millis(1));
+        assert_eq!(
+            turn(&mut schedule, &config, start + Duration::from_secs(1)).len(),
+            89
+        );
+        assert_eq!(schedule.poll_timeout(&config), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn unpaced_connects_come_in_turns_and_stop_at_the_pending_bound() {
+        let config = config(1000, 0.0, 0, false);
+        let mut schedule = ConnectSchedule::new();
+        let now = Instant::now();
+        assert_eq!(turn(&mut schedule, &config, now).len(), ConnectSchedule::PER_TURN);
+        assert_eq!(turn(&mut schedule, &config, now).len(), ConnectSchedule::PER_TURN);
+
+        let bounded = self::config(1000, 0.0, 10, false);
+        let mut schedule = ConnectSchedule::new();
+        // The loop counts each slot it opens as pending.
+        let mut opened = 0;
+        while schedule.next_slot(&bounded, now).is_some() {
+            schedule.pending += 1;
+            opened += 1;
+        }
+        assert_eq!(opened, 10);
+        assert_eq!(schedule.next_slot(&bounded, now), None);
+        assert_eq!(schedule.poll_timeout(&bounded), Duration::from_millis(100));
+        schedule.pending -= 1;
+        assert_eq!(schedule.next_slot(&bounded, now), Some(10));
+    }
+
+    #[test]
+    fn a_storm_reopens_closed_slots_after_the_first_connects() {
+        let config = config(3, 0.0, 0, true);
+        let mut schedule = ConnectSchedule::new();
+        let now = Instant::now();
+        assert_eq!(turn(&mut schedule, &config, now), vec![0, 1, 2]);
+        schedule.again(1);
+        schedule.again(0);
+        assert_eq!(schedule.poll_timeout(&config), Duration::from_millis(1));
+        assert_eq!(turn(&mut schedule, &config, now), vec![1, 0]);
+    }
+
+    #[test]
+    fn after_a_disconnect_nothing_opens_until_every_device_reconnects_at_once() {
+        let config = config(5, 1.0, 0, false);
+        let mut schedule = ConnectSchedule::new();
+        let start = schedule.start;
+        assert_eq!(turn(&mut schedule, &config, start), vec![0]);
+        schedule.disconnect();
+        assert_eq!(
+            turn(&mut schedule, &config, start + Duration::from_secs(60)),
+            Vec::<usize>::new()
+        );
+        schedule.reconnect();
+        // Reconnecting is not paced: all five at once, from the first.
+        assert_eq!(turn(&mut schedule, &config, start), vec![0, 1, 2, 3, 4]);
+    }
 }

@@ -16,7 +16,7 @@
 //! acknowledgements and no retention: its devices count deliveries only
 //! and the offline scenarios are reported as unsupported.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::devices::{self, DeviceConfig, Shared};
+use crate::devices::{self, ConnectSchedule, DeviceConfig, Shared};
 use crate::pusher::{PushConfig, PushOutcome};
 use crate::stats::{self, Counters};
 use crate::{mqtt, nats};
@@ -134,19 +134,13 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
     let mut events = Events::with_capacity(4096);
     let mut devices: Vec<Option<PeerDevice>> = (0..config.count).map(|_| None).collect();
     let mut known = vec![false; config.count];
-    let (mut disconnected, mut reconnecting) = (false, false);
     let mut scratch = vec![0u8; READ_BYTES];
-    let start = Instant::now();
-    let mut next_to_connect = 0usize;
-    // Opened and not yet subscribed: the handshakes in flight.
-    let mut pending = 0usize;
-    // Storm: devices closed once subscribed, to open again.
-    let mut storm_queue: VecDeque<usize> = VecDeque::new();
+    let mut schedule = ConnectSchedule::new();
     let heartbeat = Duration::from_secs(u64::from(KEEP_ALIVE_SECS));
     let mut next_ping = Instant::now() + heartbeat;
     while !shared.stop.load(Ordering::Relaxed) {
-        if !disconnected && shared.disconnect.load(Ordering::Relaxed) {
-            disconnected = true;
+        if !schedule.disconnected() && shared.disconnect.load(Ordering::Relaxed) {
+            schedule.disconnect();
             for slot in devices.iter_mut() {
                 if let Some(mut device) = slot.take() {
                     if target == Target::Mosquitto {
@@ -154,35 +148,16 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
                         let _ = device.stream.write(&device.unsent);
                     }
                     let _ = poll.registry().deregister(&mut device.stream);
-                    pending -= usize::from(!device.ready);
+                    schedule.pending -= usize::from(!device.ready);
                     Counters::add(&shared.counters.disconnected, 1);
                 }
             }
         }
-        if disconnected && !reconnecting && shared.reconnect.load(Ordering::Relaxed) {
-            reconnecting = true;
-            next_to_connect = 0;
+        if schedule.disconnected() && !schedule.reconnecting() && shared.reconnect.load(Ordering::Relaxed) {
+            schedule.reconnect();
         }
         let now = Instant::now();
-        let mut opened = 0usize;
-        loop {
-            if config.max_pending_connects > 0 && pending >= config.max_pending_connects {
-                break;
-            }
-            let slot = if next_to_connect < config.count && (!disconnected || reconnecting) {
-                if config.connect_rate > 0.0 && !reconnecting {
-                    let due = start + Duration::from_secs_f64(next_to_connect as f64 / config.connect_rate);
-                    if due > now {
-                        break;
-                    }
-                }
-                next_to_connect += 1;
-                next_to_connect - 1
-            } else if let Some(slot) = storm_queue.pop_front() {
-                slot
-            } else {
-                break;
-            };
+        while let Some(slot) = schedule.next_slot(&config, now) {
             let index = config.first_index + slot;
             match devices::connect(&config, index) {
                 Ok(mut stream) => {
@@ -192,33 +167,22 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
                     devices[slot] = Some(PeerDevice {
                         stream,
                         partial: Vec::new(),
-                        unsent: greeting(target, index, reconnecting || known[slot]),
+                        unsent: greeting(target, index, schedule.reconnecting() || known[slot]),
                         ready: false,
                         known: known[slot],
                         opened_at: now,
                     });
-                    pending += 1;
+                    schedule.pending += 1;
                 }
                 Err(_) => {
                     Counters::add(&shared.counters.connect_errors, 1);
                     if config.storm {
-                        storm_queue.push_back(slot);
+                        schedule.again(slot);
                     }
                 }
             }
-            opened += 1;
-            // Keep the loop responsive while connecting as fast as possible.
-            if (config.connect_rate == 0.0 || reconnecting || config.storm) && opened.is_multiple_of(256) {
-                break;
-            }
         }
-        let connecting = next_to_connect < config.count && (!disconnected || reconnecting);
-        let throttled = config.max_pending_connects > 0 && pending >= config.max_pending_connects;
-        let timeout = if (connecting || !storm_queue.is_empty()) && !throttled {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(100)
-        };
+        let timeout = schedule.poll_timeout(&config);
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
@@ -233,9 +197,9 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
             };
             if event.is_writable() && !device.unsent.is_empty() && !flush(device) {
                 if config.storm {
-                    storm_queue.push_back(i);
+                    schedule.again(i);
                 }
-                pending -= close(&mut devices[i], &mut poll, &shared, "write_error");
+                schedule.pending -= close(&mut devices[i], &mut poll, &shared, "write_error");
                 continue;
             }
             if !(event.is_readable() || event.is_read_closed()) {
@@ -279,20 +243,20 @@ pub fn run_devices(target: Target, config: DeviceConfig, shared: Arc<Shared>) ->
                 closed = closed.or(Some("write_error"));
             }
             if device.ready && !was_ready {
-                pending -= 1;
+                schedule.pending -= 1;
             }
             if let Some(reason) = closed {
                 if config.storm {
-                    storm_queue.push_back(i);
+                    schedule.again(i);
                 }
-                pending -= close(&mut devices[i], &mut poll, &shared, reason);
+                schedule.pending -= close(&mut devices[i], &mut poll, &shared, reason);
             } else if config.storm && device.ready {
                 if record {
                     let _ = histogram.record((device.opened_at.elapsed().as_micros() as u64).max(1));
                 }
                 let _ = poll.registry().deregister(&mut device.stream);
                 devices[i] = None;
-                storm_queue.push_back(i);
+                schedule.again(i);
             } else if config.offline && device.ready {
                 if target == Target::Mosquitto {
                     mqtt::disconnect(&mut device.unsent);

@@ -328,6 +328,16 @@ impl Daemon {
         }
     }
 
+    /// Sum of a metric's samples whose labels contain `label` ("" for all).
+    pub fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn metrics(&self) -> String {
         let (code, body) = raw_http(self.admin, "GET", "/metrics", "");
         assert_eq!(code, 200);
@@ -729,4 +739,13 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, ser
 
 fn json_of(status: u16, text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{status} {text:?} is not JSON: {e}"))
+}
+
+/// Polls until `f` holds, panicking with `what` after PATIENCE.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
