@@ -1102,7 +1102,9 @@ fn per_connection_state_stays_small() {
     // the core's shares of it (without heap bytes such as the token).
     let session = std::mem::size_of::<Session>();
     let device = std::mem::size_of::<Device>();
-    assert!(session <= 120, "Session is {session} bytes");
+    // 128 since a session counts its deadlines in the timer wheel, so that
+    // closed connections' ones can be dropped (`compact_timers`).
+    assert!(session <= 128, "Session is {session} bytes");
     // 200 since devices carry their registration, bind and last-seen times
     // and a cursor into the shared messages (broadcast filters, catch-up);
     // 208 with the pointer to their ring of reportable messages (statistics).
