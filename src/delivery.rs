@@ -102,6 +102,10 @@ pub const INITIAL_CONNECTIONS: usize = 16_384;
 
 /// Longest token we look up; anything longer is unknown by construction.
 const MAX_TOKEN_LEN: usize = 128;
+/// Closed connections' deadlines the timer wheel may hold before
+/// `compact_timers` considers a pass: 512 KiB of entries, so a quiet shard
+/// never compacts for a handful.
+const DEAD_TIMERS_BEFORE_COMPACTION: usize = 16_384;
 /// Longest userId, in characters (as the API and tags count them).
 pub(crate) const MAX_USER_ID_CHARS: usize = 60;
 /// Longest group name, in bytes.
@@ -144,6 +148,19 @@ enum Timer {
         device: DeviceId,
         message_id: u64,
     },
+}
+
+impl Timer {
+    /// The connection a deadline belongs to; `None` for a device's.
+    fn connection(&self) -> Option<(ConnId, u32)> {
+        match *self {
+            Timer::Handshake { conn, generation }
+            | Timer::Idle { conn, generation }
+            | Timer::AckTimeout { conn, generation }
+            | Timer::WriteStall { conn, generation } => Some((conn, generation)),
+            Timer::Expiry { .. } | Timer::RevokeExpiry { .. } => None,
+        }
+    }
 }
 
 /// Where a queued message's Push frame is. Frames of messages that wait for
@@ -654,6 +671,8 @@ struct CoreMetrics {
     ack_latency: Histogram,
     api_to_device: Histogram,
     stats_tasks: Gauge,
+    timers: Gauge,
+    timer_compactions: Counter,
     /// [opened, ignored] x [counted, duplicate, unknown].
     reports: [[Counter; 3]; 2],
 }
@@ -711,6 +730,8 @@ impl CoreMetrics {
             ack_latency: metrics::histogram!("ringpush_ack_latency_seconds", "shard" => shard.clone()),
             api_to_device: metrics::histogram!("ringpush_api_to_device_seconds", "shard" => shard.clone()),
             stats_tasks: metrics::gauge!("ringpush_stats_tasks", "shard" => shard.clone()),
+            timers: metrics::gauge!("ringpush_timers", "shard" => shard.clone()),
+            timer_compactions: counter("ringpush_timer_compactions_total"),
             reports: ["opened", "ignored"].map(|kind| {
                 ["counted", "duplicate", "unknown"].map(|result| {
                     metrics::counter!("ringpush_reports_total", "shard" => shard.clone(), "kind" => kind, "result" => result)
@@ -772,6 +793,14 @@ impl CoreMetrics {
 /// Describes the core's metrics for `/metrics` help text.
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "ringpush_timers",
+        "Entries in a shard's timer wheel: live deadlines and those of closed connections not yet dropped"
+    );
+    describe_counter!(
+        "ringpush_timer_compactions_total",
+        "Passes over a shard's timer wheel that dropped the deadlines of closed connections"
+    );
     describe_counter!(
         "ringpush_frames_in_total",
         "Frames received from devices, by type"
@@ -957,6 +986,9 @@ pub struct DeliveryCore {
     /// constant, so this is sorted by construction.
     status_gc: VecDeque<(Instant, StatusKey)>,
     timers: TimerWheel<Timer>,
+    /// Entries in `timers` of connections that are gone (see
+    /// `compact_timers`).
+    dead_timers: usize,
     fired: Vec<Timer>,
     actions: VecDeque<IoAction>,
     /// Sum of the sessions' `io_unsent`.
@@ -1083,6 +1115,7 @@ impl DeliveryCore {
             statuses: StatusTable::new(),
             status_gc: VecDeque::new(),
             timers: TimerWheel::new(now, Duration::from_millis(10), 4096),
+            dead_timers: 0,
             fired: Vec::new(),
             actions: VecDeque::new(),
             outbound_backlog: 0,
@@ -2053,7 +2086,7 @@ impl DeliveryCore {
             self.metrics.tls_sessions.set(self.tls_sessions as f64);
         }
         let conn = self.sessions.insert(session);
-        self.timers.insert(
+        self.arm_connection_timer(
             now + self.limits.handshake_timeout,
             Timer::Handshake { conn, generation },
         );
@@ -2143,18 +2176,19 @@ impl DeliveryCore {
         if unsent == 0 {
             return;
         }
+        let outbound = unsent as usize + session.outbound.len();
         if was == 0 {
             session.blocked_since_ms = now_ms;
             if !session.write_timer_armed {
                 session.write_timer_armed = true;
                 let generation = session.generation;
-                self.timers.insert(
+                self.arm_connection_timer(
                     now + self.limits.write_timeout,
                     Timer::WriteStall { conn, generation },
                 );
             }
         }
-        if unsent as usize + session.outbound.len() > self.limits.max_outbound {
+        if outbound > self.limits.max_outbound {
             self.abort(conn, "slow_reader");
         }
     }
@@ -2490,8 +2524,7 @@ impl DeliveryCore {
         });
         self.write_frame(conn, &welcome);
         self.metrics.handshake("ok");
-        self.timers
-            .insert(now + self.limits.idle_timeout, Timer::Idle { conn, generation });
+        self.arm_connection_timer(now + self.limits.idle_timeout, Timer::Idle { conn, generation });
         // Recalls first: the app removes what it must before new pushes.
         self.send_revokes(device, now);
         self.catch_up(device, now);
@@ -3194,7 +3227,7 @@ impl DeliveryCore {
         if !session.ack_timer_armed {
             session.ack_timer_armed = true;
             let generation = session.generation;
-            self.timers.insert(
+            self.arm_connection_timer(
                 now + self.limits.ack_timeout,
                 Timer::AckTimeout { conn, generation },
             );
@@ -3400,6 +3433,7 @@ impl DeliveryCore {
         let Some(session) = self.sessions.try_remove(conn) else {
             return;
         };
+        self.dead_timers += usize::from(session.timers_in_wheel);
         if session.io_unsent > 0 {
             self.outbound_backlog -= session.io_unsent as usize;
             self.metrics.outbound_backlog.set(self.outbound_backlog as f64);
@@ -3856,9 +3890,12 @@ impl DeliveryCore {
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.expire(now, &mut fired);
         for timer in fired.drain(..) {
+            self.left_wheel(&timer);
             self.fire(timer, now);
         }
         self.fired = fired;
+        self.compact_timers();
+        self.metrics.timers.set(self.timers.len() as f64);
         if now >= self.next_stats_prune {
             self.next_stats_prune = now + STATS_PRUNE_INTERVAL;
             self.stats.prune(self.clock.unix_ms(now));
@@ -3900,6 +3937,58 @@ impl DeliveryCore {
         }
     }
 
+    /// Inserts a connection's deadline, counted on its session so that
+    /// `on_closed` knows how many entries it leaves behind.
+    fn arm_connection_timer(&mut self, at: Instant, timer: Timer) {
+        if let Some((conn, _)) = timer.connection() {
+            let session = &mut self.sessions[conn];
+            session.timers_in_wheel = session.timers_in_wheel.saturating_add(1);
+        }
+        self.timers.insert(at, timer);
+    }
+
+    /// Bookkeeping for a timer that came due: its session has one entry
+    /// fewer, or, with the session gone, there is one dead entry fewer.
+    fn left_wheel(&mut self, timer: &Timer) {
+        let Some((conn, generation)) = timer.connection() else {
+            return;
+        };
+        match self.sessions.get_mut(conn).filter(|s| s.generation == generation) {
+            Some(session) => session.timers_in_wheel = session.timers_in_wheel.saturating_sub(1),
+            None => self.dead_timers = self.dead_timers.saturating_sub(1),
+        }
+    }
+
+    /// Drops the deadlines of closed connections from the wheel once they
+    /// are as many as the live entries (and at least
+    /// `DEAD_TIMERS_BEFORE_COMPACTION`). Cancellation is lazy (timer.rs),
+    /// and a connection leaves up to four deadlines behind, the idle one
+    /// due three heartbeats (3 min) after its last frame: under a reconnect
+    /// storm of 30,000 connections a second the wheel held millions of dead
+    /// entries, 32 bytes each, for connections long gone. This bounds the
+    /// wheel to twice its live entries (plus the floor), at one pass over
+    /// it per that many closes.
+    fn compact_timers(&mut self) {
+        if self.dead_timers < DEAD_TIMERS_BEFORE_COMPACTION || self.dead_timers * 2 < self.timers.len() {
+            return;
+        }
+        let sessions = &self.sessions;
+        let dropped = self.timers.retain(|timer| match timer.connection() {
+            Some((conn, generation)) => sessions.get(conn).is_some_and(|s| s.generation == generation),
+            None => true,
+        });
+        debug_assert_eq!(dropped, self.dead_timers, "dead timer entries miscounted");
+        self.dead_timers = 0;
+        self.metrics.timer_compactions.increment(1);
+    }
+
+    /// Entries in the timer wheel, live and dead, and of those the dead
+    /// ones (closed connections' deadlines not yet compacted away).
+    #[cfg(test)]
+    fn timer_entries(&self) -> (usize, usize) {
+        (self.timers.len(), self.dead_timers)
+    }
+
     fn live_session(&self, conn: ConnId, generation: u32) -> Option<&Session> {
         self.sessions
             .get(conn)
@@ -3929,7 +4018,7 @@ impl DeliveryCore {
                         "no frame for three heartbeat intervals",
                     );
                 } else {
-                    self.timers.insert(deadline, Timer::Idle { conn, generation });
+                    self.arm_connection_timer(deadline, Timer::Idle { conn, generation });
                 }
             }
             Timer::AckTimeout { conn, generation } => {
@@ -3942,7 +4031,7 @@ impl DeliveryCore {
                 let oldest = pushes.chain(revokes.filter_map(|r| r.sent_at)).min();
                 match oldest {
                     Some(sent) if sent + self.limits.ack_timeout <= now => self.close(conn, "ack_timeout"),
-                    Some(sent) => self.timers.insert(
+                    Some(sent) => self.arm_connection_timer(
                         sent + self.limits.ack_timeout,
                         Timer::AckTimeout { conn, generation },
                     ),
@@ -3963,7 +4052,7 @@ impl DeliveryCore {
                 if stalled >= self.limits.write_timeout {
                     self.abort(conn, "write_timeout");
                 } else {
-                    self.timers.insert(
+                    self.arm_connection_timer(
                         now + (self.limits.write_timeout - stalled),
                         Timer::WriteStall { conn, generation },
                     );

@@ -49,6 +49,10 @@ pub struct Session {
     pub blocked_since_ms: u32,
     /// The write-deadline timer is armed.
     pub write_timer_armed: bool,
+    /// Deadlines of this connection in the core's timer wheel (handshake,
+    /// idle, ack, write: at most four); they become dead entries when the
+    /// connection closes.
+    pub timers_in_wheel: u8,
     /// An abort was decided; the I/O layer drops what it holds.
     pub aborted: bool,
     partial: BytesMut,
@@ -75,6 +79,7 @@ impl Session {
             io_unsent: 0,
             blocked_since_ms: 0,
             write_timer_armed: false,
+            timers_in_wheel: 0,
             aborted: false,
             partial: BytesMut::new(),
             outbound: BytesMut::new(),

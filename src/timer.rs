@@ -87,7 +87,14 @@ impl<T> TimerWheel<T> {
         if tick >= self.current + rotation {
             let chunks = self.later.entry(tick / self.segment()).or_default();
             match chunks.last_mut() {
-                Some(chunk) if chunk.len() < CHUNK => chunk.push((tick, item)),
+                Some(chunk) if chunk.len() < CHUNK => {
+                    // A chunk `retain` shrank grows back to CHUNK at once,
+                    // never past it.
+                    if chunk.len() == chunk.capacity() {
+                        chunk.reserve_exact(CHUNK - chunk.len());
+                    }
+                    chunk.push((tick, item));
+                }
                 _ => {
                     let mut chunk = Vec::with_capacity(CHUNK);
                     chunk.push((tick, item));
@@ -156,6 +163,45 @@ impl<T> TimerWheel<T> {
         }
     }
 
+    /// Drops the entries `keep` refuses, wherever they wait, and gives back
+    /// the memory they held (slots shrink, `later` segments are repacked
+    /// into full chunks). Deadlines and order of the rest are unchanged.
+    /// Visits every entry: O(len). Returns how many were dropped.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        let before = self.len;
+        self.overdue.retain(|item| keep(item));
+        shrink_to_half_full(&mut self.overdue);
+        for slot in &mut self.slots {
+            slot.retain(|(_, item)| keep(item));
+            shrink_to_half_full(slot);
+        }
+        self.later.retain(|_, chunks| {
+            let mut packed: Vec<Vec<(u64, T)>> = Vec::new();
+            for (tick, item) in chunks.drain(..).flatten() {
+                if !keep(&item) {
+                    continue;
+                }
+                match packed.last_mut() {
+                    Some(chunk) if chunk.len() < CHUNK => chunk.push((tick, item)),
+                    _ => {
+                        let mut chunk = Vec::with_capacity(CHUNK);
+                        chunk.push((tick, item));
+                        packed.push(chunk);
+                    }
+                }
+            }
+            if let Some(last) = packed.last_mut() {
+                last.shrink_to_fit();
+            }
+            *chunks = packed;
+            !chunks.is_empty()
+        });
+        self.len = self.overdue.len()
+            + self.slots.iter().map(Vec::len).sum::<usize>()
+            + self.later.values().flatten().map(Vec::len).sum::<usize>();
+        before - self.len
+    }
+
     /// When the earliest timer is due, rounded up to its tick.
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.len == 0 {
@@ -178,6 +224,13 @@ impl<T> TimerWheel<T> {
             )
         })?;
         Some(self.instant_of(tick))
+    }
+}
+
+/// Small vectors keep their capacity: a slot refills within a rotation.
+fn shrink_to_half_full<E>(entries: &mut Vec<E>) {
+    if entries.capacity() > 64 && entries.len() < entries.capacity() / 2 {
+        entries.shrink_to(entries.len().max(8));
     }
 }
 
@@ -285,5 +338,72 @@ mod tests {
         w.insert(start, 3);
         w.expire(start + Duration::from_millis(100), &mut out);
         assert_eq!(out, [3]);
+    }
+
+    #[test]
+    fn retain_drops_refused_entries_wherever_they_wait_and_keeps_the_rest_on_time() {
+        let (start, mut w) = wheel();
+        let mut out = Vec::new();
+        w.expire(start + Duration::from_millis(100), &mut out);
+        // Overdue, in the slots (within 160 ms) and in `later`, over
+        // several chunks of one segment.
+        w.insert(start, 0);
+        w.insert(start, 1);
+        for i in 2..100u32 {
+            w.insert(start + Duration::from_millis(120 + u64::from(i)), i);
+        }
+        for i in 100..(100 + 3 * CHUNK as u32) {
+            w.insert(start + Duration::from_millis(2_000), i);
+        }
+        let total = w.len();
+        let dropped = w.retain(|i| i % 2 == 0);
+        assert_eq!(dropped, total / 2);
+        assert_eq!(w.len(), total - dropped);
+        let packed: Vec<usize> = w.later.values().flatten().map(Vec::len).collect();
+        assert_eq!(packed, [CHUNK, CHUNK / 2], "repacked into full chunks");
+        let mut fired = Vec::new();
+        let first = start + Duration::from_millis(100);
+        let mut now = first;
+        while now <= start + Duration::from_millis(2_000) {
+            w.expire(now, &mut out);
+            for i in out.drain(..) {
+                let due = match i {
+                    0 | 1 => start,
+                    2..100 => start + Duration::from_millis(120 + u64::from(i)),
+                    _ => start + Duration::from_millis(2_000),
+                };
+                let late = now - due.max(first);
+                assert!(
+                    due <= now && late < Duration::from_millis(20),
+                    "{i} fired {late:?} late"
+                );
+                fired.push(i);
+            }
+            now += Duration::from_millis(10);
+        }
+        fired.sort_unstable();
+        assert_eq!(
+            fired,
+            (0..(100 + 3 * CHUNK as u32))
+                .filter(|i| i % 2 == 0)
+                .collect::<Vec<_>>()
+        );
+        assert!(w.is_empty());
+        assert_eq!(w.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_repacked_chunk_grows_back_to_chunk_size_only() {
+        let (start, mut w) = wheel();
+        for i in 0..10u32 {
+            w.insert(start + Duration::from_secs(2), i);
+        }
+        w.retain(|i| *i < 3);
+        for i in 10..(CHUNK as u32 + 10) {
+            w.insert(start + Duration::from_secs(2), i);
+        }
+        let capacities: Vec<usize> = w.later.values().flatten().map(Vec::capacity).collect();
+        assert_eq!(capacities, [CHUNK, CHUNK]);
+        assert_eq!(w.len(), CHUNK + 3);
     }
 }

@@ -437,3 +437,51 @@ fn every_close_path_gives_the_admission_slot_back() {
         });
     }
 }
+
+#[test]
+fn a_reconnect_storm_leaves_no_dead_deadlines_behind() {
+    // The core's compaction floor (delivery::DEAD_TIMERS_BEFORE_COMPACTION):
+    // past it, closed connections' deadlines go once they are half the wheel.
+    const FLOOR: f64 = 16_384.0;
+    for backend in BACKENDS {
+        let d = Daemon::start(backend, "");
+        // Devices of both shards: about half of each round's connections
+        // land on the shard that does not own their token and move.
+        let tokens: Vec<String> = (0..64).map(|_| Device::connect(d.device, "").token).collect();
+        let compacted = |shard: &str| d.metric_sum("ringpush_timer_compactions_total", shard) >= 1.0;
+        let shards = ["shard=\"0\"", "shard=\"1\""];
+        let mut connections = 0;
+        // Each connection leaves two to four deadlines behind (handshake,
+        // idle due in 3 min, write on io_uring; one where it was handed off):
+        // without compaction they would all still be there.
+        while !shards.iter().all(|s| compacted(s)) {
+            assert!(
+                connections < 80_000,
+                "{backend}: {connections} connections and no compaction on both shards"
+            );
+            std::thread::scope(|scope| {
+                let device = d.device;
+                for chunk in tokens.chunks(16) {
+                    scope.spawn(move || {
+                        for _ in 0..20 {
+                            for token in chunk {
+                                drop(Device::connect(device, token));
+                            }
+                        }
+                    });
+                }
+            });
+            connections += tokens.len() * 20;
+        }
+        for shard in shards {
+            let timers = d.metric_sum("ringpush_timers", shard);
+            assert!(
+                timers <= 2.0 * FLOOR,
+                "{backend} {shard}: {timers} timer entries after {connections} connections"
+            );
+        }
+        wait_for("the closes to be seen", || {
+            d.metric_sum("ringpush_sessions", "") == 0.0
+        });
+    }
+}
