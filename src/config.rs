@@ -368,6 +368,11 @@ pub struct Limits {
     /// most twice the allowed clock skew); past it signed requests of that
     /// app are refused until older nonces expire.
     pub api_nonces_per_app: usize,
+    /// SO_SNDBUF of every device socket (the kernel doubles it for its
+    /// bookkeeping); 0 leaves the kernel's autotuning (net.ipv4.tcp_wmem),
+    /// which lets a device that stops reading pin up to tcp_wmem's maximum
+    /// of kernel memory on top of `max_outbound_bytes`.
+    pub device_send_buffer_bytes: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -704,6 +709,7 @@ impl Default for Limits {
             recv_buffer_bytes: 4096,
             shard_queue: 65_536,
             api_nonces_per_app: 2_000_000,
+            device_send_buffer_bytes: 0,
         }
     }
 }
@@ -895,6 +901,12 @@ impl Config {
                 "limits.max_outbound_bytes = {} is below inflight_window x {MAX_PUSH_FRAME_BYTES} + max_frame_bytes = {window_bytes}",
                 l.max_outbound_bytes
             ));
+        }
+        if l.device_send_buffer_bytes != 0 && !(4096..=16 << 20).contains(&l.device_send_buffer_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "limits.device_send_buffer_bytes = {} must be 0 (the kernel's autotuning) or 4096 ..= 16777216",
+                l.device_send_buffer_bytes
+            )));
         }
         if l.shard_queue == 0 || l.max_connections_per_shard == 0 || l.api_nonces_per_app == 0 {
             return invalid(
@@ -1369,6 +1381,8 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(Config::from_toml("[delivery]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n").is_err());
         assert!(Config::from_toml("[limits]\nrecv_buffers = 1000\n").is_err());
+        assert!(Config::from_toml("[limits]\ndevice_send_buffer_bytes = 100\n").is_err());
+        assert!(Config::from_toml("[limits]\ndevice_send_buffer_bytes = 16384\n").is_ok());
         assert!(Config::from_toml("io = \"poll\"\n").is_err());
         assert!(Config::from_toml("[delivery]\ndrain_timeout_secs = 601\n").is_err());
         assert!(Config::from_toml("[delivery]\ndrain_timeout_secs = 0\n").is_ok());

@@ -233,6 +233,7 @@ pub fn merge_live(running: &Config, loaded: &Config, tls_running: bool) -> (Conf
     l.recv_buffer_bytes = rl.recv_buffer_bytes;
     l.shard_queue = rl.shard_queue;
     l.api_nonces_per_app = rl.api_nonces_per_app;
+    l.device_send_buffer_bytes = rl.device_send_buffer_bytes;
     let (d, rd) = (&mut next.delivery, &r.delivery);
     d.inflight_window = rd.inflight_window;
     d.max_pending_per_device = rd.max_pending_per_device;

@@ -191,7 +191,7 @@ fn a_reader_at_one_byte_a_second_is_cut_off_at_the_outbound_cap() {
         let d = Daemon::start(
             backend,
             &format!(
-                "[limits]\nmax_outbound_bytes = {CAP}\n[delivery]\ninflight_window = 4\nwrite_timeout_secs = 600\n"
+                "[limits]\nmax_outbound_bytes = {CAP}\ndevice_send_buffer_bytes = 16384\n[delivery]\ninflight_window = 4\nwrite_timeout_secs = 600\n"
             ),
         );
         let stream = connect_from(Ipv4Addr::LOCALHOST, d.device, Some(2048));
@@ -230,7 +230,9 @@ fn a_reader_at_one_byte_a_second_is_cut_off_at_the_write_deadline() {
     for backend in BACKENDS {
         let d = Daemon::start(
             backend,
-            "[limits]\nmax_outbound_bytes = 16777216\n[delivery]\nwrite_timeout_secs = 2\n",
+            // A small kernel send buffer, so the daemon holds bytes back after a
+            // few thousand Pongs rather than the megabytes autotuning allows.
+            "[limits]\nmax_outbound_bytes = 16777216\ndevice_send_buffer_bytes = 16384\n[delivery]\nwrite_timeout_secs = 2\n",
         );
         let stream = connect_from(Ipv4Addr::LOCALHOST, d.device, Some(2048));
         let mut device = Device::from_stream(stream.try_clone().unwrap());

@@ -300,8 +300,9 @@ fn wedged_device(d: &Daemon) -> std::net::TcpStream {
     // get the connection closed as a protocol error.
     let mut writer = stream.try_clone().unwrap();
     std::thread::spawn(move || while writer.write_all(&pings).is_ok() {});
-    // The kernel grows the daemon's send buffer to a few MB first; in a
-    // debug build that takes tens of seconds of pings on a busy machine.
+    // The config caps the daemon's send buffer (device_send_buffer_bytes):
+    // with the kernel's autotuning it grows to a few MB first, which in a
+    // debug build took minutes of pings on a busy machine.
     let deadline = Instant::now() + 6 * PATIENCE;
     while d.metric_sum("ringpush_outbound_backlog_bytes", "") == 0.0 {
         assert!(Instant::now() < deadline, "the daemon never held bytes back");
@@ -315,7 +316,7 @@ fn a_device_that_does_not_read_cannot_hold_the_stop_past_the_drain_timeout() {
     for backend in common::BACKENDS {
         let dir = Daemon::scratch_dir(&format!("notify-wedged-{backend}"));
         let config = format!(
-            "io = \"{backend}\"\nshards = 1\n[limits]\nmax_outbound_bytes = 16777216\n[delivery]\nwrite_timeout_secs = 3600\ndrain_timeout_secs = 1\n"
+            "io = \"{backend}\"\nshards = 1\n[limits]\nmax_outbound_bytes = 16777216\ndevice_send_buffer_bytes = 16384\n[delivery]\nwrite_timeout_secs = 3600\ndrain_timeout_secs = 1\n"
         );
         let mut d = Daemon::start_in(&dir, &config);
         let _wedged = wedged_device(&d);

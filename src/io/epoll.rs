@@ -39,6 +39,8 @@ struct Loop {
     conns: Vec<Option<Conn>>,
     scratch: Vec<u8>,
     shard: String,
+    /// `limits.device_send_buffer_bytes`: 0 keeps the kernel's autotuning.
+    send_buffer_bytes: u32,
     open: metrics::Gauge,
     /// Set on stop: a closing connection whose socket has not taken all its
     /// bytes (its GoAway) moves to `lingering` instead of being dropped.
@@ -85,6 +87,7 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         scratch: vec![0; SCRATCH_BYTES],
         open: metrics::gauge!("ringpush_connections", "shard" => shard.clone(), "backend" => "epoll"),
         shard,
+        send_buffer_bytes: context.config.limits.device_send_buffer_bytes,
         stopping: false,
         lingering: Vec::new(),
     };
@@ -197,6 +200,7 @@ impl Loop {
         now: Instant,
     ) -> Option<ConnId> {
         let _ = stream.set_nodelay(true);
+        super::cap_send_buffer(socket2::SockRef::from(&stream), self.send_buffer_bytes);
         let is_tls = tls.is_some();
         let opened = match tls {
             Some(tls) => self.core.open_tls_connection(now, tls),

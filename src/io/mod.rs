@@ -214,6 +214,15 @@ pub(crate) fn count_drain_abandoned(shard: &str, connections: usize) {
         .increment(connections as u64);
 }
 
+/// Caps a device socket's kernel send buffer (`limits.device_send_buffer_bytes`,
+/// 0: leave the kernel's autotuning). A failure leaves the default: the cap
+/// bounds kernel memory, it is not needed for correctness.
+pub(crate) fn cap_send_buffer(socket: socket2::SockRef<'_>, bytes: u32) {
+    if bytes != 0 {
+        let _ = socket.set_send_buffer_size(bytes as usize);
+    }
+}
+
 /// Describes the I/O layer's metrics; `crate::admin::describe_metrics`
 /// lists it.
 pub fn describe_metrics() {

@@ -252,6 +252,8 @@ struct Backend {
     accept_retry_at: [Option<Instant>; 2],
     peers: std::sync::Arc<[crate::shard::ShardHandle]>,
     shard: String,
+    /// `limits.device_send_buffer_bytes`: 0 keeps the kernel's autotuning.
+    send_buffer_bytes: u32,
     open: metrics::Gauge,
     submissions: metrics::Counter,
     enters: metrics::Counter,
@@ -288,6 +290,7 @@ pub(crate) fn run(context: ShardContext, core: DeliveryCore, store: Store) -> st
         enters: metrics::counter!("ringpush_uring_enters_total", "shard" => shard.clone()),
         enobufs: metrics::counter!("ringpush_uring_recv_enobufs_total", "shard" => shard.clone()),
         shard,
+        send_buffer_bytes: limits.device_send_buffer_bytes,
     };
     b.arm_accept(PLAIN);
     b.arm_accept(TLS);
@@ -550,6 +553,7 @@ impl Backend {
         now: Instant,
     ) -> Option<ConnId> {
         let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
+        super::cap_send_buffer(socket2::SockRef::from(&fd), self.send_buffer_bytes);
         let is_tls = tls.is_some();
         let opened = match tls {
             Some(tls) => self.core.open_tls_connection(now, tls),
