@@ -240,7 +240,7 @@ fn main() -> ExitCode {
         })
     } else if args.procs > 1 {
         check_procs(&args)
-            .and_then(|()| procs::run_parent(args.procs as usize, &INTERRUPTED))
+            .and_then(|()| procs::run_parent(args.procs as usize, args.devices as u64, &INTERRUPTED))
             .map(|summary| print_summary(&args, summary))
     } else {
         run(&args).map(|outcome| print_summary(&args, outcome.summary))

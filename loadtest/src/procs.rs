@@ -242,7 +242,7 @@ fn merge_offline(m: &mut stats::OfflineBroadcasts, o: &stats::OfflineBroadcasts)
 /// Ctrl-C (`interrupted`) is forwarded and every barrier released, so each
 /// child ends with a partial summary; a child that fails stops the others
 /// the same way and is named in `failed_processes`.
-pub fn run_parent(procs: usize, interrupted: &AtomicBool) -> anyhow::Result<Summary> {
+pub fn run_parent(procs: usize, devices: u64, interrupted: &AtomicBool) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let exe = std::env::current_exe().context("finding this binary to re-execute")?;
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -339,6 +339,8 @@ pub fn run_parent(procs: usize, interrupted: &AtomicBool) -> anyhow::Result<Summ
     let reports: Vec<ChildReport> = reports.into_iter().flatten().collect();
     let mut summary = merge(&reports)?;
     summary.procs = procs as u64;
+    // Devices of a failed process count as not connected.
+    summary.devices = devices;
     summary.failed_processes.extend(failed);
     summary.wall_seconds = started.elapsed().as_secs_f64();
     summary.client_cpu_percent_of_one_core =
