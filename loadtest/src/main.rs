@@ -486,10 +486,12 @@ fn run(args: &Args) -> anyhow::Result<Outcome> {
             catch_up_requested: args.catch_up,
             caught_up_devices: 0,
         });
-        eprintln!(
-            "{} broadcasts stored for {} offline devices in {seconds:.2}s; server RSS {rss_before:?} -> {rss_after:?} KiB",
-            args.offline_broadcasts, summary.connected
-        );
+        if share.leads() {
+            say(format_args!(
+                "{} broadcasts stored for {} offline devices in {seconds:.2}s; server RSS {rss_before:?} -> {rss_after:?} KiB",
+                args.offline_broadcasts, summary.connected
+            ));
+        }
         if args.catch_up {
             record.store(true, Ordering::SeqCst);
             let delivered0 = Counters::get(&c.delivered);
@@ -501,12 +503,12 @@ fn run(args: &Args) -> anyhow::Result<Outcome> {
             let report = summary.offline_broadcasts.as_mut().expect("set above");
             report.catch_up_seconds = caught_up.then(|| started.elapsed().as_secs_f64());
             report.caught_up_devices = Counters::get(&c.connected) - reconnected0;
-            eprintln!(
+            say(format_args!(
                 "catch-up: {} devices reconnected, {} of {want} broadcasts delivered in {:.3}s",
                 report.caught_up_devices,
                 Counters::get(&c.delivered) - delivered0,
                 started.elapsed().as_secs_f64()
-            );
+            ));
             summary.measured_seconds = started.elapsed().as_secs_f64();
             // Let the last acks go out.
             std::thread::sleep(Duration::from_millis(200));
