@@ -3,14 +3,16 @@
 //! rate, delivered and acked messages per second, API-to-device latency, the
 //! server's RSS growth per connection and the client's own CPU; devices
 //! connect over plain TCP or TLS, and a reconnect storm measures connects
-//! (full or resumed handshakes) per second. See `loadtest/README.md` for the
-//! scenarios.
+//! (full or resumed handshakes) per second. With `--procs N` the run is
+//! spread over N client processes (`procs`). See `loadtest/README.md` for
+//! the scenarios.
 
 mod devices;
 mod floor_client;
 mod mqtt;
 mod nats;
 mod peers;
+mod procs;
 mod pusher;
 mod stats;
 mod tls;
@@ -26,10 +28,11 @@ use clap::Parser;
 
 use devices::{DeviceConfig, Shared};
 use peers::Target;
+use procs::{Barrier, ChildReport, Share};
 use ringpush::api::auth::HmacSigner;
 use stats::{Counters, Summary};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "ringpush-bench", version, about)]
 struct Args {
     /// Device connections to hold.
@@ -164,6 +167,50 @@ struct Args {
     /// 127.0.0.1:4222 for nats).
     #[arg(long)]
     peer_addr: Option<SocketAddr>,
+    /// Client processes: this binary runs itself N times, each with a
+    /// disjoint slice of the devices and 1/N of the rates, and merges their
+    /// summaries (a process may open at most ~20,000 descriptors here).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    procs: u64,
+    /// Set by the parent of `--procs`: this child's index.
+    #[arg(long, hide = true, requires = "proc_count")]
+    proc_index: Option<usize>,
+    /// Set by the parent of `--procs`: how many children.
+    #[arg(long, hide = true, default_value_t = 1)]
+    proc_count: usize,
+}
+
+impl Args {
+    /// The part of the run this process owns.
+    fn share(&self) -> Share {
+        match self.proc_index {
+            Some(index) => Share {
+                index,
+                count: self.proc_count.max(1),
+            },
+            None => Share::WHOLE,
+        }
+    }
+
+    /// These arguments as one child of `--procs` runs them: its share of
+    /// every rate and bound (the devices are sliced in `run`).
+    fn for_child(&self) -> Args {
+        let share = self.share();
+        let mut args = self.clone();
+        args.push_rate = share.of(self.push_rate);
+        args.connect_rate = share.of_bound(self.connect_rate);
+        args.max_pending_connects = share.of_bound(self.max_pending_connects as u64) as usize;
+        args.push_connections = (share.of(self.push_connections as u64) as usize).max(1);
+        args
+    }
+}
+
+/// What `run` measured: the summary and the histograms behind it (a child
+/// of `--procs` hands them to its parent whole).
+struct Outcome {
+    summary: Summary,
+    latency: hdrhistogram::Histogram<u64>,
+    api_latency: hdrhistogram::Histogram<u64>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -174,21 +221,33 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
-        Ok(summary) => {
-            summary.print_human();
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&summary).expect("summary serialises")
-                );
-            }
-            if summary.errors() > 0 {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let result = if args.proc_index.is_some() {
+        let _ = PROGRESS_LABEL.set(format!("[p{}] ", args.share().index));
+        run(&args.for_child()).map(|outcome| {
+            let report = ChildReport {
+                latency: procs::histogram_counts(&outcome.latency),
+                api_latency: procs::histogram_counts(&outcome.api_latency),
+                summary: outcome.summary,
+            };
+            println!(
+                "summary {}",
+                serde_json::to_string(&report).expect("summary serialises")
+            );
+            report.summary
+        })
+    } else if args.procs > 1 {
+        check_procs(&args)
+            .and_then(|()| procs::run_parent(args.procs as usize, args.devices as u64, &INTERRUPTED))
+            .map(|summary| print_summary(&args, summary))
+    } else {
+        run(&args).map(|outcome| print_summary(&args, outcome.summary))
+    };
+    match result {
+        Ok(summary) if summary.errors() > 0 => ExitCode::from(2),
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringpush-bench: {e:#}");
             ExitCode::FAILURE
@@ -196,11 +255,50 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> anyhow::Result<Summary> {
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    raise_fd_limit(args.devices + args.push_connections + 64)?;
+fn print_summary(args: &Args, summary: Summary) -> Summary {
+    summary.print_human();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serialises")
+        );
+    }
+    summary
+}
+
+/// Scenarios whose counts cannot close across processes.
+fn check_procs(args: &Args) -> anyhow::Result<()> {
+    if args.target == Target::Floor && args.push_rate > 0 && !args.hold {
+        bail!(
+            "--procs > 1 with --target floor and --push-rate: the floor writes to devices of every process, so no \
+             process can tell when its frames have all arrived; run point-to-point against the floor in one process"
+        );
+    }
+    if args.devices < args.procs as usize {
+        bail!("--procs {} needs at least as many --devices", args.procs);
+    }
+    Ok(())
+}
+
+/// Prefixes a child's progress lines with its index.
+static PROGRESS_LABEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Says `ready <phase>` to the parent of `--procs` and waits until every
+/// process is there; a parent that stops the run instead interrupts it.
+fn meet(barrier: &Barrier, phase: &str) {
+    if !barrier.wait(phase) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<Outcome> {
+    let share = args.share();
+    let barrier = Barrier::new(args.proc_index.is_some());
+    let (first_device, devices) = share.devices(args.devices);
+    // Only the leading process reads the server: the others' readings
+    // would count its growth several times over.
+    let server_pid = args.server_pid.filter(|_| share.leads());
+    raise_fd_limit(devices + args.push_connections + 64)?;
     let source_ips = parse_source_ips(&args.source_ips)?;
     let device_addr = args
         .device_addr
@@ -216,27 +314,32 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             resume: args.tls_resume,
             // Two tickets per connection (rustls's default) for every
             // device, so a storm never runs dry.
-            max_tickets: (2 * args.devices).max(64),
+            max_tickets: (2 * devices).max(64),
         })?),
         _ => None,
     };
-    let threads = args.threads.clamp(1, args.devices.max(1));
+    let threads = args.threads.clamp(1, devices.max(1));
     let wall_start = Instant::now();
     let cpu_start = stats::own_cpu_seconds();
     let target = args.target;
     let peer_addr = args.peer_addr.or(target.default_peer_addr());
     let mut summary = Summary {
         target,
-        devices: args.devices as u64,
+        devices: devices as u64,
+        procs: 1,
         offered_rate: if args.hold { 0 } else { args.push_rate },
         ..Default::default()
     };
-    summary.server_rss_before_kib = args.server_pid.and_then(stats::rss_kib);
-    summary.server_cpu_before_seconds = args.server_pid.and_then(stats::process_cpu_seconds);
+    summary.server_rss_before_kib = server_pid.and_then(stats::rss_kib);
+    summary.server_cpu_before_seconds = server_pid.and_then(stats::process_cpu_seconds);
     if let Some(reason) = target.unsupported(args.offline, args.offline_broadcasts > 0) {
         eprintln!("skipped: {reason}");
         summary.unsupported.push(reason);
-        return Ok(summary);
+        return Ok(Outcome {
+            summary,
+            latency: stats::latency_histogram(),
+            api_latency: stats::latency_histogram(),
+        });
     }
     if target == Target::Nats && (args.push_rate > 0 || args.broadcasts > 0) {
         summary
@@ -254,16 +357,18 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     });
     let record = Arc::new(AtomicBool::new(false));
     let mut device_threads = Vec::new();
-    let per_thread = args.devices.div_ceil(threads);
+    let per_thread = devices.div_ceil(threads);
+    // Every process starts connecting together.
+    meet(&barrier, "start");
     for t in 0..threads {
         let first = t * per_thread;
-        let count = per_thread.min(args.devices.saturating_sub(first));
+        let count = per_thread.min(devices.saturating_sub(first));
         let config = DeviceConfig {
             device_addr: peer_addr.unwrap_or(device_addr),
             app: args.app.clone(),
             source_ips: source_ips.clone(),
             connect_rate: args.connect_rate as f64 / threads as f64,
-            first_index: first,
+            first_index: first_device + first,
             count,
             record_after: record.clone(),
             offline: args.offline,
@@ -292,7 +397,7 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         let done = Counters::get(&c.connected) + Counters::get(&c.connect_errors);
         // A storm never settles: it is measured below.
         if args.reconnect_storm
-            || done >= args.devices as u64
+            || done >= devices as u64
             || Instant::now() > give_up
             || INTERRUPTED.load(Ordering::SeqCst)
         {
@@ -308,15 +413,21 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     summary.connected = Counters::get(&c.connected);
     summary.connect_rate = summary.connected as f64 / summary.connect_seconds.max(1e-9);
     if !args.reconnect_storm {
-        eprintln!(
-            "connected {} of {} in {:.2}s ({:.0}/s)",
-            summary.connected, args.devices, summary.connect_seconds, summary.connect_rate
-        );
+        say(format_args!(
+            "connected {} of {devices} in {:.2}s ({:.0}/s)",
+            summary.connected, summary.connect_seconds, summary.connect_rate
+        ));
+        // Every device of every process is connected before anything is
+        // measured.
+        meet(&barrier, "connected");
     }
 
-    if let Some(pid) = args.server_pid.filter(|_| !args.reconnect_storm) {
-        // Let the server finish its handshake work before measuring.
+    if args.server_pid.is_some() && !args.reconnect_storm {
+        // Let the server finish its handshake work before measuring (every
+        // process waits, so they stay in step).
         std::thread::sleep(Duration::from_secs(2));
+    }
+    if let Some(pid) = server_pid.filter(|_| !args.reconnect_storm) {
         summary.server_rss_after_kib = stats::rss_kib(pid);
         if let (Some(before), Some(after)) = (summary.server_rss_before_kib, summary.server_rss_after_kib) {
             summary.server_rss_per_connection_bytes =
@@ -329,8 +440,9 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         .as_ref()
         .map(|secret| Arc::new(HmacSigner::new(args.app.as_str(), secret.as_bytes())));
     let mut push_errors = std::collections::BTreeMap::new();
+    let mut api_latency = stats::latency_histogram();
     if args.reconnect_storm {
-        let storm = reconnect_storm(args, &shared, &record, connect_start);
+        let storm = reconnect_storm(args, server_pid, &shared, &record, connect_start);
         // Every Welcome of the run counts as a connection here.
         summary.connected = Counters::get(&c.connected);
         summary.connect_seconds = connect_start.elapsed().as_secs_f64();
@@ -344,17 +456,23 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             || Counters::get(&c.disconnected) - offline0 >= summary.connected,
             30,
         );
+        // Every device of every process is offline before anything is sent.
+        meet(&barrier, "offline");
         std::thread::sleep(Duration::from_secs(1));
-        let rss_before = args.server_pid.and_then(stats::rss_kib);
+        let rss_before = server_pid.and_then(stats::rss_kib);
         let started = Instant::now();
-        let mut broadcaster = Broadcaster::new(args, signer.as_deref(), &shared)?;
-        for i in 0..args.offline_broadcasts {
-            broadcaster.send(i, &mut push_errors)?;
-            Counters::add(&c.messages_sent, 1);
+        if share.leads() {
+            let mut broadcaster = Broadcaster::new(args, signer.as_deref(), &shared)?;
+            for i in 0..args.offline_broadcasts {
+                broadcaster.send(i, &mut push_errors)?;
+                Counters::add(&c.messages_sent, 1);
+            }
         }
         let seconds = started.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_secs(1));
-        let rss_after = args.server_pid.and_then(stats::rss_kib);
+        let rss_after = server_pid.and_then(stats::rss_kib);
+        // Every broadcast is stored before any device comes back.
+        meet(&barrier, "stored");
         summary.offline_broadcasts = Some(stats::OfflineBroadcasts {
             offline_devices: summary.connected,
             broadcasts: args.offline_broadcasts,
@@ -368,10 +486,12 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             catch_up_requested: args.catch_up,
             caught_up_devices: 0,
         });
-        eprintln!(
-            "{} broadcasts stored for {} offline devices in {seconds:.2}s; server RSS {rss_before:?} -> {rss_after:?} KiB",
-            args.offline_broadcasts, summary.connected
-        );
+        if share.leads() {
+            say(format_args!(
+                "{} broadcasts stored for {} offline devices in {seconds:.2}s; server RSS {rss_before:?} -> {rss_after:?} KiB",
+                args.offline_broadcasts, summary.connected
+            ));
+        }
         if args.catch_up {
             record.store(true, Ordering::SeqCst);
             let delivered0 = Counters::get(&c.delivered);
@@ -383,12 +503,12 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             let report = summary.offline_broadcasts.as_mut().expect("set above");
             report.catch_up_seconds = caught_up.then(|| started.elapsed().as_secs_f64());
             report.caught_up_devices = Counters::get(&c.connected) - reconnected0;
-            eprintln!(
+            say(format_args!(
                 "catch-up: {} devices reconnected, {} of {want} broadcasts delivered in {:.3}s",
                 report.caught_up_devices,
                 Counters::get(&c.delivered) - delivered0,
                 started.elapsed().as_secs_f64()
-            );
+            ));
             summary.measured_seconds = started.elapsed().as_secs_f64();
             // Let the last acks go out.
             std::thread::sleep(Duration::from_millis(200));
@@ -396,13 +516,17 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     } else if args.broadcasts > 0 {
         record.store(true, Ordering::SeqCst);
         let delivered0 = Counters::get(&c.delivered);
-        let mut broadcaster = Broadcaster::new(args, signer.as_deref(), &shared)?;
         let started = Instant::now();
-        for i in 0..args.broadcasts {
-            broadcaster.send(i, &mut push_errors)?;
-            Counters::add(&c.messages_sent, 1);
-            std::thread::sleep(Duration::from_millis(args.broadcast_interval_ms));
+        if share.leads() {
+            let mut broadcaster = Broadcaster::new(args, signer.as_deref(), &shared)?;
+            for i in 0..args.broadcasts {
+                broadcaster.send(i, &mut push_errors)?;
+                Counters::add(&c.messages_sent, 1);
+                std::thread::sleep(Duration::from_millis(args.broadcast_interval_ms));
+            }
         }
+        // The other processes wait for the last broadcast to be sent.
+        meet(&barrier, "broadcasts-sent");
         let want = delivered0 + args.broadcasts * summary.connected;
         let give_up = Instant::now() + Duration::from_secs(10);
         while Counters::get(&c.delivered) < want && Instant::now() < give_up {
@@ -442,7 +566,8 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
                 targets_per_request: args.targets_per_request.clamp(1, args.push_kind.max_targets()),
                 ttl_secs: args.ttl,
                 until,
-                seed: 0x9E37_79B9 + p as u64,
+                // Distinct per process too: nonces and msgKeys derive from it.
+                seed: 0x9E37_79B9 + (share.index * 4096 + p) as u64,
                 record_after: record.clone(),
                 payload_bytes: args.payload_bytes.max(10),
             };
@@ -490,7 +615,6 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
         shared
             .stop
             .store(INTERRUPTED.load(Ordering::SeqCst), Ordering::SeqCst);
-        let mut api_latency = stats::latency_histogram();
         for p in pushers {
             if let Ok(outcome) = p.join() {
                 for (k, v) in outcome.errors {
@@ -502,8 +626,15 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
             }
         }
         summary.api_latency = stats::Latency::from(&api_latency);
-        // Let in-flight messages land so the latency tail is complete.
-        std::thread::sleep(Duration::from_millis(500));
+        // Let in-flight messages land so the latency tail and the totals
+        // are complete: each one the API accepted for an online device
+        // arrives (bounded, for targets that may drop some).
+        if !args.offline {
+            wait_for(
+                || Counters::get(&c.delivered) >= Counters::get(&c.messages_sent),
+                10,
+            );
+        }
     }
     shared.stop.store(true, Ordering::SeqCst);
     let mut histogram = stats::latency_histogram();
@@ -531,18 +662,27 @@ fn run(args: &Args) -> anyhow::Result<Summary> {
     }
     summary.wall_seconds = wall_start.elapsed().as_secs_f64();
     summary.client_cpu_seconds = stats::own_cpu_seconds() - cpu_start;
-    summary.server_cpu_seconds = args
-        .server_pid
+    summary.server_cpu_seconds = server_pid
         .and_then(stats::process_cpu_seconds)
         .zip(summary.server_cpu_before_seconds)
         .map(|(after, before)| after - before);
     summary.client_cpu_percent_of_one_core = 100.0 * summary.client_cpu_seconds / summary.wall_seconds;
     summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
-    Ok(summary)
+    Ok(Outcome {
+        summary,
+        latency: histogram,
+        api_latency,
+    })
 }
 
 /// The storm runs from the start; measures the window after the warmup.
-fn reconnect_storm(args: &Args, shared: &Shared, record: &AtomicBool, started: Instant) -> stats::Storm {
+fn reconnect_storm(
+    args: &Args,
+    server_pid: Option<u32>,
+    shared: &Shared,
+    record: &AtomicBool,
+    started: Instant,
+) -> stats::Storm {
     let c = &shared.counters;
     let warm_until = started + Duration::from_secs(args.warmup);
     let until = warm_until + Duration::from_secs(args.duration);
@@ -555,7 +695,7 @@ fn reconnect_storm(args: &Args, shared: &Shared, record: &AtomicBool, started: I
             Counters::get(&c.tls_full),
             Counters::get(&c.tls_resumed),
             stats::own_cpu_seconds(),
-            args.server_pid.and_then(stats::process_cpu_seconds),
+            server_pid.and_then(stats::process_cpu_seconds),
         )
     };
     while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
@@ -669,9 +809,21 @@ impl<'a> Broadcaster<'a> {
     }
 }
 
+fn progress_label() -> &'static str {
+    PROGRESS_LABEL.get().map_or("", String::as_str)
+}
+
+/// One stderr line in one write, prefixed with the process's label, so
+/// the lines of `--procs` children do not interleave.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let line = format!("{}{line}\n", progress_label());
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 fn progress(since: Instant, shared: &Shared) {
     let c = &shared.counters;
-    eprintln!(
+    say(format_args!(
         "[{:>5.1}s] connected {} errors {} | sent {} delivered {} acked {} | http errors {} behind {}",
         since.elapsed().as_secs_f64(),
         Counters::get(&c.connected),
@@ -681,7 +833,7 @@ fn progress(since: Instant, shared: &Shared) {
         Counters::get(&c.acked),
         Counters::get(&c.http_errors),
         Counters::get(&c.behind_schedule),
-    );
+    ));
 }
 
 fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
@@ -717,7 +869,7 @@ fn raise_fd_limit(needed: usize) -> anyhow::Result<()> {
     }
     if needed as u64 > limit.rlim_cur {
         bail!(
-            "{needed} descriptors needed but this process may open {}; run fewer --devices per process",
+            "{needed} descriptors needed but this process may open {}; spread the devices over more processes with --procs",
             limit.rlim_cur
         );
     }

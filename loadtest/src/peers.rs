@@ -33,7 +33,9 @@ use crate::stats::{self, Counters};
 use crate::{mqtt, nats};
 
 /// The system a run measures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// A ringpush server: device protocol and HTTP push API.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Live counters, updated by every thread, read by the progress line.
 #[derive(Default)]
@@ -43,7 +43,8 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(default)]
 pub struct Latency {
     pub samples: u64,
     pub p50_us: u64,
@@ -64,7 +65,8 @@ impl Latency {
     }
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(default)]
 pub struct Summary {
     /// The system measured (`--target`).
     pub target: crate::peers::Target,
@@ -106,8 +108,13 @@ pub struct Summary {
     /// `latency`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
+    /// User + system CPU of the client: with `--procs`, the sum over its
+    /// processes.
     pub client_cpu_seconds: f64,
     pub client_cpu_percent_of_one_core: f64,
+    /// Client processes that shared the run (`--procs`).
+    #[serde(default)]
+    pub procs: u64,
     /// The server's CPU (user + system) at the start, with --server-pid.
     #[serde(skip)]
     pub server_cpu_before_seconds: Option<f64>,
@@ -115,10 +122,15 @@ pub struct Summary {
     pub server_cpu_seconds: Option<f64>,
     pub wall_seconds: f64,
     pub interrupted: bool,
+    /// With `--procs`: client processes that failed (exit status or no
+    /// summary); the figures above lack their share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_processes: Vec<String>,
 }
 
 /// Broadcasts stored while every device was offline, and the catch-up.
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(default)]
 pub struct OfflineBroadcasts {
     pub offline_devices: u64,
     pub broadcasts: u64,
@@ -134,7 +146,8 @@ pub struct OfflineBroadcasts {
     pub caught_up_devices: u64,
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(default)]
 pub struct TlsHandshakes {
     /// "1.3" (the server's choice of 1.2 or 1.3) or "1.2" (forced).
     pub versions: String,
@@ -147,7 +160,8 @@ pub struct TlsHandshakes {
 
 /// Connect, TLS handshake, Hello, Welcome, close, again: measured after the
 /// warmup.
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Deserialize, Debug, Default)]
+#[serde(default)]
 pub struct Storm {
     pub seconds: f64,
     /// Welcomes (each a new connection, handshake and Hello) in the window.
@@ -166,6 +180,7 @@ impl Summary {
         self.connect_errors
             + self.http_errors.values().sum::<u64>()
             + self.closed_by_server.values().sum::<u64>()
+            + self.failed_processes.len() as u64
             // A skipped scenario connected nothing, and that is no error.
             + u64::from(self.connected < self.devices && (self.connected > 0 || self.unsupported.is_empty()))
             + u64::from(
@@ -275,8 +290,15 @@ impl Summary {
             );
         }
         eprintln!(
-            "client CPU    {:.2}s = {:.0}% of one core over {:.1}s",
-            self.client_cpu_seconds, self.client_cpu_percent_of_one_core, self.wall_seconds
+            "client CPU    {:.2}s = {:.0}% of one core over {:.1}s{}",
+            self.client_cpu_seconds,
+            self.client_cpu_percent_of_one_core,
+            self.wall_seconds,
+            if self.procs > 1 {
+                format!(" ({} processes)", self.procs)
+            } else {
+                String::new()
+            }
         );
         if let Some(cpu) = self.server_cpu_seconds {
             eprintln!(
@@ -290,6 +312,9 @@ impl Summary {
         }
         if !self.closed_by_server.is_empty() {
             eprintln!("closed        {:?}", self.closed_by_server);
+        }
+        for failed in &self.failed_processes {
+            eprintln!("failed        client {failed}");
         }
         if self.interrupted {
             eprintln!("(interrupted: partial results)");
